@@ -1,0 +1,3 @@
+"""pyvmm: a small, readable virtual machine monitor on Linux KVM."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,299 @@
+"""cffi API-mode builder for pyvmm's KVM binding (compiled at install time).
+
+Every ioctl number, constant and struct layout is taken from <linux/kvm.h> by
+the C compiler: the cdef below says `#define KVM_RUN ...` and declares partial
+structs ending in `...;`, so nothing here is copied from the header by hand.
+Only the fields pyvmm reads or writes are declared.
+"""
+
+from __future__ import annotations
+
+from cffi import FFI
+
+# ioctl request numbers, capabilities and exit reasons used by pyvmm.
+_CONSTANTS = """
+#define KVM_API_VERSION ...
+#define KVM_GET_API_VERSION ...
+#define KVM_CHECK_EXTENSION ...
+#define KVM_CREATE_VM ...
+#define KVM_GET_VCPU_MMAP_SIZE ...
+#define KVM_GET_SUPPORTED_CPUID ...
+#define KVM_SET_USER_MEMORY_REGION ...
+#define KVM_SET_TSS_ADDR ...
+#define KVM_SET_IDENTITY_MAP_ADDR ...
+#define KVM_CREATE_VCPU ...
+#define KVM_RUN ...
+#define KVM_GET_REGS ...
+#define KVM_SET_REGS ...
+#define KVM_GET_SREGS ...
+#define KVM_SET_SREGS ...
+#define KVM_SET_CPUID2 ...
+#define KVM_TRANSLATE ...
+#define KVM_GET_FPU ...
+#define KVM_SET_FPU ...
+
+#define KVM_CAP_USER_MEMORY ...
+#define KVM_CAP_SET_TSS_ADDR ...
+#define KVM_CAP_EXT_CPUID ...
+#define KVM_CAP_NR_MEMSLOTS ...
+#define KVM_CAP_NR_VCPUS ...
+#define KVM_CAP_MAX_VCPUS ...
+#define KVM_CAP_IMMEDIATE_EXIT ...
+#define KVM_CAP_INTERNAL_ERROR_DATA ...
+#define KVM_CAP_SET_IDENTITY_MAP_ADDR ...
+
+#define KVM_EXIT_UNKNOWN ...
+#define KVM_EXIT_EXCEPTION ...
+#define KVM_EXIT_IO ...
+#define KVM_EXIT_HYPERCALL ...
+#define KVM_EXIT_DEBUG ...
+#define KVM_EXIT_HLT ...
+#define KVM_EXIT_MMIO ...
+#define KVM_EXIT_IRQ_WINDOW_OPEN ...
+#define KVM_EXIT_SHUTDOWN ...
+#define KVM_EXIT_FAIL_ENTRY ...
+#define KVM_EXIT_INTR ...
+#define KVM_EXIT_SET_TPR ...
+#define KVM_EXIT_TPR_ACCESS ...
+#define KVM_EXIT_NMI ...
+#define KVM_EXIT_INTERNAL_ERROR ...
+#define KVM_EXIT_OSI ...
+#define KVM_EXIT_WATCHDOG ...
+#define KVM_EXIT_EPR ...
+#define KVM_EXIT_SYSTEM_EVENT ...
+#define KVM_EXIT_IOAPIC_EOI ...
+#define KVM_EXIT_HYPERV ...
+#define KVM_EXIT_X86_RDMSR ...
+#define KVM_EXIT_X86_WRMSR ...
+#define KVM_EXIT_DIRTY_RING_FULL ...
+#define KVM_EXIT_AP_RESET_HOLD ...
+#define KVM_EXIT_X86_BUS_LOCK ...
+#define KVM_EXIT_XEN ...
+#define KVM_EXIT_NOTIFY ...
+
+#define KVM_EXIT_IO_IN ...
+#define KVM_EXIT_IO_OUT ...
+
+#define KVM_INTERNAL_ERROR_EMULATION ...
+#define KVM_INTERNAL_ERROR_SIMUL_EX ...
+#define KVM_INTERNAL_ERROR_DELIVERY_EV ...
+#define KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON ...
+#define KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES ...
+
+#define KVM_SYSTEM_EVENT_SHUTDOWN ...
+#define KVM_SYSTEM_EVENT_RESET ...
+#define KVM_SYSTEM_EVENT_CRASH ...
+
+
+#define PROT_READ ...
+#define PROT_WRITE ...
+#define MAP_SHARED ...
+#define MAP_PRIVATE ...
+#define MAP_ANONYMOUS ...
+#define MAP_NORESERVE ...
+#define O_RDWR ...
+#define O_CLOEXEC ...
+"""
+
+_STRUCTS = """
+struct kvm_userspace_memory_region {
+    uint32_t slot;
+    uint32_t flags;
+    uint64_t guest_phys_addr;
+    uint64_t memory_size;
+    uint64_t userspace_addr;
+    ...;
+};
+
+struct kvm_regs {
+    uint64_t rax, rbx, rcx, rdx;
+    uint64_t rsi, rdi, rsp, rbp;
+    uint64_t r8, r9, r10, r11;
+    uint64_t r12, r13, r14, r15;
+    uint64_t rip, rflags;
+    ...;
+};
+
+struct kvm_segment {
+    uint64_t base;
+    uint32_t limit;
+    uint16_t selector;
+    uint8_t type;
+    uint8_t present, dpl, db, s, l, g, avl;
+    uint8_t unusable;
+    ...;
+};
+
+struct kvm_dtable {
+    uint64_t base;
+    uint16_t limit;
+    ...;
+};
+
+struct kvm_sregs {
+    struct kvm_segment cs, ds, es, fs, gs, ss;
+    struct kvm_segment tr, ldt;
+    struct kvm_dtable gdt, idt;
+    uint64_t cr0, cr2, cr3, cr4, cr8;
+    uint64_t efer;
+    uint64_t apic_base;
+    ...;
+};
+
+struct kvm_fpu {
+    uint16_t fcw;
+    uint32_t mxcsr;
+    ...;
+};
+
+struct kvm_translation {
+    uint64_t linear_address;
+    uint64_t physical_address;
+    uint8_t valid;
+    uint8_t writeable;
+    uint8_t usermode;
+    ...;
+};
+
+struct kvm_cpuid_entry2 {
+    uint32_t function;
+    uint32_t index;
+    uint32_t flags;
+    uint32_t eax;
+    uint32_t ebx;
+    uint32_t ecx;
+    uint32_t edx;
+    ...;
+};
+
+struct kvm_cpuid2 {
+    uint32_t nent;
+    struct kvm_cpuid_entry2 entries[];
+    ...;
+};
+
+/* The members of kvm_run's anonymous exit union, each named through a
+   typedef made with __typeof__ in the C source below, so that they can be
+   partial too. */
+typedef struct { uint64_t hardware_exit_reason; ...; } pyvmm_exit_hw;
+typedef struct { uint64_t hardware_entry_failure_reason; uint32_t cpu; ...; } pyvmm_exit_fail_entry;
+typedef struct { uint32_t exception; uint32_t error_code; ...; } pyvmm_exit_ex;
+typedef struct {
+    uint8_t direction;
+    uint8_t size;
+    uint16_t port;
+    uint32_t count;
+    uint64_t data_offset;
+    ...;
+} pyvmm_exit_io;
+typedef struct {
+    uint64_t phys_addr;
+    uint8_t data[8];
+    uint32_t len;
+    uint8_t is_write;
+    ...;
+} pyvmm_exit_mmio;
+typedef struct {
+    uint32_t suberror;
+    uint32_t ndata;
+    unsigned long long data[16];
+    ...;
+} pyvmm_exit_internal;
+typedef struct {
+    uint32_t suberror;
+    uint32_t ndata;
+    uint64_t flags;
+    uint8_t insn_size;
+    uint8_t insn_bytes[15];
+    ...;
+} pyvmm_exit_emulation_failure;
+typedef struct {
+    uint32_t type;
+    uint32_t ndata;
+    unsigned long long data[16];
+    ...;
+} pyvmm_exit_system_event;
+
+struct kvm_run {
+    uint8_t request_interrupt_window;
+    uint8_t immediate_exit;
+    uint32_t exit_reason;
+    uint8_t ready_for_interrupt_injection;
+    uint8_t if_flag;
+    uint16_t flags;
+    uint64_t cr8;
+    uint64_t apic_base;
+    pyvmm_exit_hw hw;
+    pyvmm_exit_fail_entry fail_entry;
+    pyvmm_exit_ex ex;
+    pyvmm_exit_io io;
+    pyvmm_exit_mmio mmio;
+    pyvmm_exit_internal internal;
+    pyvmm_exit_emulation_failure emulation_failure;
+    pyvmm_exit_system_event system_event;
+    ...;
+};
+"""
+
+# Two non-variadic ioctl shims (pointer argument, integer argument), the
+# KVM_RUN shim that returns -errno so the hot loop needs no ffi.errno read,
+# and the libc calls for opening /dev/kvm and mapping memory.
+_FUNCTIONS = """
+int pyvmm_ioctl_ptr(int fd, unsigned long request, void *arg);
+int pyvmm_ioctl_int(int fd, unsigned long request, unsigned long arg);
+int pyvmm_kvm_run(int fd);
+int open(const char *path, int flags);
+int close(int fd);
+void *pyvmm_mmap(size_t length, int prot, int flags, int fd, int64_t offset);
+int munmap(void *addr, size_t length);
+"""
+
+_SOURCE = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <linux/kvm.h>
+
+#define PYVMM_EXIT_TYPE(member) __typeof__(((struct kvm_run *)0)->member)
+typedef PYVMM_EXIT_TYPE(hw) pyvmm_exit_hw;
+typedef PYVMM_EXIT_TYPE(fail_entry) pyvmm_exit_fail_entry;
+typedef PYVMM_EXIT_TYPE(ex) pyvmm_exit_ex;
+typedef PYVMM_EXIT_TYPE(io) pyvmm_exit_io;
+typedef PYVMM_EXIT_TYPE(mmio) pyvmm_exit_mmio;
+typedef PYVMM_EXIT_TYPE(internal) pyvmm_exit_internal;
+typedef PYVMM_EXIT_TYPE(emulation_failure) pyvmm_exit_emulation_failure;
+typedef PYVMM_EXIT_TYPE(system_event) pyvmm_exit_system_event;
+
+static int pyvmm_ioctl_ptr(int fd, unsigned long request, void *arg)
+{
+    return ioctl(fd, request, arg);
+}
+
+static int pyvmm_ioctl_int(int fd, unsigned long request, unsigned long arg)
+{
+    return ioctl(fd, request, arg);
+}
+
+static int pyvmm_kvm_run(int fd)
+{
+    int ret = ioctl(fd, KVM_RUN, 0);
+    return ret < 0 ? -errno : ret;
+}
+
+/* Returns NULL instead of MAP_FAILED so Python can test it simply. */
+static void *pyvmm_mmap(size_t length, int prot, int flags, int fd, int64_t offset)
+{
+    void *ptr = mmap(NULL, length, prot, flags, fd, (off_t)offset);
+    return ptr == MAP_FAILED ? NULL : ptr;
+}
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(_CONSTANTS + _STRUCTS + _FUNCTIONS)
+ffibuilder.set_source("pyvmm._kvm", _SOURCE)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,156 @@
+"""Put a vCPU in the state an EntryPoint asks for.
+
+The loader said *what* (entry address and mode); this module writes the
+GDT and page tables into guest memory and loads registers accordingly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64.gdt import (
+    CODE_SELECTOR,
+    DATA_SELECTOR,
+    Segment,
+    decode_descriptor,
+    flat_gdt,
+    gdt_bytes,
+)
+from pyvmm.arch.x86_64.paging import build_identity_map_32, build_identity_map_64
+from pyvmm.arch.x86_64.registers import (
+    CR0_ET,
+    CR0_PE,
+    CR0_PG,
+    CR4_PAE,
+    CR4_PSE,
+    EFER_LMA,
+    EFER_LME,
+    RFLAGS_RESERVED,
+)
+from pyvmm.errors import PyvmmError
+from pyvmm.kvm.host import kvm_backend
+from pyvmm.kvm.system import Kvm
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.loaders.entry import CpuMode, EntryPoint
+from pyvmm.memory.guest_memory import GuestMemory
+
+
+class UnsupportedEntryState(PyvmmError):
+    """The host's KVM cannot put a vCPU in the requested mode."""
+
+
+# x87 control word and MXCSR as after FNINIT / at reset (SDM 9.1.1, 10.2.3.1).
+FPU_CONTROL_WORD = 0x37F
+MXCSR_DEFAULT = 0x1F80
+
+
+def default_load_gpa(mode: CpuMode) -> int:
+    """Where a flat binary goes when the user does not say: boot sector or 1 MiB."""
+    return layout.BOOT_SECTOR_GPA if mode is CpuMode.REAL else layout.HIGH_LOAD_GPA
+
+
+def needs_vmm_tables(mode: CpuMode) -> bool:
+    return mode is not CpuMode.REAL
+
+
+def setup_cpuid(kvm: Kvm, vcpu: Vcpu) -> None:
+    """Expose what the host's KVM supports, unchanged (the model for later topology)."""
+    vcpu.set_cpuid2(kvm.get_supported_cpuid())
+
+
+def setup_vcpu(vcpu: Vcpu, entry: EntryPoint, memory: GuestMemory) -> None:
+    """Build the tables `entry.mode` needs in guest memory, then load the registers."""
+    sregs = vcpu.get_sregs()
+    regs = vcpu.get_regs()
+    # kvm_regs is zeroed except what we set: a clean, reproducible start.
+    for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp"):
+        setattr(regs, name, 0)
+    regs.rflags = RFLAGS_RESERVED
+    regs.rip = entry.entry
+
+    if entry.mode is CpuMode.REAL:
+        _enter_real_mode(sregs)
+        regs.rsp = layout.REAL_MODE_STACK_TOP
+    else:
+        _enter_protected_mode(sregs, memory, long_mode=entry.mode is CpuMode.LONG)
+        if entry.mode is CpuMode.PAGED:
+            sregs.cr3 = build_identity_map_32(memory, layout.PAGE_TABLES_GPA)
+            sregs.cr4 |= CR4_PSE
+            sregs.cr0 |= CR0_PG
+        elif entry.mode is CpuMode.LONG:
+            sregs.cr3 = build_identity_map_64(memory, layout.PAGE_TABLES_GPA)
+            sregs.cr4 |= CR4_PAE
+            sregs.efer |= EFER_LME | EFER_LMA
+            sregs.cr0 |= CR0_PG
+        regs.rsp = layout.BOOT_STACK_TOP
+        _reset_fpu(vcpu)
+
+    vcpu.set_sregs(sregs)
+    vcpu.set_regs(regs)
+    _check_state_accepted(vcpu, sregs, entry.mode)
+
+
+def _check_state_accepted(vcpu: Vcpu, wanted: Any, mode: CpuMode) -> None:
+    """Fail clearly when KVM silently drops part of the entry state.
+
+    Some KVM backends cannot run every mode: kvm_pvm, for one, clears CR0.PG
+    for 32-bit paging instead of failing KVM_SET_SREGS, and the guest would
+    then triple-fault on its first instruction with no explanation.
+    """
+    actual = vcpu.get_sregs()
+    for name, bits in (("CR0", CR0_PE | CR0_PG), ("CR4", CR4_PSE | CR4_PAE), ("EFER", EFER_LME)):
+        field = name.lower()
+        lost = getattr(wanted, field) & bits & ~getattr(actual, field)
+        if lost:
+            raise UnsupportedEntryState(
+                f"this host's KVM, {kvm_backend()}, cannot enter {mode.value} mode: "
+                f"KVM_SET_SREGS dropped {name} bits 0x{lost:x}"
+            )
+
+
+def _enter_real_mode(sregs: Any) -> None:
+    # Flat real mode at CS=0, the state a BIOS leaves before jumping to 0x7c00.
+    for segment in (sregs.cs, sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        segment.base = 0
+        segment.selector = 0
+    sregs.cr0 &= ~(CR0_PE | CR0_PG)
+
+
+def _enter_protected_mode(sregs: Any, memory: GuestMemory, long_mode: bool) -> None:
+    entries = flat_gdt(long_mode)
+    memory.write(layout.GDT_GPA, gdt_bytes(entries))
+    sregs.gdt.base = layout.GDT_GPA
+    sregs.gdt.limit = 8 * len(entries) - 1
+    # No IDT: an exception before the guest installs its own ends in a triple
+    # fault, which the VMM reports with registers (kvm-hello-world does the same).
+    sregs.idt.base = 0
+    sregs.idt.limit = 0
+
+    code = decode_descriptor(entries[CODE_SELECTOR >> 3], CODE_SELECTOR)
+    data = decode_descriptor(entries[DATA_SELECTOR >> 3], DATA_SELECTOR)
+    _load_segment(sregs.cs, code)
+    for register in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        _load_segment(register, data)
+    sregs.cr0 |= CR0_PE | CR0_ET
+
+
+def _load_segment(register: Any, segment: Segment) -> None:
+    register.selector = segment.selector
+    register.base = segment.base
+    register.limit = segment.limit
+    register.type = segment.type
+    register.present = segment.present
+    register.dpl = segment.dpl
+    register.db = segment.db
+    register.s = segment.s
+    register.l = segment.long
+    register.g = segment.g
+    register.unusable = 0
+
+
+def _reset_fpu(vcpu: Vcpu) -> None:
+    fpu = vcpu.get_fpu()
+    fpu.fcw = FPU_CONTROL_WORD
+    fpu.mxcsr = MXCSR_DEFAULT
+    vcpu.set_fpu(fpu)

@@ -1,0 +1,61 @@
+"""Every guest-physical address the VMM itself chooses, one constant each.
+
+The low megabyte follows the PC convention (IVT, BDA, boot sector at 0x7c00);
+what the VMM builds for the non-real entry states sits between 0x500 and
+0x7000, clear of a boot sector. RAM stops below the 32-bit PCI hole, as on a
+real PC, and resumes at 4 GiB.
+"""
+
+from __future__ import annotations
+
+from pyvmm.memory.addr import GuestPhysAddr
+
+KIB = 1 << 10
+MIB = 1 << 20
+GIB = 1 << 30
+
+# Where a BIOS jumps to a boot sector; the default load address in real mode.
+BOOT_SECTOR_GPA = GuestPhysAddr(0x7C00)
+# Where flat protected/long-mode images and kernels are loaded by default.
+HIGH_LOAD_GPA = GuestPhysAddr(0x10_0000)
+
+# Global descriptor table, built by the VMM for the non-real entry states.
+GDT_GPA = GuestPhysAddr(0x500)
+# Page tables: the 32-bit page directory, or PML4, PDPT and four PDs for long mode.
+PAGE_TABLES_GPA = GuestPhysAddr(0x1000)
+PAGE_TABLES_END = GuestPhysAddr(0x7000)
+# Stack pointer handed to non-real-mode guests (grows down towards 0x70000).
+BOOT_STACK_TOP = GuestPhysAddr(0x8_0000)
+BOOT_STACK_SIZE = 0x1_0000
+# Real mode: SS:SP just below the boot sector, as most BIOSes leave it.
+REAL_MODE_STACK_TOP = 0x7C00
+
+# The 32-bit hole for MMIO devices: RAM never lives in [start, 4 GiB).
+MMIO_GAP_START = GuestPhysAddr(0xD000_0000)
+MMIO_GAP_END = GuestPhysAddr(4 * GIB)
+
+# Three pages Intel VT-x needs for real-mode emulation (KVM_SET_TSS_ADDR) and
+# one for its identity map; in the hole, where QEMU and kvmtool put them too.
+KVM_TSS_GPA = GuestPhysAddr(0xFFFB_D000)
+KVM_IDENTITY_MAP_GPA = GuestPhysAddr(0xFFFB_C000)
+
+MIN_RAM_SIZE = 2 * MIB
+
+
+def ram_ranges(ram_size: int) -> list[tuple[int, int]]:
+    """Guest-physical (gpa, size) RAM ranges for `ram_size` bytes, split around the hole."""
+    below = min(ram_size, MMIO_GAP_START)
+    ranges = [(0, below)]
+    if ram_size > below:
+        ranges.append((MMIO_GAP_END, ram_size - below))
+    return ranges
+
+
+def reserved_ranges(needs_tables: bool) -> list[tuple[int, int, str]]:
+    """(start, end, what) of RAM the VMM writes before the guest starts."""
+    if not needs_tables:
+        return []
+    return [
+        (GDT_GPA, PAGE_TABLES_END, "the VMM's GDT and page tables"),
+        (BOOT_STACK_TOP - BOOT_STACK_SIZE, BOOT_STACK_TOP, "the boot stack"),
+    ]

@@ -1,0 +1,203 @@
+"""The recipe: Kvm -> VM -> memory -> devices -> image -> vCPU -> Machine.
+
+One readable function plus small `attach_*` helpers; nothing happens at
+import time and there is no global device table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64.cpu import default_load_gpa, needs_vmm_tables, setup_cpuid, setup_vcpu
+from pyvmm.bus import Bus
+from pyvmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit, debug_exit_status
+from pyvmm.devices.serial import Serial16550
+from pyvmm.devices.sink import POST_PORT, IgnoredPort
+from pyvmm.errors import LoaderError, UsageError
+from pyvmm.kvm.system import DEFAULT_KVM_PATH, Kvm, open_kvm
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vm import Vm
+from pyvmm.loaders import describe_format, load_image
+from pyvmm.loaders.entry import CpuMode, EntryPoint
+from pyvmm.memory.guest_memory import GuestMemory
+from pyvmm.outcome import OutcomeKind, RunOutcome
+from pyvmm.run_signals import stop_on_signals
+from pyvmm.vcpu_loop import VcpuLoop
+
+log = logging.getLogger(__name__)
+
+COM1_PORT = 0x3F8
+COM1_SIZE = 8
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    image: bytes
+    ram_size: int
+    console: Callable[[bytes], None]
+    mode: CpuMode | None = None
+    load_gpa: int | None = None
+    kvm_path: str = DEFAULT_KVM_PATH
+
+
+class Machine:
+    """A built VM, ready to run once. Closing releases every fd and mapping."""
+
+    def __init__(
+        self,
+        kvm: Kvm,
+        vm: Vm,
+        memory: GuestMemory,
+        vcpu: Vcpu,
+        pio_bus: Bus,
+        mmio_bus: Bus,
+        serial: Serial16550,
+        entry: EntryPoint,
+        loop: VcpuLoop,
+        resources: ExitStack,
+    ) -> None:
+        self.kvm = kvm
+        self.vm = vm
+        self.memory = memory
+        self.vcpu = vcpu
+        self.pio_bus = pio_bus
+        self.mmio_bus = mmio_bus
+        self.serial = serial
+        self.entry = entry
+        self.loop = loop
+        self._resources = resources
+
+    def run(self, timeout: float | None = None) -> RunOutcome:
+        with stop_on_signals(self.loop.request_stop, timeout):
+            return self.loop.run()
+
+    def close(self) -> None:
+        self._resources.close()
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def check_ram_size(ram_size: int) -> None:
+    if ram_size < layout.MIN_RAM_SIZE:
+        raise UsageError(
+            f"memory size {ram_size >> 10} KiB is too small: pyvmm needs at least "
+            f"{layout.MIN_RAM_SIZE >> 20} MiB"
+        )
+    host = host_memory_size()
+    if host is not None and ram_size > host:
+        raise UsageError(
+            f"memory size {ram_size >> 20} MiB is more than this host has ({host >> 20} MiB)"
+        )
+
+
+def host_memory_size() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def build_machine(config: MachineConfig) -> Machine:
+    check_ram_size(config.ram_size)
+    with ExitStack() as resources:
+        # Memory first, so that it is unmapped only after the VM that uses it is gone.
+        memory = resources.enter_context(
+            GuestMemory.from_ranges(layout.ram_ranges(config.ram_size))
+        )
+        kvm = resources.enter_context(open_kvm(config.kvm_path))
+        vm = resources.enter_context(kvm.create_vm())
+        # Needed by Intel VT-x to run real mode; harmless elsewhere.
+        vm.set_tss_addr(layout.KVM_TSS_GPA)
+        vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_GPA)
+        attach_memory(vm, memory)
+
+        entry = load_image(
+            config.image,
+            memory,
+            mode=config.mode,
+            load_gpa=config.load_gpa,
+            default_flat_gpa=default_load_gpa,
+        )
+        check_clear_of_vmm(entry)
+        log.info(
+            "loaded %s: 0x%x..0x%x, entry 0x%x in %s mode",
+            describe_format(config.image),
+            entry.image_start,
+            entry.image_end,
+            entry.entry,
+            entry.mode.value,
+        )
+
+        vcpu = resources.enter_context(vm.create_vcpu(0))
+        setup_cpuid(kvm, vcpu)
+        setup_vcpu(vcpu, entry, memory)
+
+        pio_bus = Bus("port I/O bus")
+        mmio_bus = Bus("MMIO bus")
+        loop = VcpuLoop(vcpu, pio_bus, mmio_bus)
+        serial = attach_serial(pio_bus, config.console)
+        attach_debug_exit(pio_bus, loop)
+        pio_bus.insert(IgnoredPort(), POST_PORT, 1, "POST port")
+
+        machine = Machine(
+            kvm, vm, memory, vcpu, pio_bus, mmio_bus, serial, entry, loop, resources.pop_all()
+        )
+    return machine
+
+
+def attach_memory(vm: Vm, memory: GuestMemory) -> None:
+    for region in memory:
+        vm.set_user_memory_region(
+            region.slot, 0, region.gpa, region.size, memory.mapping.hva + region.host_offset
+        )
+        log.info(
+            "slot %d: guest 0x%x..0x%x -> host 0x%x",
+            region.slot,
+            region.gpa,
+            region.end,
+            memory.mapping.hva + region.host_offset,
+        )
+
+
+def attach_serial(pio_bus: Bus, console: Callable[[bytes], None]) -> Serial16550:
+    serial = Serial16550(console)
+    pio_bus.insert(serial, COM1_PORT, COM1_SIZE, "COM1 16550A")
+    return serial
+
+
+def attach_debug_exit(pio_bus: Bus, loop: VcpuLoop) -> DebugExit:
+    def on_exit(value: int) -> None:
+        status = debug_exit_status(value)
+        loop.request_stop(
+            RunOutcome(
+                OutcomeKind.DEBUG_EXIT,
+                status,
+                f"guest wrote 0x{value:x} to the debug-exit port: exit status {status}",
+            )
+        )
+
+    device = DebugExit(on_exit)
+    pio_bus.insert(device, DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, "debug-exit")
+    return device
+
+
+def check_clear_of_vmm(entry: EntryPoint) -> None:
+    """Refuse an image that the VMM's own GDT, page tables or stack would overwrite."""
+    for start, end, what in layout.reserved_ranges(needs_vmm_tables(entry.mode)):
+        if entry.image_start < end and start < entry.image_end:
+            raise LoaderError(
+                f"image at 0x{entry.image_start:x}..0x{entry.image_end:x} overlaps {what} "
+                f"at 0x{start:x}..0x{end:x}; load it elsewhere (--load-addr)"
+            )

@@ -1,0 +1,90 @@
+"""One bus type for port I/O and MMIO (Firecracker's `Bus`, kvmtool's iotrap).
+
+Devices sit on non-overlapping [base, base + length) ranges and see only an
+offset from their base. An access nobody claims behaves like a PC's floating
+bus: reads return all ones, writes vanish; both are counted so they can be
+reported.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Protocol
+
+from pyvmm.errors import BusError, BusOverlap
+
+ADDRESS_LIMIT = 1 << 64
+
+
+class BusDevice(Protocol):
+    """What a device offers a bus. `offset` is relative to the device's base."""
+
+    def read(self, offset: int, size: int) -> int: ...
+
+    def write(self, offset: int, size: int, value: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class BusRange:
+    base: int
+    length: int
+    device: BusDevice
+    name: str
+
+    @property
+    def end(self) -> int:
+        return self.base + self.length
+
+
+class Bus:
+    """Sorted, non-overlapping device ranges; lookup is a bisect on the bases."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._ranges: list[BusRange] = []
+        self._bases: list[int] = []
+        self.unmapped_reads = 0
+        self.unmapped_writes = 0
+
+    @property
+    def ranges(self) -> tuple[BusRange, ...]:
+        return tuple(self._ranges)
+
+    def insert(self, device: BusDevice, base: int, length: int, name: str | None = None) -> None:
+        label = name or type(device).__name__
+        if length <= 0:
+            raise BusError(f"{self.name}: {label} at 0x{base:x} has an empty range")
+        if base < 0 or base + length > ADDRESS_LIMIT:
+            raise BusError(f"{self.name}: {label} at 0x{base:x} runs past the address space")
+        new = BusRange(base, length, device, label)
+        index = bisect.bisect_left(self._bases, base)
+        for neighbour in self._ranges[max(index - 1, 0) : index + 1]:
+            if neighbour.base < new.end and base < neighbour.end:
+                raise BusOverlap(
+                    f"{self.name}: {label} at 0x{base:x}..0x{new.end:x} overlaps "
+                    f"{neighbour.name} at 0x{neighbour.base:x}..0x{neighbour.end:x}"
+                )
+        self._ranges.insert(index, new)
+        self._bases.insert(index, base)
+
+    def find(self, address: int) -> BusRange | None:
+        index = bisect.bisect_right(self._bases, address) - 1
+        if index < 0:
+            return None
+        found = self._ranges[index]
+        return found if address < found.end else None
+
+    def read(self, address: int, size: int) -> int:
+        found = self.find(address)
+        if found is None:
+            self.unmapped_reads += 1
+            return (1 << (8 * size)) - 1
+        return found.device.read(address - found.base, size)
+
+    def write(self, address: int, size: int, value: int) -> None:
+        found = self.find(address)
+        if found is None:
+            self.unmapped_writes += 1
+            return
+        found.device.write(address - found.base, size, value)

@@ -1,0 +1,85 @@
+"""The exception tree. The library raises; only the CLI prints and exits.
+
+`exit_status` is what the CLI returns for an error of that class: 2 for bad
+usage or bad input (the user can fix the command line or the image), 1 for
+everything that went wrong while running.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import os
+
+
+class PyvmmError(Exception):
+    """Root of every error pyvmm raises on purpose."""
+
+    exit_status = 1
+
+
+class UsageError(PyvmmError):
+    """A command-line value that cannot be used (bad -m, bad address...)."""
+
+    exit_status = 2
+
+
+class KvmUnavailable(PyvmmError):
+    """/dev/kvm is missing, not accessible, or too old for pyvmm."""
+
+
+class KvmError(PyvmmError, OSError):
+    """An ioctl on a KVM file descriptor failed.
+
+    The message names the ioctl and the errno, e.g.
+    ``KVM_CREATE_VM failed: EACCES (Permission denied)``.
+    """
+
+    def __init__(self, ioctl: str, err: int) -> None:
+        name = errno_module.errorcode.get(err, f"errno {err}")
+        message = f"{ioctl} failed: {name} ({os.strerror(err)})"
+        OSError.__init__(self, err, message)
+        self.ioctl = ioctl
+        self.errno = err
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class GuestMemoryError(PyvmmError):
+    """An access to guest-physical memory outside every RAM slot."""
+
+    def __init__(self, gpa: int, size: int, reason: str = "is not guest RAM") -> None:
+        super().__init__(f"guest-physical range 0x{gpa:x}..0x{gpa + size:x} {reason}")
+        self.gpa = gpa
+        self.size = size
+
+
+class BusError(PyvmmError):
+    """A device range that cannot be inserted on a bus."""
+
+
+class BusOverlap(BusError):
+    """The new range overlaps a device already on the bus."""
+
+
+class LoaderError(PyvmmError):
+    """The guest image cannot be loaded. Subclasses name the format's problem."""
+
+    exit_status = 2
+
+
+class ImageTooLarge(LoaderError):
+    """The image (or a segment of it) does not fit in guest RAM."""
+
+
+class BadElf(LoaderError):
+    """A truncated or inconsistent ELF file."""
+
+
+class UnsupportedElf(LoaderError):
+    """A well-formed ELF file pyvmm cannot boot (wrong machine, type...)."""
+
+
+class BadEntryPoint(LoaderError):
+    """The entry point lies outside the memory the image was loaded into."""

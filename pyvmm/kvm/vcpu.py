@@ -1,0 +1,88 @@
+"""A vCPU file descriptor and its shared `struct kvm_run` page."""
+
+from __future__ import annotations
+
+import errno
+from types import TracebackType
+from typing import Any
+
+from pyvmm._kvm import ffi, lib
+from pyvmm.errors import KvmError
+from pyvmm.kvm._ioctl import close_fd, ioctl_ptr
+
+# KVM_RUN returning one of these means "a signal arrived, look and run again".
+_INTERRUPTED = (-errno.EINTR, -errno.EAGAIN)
+
+
+class Vcpu:
+    """One method per vCPU ioctl. `run_struct` is the mmapped `struct kvm_run`."""
+
+    def __init__(self, fd: int, vcpu_id: int, mmap_size: int) -> None:
+        self.fd = fd
+        self.vcpu_id = vcpu_id
+        self._mmap_size = mmap_size
+        pointer = lib.pyvmm_mmap(mmap_size, lib.PROT_READ | lib.PROT_WRITE, lib.MAP_SHARED, fd, 0)
+        if pointer == ffi.NULL:
+            raise KvmError("mmap of the vCPU's kvm_run", ffi.errno)
+        self._run_pointer = pointer
+        self.run_struct: Any = ffi.cast("struct kvm_run *", pointer)
+
+    def run(self) -> bool:
+        """KVM_RUN once. True when the guest exited; False when a signal interrupted it."""
+        ret = lib.pyvmm_kvm_run(self.fd)
+        if ret >= 0:
+            return True
+        if ret in _INTERRUPTED:
+            return False
+        raise KvmError("KVM_RUN", -ret)
+
+    def get_regs(self) -> Any:
+        regs = ffi.new("struct kvm_regs *")
+        ioctl_ptr(self.fd, lib.KVM_GET_REGS, "KVM_GET_REGS", regs)
+        return regs
+
+    def set_regs(self, regs: Any) -> None:
+        ioctl_ptr(self.fd, lib.KVM_SET_REGS, "KVM_SET_REGS", regs)
+
+    def get_sregs(self) -> Any:
+        sregs = ffi.new("struct kvm_sregs *")
+        ioctl_ptr(self.fd, lib.KVM_GET_SREGS, "KVM_GET_SREGS", sregs)
+        return sregs
+
+    def set_sregs(self, sregs: Any) -> None:
+        ioctl_ptr(self.fd, lib.KVM_SET_SREGS, "KVM_SET_SREGS", sregs)
+
+    def get_fpu(self) -> Any:
+        fpu = ffi.new("struct kvm_fpu *")
+        ioctl_ptr(self.fd, lib.KVM_GET_FPU, "KVM_GET_FPU", fpu)
+        return fpu
+
+    def set_fpu(self, fpu: Any) -> None:
+        ioctl_ptr(self.fd, lib.KVM_SET_FPU, "KVM_SET_FPU", fpu)
+
+    def set_cpuid2(self, cpuid: Any) -> None:
+        ioctl_ptr(self.fd, lib.KVM_SET_CPUID2, "KVM_SET_CPUID2", cpuid)
+
+    def translate(self, gva: int) -> Any:
+        translation = ffi.new("struct kvm_translation *", {"linear_address": gva})
+        ioctl_ptr(self.fd, lib.KVM_TRANSLATE, "KVM_TRANSLATE", translation)
+        return translation
+
+    def close(self) -> None:
+        if self._run_pointer is not None:
+            lib.munmap(self._run_pointer, self._mmap_size)
+            self._run_pointer = None
+            self.run_struct = None
+        close_fd(self.fd)
+        self.fd = -1
+
+    def __enter__(self) -> Vcpu:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

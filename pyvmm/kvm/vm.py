@@ -1,0 +1,65 @@
+"""A VM file descriptor: memory slots, vCPU creation, x86 setup ioctls."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from pyvmm._kvm import ffi, lib
+from pyvmm.kvm._ioctl import close_fd, ioctl_int, ioctl_ptr
+from pyvmm.kvm.vcpu import Vcpu
+
+
+class Vm:
+    """One method per VM ioctl. Owns its fd; vCPUs own theirs."""
+
+    def __init__(self, fd: int, vcpu_mmap_size: int) -> None:
+        self.fd = fd
+        self.vcpu_mmap_size = vcpu_mmap_size
+
+    def check_extension(self, capability: int) -> int:
+        return ioctl_int(self.fd, lib.KVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION", capability)
+
+    def set_user_memory_region(
+        self, slot: int, flags: int, guest_phys_addr: int, memory_size: int, userspace_addr: int
+    ) -> None:
+        region = ffi.new(
+            "struct kvm_userspace_memory_region *",
+            {
+                "slot": slot,
+                "flags": flags,
+                "guest_phys_addr": guest_phys_addr,
+                "memory_size": memory_size,
+                "userspace_addr": userspace_addr,
+            },
+        )
+        ioctl_ptr(self.fd, lib.KVM_SET_USER_MEMORY_REGION, "KVM_SET_USER_MEMORY_REGION", region)
+
+    def set_tss_addr(self, gpa: int) -> None:
+        ioctl_int(self.fd, lib.KVM_SET_TSS_ADDR, "KVM_SET_TSS_ADDR", gpa)
+
+    def set_identity_map_addr(self, gpa: int) -> None:
+        address = ffi.new("uint64_t *", gpa)
+        ioctl_ptr(self.fd, lib.KVM_SET_IDENTITY_MAP_ADDR, "KVM_SET_IDENTITY_MAP_ADDR", address)
+
+    def create_vcpu(self, vcpu_id: int) -> Vcpu:
+        vcpu_fd = ioctl_int(self.fd, lib.KVM_CREATE_VCPU, "KVM_CREATE_VCPU", vcpu_id)
+        try:
+            return Vcpu(vcpu_fd, vcpu_id, self.vcpu_mmap_size)
+        except BaseException:
+            close_fd(vcpu_fd)
+            raise
+
+    def close(self) -> None:
+        close_fd(self.fd)
+        self.fd = -1
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

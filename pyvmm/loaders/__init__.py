@@ -1,0 +1,90 @@
+"""Guest image loaders: read an image, detect its format, copy it into guest RAM.
+
+A loader describes how to start the guest (an EntryPoint) and never touches
+vCPU registers. Formats are detected by magic: ELF, else a flat binary.
+Nothing here knows the architecture's addresses; the caller passes defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pyvmm.errors import ImageTooLarge, LoaderError
+from pyvmm.loaders.elf import EI_CLASS, ELFCLASS32, ELFCLASS64, is_elf, load_elf
+from pyvmm.loaders.entry import CpuMode, EntryPoint
+from pyvmm.loaders.flat import format_size, load_flat
+
+if TYPE_CHECKING:  # only for hints: importing the loaders needs no compiled _kvm module
+    from pyvmm.memory.guest_memory import GuestMemory
+
+__all__ = [
+    "MAX_IMAGE_SIZE",
+    "CpuMode",
+    "EntryPoint",
+    "describe_format",
+    "is_elf",
+    "load_elf",
+    "load_flat",
+    "load_image",
+    "read_image",
+]
+
+# A sanity cap on image files, checked before reading so a huge file costs nothing.
+MAX_IMAGE_SIZE = 4 << 30
+
+
+def read_image(path: str) -> bytes:
+    """The whole image file, or a one-line LoaderError saying why it cannot be used."""
+    try:
+        with open(path, "rb") as image_file:
+            size = os.fstat(image_file.fileno()).st_size
+            if size > MAX_IMAGE_SIZE:
+                raise ImageTooLarge(
+                    f"image {path!r} is {format_size(size)}, "
+                    f"more than the {format_size(MAX_IMAGE_SIZE)} limit"
+                )
+            # read() with a cap: a pipe or device reports no size up front.
+            image = image_file.read(MAX_IMAGE_SIZE + 1)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise LoaderError(f"cannot read image {path!r}: {reason}") from error
+    except ValueError as error:  # e.g. an embedded NUL byte in the path
+        raise LoaderError(f"cannot read image {path!r}: {error}") from error
+    if len(image) > MAX_IMAGE_SIZE:
+        raise ImageTooLarge(
+            f"image {path!r} is larger than the {format_size(MAX_IMAGE_SIZE)} limit"
+        )
+    if not image:
+        raise LoaderError(f"image {path!r} is empty")
+    return image
+
+
+def describe_format(image: bytes) -> str:
+    """The format name for -v: ELF64, ELF32 or flat binary (ELF if the class byte is bad)."""
+    if not is_elf(image):
+        return "flat binary"
+    elf_class = image[EI_CLASS] if len(image) > EI_CLASS else None
+    return {ELFCLASS32: "ELF32", ELFCLASS64: "ELF64"}.get(elf_class, "ELF")
+
+
+def load_image(
+    image: bytes,
+    memory: GuestMemory,
+    *,
+    mode: CpuMode | None,
+    load_gpa: int | None,
+    default_flat_gpa: Callable[[CpuMode], int],
+) -> EntryPoint:
+    """Load `image` by its format; `mode`/`load_gpa` None means the format's default."""
+    if is_elf(image):
+        if load_gpa is not None:
+            raise LoaderError(
+                "--load-addr applies to flat binaries only; "
+                "an ELF image is loaded at its own addresses"
+            )
+        return load_elf(image, memory, mode)
+    flat_mode = CpuMode.REAL if mode is None else mode
+    flat_gpa = default_flat_gpa(flat_mode) if load_gpa is None else load_gpa
+    return load_flat(image, memory, flat_mode, flat_gpa)

@@ -1,0 +1,33 @@
+"""What a loader tells the VMM: where to start and in which CPU state."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from pyvmm.memory.addr import GuestPhysAddr
+
+
+class CpuMode(enum.Enum):
+    """The CPU state the guest is entered in (the four states of kvm-hello-world)."""
+
+    REAL = "real"  # 16-bit real mode, like a BIOS jumping to a boot sector
+    PROTECTED = "protected"  # 32-bit protected mode, flat segments, paging off
+    PAGED = "paged"  # 32-bit protected mode with paging (4 MiB pages)
+    LONG = "long"  # 64-bit long mode, identity-mapped low 4 GiB
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """The result of loading an image: the loader describes, the arch code executes.
+
+    `entry` is the first instruction's address (an offset within CS=0 in real
+    mode; a linear address otherwise, identity-mapped by the VMM).
+    `image_start`/`image_end` bound what the loader wrote (guest-physical).
+    """
+
+    entry: GuestPhysAddr
+    mode: CpuMode
+    protocol: str  # "flat", "elf32", "elf64"
+    image_start: GuestPhysAddr
+    image_end: GuestPhysAddr

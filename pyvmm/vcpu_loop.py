@@ -1,0 +1,122 @@
+"""The KVM_RUN loop: run, decode the exit, dispatch it, until an outcome.
+
+Anything else in pyvmm (a device, a signal handler, a timer) ends the run by
+calling `request_stop`, which also sets `kvm_run.immediate_exit` so that a
+KVM_RUN about to start returns at once instead of entering the guest.
+"""
+
+from __future__ import annotations
+
+from pyvmm.arch.x86_64.pio import handle_io_in, handle_io_out
+from pyvmm.arch.x86_64.register_dump import format_registers
+from pyvmm.bus import Bus
+from pyvmm.errors import PyvmmError
+from pyvmm.kvm.exits import (
+    FailEntry,
+    Hlt,
+    InternalError,
+    IoIn,
+    IoOut,
+    MmioRead,
+    MmioWrite,
+    Shutdown,
+    SystemEvent,
+    Unknown,
+    VcpuExit,
+    decode,
+)
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.outcome import EXIT_GUEST_FAULT, EXIT_HALTED, OutcomeKind, RunOutcome
+
+
+class UnhandledExit(PyvmmError):
+    """KVM reported an exit pyvmm has no handler for."""
+
+
+class VcpuLoop:
+    """Runs one vCPU against its buses until something ends the run."""
+
+    def __init__(self, vcpu: Vcpu, pio_bus: Bus, mmio_bus: Bus) -> None:
+        self.vcpu = vcpu
+        self.pio_bus = pio_bus
+        self.mmio_bus = mmio_bus
+        self.exit_count = 0
+        self._stop: RunOutcome | None = None
+
+    def request_stop(self, outcome: RunOutcome) -> None:
+        """End the run with `outcome` (the first request wins). Safe in signal handlers."""
+        if self._stop is None:
+            self._stop = outcome
+        run = self.vcpu.run_struct
+        if run is not None:
+            run.immediate_exit = 1
+
+    def register_dump(self) -> str:
+        return format_registers(self.vcpu.get_regs(), self.vcpu.get_sregs())
+
+    def run(self) -> RunOutcome:
+        vcpu = self.vcpu
+        run = vcpu.run_struct
+        pio_bus = self.pio_bus
+        mmio_bus = self.mmio_bus
+        while self._stop is None:
+            if not vcpu.run():
+                # A signal: its handler (already run) may have asked to stop.
+                run.immediate_exit = 0
+                continue
+            self.exit_count += 1
+            match decode(run):
+                case IoOut() as io_out:
+                    handle_io_out(io_out, pio_bus)
+                case IoIn() as io_in:
+                    handle_io_in(io_in, pio_bus)
+                case MmioWrite(gpa=gpa, size=size, data=data):
+                    mmio_bus.write(gpa, size, int.from_bytes(data, "little"))
+                case MmioRead(gpa=gpa, size=size, buffer=buffer):
+                    buffer[0:size] = mmio_bus.read(gpa, size).to_bytes(size, "little")
+                case final:
+                    return self._final_outcome(final)
+        return self._stop
+
+    def _final_outcome(self, exit: VcpuExit) -> RunOutcome:
+        if isinstance(exit, Hlt):
+            return RunOutcome(OutcomeKind.HALTED, EXIT_HALTED, "guest halted")
+        if isinstance(exit, Shutdown):
+            return RunOutcome(
+                OutcomeKind.TRIPLE_FAULT,
+                EXIT_GUEST_FAULT,
+                "guest triple-faulted (KVM_EXIT_SHUTDOWN)",
+                self.register_dump(),
+            )
+        if isinstance(exit, FailEntry):
+            return RunOutcome(
+                OutcomeKind.FAIL_ENTRY,
+                EXIT_GUEST_FAULT,
+                "KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY): hardware reason "
+                f"0x{exit.hardware_entry_failure_reason:x} on cpu {exit.cpu}",
+                self.register_dump(),
+            )
+        if isinstance(exit, InternalError):
+            return RunOutcome(
+                OutcomeKind.INTERNAL_ERROR,
+                EXIT_GUEST_FAULT,
+                _describe_internal_error(exit),
+                self.register_dump(),
+            )
+        if isinstance(exit, SystemEvent):
+            status = EXIT_HALTED if exit.name == "shutdown" else EXIT_GUEST_FAULT
+            return RunOutcome(
+                OutcomeKind.SYSTEM_EVENT, status, f"guest requested a system {exit.name}"
+            )
+        name = exit.name if isinstance(exit, Unknown) else type(exit).__name__
+        raise UnhandledExit(f"unhandled exit {name}\n{self.register_dump()}")
+
+
+def _describe_internal_error(exit: InternalError) -> str:
+    if exit.is_emulation_failure:
+        text = "KVM could not emulate a guest instruction (KVM_INTERNAL_ERROR_EMULATION)"
+        if exit.insn_bytes:
+            text += f": bytes {exit.insn_bytes.hex(' ')}"
+        return text
+    data = " ".join(f"0x{word:x}" for word in exit.data)
+    return f"KVM internal error, suberror {exit.suberror}" + (f", data {data}" if data else "")

@@ -1,0 +1,102 @@
+"""Guests that misbehave, and inputs that are wrong: one clear message, right exit status."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.helpers import REPO, guest, run_pyvmm
+
+
+def test_triple_fault_is_reported_with_registers() -> None:
+    result = run_pyvmm("boot", guest("tests/triple_fault.bin"))
+    assert result.stdout == "about to triple fault\n"
+    assert result.returncode == 1
+    first, *dump = result.stderr.splitlines()
+    assert first == "pyvmm: guest triple-faulted (KVM_EXIT_SHUTDOWN)"
+    assert any(line.startswith("RIP=") for line in dump)
+    assert "Traceback" not in result.stderr
+
+
+def test_guest_that_never_halts_is_stopped_by_timeout() -> None:
+    started = time.monotonic()
+    result = run_pyvmm("boot", "--timeout", "1", guest("tests/spin.bin"))
+    elapsed = time.monotonic() - started
+    assert result.stdout == "spinning\n"
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == "pyvmm: guest did not finish within 1.0 s"
+    assert elapsed < 30  # the run ended; a hang would hit the subprocess timeout
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
+def test_signals_end_a_running_guest(signum: int, status: int) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyvmm", "boot", guest("tests/spin.bin")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == "spinning\n"  # the guest is running
+    process.send_signal(signum)
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == status
+    assert err.splitlines()[0] == f"pyvmm: stopped by {signal.Signals(signum).name}"
+
+
+def test_missing_image() -> None:
+    result = run_pyvmm("boot", "guests/no-such-image.bin")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "no-such-image.bin" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_malformed_elf(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    image = tmp_path / "broken.elf"
+    image.write_bytes((REPO / "guests" / "elf64.elf").read_bytes()[:80])
+    result = run_pyvmm("boot", str(image))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_image_larger_than_memory(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    image = tmp_path / "big.bin"
+    image.write_bytes(b"\xf4" * (3 << 20))
+    result = run_pyvmm("boot", "-m", "2M", str(image))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "does not fit" in result.stderr
+
+
+@pytest.mark.parametrize("memory", ["0", "1K", "lots", "-5M", "100T"])
+def test_impossible_memory_sizes(memory: str) -> None:
+    result = run_pyvmm("boot", "-m", memory, guest("hello.bin"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("pyvmm")
+    assert result.stdout == ""
+
+
+def test_missing_kvm_device() -> None:
+    result = run_pyvmm("boot", guest("hello.bin"), env={"PYVMM_KVM_PATH": "/nonexistent/kvm"})
+    assert result.returncode == 1
+    assert result.stderr.startswith("pyvmm: cannot open /nonexistent/kvm: ENOENT")
+    assert result.stderr.count("\n") == 1
+
+
+def test_image_over_vmm_page_tables_is_refused() -> None:
+    result = run_pyvmm("boot", "--mode", "long", "--load-addr", "0x1000", guest("long.bin"))
+    assert result.returncode == 2
+    assert "overlaps the VMM's GDT and page tables" in result.stderr
+
+
+def test_bad_usage() -> None:
+    result = run_pyvmm("boot", "--mode", "virtual-8086", guest("hello.bin"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "invalid choice" in result.stderr
