@@ -77,14 +77,17 @@ def test_elf32_guest_runs_in_protected_mode() -> None:
 def test_string_io_of_every_size() -> None:
     result = run_pyvmm("boot", guest("tests/rep_io.bin"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.endswith("ins ok\n"), result.stdout
-    assert "outsb\n" in result.stdout and "outsw\n" in result.stdout
+    # outsw/outsd units carry a character in their low byte and zeros above it,
+    # which land in IER/FCR/LCR: wide writes are split across registers as on ISA.
+    assert result.stdout == "outsb\noutsw\noutsd\nins ok\n"
 
 
 def test_unassigned_mmio_reads_all_ones() -> None:
     result = run_pyvmm("boot", "--mode", "protected", guest("tests/mmio.bin"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("mmio read=0xffffffff\n"), result.stdout
+    assert result.stdout == (
+        "mmio read=0xffffffff\nmmio read8=0xff read16=0xffff\nmmio reread=0xffffffff\n"
+    )
 
 
 @pytest.mark.parametrize("memory", ["2M", "64M", "1G", "4G", "5000"])

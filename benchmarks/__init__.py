@@ -1,0 +1,1 @@
+"""pyvmm benchmarks: scripts run by hand, never collected by pytest."""
