@@ -20,8 +20,19 @@ def test_boot_defaults() -> None:
 
 def test_boot_all_options() -> None:
     args = build_parser().parse_args(
-        ["boot", "-m", "1G", "--mode", "long", "--load-addr", "0x200000", "--timeout", "2.5",
-         "-vv", "x.bin"]
+        [
+            "boot",
+            "-m",
+            "1G",
+            "--mode",
+            "long",
+            "--load-addr",
+            "0x200000",
+            "--timeout",
+            "2.5",
+            "-vv",
+            "x.bin",
+        ]
     )
     assert (args.memory, args.mode, args.load_addr, args.timeout, args.verbose) == (
         "1G",

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from pyvmm._kvm import ffi, lib
-
 from pyvmm.arch.x86_64.pio import handle_io_in, handle_io_out
 from pyvmm.bus import Bus
 from pyvmm.kvm import exits
