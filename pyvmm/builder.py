@@ -12,7 +12,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from pyvmm.arch.x86_64 import layout
-from pyvmm.arch.x86_64.cpu import default_load_gpa, needs_vmm_tables, setup_cpuid, setup_vcpu
+from pyvmm.arch.x86_64.cpu import (
+    DEFAULT_PHYSICAL_ADDRESS_BITS,
+    default_load_gpa,
+    needs_vmm_tables,
+    setup_cpuid,
+    setup_vcpu,
+)
+from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters, list_mappings
 from pyvmm.bus import Bus
 from pyvmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit, debug_exit_status
 from pyvmm.devices.serial import Serial16550
@@ -26,6 +33,7 @@ from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.memory.guest_memory import GuestMemory
 from pyvmm.outcome import OutcomeKind, RunOutcome
 from pyvmm.run_signals import stop_on_signals
+from pyvmm.translation import Translation, paging_registers, translate
 from pyvmm.vcpu_loop import VcpuLoop
 
 log = logging.getLogger(__name__)
@@ -70,10 +78,22 @@ class Machine:
         self.entry = entry
         self.loop = loop
         self._resources = resources
+        self.max_phys_bits = DEFAULT_PHYSICAL_ADDRESS_BITS
 
     def run(self, timeout: float | None = None) -> RunOutcome:
         with stop_on_signals(self.loop.request_stop, timeout):
             return self.loop.run()
+
+    def translate(self, gva: int) -> Translation:
+        """The chain GVA -> GPA -> HVA -> HPA for `gva`, with the vCPU's current paging."""
+        return translate(self.memory, self.vcpu, gva, self.max_phys_bits)
+
+    def paging_registers(self) -> PagingRegisters:
+        return paging_registers(self.vcpu)
+
+    def mappings(self) -> list[Mapping]:
+        """Every virtual range the guest's current page tables map."""
+        return list_mappings(self.memory, self.paging_registers(), self.max_phys_bits)
 
     def close(self) -> None:
         self._resources.close()
@@ -141,7 +161,7 @@ def build_machine(config: MachineConfig) -> Machine:
         )
 
         vcpu = resources.enter_context(vm.create_vcpu(0))
-        setup_cpuid(kvm, vcpu)
+        max_phys_bits = setup_cpuid(kvm, vcpu)
         setup_vcpu(vcpu, entry, memory)
 
         pio_bus = Bus("port I/O bus")
@@ -154,6 +174,7 @@ def build_machine(config: MachineConfig) -> Machine:
         machine = Machine(
             kvm, vm, memory, vcpu, pio_bus, mmio_bus, serial, entry, loop, resources.pop_all()
         )
+        machine.max_phys_bits = max_phys_bits
     return machine
 
 

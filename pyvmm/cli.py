@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TextIO
 
 from pyvmm import __version__
 from pyvmm.errors import PyvmmError, UsageError
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.memory.size import parse_memory_size
+
+if TYPE_CHECKING:
+    from pyvmm.builder import Machine
+    from pyvmm.outcome import RunOutcome
 
 DEFAULT_MEMORY = "128M"  # QEMU's default
 
@@ -26,6 +32,14 @@ exit status:
 
 image formats: ELF32 (entered in protected mode), ELF64 (long mode), anything
 else is a flat binary (real mode at 0x7c00 by default, like a boot sector).
+"""
+
+
+MEMMAP_EPILOG = """\
+exit status: 0 when the report was printed (the guest's own ending is its
+first line), 1 when pyvmm failed, 2 for bad usage or input.
+
+example: pyvmm memmap --mode long guests/vmem64.bin --translate 0xffff800012345010
 """
 
 
@@ -49,36 +63,65 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=BOOT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    boot.add_argument("image", metavar="IMAGE", help="flat binary, ELF32 or ELF64 executable")
-    boot.add_argument(
+    add_machine_arguments(boot)
+
+    memmap = commands.add_parser(
+        "memmap",
+        help="run a guest, then show its memory at every level",
+        description="Run IMAGE until it ends, then print the machine's memory map, the "
+        "guest's page-table mappings (guest virtual -> guest physical -> host virtual), "
+        "and the whole chain down to host physical for each --translate address. "
+        "The guest's serial output goes to stderr.",
+        epilog=MEMMAP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_machine_arguments(memmap)
+    memmap.add_argument(
+        "--translate",
+        action="append",
+        default=[],
+        type=_parse_address,
+        metavar="GVA",
+        help="show the full translation chain of this guest-virtual address (repeatable)",
+    )
+    memmap.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    memmap.add_argument(
+        "-q", "--quiet", action="store_true", help="discard the guest's serial output"
+    )
+    return parser
+
+
+def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that describe a VM, shared by every command that builds one."""
+    parser.add_argument("image", metavar="IMAGE", help="flat binary, ELF32 or ELF64 executable")
+    parser.add_argument(
         "-m",
         "--memory",
         default=DEFAULT_MEMORY,
         metavar="MEM",
         help="guest RAM: plain MiB or with a K/M/G/T suffix (default %(default)s)",
     )
-    boot.add_argument(
+    parser.add_argument(
         "--mode",
         choices=[mode.value for mode in CpuMode],
         help="CPU state at entry (default: real for flat binaries, from the ELF class otherwise)",
     )
-    boot.add_argument(
+    parser.add_argument(
         "--load-addr",
         type=_parse_address,
         metavar="ADDR",
         help="guest-physical load address of a flat binary "
         "(default 0x7c00 in real mode, 0x100000 otherwise)",
     )
-    boot.add_argument(
+    parser.add_argument(
         "--timeout",
         type=_parse_timeout,
         metavar="SECONDS",
         help="stop the guest after this many seconds (exit status 1)",
     )
-    boot.add_argument(
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="say what the VMM does (-vv: more)"
     )
-    return parser
 
 
 def _parse_address(text: str) -> int:
@@ -101,8 +144,8 @@ def _parse_timeout(text: str) -> float:
     return value
 
 
-def run_boot(args: argparse.Namespace) -> int:
-    # Imported here so that `pyvmm --help` works even without the compiled binding.
+def build_from_args(args: argparse.Namespace, console: TextIO | None) -> Machine:
+    """Build the machine the shared options describe; console None discards output."""
     from pyvmm.builder import MachineConfig, build_machine
     from pyvmm.console import ConsoleWriter
     from pyvmm.kvm.system import DEFAULT_KVM_PATH
@@ -113,26 +156,85 @@ def run_boot(args: argparse.Namespace) -> int:
     config = MachineConfig(
         image=image,
         ram_size=ram_size,
-        console=ConsoleWriter(sys.stdout.fileno()),
+        console=ConsoleWriter(-1 if console is None else console.fileno()),
         mode=CpuMode(args.mode) if args.mode else None,
         load_gpa=args.load_addr,
         # Lets tests (and odd hosts) point pyvmm at another KVM device node.
         kvm_path=os.environ.get("PYVMM_KVM_PATH", DEFAULT_KVM_PATH),
     )
-    with build_machine(config) as machine:
+    return build_machine(config)
+
+
+def run_boot(args: argparse.Namespace) -> int:
+    with build_from_args(args, sys.stdout) as machine:
+        log_memory_map(machine)
         outcome = machine.run(timeout=args.timeout)
-        logging.getLogger("pyvmm").info(
-            "%s after %d exits; unassigned port accesses: %d reads, %d writes",
-            outcome.kind.value,
-            machine.loop.exit_count,
-            machine.pio_bus.unmapped_reads,
-            machine.pio_bus.unmapped_writes,
+        log_run_summary(machine, outcome)
+    report_abnormal_end(outcome)
+    return outcome.exit_status
+
+
+def run_memmap(args: argparse.Namespace) -> int:
+    from pyvmm.machine_map import machine_memory_map
+    from pyvmm.memory_report import MemoryReport, mapping_rows, render_text, report_to_json
+
+    with build_from_args(args, None if args.quiet else sys.stderr) as machine:
+        outcome = machine.run(timeout=args.timeout)
+        log_run_summary(machine, outcome)
+        report_abnormal_end(outcome)
+        report = MemoryReport(
+            outcome=f"{outcome.kind.value}: {outcome.message}",
+            memory_map=machine_memory_map(machine),
+            paging=machine.paging_registers(),
+            mappings=mapping_rows(machine.mappings(), machine.memory),
+            translations=[machine.translate(gva) for gva in args.translate],
         )
+    if args.json:
+        print(json.dumps(report_to_json(report), indent=2))
+    else:
+        sys.stdout.write(render_text(report))
+    return 0
+
+
+def log_memory_map(machine: Machine) -> None:
+    log = logging.getLogger("pyvmm")
+    if not log.isEnabledFor(logging.INFO):
+        return
+    from pyvmm.machine_map import machine_memory_map
+
+    for entry in machine_memory_map(machine):
+        host = f" (host 0x{entry.hva:x})" if entry.hva is not None else ""
+        log.info(
+            "memory 0x%09x-0x%09x %-6s %s%s",
+            entry.start,
+            entry.end - 1,
+            entry.kind,
+            entry.description,
+            host,
+        )
+
+
+def log_run_summary(machine: Machine, outcome: RunOutcome) -> None:
+    logging.getLogger("pyvmm").info(
+        "%s after %d exits; unassigned port accesses: %d reads, %d writes",
+        outcome.kind.value,
+        machine.loop.exit_count,
+        machine.pio_bus.unmapped_reads,
+        machine.pio_bus.unmapped_writes,
+    )
+
+
+def report_abnormal_end(outcome: RunOutcome) -> None:
     if outcome.kind.is_abnormal:
         print(f"pyvmm: {outcome.message}", file=sys.stderr)
         if outcome.registers:
             print(outcome.registers, file=sys.stderr)
-    return outcome.exit_status
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "boot": run_boot,
+    "memmap": run_memmap,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="pyvmm: %(message)s",
             stream=sys.stderr,
         )
-        return run_boot(args)
+        return COMMANDS[args.command](args)
     except SystemExit as exit:  # --help and --version
         return int(exit.code or 0)
     except PyvmmError as error:

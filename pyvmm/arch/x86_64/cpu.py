@@ -54,9 +54,25 @@ def needs_vmm_tables(mode: CpuMode) -> bool:
     return mode is not CpuMode.REAL
 
 
-def setup_cpuid(kvm: Kvm, vcpu: Vcpu) -> None:
-    """Expose what the host's KVM supports, unchanged (the model for later topology)."""
-    vcpu.set_cpuid2(kvm.get_supported_cpuid())
+# CPUID leaf giving the physical and linear address widths (SDM vol. 2A, CPUID).
+CPUID_ADDRESS_SIZES = 0x8000_0008
+DEFAULT_PHYSICAL_ADDRESS_BITS = 36  # what the SDM says to assume without the leaf
+
+
+def setup_cpuid(kvm: Kvm, vcpu: Vcpu) -> int:
+    """Expose what the host's KVM supports, unchanged. Returns MAXPHYADDR."""
+    cpuid = kvm.get_supported_cpuid()
+    vcpu.set_cpuid2(cpuid)
+    return physical_address_bits(cpuid)
+
+
+def physical_address_bits(cpuid: Any) -> int:
+    """MAXPHYADDR as the guest sees it: bits 7:0 of CPUID.80000008H:EAX."""
+    for index in range(cpuid.nent):
+        entry = cpuid.entries[index]
+        if entry.function == CPUID_ADDRESS_SIZES:
+            return entry.eax & 0xFF or DEFAULT_PHYSICAL_ADDRESS_BITS
+    return DEFAULT_PHYSICAL_ADDRESS_BITS
 
 
 def setup_vcpu(vcpu: Vcpu, entry: EntryPoint, memory: GuestMemory) -> None:

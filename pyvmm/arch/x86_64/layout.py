@@ -59,3 +59,20 @@ def reserved_ranges(needs_tables: bool) -> list[tuple[int, int, str]]:
         (GDT_GPA, PAGE_TABLES_END, "the VMM's GDT and page tables"),
         (BOOT_STACK_TOP - BOOT_STACK_SIZE, BOOT_STACK_TOP, "the boot stack"),
     ]
+
+
+def vmm_placements(mode_value: str) -> list[tuple[int, int, str]]:
+    """(start, end, what) of each structure the VMM writes for an entry mode."""
+    if mode_value == "real":
+        return [(0, 0x400, "real-mode IVT (left empty: no BIOS)")]
+    placements = [(GDT_GPA, GDT_GPA + 3 * 8, "GDT: null, code 0x08, data 0x10")]
+    if mode_value == "paged":
+        placements.append(
+            (PAGE_TABLES_GPA, PAGE_TABLES_GPA + 0x1000, "page directory: 4 MiB identity pages")
+        )
+    elif mode_value == "long":
+        placements.append(
+            (PAGE_TABLES_GPA, PAGE_TABLES_END, "PML4, PDPT, 4 PDs: 2 MiB identity pages")
+        )
+    placements.append((BOOT_STACK_TOP - BOOT_STACK_SIZE, BOOT_STACK_TOP, "boot stack"))
+    return placements
