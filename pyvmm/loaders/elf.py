@@ -120,7 +120,7 @@ def _choose_mode(elf_class: _ElfClass, mode: CpuMode | None) -> CpuMode:
         return elf_class.default_mode
     if mode is CpuMode.REAL:
         raise UnsupportedElf("an ELF image cannot be entered in real mode; use a flat binary")
-    if elf_class is _ELF64 and mode is not CpuMode.LONG:
+    if elf_class is _ELF64 and not mode.is_64bit:
         raise UnsupportedElf(f"an ELF64 image needs long mode and cannot run in {mode.value} mode")
     return mode
 

@@ -15,6 +15,11 @@ class CpuMode(enum.Enum):
     PROTECTED = "protected"  # 32-bit protected mode, flat segments, paging off
     PAGED = "paged"  # 32-bit protected mode with paging (4 MiB pages)
     LONG = "long"  # 64-bit long mode, identity-mapped low 4 GiB
+    USER = "user"  # long mode entered at CPL3 with IOPL=3: hot loops run unprivileged
+
+    @property
+    def is_64bit(self) -> bool:
+        return self in (CpuMode.LONG, CpuMode.USER)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.integration.helpers import guest, host_keeps_32bit_paging, run_pyvmm
+from tests.integration.helpers import GUESTS, guest, host_keeps_32bit_paging, run_pyvmm
 
 
 def test_hello_prints_and_halts() -> None:
@@ -95,3 +95,30 @@ def test_hello_with_various_memory_sizes(memory: str) -> None:
     # 4G and 5000 MiB put RAM on both sides of the PCI hole (two slots).
     result = run_pyvmm("boot", "-m", memory, guest("hello.bin"))
     assert (result.returncode, result.stdout) == (0, "Hello, world!\n"), result.stderr
+
+
+def test_user_mode_guest_runs_at_cpl3_and_does_port_io() -> None:
+    result = run_pyvmm("boot", "--mode", "user", guest("user.bin"))
+    # The sum 1..1000000 is computed in ring 3; every character went through `out`.
+    assert result.stdout == f"user mode: CPL=3 sum=0x{sum(range(1, 1000001)):016x}\n"
+    assert result.returncode == 85, result.stderr
+
+
+def test_user_mode_entry_state_as_kvm_holds_it() -> None:
+    from pyvmm.builder import MachineConfig, build_machine
+    from pyvmm.loaders.entry import CpuMode
+
+    image = (GUESTS / "user.bin").read_bytes()
+    config = MachineConfig(
+        image=image, ram_size=64 << 20, console=lambda data: None, mode=CpuMode.USER
+    )
+    with build_machine(config) as machine:
+        regs, sregs = machine.vcpu.get_regs(), machine.vcpu.get_sregs()
+        assert (regs.rflags >> 12) & 3 == 3  # IOPL=3
+        assert (sregs.cs.selector, sregs.cs.dpl, sregs.cs.l) == (0x23, 3, 1)
+        assert (sregs.ss.selector, sregs.ss.dpl) == (0x1B, 3)
+        assert (sregs.tr.selector, sregs.tr.type, sregs.tr.present) == (0x28, 0xB, 1)
+        assert sregs.efer & (1 << 10)  # long mode active
+        # Every paging level lets CPL3 through.
+        walk = machine.translate(0x100000).walk
+        assert walk.flags is not None and walk.flags.user

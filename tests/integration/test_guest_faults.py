@@ -93,7 +93,7 @@ def test_missing_kvm_device() -> None:
 def test_image_over_vmm_page_tables_is_refused() -> None:
     result = run_pyvmm("boot", "--mode", "long", "--load-addr", "0x1000", guest("long.bin"))
     assert result.returncode == 2
-    assert "overlaps the VMM's GDT and page tables" in result.stderr
+    assert "overlaps the VMM's GDT, TSS and page tables" in result.stderr
 
 
 def test_bad_usage() -> None:

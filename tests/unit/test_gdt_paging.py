@@ -104,3 +104,40 @@ def test_unaligned_tables_are_refused(memory: GuestMemory) -> None:
         build_identity_map_64(memory, 0x1008)
     with pytest.raises(ValueError):
         build_identity_map_32(memory, 0x1800)
+
+
+def test_user_mode_gdt_has_dpl3_segments_and_a_tss() -> None:
+    from pyvmm.arch.x86_64.gdt import (
+        TSS_SELECTOR,
+        TSS_WITH_BITMAP_SIZE,
+        USER_CODE_SELECTOR,
+        USER_DATA_SELECTOR,
+        user_mode_gdt,
+    )
+
+    entries = user_mode_gdt(0x1_2345_7000)
+    assert len(entries) == 7  # null, kernel code/data, user data/code, 16-byte TSS
+    code = decode_descriptor(entries[USER_CODE_SELECTOR >> 3], USER_CODE_SELECTOR)
+    data = decode_descriptor(entries[USER_DATA_SELECTOR >> 3], USER_DATA_SELECTOR)
+    assert (code.dpl, code.long, code.db, code.type) == (3, 1, 0, 0xA)
+    assert (data.dpl, data.type) == (3, 0x2)
+    tss = decode_descriptor(entries[TSS_SELECTOR >> 3], TSS_SELECTOR)
+    assert (tss.s, tss.type, tss.present, tss.dpl) == (0, 0xB, 1, 0)
+    assert tss.limit == TSS_WITH_BITMAP_SIZE - 1
+    # The upper half of a 64-bit system descriptor holds base bits 63:32.
+    assert tss.base | entries[(TSS_SELECTOR >> 3) + 1] << 32 == 0x1_2345_7000
+
+
+def test_tss_allows_every_port() -> None:
+    from pyvmm.arch.x86_64.gdt import TSS_SIZE, tss_bytes
+
+    tss = tss_bytes(rsp0=0x78000)
+    assert int.from_bytes(tss[4:12], "little") == 0x78000  # RSP0
+    assert int.from_bytes(tss[102:104], "little") == TSS_SIZE  # bitmap right after the TSS
+    assert tss[TSS_SIZE:-1] == bytes(8192) and tss[-1] == 0xFF  # 0 = allowed; terminator
+
+
+def test_user_identity_map_sets_us_at_every_level(memory: GuestMemory) -> None:
+    build_identity_map_64(memory, 0x1000, user=True)
+    for gpa in (0x1000, 0x2000, 0x3000):
+        assert memory.read_u64(gpa) & 0b100

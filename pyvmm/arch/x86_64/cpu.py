@@ -12,10 +12,15 @@ from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.gdt import (
     CODE_SELECTOR,
     DATA_SELECTOR,
+    TSS_SELECTOR,
+    USER_CODE_SELECTOR,
+    USER_DATA_SELECTOR,
     Segment,
     decode_descriptor,
     flat_gdt,
     gdt_bytes,
+    tss_bytes,
+    user_mode_gdt,
 )
 from pyvmm.arch.x86_64.paging import build_identity_map_32, build_identity_map_64
 from pyvmm.arch.x86_64.registers import (
@@ -26,6 +31,7 @@ from pyvmm.arch.x86_64.registers import (
     CR4_PSE,
     EFER_LMA,
     EFER_LME,
+    RFLAGS_IOPL3,
     RFLAGS_RESERVED,
 )
 from pyvmm.errors import PyvmmError
@@ -89,16 +95,20 @@ def setup_vcpu(vcpu: Vcpu, entry: EntryPoint, memory: GuestMemory) -> None:
         _enter_real_mode(sregs)
         regs.rsp = layout.REAL_MODE_STACK_TOP
     else:
-        _enter_protected_mode(sregs, memory, long_mode=entry.mode is CpuMode.LONG)
+        _enter_protected_mode(sregs, memory, long_mode=entry.mode.is_64bit)
         if entry.mode is CpuMode.PAGED:
             sregs.cr3 = build_identity_map_32(memory, layout.PAGE_TABLES_GPA)
             sregs.cr4 |= CR4_PSE
             sregs.cr0 |= CR0_PG
-        elif entry.mode is CpuMode.LONG:
-            sregs.cr3 = build_identity_map_64(memory, layout.PAGE_TABLES_GPA)
+        elif entry.mode.is_64bit:
+            user = entry.mode is CpuMode.USER
+            sregs.cr3 = build_identity_map_64(memory, layout.PAGE_TABLES_GPA, user=user)
             sregs.cr4 |= CR4_PAE
             sregs.efer |= EFER_LME | EFER_LMA
             sregs.cr0 |= CR0_PG
+            if user:
+                _drop_to_user_mode(sregs, memory)
+                regs.rflags |= RFLAGS_IOPL3
         regs.rsp = layout.BOOT_STACK_TOP
         _reset_fpu(vcpu)
 
@@ -149,6 +159,20 @@ def _enter_protected_mode(sregs: Any, memory: GuestMemory, long_mode: bool) -> N
     for register in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
         _load_segment(register, data)
     sregs.cr0 |= CR0_PE | CR0_ET
+
+
+def _drop_to_user_mode(sregs: Any, memory: GuestMemory) -> None:
+    """CPL3 segments, a TSS for ring-0 entries, and the GDT that holds them both."""
+    entries = user_mode_gdt(layout.TSS_GPA)
+    memory.write(layout.GDT_GPA, gdt_bytes(entries))
+    memory.write(layout.TSS_GPA, tss_bytes(rsp0=layout.KERNEL_STACK_TOP))
+    sregs.gdt.limit = 8 * len(entries) - 1
+    code = decode_descriptor(entries[USER_CODE_SELECTOR >> 3], USER_CODE_SELECTOR)
+    data = decode_descriptor(entries[USER_DATA_SELECTOR >> 3], USER_DATA_SELECTOR)
+    _load_segment(sregs.cs, code)
+    for register in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        _load_segment(register, data)
+    _load_segment(sregs.tr, decode_descriptor(entries[TSS_SELECTOR >> 3], TSS_SELECTOR))
 
 
 def _load_segment(register: Any, segment: Segment) -> None:

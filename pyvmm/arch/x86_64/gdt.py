@@ -17,10 +17,25 @@ FLAG_G = 1 << 3  # limit counts 4 KiB pages
 FLAG_DB = 1 << 2  # 32-bit default operand size
 FLAG_L = 1 << 1  # 64-bit code segment
 
-# Selectors of the VMM's GDT (index << 3, RPL 0).
+ACCESS_DPL3 = 3 << 5
+TYPE_TSS_64_BUSY = 0xB  # system descriptor: 64-bit TSS, busy (SDM 3.5, table 3-2)
+
+# Selectors of the VMM's GDT (index << 3 | RPL). The user-mode GDT adds user
+# data before user code (the order SYSRET expects) and a 16-byte TSS descriptor.
 NULL_SELECTOR = 0x00
 CODE_SELECTOR = 0x08
 DATA_SELECTOR = 0x10
+USER_DATA_SELECTOR = 0x18 | 3
+USER_CODE_SELECTOR = 0x20 | 3
+TSS_SELECTOR = 0x28
+
+# A 64-bit TSS is 104 bytes (SDM 8.7, figure 8-11), here followed by an I/O
+# permission bitmap of one bit per port (SDM 19.5.2) and its 0xff terminator.
+TSS_SIZE = 104
+IO_BITMAP_SIZE = 65536 // 8
+TSS_WITH_BITMAP_SIZE = TSS_SIZE + IO_BITMAP_SIZE + 1
+TSS_RSP0_OFFSET = 4
+TSS_IOMAP_BASE_OFFSET = 102
 
 
 @dataclass(frozen=True)
@@ -90,3 +105,33 @@ def flat_gdt(long_mode: bool) -> list[int]:
 
 def gdt_bytes(entries: list[int]) -> bytes:
     return b"".join(entry.to_bytes(8, "little") for entry in entries)
+
+
+def user_mode_gdt(tss_gpa: int) -> list[int]:
+    """Kernel code/data, user data/code (DPL 3, 64-bit), then the TSS (two slots)."""
+    present_s = ACCESS_PRESENT | ACCESS_S
+    kernel = flat_gdt(long_mode=True)
+    user_data = encode_descriptor(
+        0, 0xFFFFF, present_s | ACCESS_DPL3 | TYPE_DATA_READ_WRITE, FLAG_G | FLAG_DB
+    )
+    user_code = encode_descriptor(
+        0, 0xFFFFF, present_s | ACCESS_DPL3 | TYPE_CODE_EXEC_READ, FLAG_G | FLAG_L
+    )
+    tss_low = encode_descriptor(
+        tss_gpa, TSS_WITH_BITMAP_SIZE - 1, ACCESS_PRESENT | TYPE_TSS_64_BUSY, 0
+    )
+    tss_high = tss_gpa >> 32  # a 64-bit system descriptor's upper half: base 63:32
+    return [*kernel, user_data, user_code, tss_low, tss_high]
+
+
+def tss_bytes(rsp0: int) -> bytes:
+    """A TSS whose I/O bitmap allows every port to CPL3.
+
+    IOPL=3 alone allows them on VT-x/AMD-V; some KVM backends (kvm_pvm)
+    ignore IOPL at CPL3 but honour the bitmap, so the guest gets both.
+    """
+    tss = bytearray(TSS_WITH_BITMAP_SIZE)
+    tss[TSS_RSP0_OFFSET : TSS_RSP0_OFFSET + 8] = rsp0.to_bytes(8, "little")
+    tss[TSS_IOMAP_BASE_OFFSET : TSS_IOMAP_BASE_OFFSET + 2] = TSS_SIZE.to_bytes(2, "little")
+    tss[-1] = 0xFF  # the bitmap's terminating byte (SDM 19.5.2)
+    return bytes(tss)

@@ -24,9 +24,16 @@ GDT_GPA = GuestPhysAddr(0x500)
 # Page tables: the 32-bit page directory, or PML4, PDPT and four PDs for long mode.
 PAGE_TABLES_GPA = GuestPhysAddr(0x1000)
 PAGE_TABLES_END = GuestPhysAddr(0x7000)
+# The 64-bit TSS of the user-mode entry state, with its 8 KiB I/O bitmap.
+TSS_GPA = GuestPhysAddr(0x7000)
+TSS_END = GuestPhysAddr(0x9100)
+# Everything the VMM may write for a non-real entry state lies in [GDT_GPA, VMM_AREA_END).
+VMM_AREA_END = TSS_END
 # Stack pointer handed to non-real-mode guests (grows down towards 0x70000).
 BOOT_STACK_TOP = GuestPhysAddr(0x8_0000)
 BOOT_STACK_SIZE = 0x1_0000
+# In user mode the upper half of that area is the CPL3 stack, the lower the ring-0 one.
+KERNEL_STACK_TOP = GuestPhysAddr(BOOT_STACK_TOP - BOOT_STACK_SIZE // 2)
 # Real mode: SS:SP just below the boot sector, as most BIOSes leave it.
 REAL_MODE_STACK_TOP = 0x7C00
 
@@ -56,7 +63,7 @@ def reserved_ranges(needs_tables: bool) -> list[tuple[int, int, str]]:
     if not needs_tables:
         return []
     return [
-        (GDT_GPA, PAGE_TABLES_END, "the VMM's GDT and page tables"),
+        (GDT_GPA, VMM_AREA_END, "the VMM's GDT, TSS and page tables"),
         (BOOT_STACK_TOP - BOOT_STACK_SIZE, BOOT_STACK_TOP, "the boot stack"),
     ]
 
@@ -73,6 +80,12 @@ def vmm_placements(mode_value: str) -> list[tuple[int, int, str]]:
     elif mode_value == "long":
         placements.append(
             (PAGE_TABLES_GPA, PAGE_TABLES_END, "PML4, PDPT, 4 PDs: 2 MiB identity pages")
+        )
+    elif mode_value == "user":
+        placements[0] = (GDT_GPA, GDT_GPA + 7 * 8, "GDT: kernel 0x08/0x10, user 0x1b/0x23, TSS")
+        placements.append((TSS_GPA, TSS_END, "64-bit TSS: RSP0, I/O bitmap allowing every port"))
+        placements.append(
+            (PAGE_TABLES_GPA, PAGE_TABLES_END, "PML4, PDPT, 4 PDs: 2 MiB identity pages, user")
         )
     placements.append((BOOT_STACK_TOP - BOOT_STACK_SIZE, BOOT_STACK_TOP, "boot stack"))
     return placements

@@ -39,7 +39,7 @@ def long_mode_tables_size() -> int:
     return 6 * PAGE_SIZE
 
 
-def build_identity_map_64(memory: GuestMemory, pml4_gpa: GuestPhysAddr) -> int:
+def build_identity_map_64(memory: GuestMemory, pml4_gpa: GuestPhysAddr, user: bool = False) -> int:
     """PML4 -> PDPT -> 4 PDs of 2-MiB pages covering 4 GiB. Returns CR3.
 
     Tables are consecutive pages from `pml4_gpa`. 2 MiB pages need no CPU
@@ -47,7 +47,8 @@ def build_identity_map_64(memory: GuestMemory, pml4_gpa: GuestPhysAddr) -> int:
     """
     if not is_aligned(pml4_gpa, PAGE_SIZE):
         raise ValueError(f"PML4 at 0x{pml4_gpa:x} is not page-aligned")
-    table_flags = ENTRY_PRESENT | ENTRY_WRITABLE
+    # `user`: every level allows CPL3, for guests entered in user mode.
+    table_flags = ENTRY_PRESENT | ENTRY_WRITABLE | (ENTRY_USER if user else 0)
     pdpt_gpa = pml4_gpa + PAGE_SIZE
     first_pd_gpa = pdpt_gpa + PAGE_SIZE
     directories = IDENTITY_MAP_LIMIT // (512 * LARGE_PAGE_64)

@@ -19,3 +19,4 @@ EFER_NXE = 1 << 11
 
 RFLAGS_RESERVED = 1 << 1  # bit 1 always reads as 1
 RFLAGS_IF = 1 << 9
+RFLAGS_IOPL3 = 3 << 12  # I/O privilege level 3: `in`/`out` allowed at CPL3
