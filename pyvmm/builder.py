@@ -67,6 +67,7 @@ class Machine:
         entry: EntryPoint,
         loop: VcpuLoop,
         resources: ExitStack,
+        max_phys_bits: int = DEFAULT_PHYSICAL_ADDRESS_BITS,
     ) -> None:
         self.kvm = kvm
         self.vm = vm
@@ -78,7 +79,7 @@ class Machine:
         self.entry = entry
         self.loop = loop
         self._resources = resources
-        self.max_phys_bits = DEFAULT_PHYSICAL_ADDRESS_BITS
+        self.max_phys_bits = max_phys_bits  # the guest's MAXPHYADDR, for page walks
 
     def run(self, timeout: float | None = None) -> RunOutcome:
         with stop_on_signals(self.loop.request_stop, timeout):
@@ -172,9 +173,18 @@ def build_machine(config: MachineConfig) -> Machine:
         pio_bus.insert(IgnoredPort(), POST_PORT, 1, "POST port")
 
         machine = Machine(
-            kvm, vm, memory, vcpu, pio_bus, mmio_bus, serial, entry, loop, resources.pop_all()
+            kvm,
+            vm,
+            memory,
+            vcpu,
+            pio_bus,
+            mmio_bus,
+            serial,
+            entry,
+            loop,
+            resources.pop_all(),
+            max_phys_bits,
         )
-        machine.max_phys_bits = max_phys_bits
     return machine
 
 
