@@ -21,6 +21,7 @@ from pyvmm.arch.x86_64.cpu import (
 )
 from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters, list_mappings
 from pyvmm.bus import Bus
+from pyvmm.closing import ClosesOnExit
 from pyvmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit, debug_exit_status
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.sink import POST_PORT, IgnoredPort
@@ -52,7 +53,7 @@ class MachineConfig:
     kvm_path: str = DEFAULT_KVM_PATH
 
 
-class Machine:
+class Machine(ClosesOnExit):
     """A built VM, ready to run once. Closing releases every fd and mapping."""
 
     def __init__(
@@ -98,12 +99,6 @@ class Machine:
 
     def close(self) -> None:
         self._resources.close()
-
-    def __enter__(self) -> Machine:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def check_ram_size(ram_size: int) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
-from types import TracebackType
 
 from pyvmm._kvm import ffi, lib
+from pyvmm.closing import ClosesOnExit
 from pyvmm.errors import KvmError, KvmUnavailable
 from pyvmm.kvm._ioctl import close_fd, ioctl_int, ioctl_ptr
 from pyvmm.kvm.vm import Vm
@@ -21,7 +21,7 @@ REQUIRED_CAPABILITIES: tuple[tuple[str, int], ...] = (
 )
 
 
-class Kvm:
+class Kvm(ClosesOnExit):
     """An open `/dev/kvm`. One method per system ioctl, no policy."""
 
     def __init__(self, fd: int) -> None:
@@ -49,17 +49,6 @@ class Kvm:
     def close(self) -> None:
         close_fd(self.fd)
         self.fd = -1
-
-    def __enter__(self) -> Kvm:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_kvm(path: str = DEFAULT_KVM_PATH) -> Kvm:

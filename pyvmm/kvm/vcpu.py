@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import errno
-from types import TracebackType
 from typing import Any
 
 from pyvmm._kvm import ffi, lib
+from pyvmm.closing import ClosesOnExit
 from pyvmm.errors import KvmError
 from pyvmm.kvm._ioctl import close_fd, ioctl_ptr
 
@@ -14,7 +14,7 @@ from pyvmm.kvm._ioctl import close_fd, ioctl_ptr
 _INTERRUPTED = (-errno.EINTR, -errno.EAGAIN)
 
 
-class Vcpu:
+class Vcpu(ClosesOnExit):
     """One method per vCPU ioctl. `run_struct` is the mmapped `struct kvm_run`."""
 
     def __init__(self, fd: int, vcpu_id: int, mmap_size: int) -> None:
@@ -75,14 +75,3 @@ class Vcpu:
             self.run_struct = None
         close_fd(self.fd)
         self.fd = -1
-
-    def __enter__(self) -> Vcpu:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
 from pyvmm._kvm import ffi, lib
+from pyvmm.closing import ClosesOnExit
 from pyvmm.kvm._ioctl import close_fd, ioctl_int, ioctl_ptr
 from pyvmm.kvm.vcpu import Vcpu
 
 
-class Vm:
+class Vm(ClosesOnExit):
     """One method per VM ioctl. Owns its fd; vCPUs own theirs."""
 
     def __init__(self, fd: int, vcpu_mmap_size: int) -> None:
@@ -52,14 +51,3 @@ class Vm:
     def close(self) -> None:
         close_fd(self.fd)
         self.fd = -1
-
-    def __enter__(self) -> Vm:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -13,8 +13,8 @@ import itertools
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 
+from pyvmm.closing import ClosesOnExit
 from pyvmm.errors import GuestMemoryError
 from pyvmm.memory.addr import GuestPhysAddr
 from pyvmm.memory.host_mapping import HostMapping
@@ -37,7 +37,7 @@ class GuestRegion:
         return self.gpa <= gpa and gpa + size <= self.gpa + self.size
 
 
-class GuestMemory:
+class GuestMemory(ClosesOnExit):
     """Guest RAM: a list of non-overlapping regions over one HostMapping."""
 
     def __init__(self, mapping: HostMapping, regions: Sequence[GuestRegion]) -> None:
@@ -139,14 +139,3 @@ class GuestMemory:
 
     def close(self) -> None:
         self.mapping.close()
-
-    def __enter__(self) -> GuestMemory:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

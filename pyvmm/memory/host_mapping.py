@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
 from pyvmm._kvm import ffi, lib
+from pyvmm.closing import ClosesOnExit
 from pyvmm.errors import PyvmmError
 
 
-class HostMapping:
+class HostMapping(ClosesOnExit):
     """An anonymous, private, lazily committed mmap of `size` bytes.
 
     MAP_NORESERVE: the host commits a page only when the guest (or the VMM)
@@ -41,14 +41,3 @@ class HostMapping:
             self.view.release()
             lib.munmap(self._pointer, self.size)
             self._pointer = None
-
-    def __enter__(self) -> HostMapping:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -13,17 +13,16 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pyvmm.arch.x86_64.registers import CR0_PG, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE
+from pyvmm.arch.x86_64.paging import (
+    ENTRY_NX,
+    ENTRY_PAGE_SIZE,
+    ENTRY_PRESENT,
+    ENTRY_USER,
+    ENTRY_WRITABLE,
+)
+from pyvmm.arch.x86_64.registers import CR0_PG, CR4_LA57, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE
 from pyvmm.errors import GuestMemoryError
 from pyvmm.memory.guest_memory import GuestMemory
-
-CR4_LA57 = 1 << 12
-
-ENTRY_PRESENT = 1 << 0
-ENTRY_WRITABLE = 1 << 1
-ENTRY_USER = 1 << 2
-ENTRY_PAGE_SIZE = 1 << 7
-ENTRY_NX = 1 << 63
 
 KIB = 1 << 10
 MIB = 1 << 20

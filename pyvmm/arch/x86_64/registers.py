@@ -11,6 +11,7 @@ CR0_PG = 1 << 31
 
 CR4_PSE = 1 << 4
 CR4_PAE = 1 << 5
+CR4_LA57 = 1 << 12  # 5-level paging
 
 EFER_SCE = 1 << 0
 EFER_LME = 1 << 8
