@@ -42,6 +42,11 @@ first line), 1 when pyvmm failed, 2 for bad usage or input.
 example: pyvmm memmap --mode long guests/vmem64.bin --translate 0xffff800012345010
 """
 
+DEMO_EPILOG = """\
+exit status: 0 when the evidence supports the property, 1 when it does not,
+2 when the demo cannot run (it needs guests/ and benchmarks/ from a checkout).
+"""
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line and exit status 2."""
@@ -88,6 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     memmap.add_argument(
         "-q", "--quiet", action="store_true", help="discard the guest's serial output"
     )
+
+    demo = commands.add_parser(
+        "demo",
+        help="show Popek & Goldberg's VMM properties on real guests",
+        description="Run a teaching demo (from a source checkout): equivalence, efficiency "
+        "or isolation (resource control). Without NAME, list the demos.",
+        epilog=DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument(
+        "name",
+        nargs="?",
+        choices=["equivalence", "efficiency", "isolation"],
+        metavar="NAME",
+        help="equivalence, efficiency or isolation",
+    )
+    demo.set_defaults(verbose=0)
     return parser
 
 
@@ -231,9 +253,19 @@ def report_abnormal_end(outcome: RunOutcome) -> None:
             print(outcome.registers, file=sys.stderr)
 
 
+def run_demo(args: argparse.Namespace) -> int:
+    from pyvmm import demos
+
+    if args.name is None:
+        sys.stdout.write(demos.list_demos())
+        return 0
+    return demos.run_demo(args.name, sys.stdout)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "boot": run_boot,
     "memmap": run_memmap,
+    "demo": run_demo,
 }
 
 
@@ -259,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pyvmm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

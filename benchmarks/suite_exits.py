@@ -1,0 +1,476 @@
+"""What one VM exit costs in pyvmm, against a minimal C VMM running the same guest.
+
+`exit_guest.bin` makes `count` exits of one kind (port write, MMIO write,
+port read) in a tight loop, at CPL0 (`--mode long`) or CPL3 (`--mode user`),
+then writes to the debug-exit port. pyvmm runs it with `Machine.run()`; the
+reference VMM (`ref_vmm.c`, compiled here with `cc -O2`) runs the very same
+entry state: pyvmm builds the machine, and this module hands the C program
+pyvmm's own sregs, regs, FPU state and the non-zero pages of low memory in a
+state file (`write_state_file`). Each sample is the run loop's time divided by
+its exit count; samples are interleaved pairs (C, pyvmm, C, pyvmm ...), and
+the ratio pyvmm/C is the price of Python per exit.
+
+    python -m benchmarks.suite_exits [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import enum
+import functools
+import json
+import os
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.comparison import Comparison, Progress, interleave, timed
+from pyvmm._kvm import ffi
+from pyvmm.arch.x86_64 import layout
+from pyvmm.builder import Machine, MachineConfig, build_machine
+from pyvmm.kvm.host import kvm_backend
+from pyvmm.loaders.entry import CpuMode
+from pyvmm.outcome import OutcomeKind
+
+BENCHMARKS = Path(__file__).resolve().parent
+EXIT_GUEST = BENCHMARKS / "exit_guest.bin"
+REF_VMM_SOURCE = BENCHMARKS / "ref_vmm.c"
+
+# The guest's parameter block and exit targets (documented in exit_guest.s).
+PARAMS_GPA = 0x9_0000
+BENCH_PORT = 0x700
+BENCH_PORT_SIZE = 4
+BENCH_MMIO_GPA = layout.MMIO_GAP_START
+BENCH_MMIO_SIZE = 0x1000
+# The value exit_guest writes to the debug-exit port when its loop ran.
+GUEST_DONE = 0
+
+RAM_SIZE = 128 * layout.MIB  # pyvmm's (and QEMU's) default -m
+# The state file carries the non-zero pages below this: every table, stack,
+# parameter and image pyvmm writes for these guests lies there.
+SNAPSHOT_LIMIT = 2 * layout.MIB
+PAGE_SIZE = 4096
+STATE_MAGIC = b"PYVMMREF"
+
+C_LABEL = "C reference VMM"
+PYVMM_LABEL = "pyvmm"
+GUIDE_CLAIM = "a Python exit loop adds 7-22 % to the ~8 us exit"
+
+# (count, pairs) per comparison.
+QUICK = (4_000, 5)
+FULL = (20_000, 15)
+
+
+class ExitKind(enum.IntEnum):
+    """The `kind` word of exit_guest's parameter block."""
+
+    PORT_OUT = 0
+    MMIO_WRITE = 1
+    PORT_IN = 2
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    mode: CpuMode
+    kind: ExitKind
+
+
+CASES = (
+    Case("port I/O out, CPL0", CpuMode.LONG, ExitKind.PORT_OUT),
+    Case("port I/O out, CPL3", CpuMode.USER, ExitKind.PORT_OUT),
+    Case("MMIO write, CPL0", CpuMode.LONG, ExitKind.MMIO_WRITE),
+    Case("port I/O in, CPL3", CpuMode.USER, ExitKind.PORT_IN),
+)
+
+
+class RefVmmError(Exception):
+    """The reference VMM could not be built or did not run the guest as expected."""
+
+
+# --- running a process and measuring it -------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    seconds: float  # wall clock, spawn to exit
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    max_rss_kib: int | None  # the command's peak resident set, when asked for and measurable
+
+
+@functools.cache
+def gnu_time() -> str | None:
+    """GNU time (`time -f %M`), or None: the only clean per-command peak RSS here.
+
+    A child's own ru_maxrss (wait4) is useless for this: Python spawns it with
+    vfork, and exec() records the *parent's* high-water RSS in the child's
+    maxrss, so every child would report at least this benchmark's own size.
+    GNU time forks from its own small process.
+    """
+    path = shutil.which("time")
+    if path is None:
+        return None
+    result = subprocess.run([path, "--version"], capture_output=True, text=True)
+    return path if "GNU" in result.stdout + result.stderr else None
+
+
+NO_GNU_TIME = "GNU time not found, peak RSS not measured: install with: apt-get install time"
+
+
+def kill_session(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL every process of the session `process` leads, then reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+
+
+def run_measured(
+    command: Sequence[str], timeout: float, cwd: Path | None = None, *, peak_rss: bool = False
+) -> ProcessResult:
+    """Run `command` to its end, in its own session; with `peak_rss`, under GNU time.
+
+    Raises TimeoutError after killing the whole session (QEMU under GNU time
+    included) when it outlives `timeout` seconds.
+    """
+    wrapper = gnu_time() if peak_rss else None
+    with tempfile.NamedTemporaryFile(prefix="pyvmm-rss-") as rss_file:
+        argv = list(command)
+        if wrapper is not None:
+            argv = [wrapper, "-f", "%M", "-o", rss_file.name, *argv]
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_session(process)
+            raise TimeoutError(f"{command[0]} did not finish within {timeout:g} s") from None
+        except BaseException:  # Ctrl-C: the session does not get the terminal's SIGINT
+            kill_session(process)
+            raise
+        seconds = time.perf_counter() - started
+        max_rss_kib = None
+        if wrapper is not None:
+            # GNU time may write "Command exited with non-zero status N" first.
+            lines = Path(rss_file.name).read_text().split()
+            max_rss_kib = int(lines[-1]) if lines and lines[-1].isdigit() else None
+    return ProcessResult(seconds, process.returncode, stdout, stderr, max_rss_kib)
+
+
+# --- the reference VMM --------------------------------------------------------
+
+
+def find_compiler() -> str | None:
+    """The C compiler to use: $CC, else cc, gcc or clang on PATH."""
+    candidates = [os.environ["CC"]] if os.environ.get("CC") else []
+    for name in [*candidates, "cc", "gcc", "clang"]:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    return None
+
+
+NO_COMPILER = (
+    "no C compiler found (cc, gcc, clang or $CC): the reference VMM cannot be built; "
+    "install with: apt-get install gcc linux-libc-dev"
+)
+
+
+def build_ref_vmm(directory: Path) -> Path:
+    """Compile ref_vmm.c with `cc -O2` into `directory`; raises RefVmmError."""
+    compiler = find_compiler()
+    if compiler is None:
+        raise RefVmmError(NO_COMPILER)
+    binary = directory / "ref_vmm"
+    result = subprocess.run(
+        [compiler, "-O2", "-o", str(binary), str(REF_VMM_SOURCE)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RefVmmError(f"cannot build ref_vmm.c:\n{result.stderr.strip()}")
+    return binary
+
+
+def write_state_file(machine: Machine, path: Path, limit: int = SNAPSHOT_LIMIT) -> int:
+    """Write pyvmm's vCPU entry state and low memory for ref_vmm; returns the page count.
+
+    Layout (little-endian, read by ref_vmm.c's load_state): b"PYVMMREF", the
+    sizes of struct kvm_sregs, kvm_regs and kvm_fpu as u32 and a zero u32, the
+    three structs' raw bytes, then one record per non-zero page below `limit`:
+    u64 gpa, u64 size, the bytes.
+    """
+    structs = [
+        bytes(ffi.buffer(machine.vcpu.get_sregs())),
+        bytes(ffi.buffer(machine.vcpu.get_regs())),
+        bytes(ffi.buffer(machine.vcpu.get_fpu())),
+    ]
+    parts = [STATE_MAGIC, struct.pack("<4I", *(len(raw) for raw in structs), 0), *structs]
+    pages = 0
+    zero = bytes(PAGE_SIZE)
+    for gpa in range(0, min(limit, machine.memory.size), PAGE_SIZE):
+        page = machine.memory.read(gpa, PAGE_SIZE)
+        if page != zero:
+            parts += [struct.pack("<QQ", gpa, PAGE_SIZE), page]
+            pages += 1
+    path.write_bytes(b"".join(parts))
+    return pages
+
+
+@dataclass(frozen=True)
+class RefRun:
+    """What ref_vmm reported (counters are summed over its cycles)."""
+
+    cycles: int
+    exits: int
+    io_out: int
+    io_in: int
+    mmio_write: int
+    mmio_read: int
+    debug_exit: int
+    run_ns: int
+    total_ns: int
+    console: bytes
+    max_rss_kib: int | None
+
+
+def run_ref_vmm(
+    binary: Path,
+    state: Path,
+    *,
+    cycles: int = 1,
+    ram_size: int = RAM_SIZE,
+    timeout: float = 120,
+    peak_rss: bool = False,
+) -> RefRun:
+    command = [str(binary), "--state", str(state), "--ram-size", str(ram_size)]
+    result = run_measured([*command, "--cycles", str(cycles)], timeout, peak_rss=peak_rss)
+    lines = result.stderr.decode(errors="replace").strip().splitlines()
+    if result.returncode != 0 or not lines or not lines[-1].startswith("ref_vmm: cycles="):
+        raise RefVmmError(
+            f"ref_vmm failed (status {result.returncode}): " + (lines[-1] if lines else "no output")
+        )
+    fields = {
+        key: int(value) for key, value in (item.split("=", 1) for item in lines[-1].split()[1:])
+    }
+    try:
+        return RefRun(
+            cycles=fields["cycles"],
+            exits=fields["exits"],
+            io_out=fields["io_out"],
+            io_in=fields["io_in"],
+            mmio_write=fields["mmio_write"],
+            mmio_read=fields["mmio_read"],
+            debug_exit=fields["debug_exit"],
+            run_ns=fields["run_ns"],
+            total_ns=fields["total_ns"],
+            console=result.stdout,
+            max_rss_kib=result.max_rss_kib,
+        )
+    except KeyError as missing:
+        raise RefVmmError(f"ref_vmm's report lacks {missing}: {lines[-1]}") from None
+
+
+# --- pyvmm's side ---------------------------------------------------------------
+
+
+class CountingDevice:
+    """The benchmark's device: counts accesses, reads zeros (what ref_vmm does too)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.writes = 0
+
+    def read(self, offset: int, size: int) -> int:
+        self.reads += 1
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.writes += 1
+
+
+def build_exit_machine(case: Case, count: int) -> tuple[Machine, CountingDevice]:
+    """exit_guest in `case.mode` with its parameters written and its device attached."""
+    machine = build_machine(
+        MachineConfig(
+            image=EXIT_GUEST.read_bytes(),
+            ram_size=RAM_SIZE,
+            console=lambda data: None,
+            mode=case.mode,
+        )
+    )
+    device = CountingDevice()
+    machine.pio_bus.insert(device, BENCH_PORT, BENCH_PORT_SIZE, "benchmark port")
+    machine.mmio_bus.insert(device, BENCH_MMIO_GPA, BENCH_MMIO_SIZE, "benchmark MMIO")
+    machine.memory.write(PARAMS_GPA, struct.pack("<QQ", count, case.kind))
+    return machine, device
+
+
+def expected_exits(count: int) -> int:
+    """Exits per run: `count` loop exits and the final debug-exit write."""
+    return count + 1
+
+
+def kind_counts(case: Case, count: int) -> dict[str, int]:
+    """ref_vmm's per-kind counters for one run of `case` (the debug exit is an `out`)."""
+    counts = {"io_out": 1, "io_in": 0, "mmio_write": 0, "mmio_read": 0}
+    key = {ExitKind.PORT_OUT: "io_out", ExitKind.MMIO_WRITE: "mmio_write"}.get(case.kind, "io_in")
+    counts[key] += count
+    return counts
+
+
+def measure_pyvmm(case: Case, count: int) -> tuple[float, int]:
+    """(seconds of `Machine.run()`, exits) for one fresh machine."""
+    machine, device = build_exit_machine(case, count)
+    with machine:
+        outcomes = []
+        seconds = timed(lambda: outcomes.append(machine.run()))
+        outcome = outcomes[0]
+        if outcome.kind is not OutcomeKind.DEBUG_EXIT or outcome.exit_status != 1:
+            raise RefVmmError(f"pyvmm: exit_guest ended with {outcome.message}")
+        accesses = device.writes if case.kind is not ExitKind.PORT_IN else device.reads
+        if accesses != count:
+            raise RefVmmError(f"pyvmm: the device saw {accesses} accesses, not {count}")
+        return seconds, machine.loop.exit_count
+
+
+def measure_c(binary: Path, state: Path, case: Case, count: int) -> tuple[float, int]:
+    """(seconds of ref_vmm's KVM_RUN loop, exits) for one run."""
+    run = run_ref_vmm(binary, state)
+    counts = {name: getattr(run, name) for name in kind_counts(case, count)}
+    if run.debug_exit != GUEST_DONE or counts != kind_counts(case, count):
+        raise RefVmmError(f"ref_vmm: unexpected exits {counts}, debug exit {run.debug_exit}")
+    return run.run_ns / 1e9, run.exits
+
+
+# --- the suite --------------------------------------------------------------------
+
+
+def skipped(case: Case, reason: str) -> Comparison:
+    comparison = Comparison("exits", case.name, C_LABEL, PYVMM_LABEL, "us/exit")
+    comparison.notes["skipped"] = reason
+    return comparison
+
+
+def compare_case(
+    binary: Path, workdir: Path, case: Case, count: int, pairs: int, progress: Progress | None
+) -> Comparison:
+    comparison = Comparison("exits", case.name, C_LABEL, PYVMM_LABEL, "us/exit")
+    state = workdir / f"state-{case.mode.value}-{case.kind.name.lower()}.bin"
+    machine, _ = build_exit_machine(case, count)
+    with machine:
+        state_pages = write_state_file(machine, state)
+    exit_counts: dict[str, list[int]] = {C_LABEL: [], PYVMM_LABEL: []}
+
+    def sample(label: str, seconds: float, exits: int) -> float:
+        exit_counts[label].append(exits)
+        return seconds * 1e6 / exits
+
+    interleave(
+        comparison,
+        lambda: sample(C_LABEL, *measure_c(binary, state, case, count)),
+        lambda: sample(PYVMM_LABEL, *measure_pyvmm(case, count)),
+        pairs,
+        progress,
+    )
+    overheads = [b - a for a, b in zip(comparison.a, comparison.b, strict=True)]
+    ratio = comparison.ratio
+    comparison.notes.update(
+        {
+            "mode": case.mode.value,
+            "cpl": 3 if case.mode is CpuMode.USER else 0,
+            "exit_kind": case.kind.name.lower(),
+            "count": count,
+            "exits_per_run": expected_exits(count),
+            "exit_counts": exit_counts,
+            "state_file_pages": state_pages,
+            "python_overhead_us_per_exit": statistics.median(overheads),
+            "python_overhead_percent": None if ratio is None else (ratio - 1) * 100,
+            "guide_claim": GUIDE_CLAIM,
+            "timed": "pyvmm: Machine.run(); C: its KVM_RUN loop (CLOCK_MONOTONIC); "
+            "both divided by their own exit count, which includes the final debug exit",
+            "host_kvm": kvm_backend(),
+        }
+    )
+    return comparison
+
+
+def collect(
+    quick: bool,
+    progress: Progress | None = None,
+    *,
+    count: int | None = None,
+    pairs: int | None = None,
+    cases: Sequence[Case] = CASES,
+) -> list[Comparison]:
+    """One Comparison per case; `count` and `pairs` override the quick/full defaults."""
+    default_count, default_pairs = QUICK if quick else FULL
+    count = default_count if count is None else count
+    pairs = default_pairs if pairs is None else pairs
+    with tempfile.TemporaryDirectory(prefix="pyvmm-bench-") as directory:
+        workdir = Path(directory)
+        try:
+            binary = build_ref_vmm(workdir)
+        except RefVmmError as error:
+            if progress is not None:
+                progress(f"exits: skipped: {error}")
+            return [skipped(case, str(error)) for case in cases]
+        return [compare_case(binary, workdir, case, count, pairs, progress) for case in cases]
+
+
+def format_comparison(comparison: Comparison) -> str:
+    """One line: medians of A and B, the median pair ratio, and any skip reason."""
+    summary = comparison.to_json()
+    head = f"{comparison.suite}: {comparison.name}"
+    if summary["a"] is None or summary["b"] is None:
+        return f"{head}: skipped: {comparison.notes.get('skipped', 'no samples')}"
+    ratio = comparison.ratio
+    return (
+        f"{head}: {comparison.a_label} {summary['a']['median']:.4g} {comparison.unit}, "
+        f"{comparison.b_label} {summary['b']['median']:.4g} {comparison.unit}, "
+        f"ratio {comparison.b_label}/{comparison.a_label} "
+        + ("n/a" if ratio is None else f"{ratio:.3f}")
+        + f" ({summary['pairs']} pairs)"
+    )
+
+
+Collect = Callable[[bool, "Progress | None"], list[Comparison]]
+
+
+def run_suite_cli(collect_suite: Collect, description: str, argv: Sequence[str] | None) -> None:
+    """`--quick` and `--json` for a suite module's `python -m` entry point."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="few samples (< 20 s)")
+    parser.add_argument("--json", action="store_true", help="print every sample as JSON")
+    args = parser.parse_args(argv)
+    comparisons = collect_suite(args.quick, lambda message: print(message, file=sys.stderr))
+    if args.json:
+        print(json.dumps([comparison.to_json() for comparison in comparisons], indent=2))
+        return
+    for comparison in comparisons:
+        print(format_comparison(comparison))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_suite_cli(collect, (__doc__ or "").splitlines()[0], argv)
+
+
+if __name__ == "__main__":
+    main()

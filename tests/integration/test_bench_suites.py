@@ -1,0 +1,151 @@
+"""The benchmark suites run end to end and measure what they say (never how fast).
+
+Tiny counts: these check structure and behaviour (every VMM made exactly the
+exits asked for, ratios are positive numbers, a missing tool becomes a note),
+not timing thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from benchmarks import suite_exits, suite_startup
+from benchmarks.comparison import Comparison
+from benchmarks.suite_exits import C_LABEL, CASES, PYVMM_LABEL, RefVmmError, run_ref_vmm
+from benchmarks.suite_startup import BOOT_NAME, CYCLE_NAME, RSS_NAME, Plan
+
+BENCHMARKS = Path(suite_exits.__file__).resolve().parent
+TOOLS = ("make", "as", "ld", "objcopy")
+needs_compiler = pytest.mark.skipif(
+    suite_exits.find_compiler() is None, reason="no C compiler for the reference VMM"
+)
+
+
+def assert_measured(comparison: Comparison, pairs: int) -> None:
+    assert "skipped" not in comparison.notes, comparison.notes["skipped"]
+    assert len(comparison.a) == len(comparison.b) == pairs
+    assert all(math.isfinite(sample) and sample > 0 for sample in comparison.a + comparison.b)
+    ratio = comparison.ratio
+    assert ratio is not None and math.isfinite(ratio) and ratio > 0
+    json.dumps(comparison.to_json())  # the report must serialize
+
+
+def assert_skipped(comparison: Comparison, *needles: str) -> None:
+    assert comparison.a == comparison.b == []
+    assert comparison.ratio is None
+    reason = comparison.notes["skipped"]
+    assert any(needle in reason for needle in needles), reason
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in TOOLS), reason="GNU make/binutils not installed"
+)
+def test_benchmark_guests_rebuild_to_the_committed_bytes(tmp_path: Path) -> None:
+    subprocess.run(
+        ["make", "-s", "-C", str(BENCHMARKS), f"OUT={tmp_path}"], check=True, capture_output=True
+    )
+    for image in ("exit_guest.bin", "hello_exit.bin"):
+        assert (tmp_path / image).read_bytes() == (BENCHMARKS / image).read_bytes(), (
+            f"benchmarks/{image} differs from what its source builds: run make -C benchmarks"
+        )
+
+
+@needs_compiler
+def test_exit_suite_counts_the_same_exits_in_both_vmms() -> None:
+    count, pairs = 40, 2
+    comparisons = suite_exits.collect(quick=True, count=count, pairs=pairs)
+    assert [comparison.name for comparison in comparisons] == [case.name for case in CASES]
+    for comparison in comparisons:
+        assert comparison.suite == "exits"
+        assert comparison.unit == "us/exit"
+        assert (comparison.a_label, comparison.b_label) == (C_LABEL, PYVMM_LABEL)
+        assert_measured(comparison, pairs)
+        # count loop exits plus the final debug-exit write, in each run of each VMM
+        assert comparison.notes["exit_counts"] == {
+            C_LABEL: [count + 1] * pairs,
+            PYVMM_LABEL: [count + 1] * pairs,
+        }
+        assert comparison.notes["count"] == count
+        assert comparison.notes["cpl"] in (0, 3)
+
+
+def test_exit_suite_without_a_compiler_is_skipped_with_a_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(suite_exits, "find_compiler", lambda: None)
+    messages: list[str] = []
+    comparisons = suite_exits.collect(quick=True, progress=messages.append, count=1, pairs=1)
+    assert len(comparisons) == len(CASES)
+    for comparison in comparisons:
+        assert_skipped(comparison, "no C compiler")
+    assert any("skipped" in message for message in messages)
+
+
+@needs_compiler
+def test_ref_vmm_rejects_a_file_that_is_not_a_state_file(tmp_path: Path) -> None:
+    binary = suite_exits.build_ref_vmm(tmp_path)
+    state = tmp_path / "junk.bin"
+    state.write_bytes(b"not a state file")
+    with pytest.raises(RefVmmError, match="not a ref_vmm state file"):
+        run_ref_vmm(binary, state)
+
+
+@needs_compiler
+def test_exit_guest_reports_an_unknown_kind(tmp_path: Path) -> None:
+    binary = suite_exits.build_ref_vmm(tmp_path)
+    case = suite_exits.Case("bad kind", CASES[0].mode, suite_exits.ExitKind.PORT_OUT)
+    machine, _ = suite_exits.build_exit_machine(case, 5)
+    with machine:
+        machine.memory.write_u64(suite_exits.PARAMS_GPA + 8, 7)
+        suite_exits.write_state_file(machine, tmp_path / "state.bin")
+    run = run_ref_vmm(binary, tmp_path / "state.bin")
+    assert (run.exits, run.io_out, run.debug_exit) == (1, 1, 1)
+
+
+def test_boot_sector_is_padded_and_signed() -> None:
+    sector = suite_startup.boot_sector(b"\xf4")
+    assert len(sector) == 512
+    assert sector[0] == 0xF4 and sector[510:] == b"\x55\xaa"
+    with pytest.raises(ValueError):
+        suite_startup.boot_sector(bytes(511))
+
+
+def test_missing_qemu_is_a_note_with_the_install_command(tmp_path: Path) -> None:
+    comparison, qemu_rss = suite_startup.compare_boot(
+        suite_startup.QUICK, tmp_path, "qemu-system-x86_64-not-installed", None
+    )
+    assert qemu_rss is None
+    assert_skipped(comparison, "install with: apt-get install qemu-system-x86")
+
+
+def test_startup_suite_runs_every_comparison_or_says_why_not() -> None:
+    plan = Plan(boot_pairs=1, cycle_pairs=2, cycles=3, rss_pairs=1, qemu_timeout=60)
+    boot, cycle, rss = suite_startup.collect(quick=True, plan=plan)
+    assert [boot.name, cycle.name, rss.name] == [BOOT_NAME, CYCLE_NAME, RSS_NAME]
+    assert all(comparison.suite == "startup" for comparison in (boot, cycle, rss))
+
+    if "skipped" in boot.notes:
+        assert_skipped(boot, "apt-get install qemu-system-x86", "QEMU cannot boot")
+    else:
+        assert_measured(boot, 1)
+        assert boot.unit == "ms"
+
+    if suite_exits.find_compiler() is None:
+        assert_skipped(cycle, "no C compiler")
+        assert_skipped(rss, "no C compiler")
+        return
+    assert_measured(cycle, 2)
+    assert cycle.unit == "ms/cycle"
+    exits = suite_startup.HELLO_EXITS
+    assert cycle.notes["exits_per_cycle"] == {C_LABEL: [exits] * 2, PYVMM_LABEL: [exits] * 2}
+    if suite_exits.gnu_time() is None:
+        assert_skipped(rss, "apt-get install time")
+    else:
+        assert_measured(rss, 1)
+        assert rss.unit == "KiB"
