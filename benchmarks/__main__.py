@@ -50,7 +50,7 @@ def format_value(value: float) -> str:
 
 def render_table(comparisons: list[Comparison]) -> str:
     header = (
-        f"{'suite':<8} {'comparison':<26} {'unit':<8} {'A':<20} {'A median (min-max)':<24} "
+        f"{'suite':<8} {'comparison':<44} {'unit':<8} {'A':<20} {'A median (min-max)':<24} "
         f"{'B':<20} {'B median (min-max)':<24} {'B/A':>8}"
     )
     lines = [header, "-" * len(header)]
@@ -67,13 +67,13 @@ def render_table(comparisons: list[Comparison]) -> str:
 
         ratio = item.ratio
         lines.append(
-            f"{item.suite:<8} {item.name:<26} {item.unit:<8} {item.a_label:<20} "
+            f"{item.suite:<8} {item.name:<44} {item.unit:<8} {item.a_label:<20} "
             f"{cell(item.a):<24} {item.b_label:<20} {cell(item.b):<24} "
             f"{'-' if ratio is None else f'{ratio:.2f}x':>8}"
         )
         skipped = item.notes.get("skipped")
         if skipped:
-            lines.append(f"{'':<8} {'':<26} skipped: {skipped}")
+            lines.append(f"{'':<8} {'':<44} skipped: {skipped}")
     return "\n".join(lines)
 
 
