@@ -35,7 +35,7 @@ from pyvmm.memory.guest_memory import GuestMemory
 from pyvmm.outcome import OutcomeKind, RunOutcome
 from pyvmm.run_signals import stop_on_signals
 from pyvmm.translation import Translation, paging_registers, translate
-from pyvmm.vcpu_loop import VcpuLoop
+from pyvmm.vcpu_loop import ExitObserver, VcpuLoop
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ class Machine(ClosesOnExit):
         self._resources = resources
         self.max_phys_bits = max_phys_bits  # the guest's MAXPHYADDR, for page walks
 
-    def run(self, timeout: float | None = None) -> RunOutcome:
+    def run(self, timeout: float | None = None, observer: ExitObserver | None = None) -> RunOutcome:
         with stop_on_signals(self.loop.request_stop, timeout):
-            return self.loop.run()
+            return self.loop.run(observer)
 
     def translate(self, gva: int) -> Translation:
         """The chain GVA -> GPA -> HVA -> HPA for `gva`, with the vCPU's current paging."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pyvmm import __version__
 from pyvmm.errors import PyvmmError, UsageError
@@ -69,6 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_machine_arguments(boot)
+    boot.add_argument(
+        "--trace",
+        nargs="?",
+        const="all",
+        metavar="KINDS",
+        help="print one line per exit; --trace=KINDS keeps only those (comma-separated: io, "
+        "mmio, hlt, shutdown, fail-entry, internal-error, system-event, unknown)",
+    )
+    boot.add_argument("--trace-file", metavar="FILE", help="write the trace to FILE, not stderr")
+    boot.add_argument(
+        "--trace-format", choices=["text", "json"], default="text", help="trace line format"
+    )
+    boot.add_argument(
+        "--stats", action="store_true", help="print exit statistics and timings at the end"
+    )
 
     memmap = commands.add_parser(
         "memmap",
@@ -188,12 +204,47 @@ def build_from_args(args: argparse.Namespace, console: TextIO | None) -> Machine
 
 
 def run_boot(args: argparse.Namespace) -> int:
-    with build_from_args(args, sys.stdout) as machine:
+    from pyvmm.exit_stats import ExitStatistics, FanOut
+    from pyvmm.trace import ExitTracer, parse_categories
+
+    categories = parse_categories(args.trace) if args.trace else None
+    with contextlib.ExitStack() as files, build_from_args(args, sys.stdout) as machine:
         log_memory_map(machine)
-        outcome = machine.run(timeout=args.timeout)
+        observers: list[Any] = []
+        if categories is not None:
+            stream = files.enter_context(open_trace_file(args.trace_file))
+            observers.append(
+                ExitTracer(
+                    machine.vcpu,
+                    machine.memory,
+                    stream,
+                    categories,
+                    json_lines=args.trace_format == "json",
+                    max_phys_bits=machine.max_phys_bits,
+                )
+            )
+        statistics = ExitStatistics() if args.stats else None
+        if statistics is not None:
+            observers.append(statistics)
+        observer = (
+            observers[0] if len(observers) == 1 else FanOut(*observers) if observers else None
+        )
+        outcome = machine.run(timeout=args.timeout, observer=observer)
         log_run_summary(machine, outcome)
     report_abnormal_end(outcome)
+    if statistics is not None:
+        print(statistics.summary(), file=sys.stderr)
     return outcome.exit_status
+
+
+def open_trace_file(path: str | None) -> TextIO:
+    """The trace goes to stderr by default: stdout is the guest's console."""
+    if path is None:
+        return contextlib.nullcontext(sys.stderr)  # type: ignore[return-value]
+    try:
+        return open(path, "w", buffering=1)
+    except OSError as error:
+        raise UsageError(f"cannot write trace file '{path}': {error.strerror}") from None
 
 
 def run_memmap(args: argparse.Namespace) -> int:
@@ -272,7 +323,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     verbose = 0
     try:
-        args = build_parser().parse_args(argv)
+        arguments = list(sys.argv[1:] if argv is None else argv)
+        # A bare --trace must not swallow the image name: kinds go after '='.
+        arguments = ["--trace=all" if item == "--trace" else item for item in arguments]
+        args = build_parser().parse_args(arguments)
         verbose = args.verbose
         logging.basicConfig(
             level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,

@@ -7,6 +7,9 @@ KVM_RUN about to start returns at once instead of entering the guest.
 
 from __future__ import annotations
 
+import time
+from typing import Protocol
+
 from pyvmm.arch.x86_64.pio import handle_io_in, handle_io_out
 from pyvmm.arch.x86_64.register_dump import format_registers
 from pyvmm.bus import Bus
@@ -27,6 +30,14 @@ from pyvmm.kvm.exits import (
 )
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.outcome import EXIT_GUEST_FAULT, EXIT_HALTED, OutcomeKind, RunOutcome
+
+
+class ExitObserver(Protocol):
+    """Sees every exit with its timing: the trace and the statistics implement it."""
+
+    def on_exit(self, exit: VcpuExit, run_ns: int, handle_ns: int) -> None: ...
+
+    def on_interrupted(self, run_ns: int) -> None: ...
 
 
 class UnhandledExit(PyvmmError):
@@ -54,29 +65,60 @@ class VcpuLoop:
     def register_dump(self) -> str:
         return format_registers(self.vcpu.get_regs(), self.vcpu.get_sregs())
 
-    def run(self) -> RunOutcome:
+    def run(self, observer: ExitObserver | None = None) -> RunOutcome:
+        """Run until an outcome. With an observer, every exit is also timed and reported."""
+        if observer is not None:
+            return self._run_observed(observer)
         vcpu = self.vcpu
         run = vcpu.run_struct
-        pio_bus = self.pio_bus
-        mmio_bus = self.mmio_bus
+        dispatch = self._dispatch
         while self._stop is None:
             if not vcpu.run():
                 # A signal: its handler (already run) may have asked to stop.
                 run.immediate_exit = 0
                 continue
             self.exit_count += 1
-            match decode(run):
-                case IoOut() as io_out:
-                    handle_io_out(io_out, pio_bus)
-                case IoIn() as io_in:
-                    handle_io_in(io_in, pio_bus)
-                case MmioWrite(gpa=gpa, size=size, data=data):
-                    mmio_bus.write(gpa, size, int.from_bytes(data, "little"))
-                case MmioRead(gpa=gpa, size=size, buffer=buffer):
-                    buffer[0:size] = mmio_bus.read(gpa, size).to_bytes(size, "little")
-                case final:
-                    return self._final_outcome(final)
+            outcome = dispatch(decode(run))
+            if outcome is not None:
+                return outcome
         return self._stop
+
+    def _run_observed(self, observer: ExitObserver) -> RunOutcome:
+        # A separate loop, so that the plain one pays nothing for tracing.
+        vcpu = self.vcpu
+        run = vcpu.run_struct
+        clock = time.perf_counter_ns
+        while self._stop is None:
+            entered = clock()
+            completed = vcpu.run()
+            exited = clock()
+            if not completed:
+                run.immediate_exit = 0
+                observer.on_interrupted(exited - entered)
+                continue
+            self.exit_count += 1
+            exit = decode(run)
+            outcome = self._dispatch(exit)
+            handled = clock()
+            observer.on_exit(exit, exited - entered, handled - exited)
+            if outcome is not None:
+                return outcome
+        return self._stop
+
+    def _dispatch(self, exit: VcpuExit) -> RunOutcome | None:
+        """Serve one exit; an outcome when it ends the run."""
+        match exit:
+            case IoOut() as io_out:
+                handle_io_out(io_out, self.pio_bus)
+            case IoIn() as io_in:
+                handle_io_in(io_in, self.pio_bus)
+            case MmioWrite(gpa=gpa, size=size, data=data):
+                self.mmio_bus.write(gpa, size, int.from_bytes(data, "little"))
+            case MmioRead(gpa=gpa, size=size, buffer=buffer):
+                buffer[0:size] = self.mmio_bus.read(gpa, size).to_bytes(size, "little")
+            case final:
+                return self._final_outcome(final)
+        return None
 
     def _final_outcome(self, exit: VcpuExit) -> RunOutcome:
         if isinstance(exit, Hlt):
