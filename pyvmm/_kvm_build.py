@@ -30,6 +30,12 @@ _CONSTANTS = """
 #define KVM_SET_CPUID2 ...
 #define KVM_TRANSLATE ...
 #define KVM_GET_FPU ...
+#define KVM_SET_GUEST_DEBUG ...
+#define KVM_GUESTDBG_ENABLE ...
+#define KVM_GUESTDBG_SINGLESTEP ...
+#define KVM_GUESTDBG_USE_SW_BP ...
+#define KVM_GUESTDBG_USE_HW_BP ...
+#define KVM_CAP_SET_GUEST_DEBUG ...
 #define KVM_SET_FPU ...
 
 #define KVM_CAP_USER_MEMORY ...
@@ -155,6 +161,17 @@ struct kvm_translation {
     ...;
 };
 
+struct kvm_guest_debug_arch {
+    uint64_t debugreg[8];
+    ...;
+};
+
+struct kvm_guest_debug {
+    uint32_t control;
+    struct kvm_guest_debug_arch arch;
+    ...;
+};
+
 struct kvm_cpuid_entry2 {
     uint32_t function;
     uint32_t index;
@@ -178,6 +195,14 @@ struct kvm_cpuid2 {
 typedef struct { uint64_t hardware_exit_reason; ...; } pyvmm_exit_hw;
 typedef struct { uint64_t hardware_entry_failure_reason; uint32_t cpu; ...; } pyvmm_exit_fail_entry;
 typedef struct { uint32_t exception; uint32_t error_code; ...; } pyvmm_exit_ex;
+struct kvm_debug_exit_arch {
+    uint32_t exception;
+    uint64_t pc;
+    uint64_t dr6;
+    uint64_t dr7;
+    ...;
+};
+typedef struct { struct kvm_debug_exit_arch arch; ...; } pyvmm_exit_debug;
 typedef struct {
     uint8_t direction;
     uint8_t size;
@@ -227,6 +252,7 @@ struct kvm_run {
     pyvmm_exit_fail_entry fail_entry;
     pyvmm_exit_ex ex;
     pyvmm_exit_io io;
+    pyvmm_exit_debug debug;
     pyvmm_exit_mmio mmio;
     pyvmm_exit_internal internal;
     pyvmm_exit_emulation_failure emulation_failure;
@@ -262,6 +288,7 @@ typedef PYVMM_EXIT_TYPE(hw) pyvmm_exit_hw;
 typedef PYVMM_EXIT_TYPE(fail_entry) pyvmm_exit_fail_entry;
 typedef PYVMM_EXIT_TYPE(ex) pyvmm_exit_ex;
 typedef PYVMM_EXIT_TYPE(io) pyvmm_exit_io;
+typedef PYVMM_EXIT_TYPE(debug) pyvmm_exit_debug;
 typedef PYVMM_EXIT_TYPE(mmio) pyvmm_exit_mmio;
 typedef PYVMM_EXIT_TYPE(internal) pyvmm_exit_internal;
 typedef PYVMM_EXIT_TYPE(emulation_failure) pyvmm_exit_emulation_failure;

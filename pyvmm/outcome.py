@@ -15,10 +15,11 @@ class OutcomeKind(enum.Enum):
     INTERNAL_ERROR = "internal-error"  # KVM could not go on (e.g. emulation failure)
     TIMEOUT = "timeout"  # --timeout elapsed
     INTERRUPTED = "interrupted"  # SIGINT / SIGTERM / SIGHUP
+    DEBUG = "debug"  # a debugger's breakpoint, watchpoint or single step: not an end
 
     @property
     def is_abnormal(self) -> bool:
-        return self not in (OutcomeKind.HALTED, OutcomeKind.DEBUG_EXIT)
+        return self not in (OutcomeKind.HALTED, OutcomeKind.DEBUG_EXIT, OutcomeKind.DEBUG)
 
 
 # Exit statuses of `pyvmm boot` (documented in --help and the README).
@@ -33,3 +34,4 @@ class RunOutcome:
     exit_status: int
     message: str
     registers: str | None = None  # a register dump for abnormal ends
+    debug: object | None = None  # the exits.Debug that stopped a DEBUG outcome

@@ -15,6 +15,7 @@ from pyvmm.arch.x86_64.register_dump import format_registers
 from pyvmm.bus import Bus
 from pyvmm.errors import PyvmmError
 from pyvmm.kvm.exits import (
+    Debug,
     FailEntry,
     Hlt,
     InternalError,
@@ -121,6 +122,8 @@ class VcpuLoop:
         return None
 
     def _final_outcome(self, exit: VcpuExit) -> RunOutcome:
+        if isinstance(exit, Debug):
+            return RunOutcome(OutcomeKind.DEBUG, EXIT_HALTED, "debug trap", debug=exit)
         if isinstance(exit, Hlt):
             return RunOutcome(OutcomeKind.HALTED, EXIT_HALTED, "guest halted")
         if isinstance(exit, Shutdown):

@@ -107,6 +107,16 @@ class SystemEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Debug:
+    """A single-step, breakpoint or watchpoint trap asked for with KVM_SET_GUEST_DEBUG."""
+
+    exception: int  # 1 (#DB) or 3 (#BP)
+    pc: int
+    dr6: int
+    dr7: int
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown:
     """Any exit pyvmm does not handle; `name` is the header's name for it."""
 
@@ -127,6 +137,7 @@ VcpuExit = (
     | FailEntry
     | InternalError
     | SystemEvent
+    | Debug
     | Unknown
 )
 
@@ -162,6 +173,9 @@ def decode(run: Any) -> VcpuExit:
         event = run.system_event
         ndata = min(event.ndata, 16)
         return SystemEvent(event.type, tuple(event.data[0:ndata]))
+    if reason == lib.KVM_EXIT_DEBUG:
+        arch = run.debug.arch
+        return Debug(arch.exception, arch.pc, arch.dr6, arch.dr7)
     return Unknown(reason)
 
 

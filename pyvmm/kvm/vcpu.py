@@ -63,6 +63,13 @@ class Vcpu(ClosesOnExit):
     def set_cpuid2(self, cpuid: Any) -> None:
         ioctl_ptr(self.fd, lib.KVM_SET_CPUID2, "KVM_SET_CPUID2", cpuid)
 
+    def set_guest_debug(self, control: int, debugregs: tuple[int, ...] = ()) -> None:
+        """KVM_SET_GUEST_DEBUG: `control` is KVM_GUESTDBG_* flags, debugregs DR0..DR7."""
+        debug = ffi.new("struct kvm_guest_debug *", {"control": control})
+        for index, value in enumerate(debugregs[:8]):
+            debug.arch.debugreg[index] = value
+        ioctl_ptr(self.fd, lib.KVM_SET_GUEST_DEBUG, "KVM_SET_GUEST_DEBUG", debug)
+
     def translate(self, gva: int) -> Any:
         translation = ffi.new("struct kvm_translation *", {"linear_address": gva})
         ioctl_ptr(self.fd, lib.KVM_TRANSLATE, "KVM_TRANSLATE", translation)
