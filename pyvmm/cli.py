@@ -85,6 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument(
         "--stats", action="store_true", help="print exit statistics and timings at the end"
     )
+    boot.add_argument(
+        "--gdb",
+        metavar="tcp::PORT",
+        help="wait for gdb on this address and let it drive the guest (gdb: target remote :PORT)",
+    )
+    boot.add_argument(
+        "-s", dest="gdb_default", action="store_true", help="shorthand for --gdb tcp::1234"
+    )
+    boot.add_argument(
+        "-S",
+        dest="gdb_stop",
+        action="store_true",
+        help="with --gdb/-s: stop before the first guest instruction",
+    )
 
     memmap = commands.add_parser(
         "memmap",
@@ -229,7 +243,16 @@ def run_boot(args: argparse.Namespace) -> int:
         observer = (
             observers[0] if len(observers) == 1 else FanOut(*observers) if observers else None
         )
-        outcome = machine.run(timeout=args.timeout, observer=observer)
+        gdb_address = args.gdb or ("tcp::1234" if args.gdb_default else None)
+        if gdb_address is not None:
+            from pyvmm.gdb.server import GdbServer, parse_gdb_address
+            from pyvmm.kvm.system import DEFAULT_KVM_PATH
+
+            kvm_path = os.environ.get("PYVMM_KVM_PATH", DEFAULT_KVM_PATH)
+            server = GdbServer(machine, parse_gdb_address(gdb_address), kvm_path)
+            outcome = server.serve(stop_at_start=args.gdb_stop, timeout=args.timeout)
+        else:
+            outcome = machine.run(timeout=args.timeout, observer=observer)
         log_run_summary(machine, outcome)
     report_abnormal_end(outcome)
     if statistics is not None:

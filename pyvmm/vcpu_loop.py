@@ -54,6 +54,7 @@ class VcpuLoop:
         self.mmio_bus = mmio_bus
         self.exit_count = 0
         self._stop: RunOutcome | None = None
+        self._pause = False
 
     def request_stop(self, outcome: RunOutcome) -> None:
         """End the run with `outcome` (the first request wins). Safe in signal handlers."""
@@ -62,6 +63,25 @@ class VcpuLoop:
         run = self.vcpu.run_struct
         if run is not None:
             run.immediate_exit = 1
+
+    def pause(self) -> None:
+        """Return from `run` with a DEBUG outcome at the next chance (a debugger's Ctrl-C).
+
+        Unlike `request_stop` the run can go on afterwards. Called from another
+        thread, it must be followed by a signal to the vCPU thread (see
+        `pyvmm.gdb.server`) to interrupt a KVM_RUN already in progress.
+        """
+        self._pause = True
+        run = self.vcpu.run_struct
+        if run is not None:
+            run.immediate_exit = 1
+
+    def clear_pause(self) -> None:
+        """Forget a pause that came while the vCPU was not running."""
+        self._pause = False
+        run = self.vcpu.run_struct
+        if run is not None and self._stop is None:
+            run.immediate_exit = 0
 
     def register_dump(self) -> str:
         return format_registers(self.vcpu.get_regs(), self.vcpu.get_sregs())
@@ -77,6 +97,8 @@ class VcpuLoop:
             if not vcpu.run():
                 # A signal: its handler (already run) may have asked to stop.
                 run.immediate_exit = 0
+                if self._pause:
+                    return self._paused()
                 continue
             self.exit_count += 1
             outcome = dispatch(decode(run))
@@ -96,6 +118,8 @@ class VcpuLoop:
             if not completed:
                 run.immediate_exit = 0
                 observer.on_interrupted(exited - entered)
+                if self._pause:
+                    return self._paused()
                 continue
             self.exit_count += 1
             exit = decode(run)
@@ -105,6 +129,10 @@ class VcpuLoop:
             if outcome is not None:
                 return outcome
         return self._stop
+
+    def _paused(self) -> RunOutcome:
+        self._pause = False
+        return RunOutcome(OutcomeKind.DEBUG, EXIT_HALTED, "interrupted by the debugger")
 
     def _dispatch(self, exit: VcpuExit) -> RunOutcome | None:
         """Serve one exit; an outcome when it ends the run."""

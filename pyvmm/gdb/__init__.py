@@ -45,8 +45,18 @@ class NoFreeDebugRegister(GdbError):
     """
 
 
+class RegisterDataError(GdbError, ValueError):
+    """Register bytes that do not fit a layout (wrong length, duplicate names)."""
+
+
 class UnknownCpuMode(GdbError, ValueError):
     """A `CpuView` mode other than "real", "protected" or "long"."""
 
 
-__all__ = ["GdbError", "MemoryAccessError", "NoFreeDebugRegister", "UnknownCpuMode"]
+__all__ = [
+    "GdbError",
+    "MemoryAccessError",
+    "NoFreeDebugRegister",
+    "RegisterDataError",
+    "UnknownCpuMode",
+]

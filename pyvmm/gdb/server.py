@@ -1,0 +1,170 @@
+"""`--gdb tcp::PORT`: drive a running guest from a real gdb.
+
+The vCPU runs in the main thread, as without gdb. A reader thread receives
+what gdb sends and hands it over through a queue; a Ctrl-C byte also kicks
+the vCPU out of KVM_RUN with a signal. One connection; when gdb goes away
+the guest keeps running without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+from pyvmm.errors import UsageError
+from pyvmm.gdb.packets import Interrupt, PacketReader
+from pyvmm.gdb.session import Exited, GdbSession, Killed, SessionState
+from pyvmm.gdb.vcpu_target import VcpuTarget, host_reports_data_breakpoints, host_reports_int3
+from pyvmm.outcome import OutcomeKind, RunOutcome
+
+if TYPE_CHECKING:
+    from pyvmm.builder import Machine
+
+log = logging.getLogger(__name__)
+KICK_SIGNAL = signal.SIGUSR1
+_DISCONNECTED = object()
+
+
+def parse_gdb_address(text: str) -> tuple[str, int]:
+    """QEMU's `tcp::1234` or `tcp:HOST:PORT` (also plain `:1234` and `1234`)."""
+    spec = text.removeprefix("tcp:")
+    host, _, port_text = spec.rpartition(":")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"--gdb: expected tcp::PORT, got '{text}'") from None
+    if not 0 < port < 65536:
+        raise UsageError(f"--gdb: port {port} is out of range")
+    return host or "127.0.0.1", port
+
+
+class GdbServer:
+    def __init__(self, machine: Machine, address: tuple[str, int], kvm_path: str) -> None:
+        self.machine = machine
+        self.address = address
+        self.target = VcpuTarget(
+            machine,
+            software_breakpoints=host_reports_int3(kvm_path),
+            data_breakpoints=host_reports_data_breakpoints(kvm_path),
+        )
+        self.session = GdbSession(self.target)
+        self.events: queue.Queue[object] = queue.Queue()
+        self.connection: socket.socket | None = None
+        main = threading.main_thread().ident
+        assert main is not None
+        self._main_thread = main
+        self._closing = False
+
+    def _kick(self) -> None:
+        if self._closing:
+            return
+        self.machine.loop.pause()
+        signal.pthread_kill(self._main_thread, KICK_SIGNAL)
+
+    def _send(self, chunks: list[bytes]) -> None:
+        if self.connection is None:
+            return
+        try:
+            for chunk in chunks:
+                if chunk:
+                    self.connection.sendall(chunk)
+        except OSError:
+            self.connection = None
+
+    def _reader(self, connection: socket.socket) -> None:
+        reader = PacketReader()
+        while True:
+            try:
+                data = connection.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self.events.put(_DISCONNECTED)
+                self._kick()
+                return
+            for event in reader.feed(data):
+                if isinstance(event, Interrupt):
+                    self._kick()
+                self.events.put(event)
+
+    def serve(self, stop_at_start: bool, timeout: float | None) -> RunOutcome:
+        """Wait for gdb, then run the guest under its control until the guest ends."""
+        # The handler does nothing: the signal is only there to interrupt KVM_RUN.
+        # It stays installed, so that a late kick can never kill the process.
+        signal.signal(KICK_SIGNAL, lambda signum, frame: None)
+        self.target.on_interrupt = self._kick
+        listener = socket.create_server(self.address)
+        try:
+            host, port = listener.getsockname()[:2]
+            log.warning("waiting for gdb on tcp:%s:%d (target remote :%d)", host, port, port)
+            self.connection, _ = listener.accept()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._reader, args=(self.connection,), daemon=True).start()
+            if not stop_at_start:
+                self.target.pending = "continue"
+            return self._drive(timeout)
+        finally:
+            self._closing = True
+            listener.close()
+            if self.connection is not None:
+                self.connection.close()
+
+    def _drive(self, timeout: float | None) -> RunOutcome:
+        target = self.target
+        while True:
+            if target.pending is None:
+                event = self.events.get()
+                if event is _DISCONNECTED:
+                    self.connection = None
+                    target.pending = "detach"  # gdb went away: the guest runs on
+                else:
+                    self._send(self.session.handle(event))  # type: ignore[arg-type]
+                continue
+            action, target.pending = target.pending, None
+            if action == "kill":
+                target.disable()
+                return RunOutcome(OutcomeKind.INTERRUPTED, 137, "killed from gdb")
+            if action == "detach":
+                target.remove_all()
+                target.disable()
+                self._closing = True  # no more kicks: the guest runs on its own
+                while True:
+                    self._drain_interrupts()
+                    outcome = self.machine.run(timeout)
+                    if outcome.kind is not OutcomeKind.DEBUG:
+                        return outcome
+            self._drain_interrupts()
+            outcome = self._resume(step=action == "step", timeout=timeout)
+            if outcome is None:
+                continue
+            ended = (
+                Exited(outcome.exit_status)
+                if outcome.kind
+                in (OutcomeKind.HALTED, OutcomeKind.DEBUG_EXIT, OutcomeKind.SYSTEM_EVENT)
+                else Killed()
+            )
+            if self.session.state is SessionState.RUNNING:
+                self._send([self.session.stopped(ended)])
+            return outcome
+
+    def _resume(self, step: bool, timeout: float | None) -> RunOutcome | None:
+        """Run until a stop gdb must hear about (None) or the guest's end (its outcome)."""
+        target = self.target
+        snapshots = target.watch_snapshots()
+        while True:
+            target.apply(step=step or bool(snapshots))
+            outcome = self.machine.run(timeout)
+            if outcome.kind is not OutcomeKind.DEBUG:
+                return outcome
+            reason = target.stop_reason(outcome.debug, snapshots, user_step=step)  # type: ignore[arg-type]
+            if reason is not None:
+                self._send([self.session.stopped(reason)])
+                return None
+
+    def _drain_interrupts(self) -> None:
+        """A Ctrl-C that arrived while stopped must not pause the next run."""
+        self.machine.loop.clear_pause()
