@@ -36,3 +36,6 @@ class EntryPoint:
     protocol: str  # "flat", "elf32", "elf64"
     image_start: GuestPhysAddr
     image_end: GuestPhysAddr
+    # General registers the boot protocol defines at entry, e.g. multiboot's
+    # (("rax", 0x2BADB002), ("rbx", info_gpa)); everything else starts at zero.
+    registers: tuple[tuple[str, int], ...] = ()

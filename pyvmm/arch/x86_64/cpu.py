@@ -90,6 +90,8 @@ def setup_vcpu(vcpu: Vcpu, entry: EntryPoint, memory: GuestMemory) -> None:
         setattr(regs, name, 0)
     regs.rflags = RFLAGS_RESERVED
     regs.rip = entry.entry
+    for name, value in entry.registers:
+        setattr(regs, name, value)
 
     if entry.mode is CpuMode.REAL:
         _enter_real_mode(sregs)
