@@ -7,10 +7,12 @@ import time and there is no global device table.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from pyvmm._kvm import lib
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.cpu import (
     DEFAULT_PHYSICAL_ADDRESS_BITS,
@@ -35,6 +37,7 @@ from pyvmm.memory.guest_memory import GuestMemory
 from pyvmm.outcome import OutcomeKind, RunOutcome
 from pyvmm.run_signals import stop_on_signals
 from pyvmm.translation import Translation, paging_registers, translate
+from pyvmm.vcpu_group import VcpuGroup
 from pyvmm.vcpu_loop import ExitObserver, VcpuLoop
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ class MachineConfig:
     mode: CpuMode | None = None
     load_gpa: int | None = None
     kvm_path: str = DEFAULT_KVM_PATH
+    cpus: int = 1
 
 
 class Machine(ClosesOnExit):
@@ -69,6 +73,7 @@ class Machine(ClosesOnExit):
         loop: VcpuLoop,
         resources: ExitStack,
         max_phys_bits: int = DEFAULT_PHYSICAL_ADDRESS_BITS,
+        group: VcpuGroup | None = None,
     ) -> None:
         self.kvm = kvm
         self.vm = vm
@@ -81,10 +86,11 @@ class Machine(ClosesOnExit):
         self.loop = loop
         self._resources = resources
         self.max_phys_bits = max_phys_bits  # the guest's MAXPHYADDR, for page walks
+        self.group = group or VcpuGroup([loop])  # every vCPU; `vcpu`/`loop` are vCPU 0
 
     def run(self, timeout: float | None = None, observer: ExitObserver | None = None) -> RunOutcome:
-        with stop_on_signals(self.loop.request_stop, timeout):
-            return self.loop.run(observer)
+        with stop_on_signals(self.group.request_stop, timeout):
+            return self.group.run(observer)
 
     def translate(self, gva: int) -> Translation:
         """The chain GVA -> GPA -> HVA -> HPA for `gva`, with the vCPU's current paging."""
@@ -156,15 +162,26 @@ def build_machine(config: MachineConfig) -> Machine:
             entry.mode.value,
         )
 
-        vcpu = resources.enter_context(vm.create_vcpu(0))
-        max_phys_bits = setup_cpuid(kvm, vcpu)
+        if config.cpus > 1:
+            # INIT/SIPI and IPIs need the in-kernel LAPICs; the PIT comes with them.
+            # With one vCPU there is none, so that `hlt` still ends a run.
+            vm.create_irqchip()
+            vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
+        vcpus = [resources.enter_context(vm.create_vcpu(index)) for index in range(config.cpus)]
+        for index, each in enumerate(vcpus):
+            max_phys_bits = setup_cpuid(kvm, each, apic_id=index, cpus=config.cpus)
+        vcpu = vcpus[0]
+        # Only the boot CPU starts at the entry point; the others wait for INIT/SIPI.
         setup_vcpu(vcpu, entry, memory)
 
         pio_bus = Bus("port I/O bus")
         mmio_bus = Bus("MMIO bus")
-        loop = VcpuLoop(vcpu, pio_bus, mmio_bus)
+        device_lock = threading.Lock() if config.cpus > 1 else None
+        loops = [VcpuLoop(each, pio_bus, mmio_bus, device_lock) for each in vcpus]
+        loop = loops[0]
+        group = VcpuGroup(loops)
         serial = attach_serial(pio_bus, config.console)
-        attach_debug_exit(pio_bus, loop)
+        attach_debug_exit(pio_bus, group.request_stop)
         pio_bus.insert(IgnoredPort(), POST_PORT, 1, "POST port")
 
         machine = Machine(
@@ -179,6 +196,7 @@ def build_machine(config: MachineConfig) -> Machine:
             loop,
             resources.pop_all(),
             max_phys_bits,
+            group,
         )
     return machine
 
@@ -203,10 +221,10 @@ def attach_serial(pio_bus: Bus, console: Callable[[bytes], None]) -> Serial16550
     return serial
 
 
-def attach_debug_exit(pio_bus: Bus, loop: VcpuLoop) -> DebugExit:
+def attach_debug_exit(pio_bus: Bus, stop: Callable[[RunOutcome], None]) -> DebugExit:
     def on_exit(value: int) -> None:
         status = debug_exit_status(value)
-        loop.request_stop(
+        stop(
             RunOutcome(
                 OutcomeKind.DEBUG_EXIT,
                 status,

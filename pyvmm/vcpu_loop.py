@@ -7,6 +7,7 @@ KVM_RUN about to start returns at once instead of entering the guest.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Protocol
 
@@ -48,13 +49,21 @@ class UnhandledExit(PyvmmError):
 class VcpuLoop:
     """Runs one vCPU against its buses until something ends the run."""
 
-    def __init__(self, vcpu: Vcpu, pio_bus: Bus, mmio_bus: Bus) -> None:
+    def __init__(
+        self,
+        vcpu: Vcpu,
+        pio_bus: Bus,
+        mmio_bus: Bus,
+        device_lock: threading.Lock | None = None,
+    ) -> None:
         self.vcpu = vcpu
         self.pio_bus = pio_bus
         self.mmio_bus = mmio_bus
         self.exit_count = 0
         self._stop: RunOutcome | None = None
         self._pause = False
+        # Shared by every vCPU of an SMP machine: one device access at a time.
+        self.device_lock = device_lock
 
     def request_stop(self, outcome: RunOutcome) -> None:
         """End the run with `outcome` (the first request wins). Safe in signal handlers."""
@@ -92,7 +101,7 @@ class VcpuLoop:
             return self._run_observed(observer)
         vcpu = self.vcpu
         run = vcpu.run_struct
-        dispatch = self._dispatch
+        dispatch = self._dispatch if self.device_lock is None else self._dispatch_locked
         while self._stop is None:
             if not vcpu.run():
                 # A signal: its handler (already run) may have asked to stop.
@@ -133,6 +142,11 @@ class VcpuLoop:
     def _paused(self) -> RunOutcome:
         self._pause = False
         return RunOutcome(OutcomeKind.DEBUG, EXIT_HALTED, "interrupted by the debugger")
+
+    def _dispatch_locked(self, exit: VcpuExit) -> RunOutcome | None:
+        assert self.device_lock is not None
+        with self.device_lock:
+            return self._dispatch(exit)
 
     def _dispatch(self, exit: VcpuExit) -> RunOutcome | None:
         """Serve one exit; an outcome when it ends the run."""

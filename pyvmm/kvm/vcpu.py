@@ -63,6 +63,11 @@ class Vcpu(ClosesOnExit):
     def set_cpuid2(self, cpuid: Any) -> None:
         ioctl_ptr(self.fd, lib.KVM_SET_CPUID2, "KVM_SET_CPUID2", cpuid)
 
+    def get_mp_state(self) -> int:
+        state = ffi.new("struct kvm_mp_state *")
+        ioctl_ptr(self.fd, lib.KVM_GET_MP_STATE, "KVM_GET_MP_STATE", state)
+        return int(state.mp_state)
+
     def set_guest_debug(self, control: int, debugregs: tuple[int, ...] = ()) -> None:
         """KVM_SET_GUEST_DEBUG: `control` is KVM_GUESTDBG_* flags, debugregs DR0..DR7."""
         debug = ffi.new("struct kvm_guest_debug *", {"control": control})

@@ -40,6 +40,14 @@ class Vm(ClosesOnExit):
         address = ffi.new("uint64_t *", gpa)
         ioctl_ptr(self.fd, lib.KVM_SET_IDENTITY_MAP_ADDR, "KVM_SET_IDENTITY_MAP_ADDR", address)
 
+    def create_irqchip(self) -> None:
+        """In-kernel PIC, IOAPIC and a LAPIC per vCPU (before any vCPU exists)."""
+        ioctl_int(self.fd, lib.KVM_CREATE_IRQCHIP, "KVM_CREATE_IRQCHIP")
+
+    def create_pit2(self, flags: int) -> None:
+        config = ffi.new("struct kvm_pit_config *", {"flags": flags})
+        ioctl_ptr(self.fd, lib.KVM_CREATE_PIT2, "KVM_CREATE_PIT2", config)
+
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         vcpu_fd = ioctl_int(self.fd, lib.KVM_CREATE_VCPU, "KVM_CREATE_VCPU", vcpu_id)
         try:

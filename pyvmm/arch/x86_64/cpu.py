@@ -65,11 +65,25 @@ CPUID_ADDRESS_SIZES = 0x8000_0008
 DEFAULT_PHYSICAL_ADDRESS_BITS = 36  # what the SDM says to assume without the leaf
 
 
-def setup_cpuid(kvm: Kvm, vcpu: Vcpu) -> int:
-    """Expose what the host's KVM supports, unchanged. Returns MAXPHYADDR."""
+def setup_cpuid(kvm: Kvm, vcpu: Vcpu, apic_id: int = 0, cpus: int = 1) -> int:
+    """Expose what the host's KVM supports, with this vCPU's APIC ID. Returns MAXPHYADDR."""
     cpuid = kvm.get_supported_cpuid()
+    for index in range(cpuid.nent):
+        set_topology(cpuid.entries[index], apic_id, cpus)
     vcpu.set_cpuid2(cpuid)
     return physical_address_bits(cpuid)
+
+
+def set_topology(entry: Any, apic_id: int, cpus: int) -> None:
+    """Per-vCPU APIC IDs: CPUID.1:EBX[31:24] and the x2APIC ID of leaves 0xB/0x1F (EDX).
+
+    The topology is one package of `cpus` cores, one thread each.
+    """
+    if entry.function == 1:
+        logical = min(cpus, 0xFF) << 16
+        entry.ebx = (entry.ebx & 0x0000_FFFF) | logical | (apic_id & 0xFF) << 24
+    elif entry.function in (0xB, 0x1F):
+        entry.edx = apic_id
 
 
 def physical_address_bits(cpuid: Any) -> int:
