@@ -22,9 +22,11 @@ from pyvmm.arch.x86_64.cpu import (
     setup_vcpu,
 )
 from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters, list_mappings
-from pyvmm.bus import Bus
+from pyvmm.bus import Bus, Shifted
 from pyvmm.closing import ClosesOnExit
 from pyvmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit, debug_exit_status
+from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FW_CFG_PORT_SIZE, FwCfg
+from pyvmm.devices.pci_absent import PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PciAbsent
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.sink import POST_PORT, IgnoredPort
 from pyvmm.errors import LoaderError, UsageError
@@ -55,6 +57,13 @@ class MachineConfig:
     load_gpa: int | None = None
     kvm_path: str = DEFAULT_KVM_PATH
     cpus: int = 1
+    # In-kernel PIC/IOAPIC/LAPICs and PIT. None: only with several vCPUs, so that
+    # a single-vCPU guest's `hlt` still reaches pyvmm and ends the run.
+    irqchip: bool | None = None
+
+    @property
+    def wants_irqchip(self) -> bool:
+        return self.cpus > 1 if self.irqchip is None else self.irqchip
 
 
 class Machine(ClosesOnExit):
@@ -139,6 +148,7 @@ def build_machine(config: MachineConfig) -> Machine:
             GuestMemory.from_ranges(layout.ram_ranges(config.ram_size))
         )
         kvm = resources.enter_context(open_kvm(config.kvm_path))
+        check_vcpu_count(kvm, config.cpus)
         vm = resources.enter_context(kvm.create_vm())
         # Needed by Intel VT-x to run real mode; harmless elsewhere.
         vm.set_tss_addr(layout.KVM_TSS_GPA)
@@ -162,9 +172,10 @@ def build_machine(config: MachineConfig) -> Machine:
             entry.mode.value,
         )
 
-        if config.cpus > 1:
+        if config.cpus > 1 and config.irqchip is False:
+            raise UsageError("-smp needs the in-kernel irqchip: INIT/SIPI go through the LAPICs")
+        if config.wants_irqchip:
             # INIT/SIPI and IPIs need the in-kernel LAPICs; the PIT comes with them.
-            # With one vCPU there is none, so that `hlt` still ends a run.
             vm.create_irqchip()
             vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
         vcpus = [resources.enter_context(vm.create_vcpu(index)) for index in range(config.cpus)]
@@ -183,6 +194,7 @@ def build_machine(config: MachineConfig) -> Machine:
         serial = attach_serial(pio_bus, config.console)
         attach_debug_exit(pio_bus, group.request_stop)
         pio_bus.insert(IgnoredPort(), POST_PORT, 1, "POST port")
+        attach_qemu_board(pio_bus, config)
 
         machine = Machine(
             kvm,
@@ -235,6 +247,23 @@ def attach_debug_exit(pio_bus: Bus, stop: Callable[[RunOutcome], None]) -> Debug
     device = DebugExit(on_exit)
     pio_bus.insert(device, DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, "debug-exit")
     return device
+
+
+def attach_qemu_board(pio_bus: Bus, config: MachineConfig) -> None:
+    """The small QEMU devices kernels written for `qemu -kernel` probe for."""
+    fw_cfg = FwCfg(ram_size=config.ram_size, nb_cpus=config.cpus, max_cpus=config.cpus)
+    pio_bus.insert(fw_cfg, FW_CFG_PORT_SEL, FW_CFG_PORT_SIZE, "fw_cfg")
+    pci = PciAbsent()
+    # CONFIG_ADDRESS is a dword register at 0xcf8 (a byte at 0xcf9 is reset control,
+    # left unassigned); CONFIG_DATA is 0xcfc-0xcff.
+    pio_bus.insert(pci, PCI_CONFIG_ADDRESS_PORT, 1, "PCI CONFIG_ADDRESS (empty bus)")
+    pio_bus.insert(Shifted(pci, 4), PCI_CONFIG_DATA_PORT, 4, "PCI CONFIG_DATA (empty bus)")
+
+
+def check_vcpu_count(kvm: Kvm, cpus: int) -> None:
+    limit = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS) or kvm.check_extension(lib.KVM_CAP_NR_VCPUS)
+    if not 1 <= cpus <= max(limit, 1):
+        raise UsageError(f"-smp {cpus}: this host's KVM supports 1 to {limit} vCPUs")
 
 
 def check_clear_of_vmm(entry: EntryPoint) -> None:

@@ -25,6 +25,25 @@ class BusDevice(Protocol):
     def write(self, offset: int, size: int, value: int) -> None: ...
 
 
+class Shifted:
+    """Shows `device` at `shift` bytes into its own register window.
+
+    For devices whose registers are not contiguous on the bus, e.g. PCI's
+    CONFIG_ADDRESS (0xcf8) and CONFIG_DATA (0xcfc), between which 0xcf9 is
+    the PC's reset-control register and not the PCI device's.
+    """
+
+    def __init__(self, device: BusDevice, shift: int) -> None:
+        self.device = device
+        self.shift = shift
+
+    def read(self, offset: int, size: int) -> int:
+        return self.device.read(offset + self.shift, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.device.write(offset + self.shift, size, value)
+
+
 @dataclass(frozen=True)
 class BusRange:
     base: int

@@ -172,6 +172,20 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop the guest after this many seconds (exit status 1)",
     )
     parser.add_argument(
+        "-smp",
+        dest="smp",
+        type=_parse_cpus,
+        default=1,
+        metavar="N",
+        help="number of vCPUs (default 1; more than one adds the in-kernel APICs and PIT)",
+    )
+    parser.add_argument(
+        "--kernel-irqchip",
+        choices=["on", "off"],
+        help="in-kernel interrupt controllers and PIT (default: on with -smp > 1; without "
+        "them a single vCPU's hlt ends the run, with them hlt waits for an interrupt)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="say what the VMM does (-vv: more)"
     )
 
@@ -184,6 +198,14 @@ def _parse_address(text: str) -> int:
     if not 0 <= value < 1 << 64:
         raise argparse.ArgumentTypeError(f"address '{text}' is outside the 64-bit space")
     return value
+
+
+def _parse_cpus(text: str) -> int:
+    # QEMU also accepts "-smp cpus=N"; the plain count is what every guide uses.
+    value = text.removeprefix("cpus=")
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"invalid CPU count '{text}'")
+    return int(value)
 
 
 def _parse_timeout(text: str) -> float:
@@ -211,6 +233,8 @@ def build_from_args(args: argparse.Namespace, console: TextIO | None) -> Machine
         console=ConsoleWriter(-1 if console is None else console.fileno()),
         mode=CpuMode(args.mode) if args.mode else None,
         load_gpa=args.load_addr,
+        cpus=args.smp,
+        irqchip=None if args.kernel_irqchip is None else args.kernel_irqchip == "on",
         # Lets tests (and odd hosts) point pyvmm at another KVM device node.
         kvm_path=os.environ.get("PYVMM_KVM_PATH", DEFAULT_KVM_PATH),
     )

@@ -64,6 +64,8 @@ class VcpuLoop:
         self._pause = False
         # Shared by every vCPU of an SMP machine: one device access at a time.
         self.device_lock = device_lock
+        # Messages name the vCPU when there are several.
+        self._who = "" if device_lock is None else f"vCPU {vcpu.vcpu_id}: "
 
     def request_stop(self, outcome: RunOutcome) -> None:
         """End the run with `outcome` (the first request wins). Safe in signal handlers."""
@@ -172,7 +174,7 @@ class VcpuLoop:
             return RunOutcome(
                 OutcomeKind.TRIPLE_FAULT,
                 EXIT_GUEST_FAULT,
-                "guest triple-faulted (KVM_EXIT_SHUTDOWN)",
+                f"{self._who}guest triple-faulted (KVM_EXIT_SHUTDOWN)",
                 self.register_dump(),
             )
         if isinstance(exit, FailEntry):

@@ -122,6 +122,11 @@ class GdbServer:
                     self.connection = None
                     target.pending = "detach"  # gdb went away: the guest runs on
                 else:
+                    if isinstance(event, Interrupt):
+                        # Served while stopped: it came before the resume, or its
+                        # stop was already reported. Either way it must not stop
+                        # the next run.
+                        self.machine.loop.clear_pause()
                     self._send(self.session.handle(event))  # type: ignore[arg-type]
                 continue
             action, target.pending = target.pending, None
@@ -133,11 +138,11 @@ class GdbServer:
                 target.disable()
                 self._closing = True  # no more kicks: the guest runs on its own
                 while True:
-                    self._drain_interrupts()
+                    self.machine.loop.clear_pause()
                     outcome = self.machine.run(timeout)
                     if outcome.kind is not OutcomeKind.DEBUG:
                         return outcome
-            self._drain_interrupts()
+            # A Ctrl-C already queued behind this resume stops it at once (S02).
             outcome = self._resume(step=action == "step", timeout=timeout)
             if outcome is None:
                 continue
@@ -164,7 +169,3 @@ class GdbServer:
             if reason is not None:
                 self._send([self.session.stopped(reason)])
                 return None
-
-    def _drain_interrupts(self) -> None:
-        """A Ctrl-C that arrived while stopped must not pause the next run."""
-        self.machine.loop.clear_pause()
