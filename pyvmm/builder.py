@@ -57,6 +57,10 @@ class MachineConfig:
     load_gpa: int | None = None
     kvm_path: str = DEFAULT_KVM_PATH
     cpus: int = 1
+    # Multiboot: the command line as QEMU passes it, and the modules (--initrd).
+    cmdline: str = ""
+    modules: tuple[tuple[str, bytes], ...] = ()
+    force_multiboot: bool = False
     # In-kernel PIC/IOAPIC/LAPICs and PIT. None: only with several vCPUs, so that
     # a single-vCPU guest's `hlt` still reaches pyvmm and ends the run.
     irqchip: bool | None = None
@@ -161,6 +165,9 @@ def build_machine(config: MachineConfig) -> Machine:
             mode=config.mode,
             load_gpa=config.load_gpa,
             default_flat_gpa=default_load_gpa,
+            force_multiboot=config.force_multiboot,
+            cmdline=config.cmdline,
+            modules=config.modules,
         )
         check_clear_of_vmm(entry)
         log.info(

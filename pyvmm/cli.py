@@ -172,6 +172,23 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop the guest after this many seconds (exit status 1)",
     )
     parser.add_argument(
+        "--append",
+        "-append",
+        metavar="ARGS",
+        help="multiboot kernel command line; the kernel sees '<IMAGE> ARGS', as with QEMU",
+    )
+    parser.add_argument(
+        "--initrd",
+        "-initrd",
+        metavar="FILES",
+        help="comma-separated files loaded as multiboot modules ('FILE args' passes args)",
+    )
+    parser.add_argument(
+        "--multiboot",
+        action="store_true",
+        help="boot IMAGE with the multiboot protocol (found by its header otherwise)",
+    )
+    parser.add_argument(
         "-smp",
         dest="smp",
         type=_parse_cpus,
@@ -227,6 +244,12 @@ def build_from_args(args: argparse.Namespace, console: TextIO | None) -> Machine
 
     ram_size = parse_memory_size(args.memory)
     image = read_image(args.image)
+    cmdline = args.image if args.append is None else f"{args.image} {args.append}"
+    modules = tuple(
+        (entry, read_image(entry.split()[0]))
+        for entry in (args.initrd.split(",") if args.initrd else [])
+        if entry.strip()
+    )
     config = MachineConfig(
         image=image,
         ram_size=ram_size,
@@ -234,6 +257,9 @@ def build_from_args(args: argparse.Namespace, console: TextIO | None) -> Machine
         mode=CpuMode(args.mode) if args.mode else None,
         load_gpa=args.load_addr,
         cpus=args.smp,
+        cmdline=cmdline,
+        modules=modules,
+        force_multiboot=args.multiboot,
         irqchip=None if args.kernel_irqchip is None else args.kernel_irqchip == "on",
         # Lets tests (and odd hosts) point pyvmm at another KVM device node.
         kvm_path=os.environ.get("PYVMM_KVM_PATH", DEFAULT_KVM_PATH),

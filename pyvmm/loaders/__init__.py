@@ -1,20 +1,22 @@
 """Guest image loaders: read an image, detect its format, copy it into guest RAM.
 
 A loader describes how to start the guest (an EntryPoint) and never touches
-vCPU registers. Formats are detected by magic: ELF, else a flat binary.
+vCPU registers. Formats are detected by magic: a multiboot header in the first
+8 KiB (checked first, as QEMU's -kernel does), then ELF, else a flat binary.
 Nothing here knows the architecture's addresses; the caller passes defaults.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from pyvmm.errors import ImageTooLarge, LoaderError
 from pyvmm.loaders.elf import EI_CLASS, ELFCLASS32, ELFCLASS64, is_elf, load_elf
 from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.loaders.flat import format_size, load_flat
+from pyvmm.loaders.multiboot import find_header, load_multiboot
 
 if TYPE_CHECKING:  # only for hints: importing the loaders needs no compiled _kvm module
     from pyvmm.memory.guest_memory import GuestMemory
@@ -24,10 +26,12 @@ __all__ = [
     "CpuMode",
     "EntryPoint",
     "describe_format",
+    "find_header",
     "is_elf",
     "load_elf",
     "load_flat",
     "load_image",
+    "load_multiboot",
     "read_image",
 ]
 
@@ -76,8 +80,32 @@ def load_image(
     mode: CpuMode | None,
     load_gpa: int | None,
     default_flat_gpa: Callable[[CpuMode], int],
+    force_multiboot: bool = False,
+    cmdline: str = "",
+    modules: Sequence[tuple[str, bytes]] = (),
 ) -> EntryPoint:
-    """Load `image` by its format; `mode`/`load_gpa` None means the format's default."""
+    """Load `image` by its format; `mode`/`load_gpa` None means the format's default.
+
+    `cmdline` (the whole string, e.g. "<kernel path> <append>") and `modules`
+    ((string, contents) pairs) go to a multiboot kernel; `force_multiboot`
+    refuses any image without a multiboot header.
+    """
+    if force_multiboot or find_header(image) is not None:
+        if load_gpa is not None:
+            raise LoaderError(
+                "--load-addr applies to flat binaries only; "
+                "a multiboot kernel is loaded where its header or ELF program headers say"
+            )
+        if mode is not None and mode is not CpuMode.PROTECTED:
+            raise LoaderError(
+                f"a multiboot kernel starts in 32-bit protected mode, not in {mode.value} mode"
+            )
+        return load_multiboot(image, memory, cmdline, modules)
+    if modules:
+        raise LoaderError(
+            "modules (--initrd) need a multiboot kernel: "
+            "the image has no multiboot header in its first 8 KiB"
+        )
     if is_elf(image):
         if load_gpa is not None:
             raise LoaderError(
