@@ -204,8 +204,11 @@ def _write_segment(image: bytes, memory: GuestMemory, segment: _Segment) -> None
         gpa += chunk
 
 
-def load_elf(image: bytes, memory: GuestMemory, mode: CpuMode | None = None) -> EntryPoint:
-    """Validate an x86 ELF executable, copy its PT_LOAD segments and describe its entry."""
+def parse_executable(image: bytes, memory: GuestMemory) -> tuple[_ElfClass, list[_Segment], int]:
+    """Validate an x86 ET_EXEC file and its PT_LOAD segments; return class, segments, entry.
+
+    Shared by the ELF and multiboot loaders; nothing is written to memory.
+    """
     elf_class = _parse_class(image)
     fields = elf_class.header.unpack_from(image, EI_NIDENT)
     e_type, e_machine, _version, e_entry, e_phoff = fields[:5]
@@ -218,9 +221,15 @@ def load_elf(image: bytes, memory: GuestMemory, mode: CpuMode | None = None) -> 
             f"the {elf_class.name} image is for machine {e_machine}, "
             f"not {elf_class.machine_name} ({elf_class.machine})"
         )
-    cpu_mode = _choose_mode(elf_class, mode)
     segments = _parse_segments(image, elf_class, e_phoff, e_phentsize, e_phnum)
     _check_placement(segments, memory, e_entry)
+    return elf_class, segments, e_entry
+
+
+def load_elf(image: bytes, memory: GuestMemory, mode: CpuMode | None = None) -> EntryPoint:
+    """Validate an x86 ELF executable, copy its PT_LOAD segments and describe its entry."""
+    elf_class, segments, e_entry = parse_executable(image, memory)
+    cpu_mode = _choose_mode(elf_class, mode)
     image_start = min(segment.paddr for segment in segments)
     image_end = max(segment.end for segment in segments)
     check_reachable(cpu_mode, image_start, image_end, f"{elf_class.name} image")

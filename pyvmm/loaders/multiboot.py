@@ -30,18 +30,13 @@ from pyvmm.arch.x86_64.multiboot_info import (
     usable_ranges,
     write_info,
 )
-from pyvmm.errors import BadEntryPoint, ImageTooLarge, LoaderError, UnsupportedElf
+from pyvmm.errors import BadEntryPoint, ImageTooLarge, LoaderError
 from pyvmm.loaders.elf import (
     _ELF64,
-    EI_NIDENT,
-    ET_EXEC,
-    ET_NAMES,
-    _check_placement,
-    _parse_class,
-    _parse_segments,
     _Segment,
     _write_segment,
     is_elf,
+    parse_executable,
 )
 from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.loaders.flat import check_reachable, describe_ram_at, format_size
@@ -222,20 +217,7 @@ def _elf_kernel(image: bytes, memory: GuestMemory) -> tuple[list[_Segment], int]
             "the multiboot header has no address fields (flag bit 16) and the image is not "
             "ELF: pyvmm cannot tell where to load it"
         )
-    elf_class = _parse_class(image)
-    fields = elf_class.header.unpack_from(image, EI_NIDENT)
-    e_type, e_machine, _version, e_entry, e_phoff = fields[:5]
-    e_phentsize, e_phnum = fields[8:10]  # after e_shoff, e_flags, e_ehsize
-    if e_type != ET_EXEC:
-        name = ET_NAMES.get(e_type, f"0x{e_type:x}")
-        raise UnsupportedElf(f"unsupported ELF type {name}: pyvmm boots ET_EXEC executables only")
-    if e_machine != elf_class.machine:
-        raise UnsupportedElf(
-            f"the {elf_class.name} image is for machine {e_machine}, "
-            f"not {elf_class.machine_name} ({elf_class.machine})"
-        )
-    segments = _parse_segments(image, elf_class, e_phoff, e_phentsize, e_phnum)
-    _check_placement(segments, memory, e_entry)
+    elf_class, segments, e_entry = parse_executable(image, memory)
     if elf_class is _ELF64 and e_entry >= ADDRESS_LIMIT_32:
         raise BadEntryPoint(
             f"entry point 0x{e_entry:x} is above 4 GiB: a multiboot kernel starts "
