@@ -10,7 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyvmm._kvm import lib
 from pyvmm.arch.x86_64 import layout
@@ -24,12 +24,13 @@ from pyvmm.arch.x86_64.cpu import (
 from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters, list_mappings
 from pyvmm.bus import Bus, Shifted
 from pyvmm.closing import ClosesOnExit
+from pyvmm.console_input import InputBuffer, SerialWithInput
 from pyvmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit, debug_exit_status
 from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FW_CFG_PORT_SIZE, FwCfg
 from pyvmm.devices.pci_absent import PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PciAbsent
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.sink import POST_PORT, IgnoredPort
-from pyvmm.errors import LoaderError, UsageError
+from pyvmm.errors import LoaderError, PyvmmError, UsageError
 from pyvmm.kvm.system import DEFAULT_KVM_PATH, Kvm, open_kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
@@ -61,6 +62,10 @@ class MachineConfig:
     cmdline: str = ""
     modules: tuple[tuple[str, bytes], ...] = ()
     force_multiboot: bool = False
+    # --max-exits: each vCPU stops after this many exits.
+    max_exits: int | None = None
+    # Host input for COM1 (see console_input.py); None: the guest gets none.
+    console_input: InputBuffer | None = None
     # In-kernel PIC/IOAPIC/LAPICs and PIT. None: only with several vCPUs, so that
     # a single-vCPU guest's `hlt` still reaches pyvmm and ends the run.
     irqchip: bool | None = None
@@ -100,10 +105,21 @@ class Machine(ClosesOnExit):
         self._resources = resources
         self.max_phys_bits = max_phys_bits  # the guest's MAXPHYADDR, for page walks
         self.group = group or VcpuGroup([loop])  # every vCPU; `vcpu`/`loop` are vCPU 0
+        self.console: Callable[[bytes], None] | None = None  # set by build_machine
 
     def run(self, timeout: float | None = None, observer: ExitObserver | None = None) -> RunOutcome:
         with stop_on_signals(self.group.request_stop, timeout):
-            return self.group.run(observer)
+            outcome = self.group.run(observer)
+        if outcome.kind.is_abnormal and outcome.registers is None:
+            # Stopped from outside (timeout, signal): show where vCPU 0 was.
+            outcome = replace(outcome, registers=self._registers_or_none())
+        return outcome
+
+    def _registers_or_none(self) -> str | None:
+        try:
+            return self.loop.register_dump()
+        except PyvmmError:
+            return None
 
     def translate(self, gva: int) -> Translation:
         """The chain GVA -> GPA -> HVA -> HPA for `gva`, with the vCPU's current paging."""
@@ -195,10 +211,21 @@ def build_machine(config: MachineConfig) -> Machine:
         pio_bus = Bus("port I/O bus")
         mmio_bus = Bus("MMIO bus")
         device_lock = threading.Lock() if config.cpus > 1 else None
-        loops = [VcpuLoop(each, pio_bus, mmio_bus, device_lock) for each in vcpus]
+        loops = [
+            VcpuLoop(
+                each,
+                pio_bus,
+                mmio_bus,
+                device_lock,
+                max_exits=config.max_exits,
+                memory=memory,
+                max_phys_bits=max_phys_bits,
+            )
+            for each in vcpus
+        ]
         loop = loops[0]
         group = VcpuGroup(loops)
-        serial = attach_serial(pio_bus, config.console)
+        serial = attach_serial(pio_bus, config.console, config.console_input)
         attach_debug_exit(pio_bus, group.request_stop)
         pio_bus.insert(IgnoredPort(), POST_PORT, 1, "POST port")
         attach_qemu_board(pio_bus, config)
@@ -217,6 +244,7 @@ def build_machine(config: MachineConfig) -> Machine:
             max_phys_bits,
             group,
         )
+        machine.console = config.console
     return machine
 
 
@@ -234,9 +262,12 @@ def attach_memory(vm: Vm, memory: GuestMemory) -> None:
         )
 
 
-def attach_serial(pio_bus: Bus, console: Callable[[bytes], None]) -> Serial16550:
+def attach_serial(
+    pio_bus: Bus, console: Callable[[bytes], None], host_input: InputBuffer | None = None
+) -> Serial16550:
     serial = Serial16550(console)
-    pio_bus.insert(serial, COM1_PORT, COM1_SIZE, "COM1 16550A")
+    device = serial if host_input is None else SerialWithInput(serial, host_input)
+    pio_bus.insert(device, COM1_PORT, COM1_SIZE, "COM1 16550A")
     return serial
 
 

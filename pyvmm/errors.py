@@ -1,8 +1,9 @@
 """The exception tree. The library raises; only the CLI prints and exits.
 
 `exit_status` is what the CLI returns for an error of that class: 2 for bad
-usage or bad input (the user can fix the command line or the image), 1 for
-everything that went wrong while running.
+usage or bad input (the user can fix the command line or the image), 70
+(EX_SOFTWARE) when pyvmm itself could not go on: no usable /dev/kvm, a KVM
+call that failed, an exit it cannot handle.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 class PyvmmError(Exception):
     """Root of every error pyvmm raises on purpose."""
 
-    exit_status = 1
+    exit_status = 70
 
 
 class UsageError(PyvmmError):

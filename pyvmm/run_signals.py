@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from pyvmm.outcome import EXIT_GUEST_FAULT, OutcomeKind, RunOutcome
+from pyvmm.outcome import RunOutcome, interrupted, timed_out
 
 KICK_INTERVAL = 0.01
-# Exit statuses for a run ended by a signal: 128 + signal number, as a shell reports.
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -31,17 +30,12 @@ def stop_on_signals(
         yield
         return
 
-    timed_out = RunOutcome(
-        OutcomeKind.TIMEOUT, EXIT_GUEST_FAULT, f"guest did not finish within {timeout} s"
-    )
-
     def on_alarm(signum: int, frame: FrameType | None) -> None:
-        request_stop(timed_out)
+        request_stop(timed_out(timeout or 0))
         signal.setitimer(signal.ITIMER_REAL, KICK_INTERVAL, KICK_INTERVAL)
 
     def on_stop_signal(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        request_stop(RunOutcome(OutcomeKind.INTERRUPTED, 128 + signum, f"stopped by {name}"))
+        request_stop(interrupted(signal.Signals(signum).name, signum))
         signal.setitimer(signal.ITIMER_REAL, KICK_INTERVAL, KICK_INTERVAL)
 
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGALRM, *_STOP_SIGNALS)}

@@ -12,7 +12,7 @@ import contextlib
 import signal
 import threading
 
-from pyvmm.outcome import EXIT_GUEST_FAULT, OutcomeKind, RunOutcome
+from pyvmm.outcome import RunOutcome, vmm_error
 from pyvmm.vcpu_loop import ExitObserver, VcpuLoop
 
 KICK_SIGNAL = signal.SIGUSR1
@@ -47,11 +47,7 @@ class VcpuGroup:
         try:
             outcome = loop.run()
         except Exception as error:  # a VMM error in a vCPU thread must end the whole run
-            outcome = RunOutcome(
-                OutcomeKind.INTERNAL_ERROR,
-                EXIT_GUEST_FAULT,
-                f"vCPU {loop.vcpu.vcpu_id}: {error}",
-            )
+            outcome = vmm_error(f"vCPU {loop.vcpu.vcpu_id}: {error}")
         self.request_stop(outcome)
         signal.pthread_kill(threading.main_thread().ident or 0, KICK_SIGNAL)
 
@@ -75,7 +71,7 @@ class VcpuGroup:
         try:
             outcome = self.loops[0].run(observer)
         except BaseException:
-            self.request_stop(RunOutcome(OutcomeKind.INTERRUPTED, EXIT_GUEST_FAULT, "stopped"))
+            self.request_stop(vmm_error("stopped by an exception in the main thread"))
             self._join()
             raise
         self.request_stop(outcome)

@@ -31,7 +31,15 @@ from pyvmm.kvm.exits import (
     decode,
 )
 from pyvmm.kvm.vcpu import Vcpu
-from pyvmm.outcome import EXIT_GUEST_FAULT, EXIT_HALTED, OutcomeKind, RunOutcome
+from pyvmm.memory.guest_memory import GuestMemory
+from pyvmm.outcome import (
+    EXIT_GUEST_FAULT,
+    EXIT_HALTED,
+    OutcomeKind,
+    RunOutcome,
+    exit_limit_reached,
+    vmm_error,
+)
 
 
 class ExitObserver(Protocol):
@@ -40,10 +48,6 @@ class ExitObserver(Protocol):
     def on_exit(self, exit: VcpuExit, run_ns: int, handle_ns: int) -> None: ...
 
     def on_interrupted(self, run_ns: int) -> None: ...
-
-
-class UnhandledExit(PyvmmError):
-    """KVM reported an exit pyvmm has no handler for."""
 
 
 class VcpuLoop:
@@ -55,11 +59,19 @@ class VcpuLoop:
         pio_bus: Bus,
         mmio_bus: Bus,
         device_lock: threading.Lock | None = None,
+        max_exits: int | None = None,
+        memory: GuestMemory | None = None,
+        max_phys_bits: int = 52,
     ) -> None:
         self.vcpu = vcpu
         self.pio_bus = pio_bus
         self.mmio_bus = mmio_bus
         self.exit_count = 0
+        # --max-exits, per vCPU; a float so that the hot loop compares one number.
+        self.max_exits: float = float("inf") if max_exits is None else max_exits
+        # For reports that show the guest's code (emulation failures).
+        self.memory = memory
+        self.max_phys_bits = max_phys_bits
         self._stop: RunOutcome | None = None
         self._pause = False
         # Shared by every vCPU of an SMP machine: one device access at a time.
@@ -98,9 +110,29 @@ class VcpuLoop:
         return format_registers(self.vcpu.get_regs(), self.vcpu.get_sregs())
 
     def run(self, observer: ExitObserver | None = None) -> RunOutcome:
-        """Run until an outcome. With an observer, every exit is also timed and reported."""
-        if observer is not None:
-            return self._run_observed(observer)
+        """Run until an outcome. With an observer, every exit is also timed and reported.
+
+        Whatever the guest does, this returns an outcome: a pyvmm error while
+        serving an exit becomes a VMM_ERROR outcome instead of an exception.
+        """
+        try:
+            if observer is not None:
+                return self._run_observed(observer)
+            return self._run_plain()
+        except PyvmmError as error:
+            return self._vmm_error(str(error))
+        except Exception as error:  # a bug in pyvmm: still end in a known state
+            return self._vmm_error(f"internal error: {type(error).__name__}: {error}")
+
+    def _vmm_error(self, message: str) -> RunOutcome:
+        try:
+            registers = self.register_dump()
+        except PyvmmError:
+            registers = None
+        outcome = vmm_error(f"{self._who}{message}")
+        return RunOutcome(outcome.kind, outcome.exit_status, outcome.message, registers)
+
+    def _run_plain(self) -> RunOutcome:
         vcpu = self.vcpu
         run = vcpu.run_struct
         dispatch = self._dispatch if self.device_lock is None else self._dispatch_locked
@@ -115,6 +147,8 @@ class VcpuLoop:
             outcome = dispatch(decode(run))
             if outcome is not None:
                 return outcome
+            if self.exit_count >= self.max_exits:
+                return self._limit_reached()
         return self._stop
 
     def _run_observed(self, observer: ExitObserver) -> RunOutcome:
@@ -139,7 +173,15 @@ class VcpuLoop:
             observer.on_exit(exit, exited - entered, handled - exited)
             if outcome is not None:
                 return outcome
+            if self.exit_count >= self.max_exits:
+                return self._limit_reached()
         return self._stop
+
+    def _limit_reached(self) -> RunOutcome:
+        limit = exit_limit_reached(self.exit_count)
+        return RunOutcome(
+            limit.kind, limit.exit_status, f"{self._who}{limit.message}", self.register_dump()
+        )
 
     def _paused(self) -> RunOutcome:
         self._pause = False
@@ -198,7 +240,10 @@ class VcpuLoop:
                 OutcomeKind.SYSTEM_EVENT, status, f"guest requested a system {exit.name}"
             )
         name = exit.name if isinstance(exit, Unknown) else type(exit).__name__
-        raise UnhandledExit(f"unhandled exit {name}\n{self.register_dump()}")
+        unhandled = vmm_error(f"{self._who}unhandled exit {name}")
+        return RunOutcome(
+            unhandled.kind, unhandled.exit_status, unhandled.message, self.register_dump()
+        )
 
 
 def _describe_internal_error(exit: InternalError) -> str:

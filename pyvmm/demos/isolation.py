@@ -34,6 +34,7 @@ from pyvmm.demos.common import (
     run_guest,
 )
 from pyvmm.loaders.entry import CpuMode
+from pyvmm.outcome import EXIT_TIMEOUT
 
 QUOTE = (
     '"the VMM is in complete control of system resources": a program running under '
@@ -209,7 +210,7 @@ def report_hostile(report: Report, hostile: HostileRun) -> list[bool]:
     ending = hostile.ending
     alive = ATTACKS_DONE in hostile.console
     timed_out = (
-        hostile.returncode == 1
+        hostile.returncode == EXIT_TIMEOUT
         and ending is not None
         and ending[0] == "timeout"
         and "did not finish within" in hostile.log

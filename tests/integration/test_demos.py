@@ -80,7 +80,7 @@ def test_hostile_guest_alone() -> None:
     result = run_pyvmm(
         "boot", "-m", "64M", "--mode", "long", "--timeout", "2", "-v", guest("hostile.bin")
     )
-    assert result.returncode == 1
+    assert result.returncode == 124
     lines = [line for line in result.stdout.splitlines() if line.startswith("hostile:")]
     assert lines[1] == "hostile: (a) read back 0xffffffff"
     assert lines[-1] == "hostile: (e) jmp . forever, no hlt"

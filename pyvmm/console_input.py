@@ -1,0 +1,170 @@
+"""Host input for the guest's serial port: stdin, a bounded buffer, the terminal mode.
+
+A reader thread moves bytes from stdin into an `InputBuffer` whose size the
+user sets (`--input-buffer`). When the buffer is full the thread stops
+reading, so a guest that never reads cannot make pyvmm hold more than that:
+the rest waits in the pipe or the terminal, and nothing is lost. The serial
+port takes bytes from the buffer whenever the guest touches it and its FIFO
+has room (`SerialWithInput`), which keeps the 16550 itself a pure state
+machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import termios
+import threading
+from collections.abc import Iterator
+
+from pyvmm.closing import ClosesOnExit
+from pyvmm.devices.serial import Serial16550
+
+DEFAULT_INPUT_BUFFER = 64 * 1024
+READ_CHUNK = 4096
+
+
+class InputBuffer:
+    """Bytes from the host waiting for the guest; never more than `capacity`."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data = bytearray()
+        self._changed = threading.Condition()
+        self.eof = False
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def space(self) -> int:
+        return self.capacity - len(self._data)
+
+    def put(self, data: bytes) -> int:
+        """Store what fits; returns how many bytes were taken."""
+        with self._changed:
+            taken = min(len(data), self.space)
+            self._data += data[:taken]
+            return taken
+
+    def take(self, limit: int) -> bytes:
+        with self._changed:
+            data = bytes(self._data[:limit])
+            del self._data[:limit]
+            if data:
+                self._changed.notify_all()
+            return data
+
+    def wait_for_space(self, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.space > 0, timeout)
+
+    def wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+
+class StdinReader(ClosesOnExit):
+    """A thread that copies `fd` into `buffer` while there is room, until EOF or close."""
+
+    def __init__(self, fd: int, buffer: InputBuffer) -> None:
+        self.fd = fd
+        self.buffer = buffer
+        self._closing = False
+        self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._copy, name="stdin", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
+        while not self._closing:
+            if not self.buffer.wait_for_space(timeout=0.5):
+                continue  # full: leave the rest in the pipe until the guest reads
+            events = dict(poller.poll())
+            if self._wake_read in events or self._closing:
+                return
+            if self.fd not in events:
+                continue
+            try:
+                data = os.read(self.fd, min(READ_CHUNK, self.buffer.space))
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self.buffer.eof = True
+                return
+            self.buffer.put(data)
+
+    def close(self) -> None:
+        if self._wake_write < 0:
+            return
+        self._closing = True
+        os.write(self._wake_write, b"x")
+        self.buffer.wake()
+        self._thread.join()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+        self._wake_write = -1
+
+
+class SerialWithInput:
+    """The 16550 on the bus, topped up from the host's input buffer on every access."""
+
+    def __init__(self, serial: Serial16550, buffer: InputBuffer) -> None:
+        self.serial = serial
+        self.buffer = buffer
+
+    def read(self, offset: int, size: int) -> int:
+        self._refill()
+        return self.serial.read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.serial.write(offset, size, value)
+        self._refill()
+
+    def _refill(self) -> None:
+        space = self.serial.input_space
+        if space and len(self.buffer):
+            self.serial.enqueue_input(self.buffer.take(space))
+
+
+def readable_input(fd: int) -> bool:
+    """Whether pyvmm may read `fd`: not a terminal, or one whose foreground is ours.
+
+    A background job that reads or reconfigures its terminal gets stopped
+    by SIGTTIN/SIGTTOU, so in the background the guest just gets no input.
+    """
+    try:
+        if not os.isatty(fd):
+            os.fstat(fd)
+            return True
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def guest_terminal(fd: int) -> Iterator[None]:
+    """Keystrokes go to the guest one by one, unechoed; the old mode comes back after.
+
+    ISIG stays on, so Ctrl-C still reaches pyvmm as SIGINT and ends the run.
+    Not a terminal (a pipe, /dev/null): nothing to change.
+    """
+    try:
+        saved = termios.tcgetattr(fd)
+    except (termios.error, OSError):
+        yield
+        return
+    mode = termios.tcgetattr(fd)
+    mode[3] &= ~(termios.ICANON | termios.ECHO)  # lflag
+    mode[6][termios.VMIN] = 1
+    mode[6][termios.VTIME] = 0
+    termios.tcsetattr(fd, termios.TCSANOW, mode)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

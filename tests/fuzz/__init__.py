@@ -1,0 +1,1 @@
+"""Fuzz campaigns: random guests and malformed images; short runs in CI, long runs by hand."""
