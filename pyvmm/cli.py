@@ -15,21 +15,38 @@ from pyvmm import __version__
 from pyvmm.errors import PyvmmError, UsageError
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.memory.size import parse_memory_size
+from pyvmm.outcome import EXIT_VMM_ERROR
 
 if TYPE_CHECKING:
     from pyvmm.builder import Machine
+    from pyvmm.console_input import InputBuffer
     from pyvmm.outcome import RunOutcome
 
 DEFAULT_MEMORY = "128M"  # QEMU's default
 
 BOOT_EPILOG = """\
-exit status:
-  0     the guest halted (HLT) or asked for a shutdown
-  N     the guest wrote v to the debug-exit port 0xf4: N = (v << 1) | 1, as QEMU
-  1     the guest faulted (triple fault, failed entry, KVM internal error),
-        timed out (--timeout), or pyvmm failed at run time
-  2     bad usage or bad input (unreadable or malformed image, bad -m, ...)
-  128+S stopped by signal S (130 for Ctrl-C, 143 for SIGTERM)
+how a run ends (outcome: exit status):
+  halted          0     the guest executed HLT
+  system-event    0|1   the guest asked KVM for a shutdown (0), a reset or crash (1)
+  debug-exit      N     the guest wrote v to the debug-exit port 0xf4:
+                        N = (v << 1) | 1, as QEMU's isa-debug-exit (always odd)
+  triple-fault    1     the guest faulted; so do fail-entry (KVM could not enter
+  fail-entry            it) and internal-error (KVM could not emulate an
+  internal-error        instruction, which is named, with where it was)
+  timeout         124   --timeout expired (as timeout(1) reports it)
+  exit-limit      126   --max-exits reached
+  interrupted     128+S stopped by signal S: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
+  vmm-error       70    pyvmm itself failed (no usable /dev/kvm, a KVM call
+                        failed, an exit it cannot handle)
+  bad input       2     bad usage or input (unreadable or malformed image,
+                        bad -m, ...): nothing ran
+An abnormal end prints its reason, the guest's registers and the last lines
+of its console on stderr (-v: more lines).
+
+console: COM1 is this terminal. Output goes to stdout (--console-rate caps
+it); keystrokes go to the guest unechoed, one by one, through a buffer of
+--input-buffer bytes (pyvmm stops reading stdin while it is full); Ctrl-C
+still ends the run, and the terminal is restored on every end.
 
 image formats: ELF32 (entered in protected mode), ELF64 (long mode), anything
 else is a flat binary (real mode at 0x7c00 by default, like a boot sector).
@@ -70,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_machine_arguments(boot)
+    boot.add_argument(
+        "--input-buffer",
+        type=_parse_buffer_size,
+        default="64K",
+        metavar="BYTES",
+        help="most stdin bytes held for the guest, K/M suffixes allowed (default %(default)s; "
+        "0: the guest gets no input)",
+    )
     boot.add_argument(
         "--trace",
         nargs="?",
@@ -169,7 +194,20 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         type=_parse_timeout,
         metavar="SECONDS",
-        help="stop the guest after this many seconds (exit status 1)",
+        help="stop the guest after this many seconds (exit status 124)",
+    )
+    parser.add_argument(
+        "--max-exits",
+        type=_parse_count,
+        metavar="N",
+        help="stop the guest after N VM exits of any one vCPU (exit status 126)",
+    )
+    parser.add_argument(
+        "--console-rate",
+        type=_parse_rate,
+        metavar="BYTES",
+        help="most console output per second, K/M suffixes allowed (default: no limit); "
+        "output over it is dropped and counted",
     )
     parser.add_argument(
         "--append",
@@ -225,6 +263,33 @@ def _parse_cpus(text: str) -> int:
     return int(value)
 
 
+def _parse_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid count '{text}': a positive integer")
+    return int(text)
+
+
+def _parse_rate(text: str) -> int:
+    # Plain numbers are bytes here (not MiB as for -m): "1000" means 1000 bytes/s.
+    try:
+        value = parse_memory_size(text) if text[-1:].isalpha() else int(text)
+    except (UsageError, ValueError):
+        raise argparse.ArgumentTypeError(f"invalid rate '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid rate '{text}': must be at least 1 byte/s")
+    return value
+
+
+def _parse_buffer_size(text: str) -> int:
+    try:
+        value = parse_memory_size(text) if text[-1:].isalpha() else int(text)
+    except (UsageError, ValueError):
+        raise argparse.ArgumentTypeError(f"invalid buffer size '{text}'") from None
+    if not 0 <= value <= 1 << 30:
+        raise argparse.ArgumentTypeError(f"buffer size '{text}' must be 0..1G")
+    return value
+
+
 def _parse_timeout(text: str) -> float:
     try:
         value = float(text)
@@ -235,7 +300,9 @@ def _parse_timeout(text: str) -> float:
     return value
 
 
-def build_from_args(args: argparse.Namespace, console: TextIO | None) -> Machine:
+def build_from_args(
+    args: argparse.Namespace, console: TextIO | None, console_input: InputBuffer | None = None
+) -> Machine:
     """Build the machine the shared options describe; console None discards output."""
     from pyvmm.builder import MachineConfig, build_machine
     from pyvmm.console import ConsoleWriter
@@ -253,7 +320,11 @@ def build_from_args(args: argparse.Namespace, console: TextIO | None) -> Machine
     config = MachineConfig(
         image=image,
         ram_size=ram_size,
-        console=ConsoleWriter(-1 if console is None else console.fileno()),
+        console=ConsoleWriter(
+            -1 if console is None else console.fileno(), rate_limit=args.console_rate
+        ),
+        console_input=console_input,
+        max_exits=args.max_exits,
         mode=CpuMode(args.mode) if args.mode else None,
         load_gpa=args.load_addr,
         cpus=args.smp,
@@ -272,7 +343,9 @@ def run_boot(args: argparse.Namespace) -> int:
     from pyvmm.trace import ExitTracer, parse_categories
 
     categories = parse_categories(args.trace) if args.trace else None
-    with contextlib.ExitStack() as files, build_from_args(args, sys.stdout) as machine:
+    with contextlib.ExitStack() as files:
+        console_input = open_console_input(files, args.input_buffer)
+        machine = files.enter_context(build_from_args(args, sys.stdout, console_input))
         log_memory_map(machine)
         observers: list[Any] = []
         if categories is not None:
@@ -304,10 +377,26 @@ def run_boot(args: argparse.Namespace) -> int:
         else:
             outcome = machine.run(timeout=args.timeout, observer=observer)
         log_run_summary(machine, outcome)
-    report_abnormal_end(outcome)
+    report_end(outcome, machine.console, args.verbose)
     if statistics is not None:
         print(statistics.summary(), file=sys.stderr)
     return outcome.exit_status
+
+
+def open_console_input(resources: contextlib.ExitStack, capacity: int) -> InputBuffer | None:
+    """stdin feeds COM1 for the run; the terminal mode and the reader end with it."""
+    from pyvmm.console_input import InputBuffer, StdinReader, guest_terminal, readable_input
+
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        return None
+    if capacity == 0 or not readable_input(fd):
+        return None
+    buffer = InputBuffer(capacity)
+    resources.enter_context(guest_terminal(fd))
+    resources.enter_context(StdinReader(fd, buffer))
+    return buffer
 
 
 def open_trace_file(path: str | None) -> TextIO:
@@ -327,7 +416,7 @@ def run_memmap(args: argparse.Namespace) -> int:
     with build_from_args(args, None if args.quiet else sys.stderr) as machine:
         outcome = machine.run(timeout=args.timeout)
         log_run_summary(machine, outcome)
-        report_abnormal_end(outcome)
+        report_end(outcome, machine.console, args.verbose)
         report = MemoryReport(
             outcome=f"{outcome.kind.value}: {outcome.message}",
             memory_map=machine_memory_map(machine),
@@ -370,11 +459,30 @@ def log_run_summary(machine: Machine, outcome: RunOutcome) -> None:
     )
 
 
-def report_abnormal_end(outcome: RunOutcome) -> None:
+TAIL_LINES = 5  # console lines shown after an abnormal end (-v: TAIL_LINES_VERBOSE)
+TAIL_LINES_VERBOSE = 40
+
+
+def report_end(outcome: RunOutcome, console: object, verbose: int) -> None:
+    """An abnormal end: why, the registers, the console's last lines. Always: lost output."""
+    from pyvmm.console import ConsoleWriter
+
+    writer = console if isinstance(console, ConsoleWriter) else None
     if outcome.kind.is_abnormal:
         print(f"pyvmm: {outcome.message}", file=sys.stderr)
         if outcome.registers:
             print(outcome.registers, file=sys.stderr)
+        tail = writer.tail_lines(TAIL_LINES_VERBOSE if verbose else TAIL_LINES) if writer else []
+        if tail:
+            print("pyvmm: last console output:", file=sys.stderr)
+            for line in tail:
+                print(f"  | {line}", file=sys.stderr)
+    if writer is not None and writer.bytes_over_rate:
+        print(
+            f"pyvmm: dropped {writer.bytes_over_rate} bytes of console output over "
+            f"--console-rate {writer.rate_limit} bytes/s",
+            file=sys.stderr,
+        )
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -422,6 +530,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader (e.g. `| head`) went away: stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as error:  # a bug in pyvmm: one line, a status, no traceback
+        if verbose:
+            logging.getLogger("pyvmm").error("details", exc_info=True)
+        print(f"pyvmm: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_VMM_ERROR
 
 
 if __name__ == "__main__":

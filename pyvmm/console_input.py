@@ -139,12 +139,15 @@ def readable_input(fd: int) -> bool:
     by SIGTTIN/SIGTTOU, so in the background the guest just gets no input.
     """
     try:
-        if not os.isatty(fd):
-            os.fstat(fd)
-            return True
+        os.fstat(fd)
+    except OSError:
+        return False  # closed
+    if not os.isatty(fd):
+        return True
+    try:
         return os.tcgetpgrp(fd) == os.getpgrp()
     except OSError:
-        return False
+        return True  # not our controlling terminal: job control cannot stop us
 
 
 @contextlib.contextmanager

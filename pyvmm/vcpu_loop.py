@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Protocol
 
+from pyvmm.arch.x86_64.emulation_failure import describe_internal_error
 from pyvmm.arch.x86_64.pio import handle_io_in, handle_io_out
 from pyvmm.arch.x86_64.register_dump import format_registers
 from pyvmm.bus import Bus
@@ -228,11 +229,13 @@ class VcpuLoop:
                 self.register_dump(),
             )
         if isinstance(exit, InternalError):
+            regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
             return RunOutcome(
                 OutcomeKind.INTERNAL_ERROR,
                 EXIT_GUEST_FAULT,
-                _describe_internal_error(exit),
-                self.register_dump(),
+                self._who
+                + describe_internal_error(exit, regs, sregs, self.memory, self.max_phys_bits),
+                format_registers(regs, sregs),
             )
         if isinstance(exit, SystemEvent):
             status = EXIT_HALTED if exit.name == "shutdown" else EXIT_GUEST_FAULT
@@ -245,12 +248,3 @@ class VcpuLoop:
             unhandled.kind, unhandled.exit_status, unhandled.message, self.register_dump()
         )
 
-
-def _describe_internal_error(exit: InternalError) -> str:
-    if exit.is_emulation_failure:
-        text = "KVM could not emulate a guest instruction (KVM_INTERNAL_ERROR_EMULATION)"
-        if exit.insn_bytes:
-            text += f": bytes {exit.insn_bytes.hex(' ')}"
-        return text
-    data = " ".join(f"0x{word:x}" for word in exit.data)
-    return f"KVM internal error, suberror {exit.suberror}" + (f", data {data}" if data else "")

@@ -287,6 +287,15 @@ def plan_multiboot(
     ]:
         if "\0" in text:
             raise BadMultiboot(f"the multiboot {name} {text!r} contains a NUL character")
+        # Python decodes a non-UTF-8 path or argument with lone surrogates, which the
+        # information's UTF-8 strings cannot hold: refuse them here, not in the encoder.
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadMultiboot(
+                f"the multiboot {name} {text!r} is not valid UTF-8 "
+                "(a file name or argument in another encoding?)"
+            ) from None
     if header.addresses is not None:
         segments, entry = _aout_kernel(image, header, header.addresses)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pyvmm.cli import build_parser, main
+from pyvmm.outcome import EXIT_LIMIT, EXIT_TIMEOUT, EXIT_VMM_ERROR, OutcomeKind
 
 
 def test_boot_defaults() -> None:
@@ -74,8 +75,14 @@ def test_missing_image_is_status_2(capsys: pytest.CaptureFixture[str], tmp_path)
 def test_help_documents_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["boot", "--help"]) == 0
     out = capsys.readouterr().out
-    for text in ("--timeout", "--load-addr", "exit status", "debug-exit", "triple fault"):
+    for text in ("--timeout", "--max-exits", "--console-rate", "--input-buffer", "exit status"):
         assert text in out
+    # Every way a run can end is named, with its status.
+    for kind in OutcomeKind:
+        if kind is not OutcomeKind.DEBUG:  # a debugger's stop, not an end
+            assert f"  {kind.value} " in out, kind
+    for status in (EXIT_TIMEOUT, EXIT_LIMIT, EXIT_VMM_ERROR):
+        assert f" {status} " in out
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,129 @@
+"""Say in one line which guest instruction KVM could not run, and where.
+
+KVM exits with KVM_EXIT_INTERNAL_ERROR, suberror KVM_INTERNAL_ERROR_EMULATION,
+when its instruction emulator gives up: an instruction it does not implement
+(x87, most SSE) that it had to emulate, or code it had to fetch from a
+guest-physical address no memory slot backs. Newer kernels pass the bytes they
+fetched (flag KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, decoded in
+`pyvmm.kvm.exits`); older ones, and failed fetches, pass none, so the bytes
+are then read through the guest's own page tables. Pure over kvm_regs,
+kvm_sregs and GuestMemory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyvmm._kvm import lib
+from pyvmm.arch.x86_64.instruction import (
+    MAX_INSTRUCTION_SIZE,
+    code_bits,
+    disassemble_one,
+    fetch,
+    linear_address,
+)
+from pyvmm.arch.x86_64.page_walk import PagingRegisters, walk
+from pyvmm.kvm.exits import InternalError
+from pyvmm.memory.guest_memory import GuestMemory
+
+# Every suberror <linux/kvm.h> defines, with the header's own comment for it.
+SUBERRORS: dict[int, tuple[str, str]] = {
+    lib.KVM_INTERNAL_ERROR_EMULATION: ("KVM_INTERNAL_ERROR_EMULATION", "emulation failed"),
+    lib.KVM_INTERNAL_ERROR_SIMUL_EX: (
+        "KVM_INTERNAL_ERROR_SIMUL_EX",
+        "unexpected simultaneous exceptions",
+    ),
+    lib.KVM_INTERNAL_ERROR_DELIVERY_EV: (
+        "KVM_INTERNAL_ERROR_DELIVERY_EV",
+        "unexpected VM exit while delivering an event",
+    ),
+    lib.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: (
+        "KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON",
+        "unexpected VM exit reason",
+    ),
+}
+
+
+def suberror_name(suberror: int) -> str:
+    return SUBERRORS[suberror][0] if suberror in SUBERRORS else f"suberror {suberror}"
+
+
+def describe_internal_error(
+    exit: InternalError,
+    regs: Any,
+    sregs: Any,
+    memory: GuestMemory | None,
+    max_phys_bits: int = 52,
+) -> str:
+    """One line for a KVM_EXIT_INTERNAL_ERROR, naming the instruction when there is one."""
+    where = describe_location(regs, sregs)
+    if exit.is_emulation_failure:
+        return _describe_emulation_failure(exit, regs, sregs, memory, max_phys_bits, where)
+    text = f"KVM internal error {suberror_name(exit.suberror)}"
+    if exit.suberror in SUBERRORS:
+        text += f" ({SUBERRORS[exit.suberror][1]})"
+    text += f" at {where}"
+    # The words' meaning is vendor- and kernel-specific (not ABI): shown raw.
+    if exit.data:
+        text += ", data " + " ".join(f"0x{word:x}" for word in exit.data)
+    return text
+
+
+def describe_location(regs: Any, sregs: Any) -> str:
+    """`CS:IP (linear 0x...) in N-bit code`: a 16-bit IP in 4 digits, others in 8 or more."""
+    bits = code_bits(sregs)
+    linear = linear_address(sregs, regs.rip)
+    ip = f"{regs.rip & 0xFFFF:04x}" if bits == 16 else f"{regs.rip:08x}"
+    return f"{sregs.cs.selector:04x}:{ip} (linear 0x{linear:x}) in {bits}-bit code"
+
+
+def _describe_emulation_failure(
+    exit: InternalError,
+    regs: Any,
+    sregs: Any,
+    memory: GuestMemory | None,
+    max_phys_bits: int,
+    where: str,
+) -> str:
+    name = suberror_name(exit.suberror)
+    bits = code_bits(sregs)
+    linear = linear_address(sregs, regs.rip)
+    if exit.insn_bytes:
+        what = _describe_code(exit.insn_bytes, bits, linear)
+        return f"KVM could not emulate {what} at {where} ({name})"
+    code, problem = _read_code(memory, sregs, linear, max_phys_bits)
+    if problem is not None:
+        return f"KVM could not emulate the instruction at {where}: {problem} ({name})"
+    source = "read from guest memory: KVM gave no bytes"
+    what = _describe_code(code, bits, linear, source, ram_ends=len(code) < MAX_INSTRUCTION_SIZE)
+    return f"KVM could not emulate {what} at {where} ({name})"
+
+
+def _describe_code(
+    code: bytes, bits: int, linear: int, source: str = "", ram_ends: bool = False
+) -> str:
+    """`'mnemonic operands' (bytes)`; KVM's window holds up to 15 bytes: keep the first insn's."""
+    note = f", {source}" if source else ""
+    instruction = disassemble_one(code, bits, linear)
+    if instruction is not None:
+        return f"'{instruction.text}' ({instruction.code.hex(' ')}{note})"
+    if ram_ends:  # a truncated instruction, not a bad one
+        note += f"; guest RAM ends after {len(code)} of them"
+    return f"undecodable bytes ({code.hex(' ')}{note})"
+
+
+def _read_code(
+    memory: GuestMemory | None, sregs: Any, linear: int, max_phys_bits: int
+) -> tuple[bytes, str | None]:
+    """The bytes at `linear`, or why there are none (the usual case: code outside RAM)."""
+    if memory is None:
+        return b"", "KVM gave no instruction bytes"
+    paging = PagingRegisters(sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer)
+    found = walk(memory, paging, linear, max_phys_bits)
+    if found.gpa is None:
+        problem = "KVM gave no instruction bytes and the code's address does not translate"
+        return b"", f"{problem} ({found.fault})"
+    if not memory.contains(found.gpa):
+        problem = f"guest-physical 0x{found.gpa:x} has no memory slot"
+        return b"", f"the code is not in guest RAM, {problem}"
+    return fetch(memory, paging, linear, MAX_INSTRUCTION_SIZE, max_phys_bits), None

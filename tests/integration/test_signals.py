@@ -1,0 +1,107 @@
+"""Ctrl-C, SIGTERM and SIGHUP end a guest cleanly: status 128+N, terminal restored,
+nothing leaked."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import signal
+import subprocess
+import sys
+import termios
+import threading
+import time
+
+import pytest
+
+from pyvmm.builder import MachineConfig, build_machine
+from pyvmm.console import ConsoleWriter
+from pyvmm.loaders.entry import CpuMode
+from pyvmm.outcome import OutcomeKind
+from tests.integration.helpers import GUESTS, REPO, guest
+
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_signal_ends_the_run_with_its_status_and_registers(signum: int, cpus: int) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyvmm", "boot", "-smp", str(cpus), guest("tests/spin.bin")],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == "spinning\n"  # the guest is running
+    process.send_signal(signum)
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 128 + signum
+    lines = err.splitlines()
+    assert lines[0] == f"pyvmm: stopped by {signal.Signals(signum).name}"
+    assert any(line.startswith("RIP=") for line in lines)
+    assert "Traceback" not in err
+
+
+def _own_terminal() -> None:
+    """In the child: a new session whose controlling terminal is stdin (the pty)."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_terminal_is_restored_after_a_signal(signum: int) -> None:
+    controller, terminal = pty.openpty()
+    before = termios.tcgetattr(terminal)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyvmm", "boot", guest("tests/spin.bin")],
+        cwd=REPO,
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_own_terminal,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"spinning\n"
+        during = termios.tcgetattr(terminal)
+        assert not during[3] & termios.ECHO  # pyvmm did take the terminal over
+        process.send_signal(signum)
+        process.communicate(timeout=30)
+        assert process.returncode == 128 + signum
+        assert termios.tcgetattr(terminal) == before
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(controller)
+        os.close(terminal)
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_in_process_run_releases_threads_and_fds_after_sigterm() -> None:
+    image = (GUESTS / "tests" / "spin.bin").read_bytes()
+    config = MachineConfig(
+        image=image, ram_size=16 << 20, console=ConsoleWriter(-1), mode=CpuMode.REAL, cpus=2
+    )
+    with build_machine(config) as warm_up:  # first use loads capstone, cffi...
+        warm_up.run(timeout=0.2)
+    threads, fds = threading.active_count(), _open_fds()
+    handler = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    with build_machine(config) as machine:
+        timer.start()
+        started = time.monotonic()
+        outcome = machine.run(timeout=30)
+        assert time.monotonic() - started < 20
+    timer.join()
+    assert (outcome.kind, outcome.exit_status) == (OutcomeKind.INTERRUPTED, 143)
+    assert threading.active_count() == threads
+    assert _open_fds() == fds
+    # The handlers pyvmm installed for the run are gone again.
+    assert signal.getsignal(signal.SIGTERM) is handler
