@@ -469,6 +469,8 @@ def report_end(outcome: RunOutcome, console: object, verbose: int) -> None:
 
     writer = console if isinstance(console, ConsoleWriter) else None
     if outcome.kind.is_abnormal:
+        if writer is not None and writer.ends_mid_line and os.isatty(writer.fd):
+            print(file=sys.stderr)  # start pyvmm's report on a line of its own
         print(f"pyvmm: {outcome.message}", file=sys.stderr)
         if outcome.registers:
             print(outcome.registers, file=sys.stderr)

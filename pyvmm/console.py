@@ -54,6 +54,11 @@ class ConsoleWriter:
             self.bytes_dropped += len(data)
             self.fd = -1
 
+    @property
+    def ends_mid_line(self) -> bool:
+        """The guest's last output did not end its line (a terminal's cursor is still on it)."""
+        return bool(self._tail) and self._tail[-1:] not in (b"\n", b"\r")
+
     def tail_lines(self, count: int) -> list[str]:
         """The last `count` lines the guest printed (decoded leniently, control bytes shown)."""
         text = self._tail.decode("utf-8", "replace").replace("\r\n", "\n")

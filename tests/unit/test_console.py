@@ -96,6 +96,15 @@ def test_tail_shows_control_bytes_and_a_partial_last_line() -> None:
     assert writer.tail_lines(5) == ["ok", "\\x1b[2Jbell\\x07 and \ufffd"]
 
 
+def test_ends_mid_line_tells_whether_the_cursor_is_after_guest_text() -> None:
+    writer = ConsoleWriter(-1)
+    assert not writer.ends_mid_line
+    writer(b"abc")
+    assert writer.ends_mid_line
+    writer(b"\r\n")
+    assert not writer.ends_mid_line
+
+
 def test_input_buffer_never_holds_more_than_its_capacity() -> None:
     buffer = InputBuffer(10)
     assert buffer.put(b"0123456789abc") == 10
