@@ -17,11 +17,11 @@ from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.cpu import (
     DEFAULT_PHYSICAL_ADDRESS_BITS,
     default_load_gpa,
-    needs_vmm_tables,
     setup_cpuid,
     setup_vcpu,
 )
 from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters, list_mappings
+from pyvmm.arch.x86_64.placement import check_entry_placement
 from pyvmm.bus import Bus, Shifted
 from pyvmm.closing import ClosesOnExit
 from pyvmm.console_input import InputBuffer, SerialWithInput
@@ -30,7 +30,7 @@ from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FW_CFG_PORT_SIZE, FwCfg
 from pyvmm.devices.pci_absent import PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PciAbsent
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.sink import POST_PORT, IgnoredPort
-from pyvmm.errors import LoaderError, PyvmmError, UsageError
+from pyvmm.errors import PyvmmError, UsageError
 from pyvmm.kvm.system import DEFAULT_KVM_PATH, Kvm, open_kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
@@ -185,7 +185,7 @@ def build_machine(config: MachineConfig) -> Machine:
             cmdline=config.cmdline,
             modules=config.modules,
         )
-        check_clear_of_vmm(entry)
+        check_entry_placement(entry)
         log.info(
             "loaded %s: 0x%x..0x%x, entry 0x%x in %s mode",
             describe_format(config.image),
@@ -302,13 +302,3 @@ def check_vcpu_count(kvm: Kvm, cpus: int) -> None:
     limit = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS) or kvm.check_extension(lib.KVM_CAP_NR_VCPUS)
     if not 1 <= cpus <= max(limit, 1):
         raise UsageError(f"-smp {cpus}: this host's KVM supports 1 to {limit} vCPUs")
-
-
-def check_clear_of_vmm(entry: EntryPoint) -> None:
-    """Refuse an image that the VMM's own GDT, page tables or stack would overwrite."""
-    for start, end, what in layout.reserved_ranges(needs_vmm_tables(entry.mode)):
-        if entry.image_start < end and start < entry.image_end:
-            raise LoaderError(
-                f"image at 0x{entry.image_start:x}..0x{entry.image_end:x} overlaps {what} "
-                f"at 0x{start:x}..0x{end:x}; load it elsewhere (--load-addr)"
-            )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from pyvmm.errors import ImageTooLarge, LoaderError
 from pyvmm.loaders.elf import EI_CLASS, ELFCLASS32, ELFCLASS64, is_elf, load_elf
@@ -37,6 +37,26 @@ __all__ = [
 
 # A sanity cap on image files, checked before reading so a huge file costs nothing.
 MAX_IMAGE_SIZE = 4 << 30
+_READ_CHUNK = 1 << 20
+
+
+def _read_capped(image_file: BinaryIO, size: int) -> bytes:
+    """At most MAX_IMAGE_SIZE + 1 bytes: the announced size, then chunks until EOF.
+
+    read(n) allocates n bytes up front, so asking for the cap at once would cost
+    4 GiB of address space for any image. A pipe or device announces size 0.
+    """
+    want = min(size, MAX_IMAGE_SIZE) + 1  # +1: see a file that grew, or a device
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        part = image_file.read(want)
+        parts.append(part)
+        total += len(part)
+        if len(part) < want or total > MAX_IMAGE_SIZE:  # a short read is the end of the file
+            break
+        want = min(_READ_CHUNK, MAX_IMAGE_SIZE + 1 - total)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def read_image(path: str) -> bytes:
@@ -49,8 +69,13 @@ def read_image(path: str) -> bytes:
                     f"image {path!r} is {format_size(size)}, "
                     f"more than the {format_size(MAX_IMAGE_SIZE)} limit"
                 )
-            # read() with a cap: a pipe or device reports no size up front.
-            image = image_file.read(MAX_IMAGE_SIZE + 1)
+            try:
+                image = _read_capped(image_file, size)
+            except MemoryError:  # a big image on a small host (or under ulimit -v): bad input
+                known = f" ({format_size(size)})" if size else ""
+                raise ImageTooLarge(
+                    f"image {path!r}{known} does not fit in this host's memory"
+                ) from None
     except OSError as error:
         reason = error.strerror or str(error)
         raise LoaderError(f"cannot read image {path!r}: {reason}") from error

@@ -79,3 +79,15 @@ def test_bad_usage() -> None:
     result = run_pyvmm("boot", "--mode", "virtual-8086", guest("hello.bin"))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "invalid choice" in result.stderr
+
+
+def test_long_mode_entry_above_the_identity_map_is_refused() -> None:
+    # Found by the image fuzzer: it loaded, then triple-faulted on its first fetch.
+    result = run_pyvmm(
+        "boot", "-m", "5G", "--mode", "long", "--load-addr", "0x100000000", guest("long.bin")
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "pyvmm: entry point 0x100000000 is above 4 GiB: pyvmm's long-mode page tables map "
+        "only the low 4 GiB (load the image lower or enter it below 4 GiB)\n"
+    )

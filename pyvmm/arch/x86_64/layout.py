@@ -24,6 +24,8 @@ GDT_GPA = GuestPhysAddr(0x500)
 # Page tables: the 32-bit page directory, or PML4, PDPT and four PDs for long mode.
 PAGE_TABLES_GPA = GuestPhysAddr(0x1000)
 PAGE_TABLES_END = GuestPhysAddr(0x7000)
+# Those tables map the low 4 GiB one to one: a paged entry point must be below.
+IDENTITY_MAP_END = 1 << 32
 # The 64-bit TSS of the user-mode entry state, with its 8 KiB I/O bitmap.
 TSS_GPA = GuestPhysAddr(0x7000)
 TSS_END = GuestPhysAddr(0x9100)
