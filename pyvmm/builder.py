@@ -37,6 +37,7 @@ from pyvmm.kvm.vm import Vm
 from pyvmm.loaders import describe_format, load_image
 from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.memory.guest_memory import GuestMemory
+from pyvmm.memory.size import RAM_GRANULE
 from pyvmm.outcome import OutcomeKind, RunOutcome
 from pyvmm.run_signals import stop_on_signals
 from pyvmm.translation import Translation, paging_registers, translate
@@ -137,6 +138,11 @@ class Machine(ClosesOnExit):
 
 
 def check_ram_size(ram_size: int) -> None:
+    if ram_size % RAM_GRANULE:
+        raise UsageError(
+            f"memory size {ram_size} bytes is not a whole number of 4 KiB pages "
+            "(KVM maps guest RAM in pages)"
+        )
     if ram_size < layout.MIN_RAM_SIZE:
         raise UsageError(
             f"memory size {ram_size >> 10} KiB is too small: pyvmm needs at least "

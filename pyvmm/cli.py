@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from pyvmm import __version__
 from pyvmm.errors import PyvmmError, UsageError
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.memory.size import parse_memory_size
+from pyvmm.memory.size import parse_memory_size, parse_ram_size
 from pyvmm.outcome import EXIT_VMM_ERROR
 
 if TYPE_CHECKING:
@@ -309,7 +309,7 @@ def build_from_args(
     from pyvmm.kvm.system import DEFAULT_KVM_PATH
     from pyvmm.loaders import read_image
 
-    ram_size = parse_memory_size(args.memory)
+    ram_size = parse_ram_size(args.memory)
     image = read_image(args.image)
     cmdline = args.image if args.append is None else f"{args.image} {args.append}"
     modules = tuple(

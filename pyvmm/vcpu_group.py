@@ -22,7 +22,9 @@ JOIN_POLL = 0.05
 class VcpuGroup:
     def __init__(self, loops: list[VcpuLoop]) -> None:
         self.loops = loops
-        self._lock = threading.Lock()
+        # Re-entrant: the --timeout and Ctrl-C handlers call request_stop, and may
+        # land in the main thread while it is inside request_stop already.
+        self._lock = threading.RLock()
         self._first: RunOutcome | None = None
         self._threads: list[threading.Thread] = []
 
@@ -55,8 +57,16 @@ class VcpuGroup:
         """Run every vCPU until one of them ends the run. Call from the main thread."""
         if len(self.loops) == 1:
             return self.loops[0].run(observer)
-        # The handler does nothing: the signal only interrupts KVM_RUN.
-        signal.signal(KICK_SIGNAL, lambda signum, frame: None)
+        # The handler does nothing: the signal only interrupts KVM_RUN. The
+        # embedding program's own handler comes back when the run ends.
+        previous = signal.signal(KICK_SIGNAL, lambda signum, frame: None)
+        try:
+            return self._run_threads(observer)
+        finally:
+            if previous is not None:  # None: installed from C, cannot be put back
+                signal.signal(KICK_SIGNAL, previous)
+
+    def _run_threads(self, observer: ExitObserver | None) -> RunOutcome:
         self._threads = [
             threading.Thread(
                 target=self._run_secondary,

@@ -23,3 +23,12 @@ def parse_memory_size(text: str) -> int:
     if size <= 0:
         raise UsageError(f"invalid memory size '{text}': must be more than zero")
     return size
+
+
+RAM_GRANULE = 0x1000  # KVM memory slots are whole pages
+
+
+def parse_ram_size(text: str) -> int:
+    """A guest RAM size (-m): as `parse_memory_size`, rounded up to whole pages as QEMU does."""
+    size = parse_memory_size(text)
+    return -(-size // RAM_GRANULE) * RAM_GRANULE

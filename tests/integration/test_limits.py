@@ -165,3 +165,11 @@ def test_memory_beyond_the_host_is_refused() -> None:
     result = run_pyvmm("boot", "-m", "64T", guest("hello.bin"))
     assert result.returncode == 2
     assert result.stderr.startswith("pyvmm: memory size") and result.stderr.count("\n") == 1
+
+
+def test_ram_size_is_rounded_up_to_whole_pages() -> None:
+    # Found by the guest fuzzer: a size that is not whole pages reached KVM (EINVAL).
+    result = run_pyvmm("boot", "-m", "2049K", guest("hello.bin"), "-v")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello, world!\n"
+    assert "0x000000000-0x000200fff ram" in result.stderr  # 2052 KiB, as QEMU rounds
