@@ -1,8 +1,9 @@
 """How a run ended: every run ends in exactly one named outcome.
 
 Each kind has one exit status for `pyvmm boot` (documented in its --help and
-the README). pyvmm's own statuses are even, except 1, so that they never
-collide with a debug-exit status, which is always odd ((v << 1) | 1, as QEMU).
+the README). A debug-exit status is always odd ((v << 1) | 1, as QEMU), so
+pyvmm's own statuses are even, except 1 for a guest fault, which a debug-exit
+write of 0 also gives, as it does under QEMU: the stderr line tells them apart.
 """
 
 from __future__ import annotations
