@@ -12,16 +12,10 @@ import pytest
 
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.outcome import OutcomeKind
-from tests.fuzz.guest_fuzz import (
-    SNIPPETS,
-    Asm,
-    Context,
-    Limits,
-    generate_case,
-    run_campaign,
-    snippet_out,
-    snippet_random,
-)
+from tests.fuzz.guest_cases import generate_case
+from tests.fuzz.guest_code import SNIPPETS, Asm, Context, snippet_out, snippet_random
+from tests.fuzz.guest_fuzz import run_campaign
+from tests.fuzz.guest_run import Limits
 
 pytestmark = pytest.mark.kvm
 

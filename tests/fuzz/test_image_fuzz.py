@@ -15,7 +15,9 @@ import tests.fuzz.image_fuzz as fuzz
 from pyvmm.errors import LoaderError
 from pyvmm.loaders.entry import EntryPoint
 from pyvmm.memory.guest_memory import GuestMemory
-from tests.fuzz.image_fuzz import FAMILIES, Report, make_case, run_campaign, run_case, seed_corpus
+from tests.fuzz.image_cases import make_case
+from tests.fuzz.image_fuzz import Report, run_campaign, run_case
+from tests.fuzz.image_seeds import FAMILIES, seed_corpus
 
 CI_SEED = 1
 CI_COUNT = 600

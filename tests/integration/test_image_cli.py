@@ -1,6 +1,6 @@
 """Malformed images through the real command line: exit status 2 and one line, never a traceback.
 
-The images come from the image fuzzer's builders (tests/fuzz/image_fuzz.py):
+The images come from the image fuzzer's builders (tests/fuzz/image_seeds.py):
 truncated, bit-flipped and size-inflated flat, ELF and multiboot images.
 """
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.image_fuzz import (
+from tests.fuzz.image_formats import MB_SEARCH
+from tests.fuzz.image_seeds import (
     CODE,
     DATA,
     DATA_GPA,
     KERNEL_GPA,
-    MB_SEARCH,
     Seg,
     build_aout,
     build_elf,

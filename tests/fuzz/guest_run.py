@@ -1,0 +1,265 @@
+"""One guest fuzz case, run and judged: in-process through `build_machine`, or as `pyvmm boot`.
+
+A run must end in a named outcome with a one-line message and the exit status
+that goes with it, within its limits, and never raise.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pyvmm.builder import Machine, MachineConfig, build_machine
+from pyvmm.console import ConsoleWriter
+from pyvmm.console_input import InputBuffer
+from pyvmm.errors import PyvmmError
+from pyvmm.exit_stats import ExitStatistics, FanOut
+from pyvmm.outcome import (
+    EXIT_GUEST_FAULT,
+    EXIT_HALTED,
+    EXIT_LIMIT,
+    EXIT_TIMEOUT,
+    OutcomeKind,
+    RunOutcome,
+)
+from pyvmm.trace import ExitTracer
+from tests.fuzz.guest_cases import GuestCase, apply_tweaks
+
+# Every kind a fuzzed guest may end in. DEBUG needs a debugger and INTERRUPTED a
+# signal from outside: neither may happen here, and VMM_ERROR is pyvmm failing.
+ALLOWED_KINDS = frozenset(OutcomeKind) - {
+    OutcomeKind.VMM_ERROR,
+    OutcomeKind.DEBUG,
+    OutcomeKind.INTERRUPTED,
+}
+STATUS_OF_KIND: dict[OutcomeKind, Callable[[int], bool]] = {
+    OutcomeKind.HALTED: lambda status: status == EXIT_HALTED,
+    OutcomeKind.DEBUG_EXIT: lambda status: status % 2 == 1,
+    OutcomeKind.SYSTEM_EVENT: lambda status: status in (EXIT_HALTED, EXIT_GUEST_FAULT),
+    OutcomeKind.TRIPLE_FAULT: lambda status: status == EXIT_GUEST_FAULT,
+    OutcomeKind.FAIL_ENTRY: lambda status: status == EXIT_GUEST_FAULT,
+    OutcomeKind.INTERNAL_ERROR: lambda status: status == EXIT_GUEST_FAULT,
+    OutcomeKind.TIMEOUT: lambda status: status == EXIT_TIMEOUT,
+    OutcomeKind.EXIT_LIMIT: lambda status: status == EXIT_LIMIT,
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long one guest may run: short, since ring-0 code is emulated on some hosts."""
+
+    timeout: float = 0.5
+    max_exits: int = 2000
+    # A run that takes this much longer than `timeout` to return counts as a hang;
+    # the watchdog kills the process outright if one never returns.
+    hang_slack: float = 5.0
+    watchdog: float = 60.0
+
+
+@dataclass
+class CaseResult:
+    case: GuestCase
+    outcome: RunOutcome | None = None
+    rejected: str | None = None  # KVM refused the registers (a PyvmmError): fine
+    failure: str | None = None  # pyvmm misbehaved
+    detail: str = ""  # a traceback or register dump, for -v
+    seconds: float = 0.0
+    exits: int = 0  # VM exits served, every vCPU together: how far the guest got
+    cli_end: str | None = None  # how `pyvmm boot` ended, for CLI cases
+
+    @property
+    def kind(self) -> str:
+        """How the case ended, in one word or so."""
+        if self.outcome is not None:
+            return self.outcome.kind.value
+        if self.cli_end is not None:
+            return f"pyvmm boot: {self.cli_end}"
+        return "rejected" if self.rejected is not None else "failed"
+
+
+def run_case(case: GuestCase, limits: Limits) -> CaseResult:
+    """Build, set the registers, run, close; never raises."""
+    if case.via_cli:
+        return run_cli_case(case, limits)
+    result = CaseResult(case)
+    host_input = None
+    if case.console_input is not None:
+        host_input = InputBuffer(max(len(case.console_input), 1))
+        host_input.put(case.console_input)
+    config = MachineConfig(
+        image=case.image,
+        ram_size=case.ram_size,
+        console=ConsoleWriter(-1),
+        mode=case.mode,
+        max_exits=limits.max_exits,
+        cpus=case.cpus,
+        irqchip=case.irqchip,
+        console_input=host_input,
+    )
+    started = time.perf_counter()
+    faulthandler.dump_traceback_later(limits.watchdog, exit=True)
+    try:
+        with build_machine(config) as machine:
+            try:
+                set_registers(machine.vcpu, case)
+            except PyvmmError as error:
+                result.rejected = str(error)
+                return result
+            observer, statistics = make_observer(case.observer, machine)
+            run_started = time.perf_counter()
+            result.outcome = machine.run(timeout=limits.timeout, observer=observer)
+            ran = time.perf_counter() - run_started
+            result.exits = sum(loop.exit_count for loop in machine.group.loops)
+            if statistics is not None:
+                statistics.summary()  # what --stats prints: must format any run
+        check_outcome(result, ran, limits)
+    except Exception as error:  # pyvmm must never let one escape: that is the finding
+        result.failure = f"raised {type(error).__name__}: {error}"
+        result.detail = traceback.format_exc()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+# `pyvmm boot` statuses a guest may cause (see its --help): halted, guest fault,
+# timeout, exit limit, or a debug-exit status (odd). Not 2 (usage: the command
+# line is valid), nor 70 (pyvmm failed), nor a signal.
+CLI_STATUSES = {
+    EXIT_HALTED: "halted",
+    EXIT_GUEST_FAULT: "guest fault",
+    EXIT_TIMEOUT: "timeout",
+    EXIT_LIMIT: "exit-limit",
+}
+
+
+def run_cli_case(case: GuestCase, limits: Limits) -> CaseResult:
+    """`pyvmm boot` on the case's image with a pseudo-terminal for stdin.
+
+    pyvmm puts a terminal stdin in raw mode and reads it from a thread: the run
+    must end with a documented status, no traceback, and the terminal's mode
+    as it was.
+    """
+    from tests.integration.helpers import REPO
+
+    result = CaseResult(case)
+    started = time.perf_counter()
+    master, slave = os.openpty()
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            image = os.path.join(directory, "guest.bin")
+            with open(image, "wb") as file:
+                file.write(case.image)
+            if case.console_input:
+                os.write(master, case.console_input)  # typed ahead
+            before = termios.tcgetattr(slave)
+            process = subprocess.run(
+                cli_command(case, limits, image),
+                stdin=slave,
+                capture_output=True,
+                timeout=limits.timeout + limits.hang_slack + 10,  # a Python start-up, too
+                cwd=REPO,
+                check=False,
+            )
+            after = termios.tcgetattr(slave)
+        stderr = process.stderr.decode(errors="replace")
+        result.detail = stderr
+        result.cli_end, result.failure = classify_cli_end(process.returncode, stderr)
+        if result.failure is None and before != after:
+            result.failure = f"pyvmm boot left the terminal mode changed: {before} -> {after}"
+    except subprocess.TimeoutExpired:
+        result.failure = "pyvmm boot did not end (killed)"
+    finally:
+        os.close(master)
+        os.close(slave)
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+def classify_cli_end(status: int, stderr: str) -> tuple[str, str | None]:
+    """How `pyvmm boot` ended, from its status and stderr; and what is wrong with that.
+
+    An abnormal end says why on the first line of stderr; a debug-exit says
+    nothing. Status 1 is both a guest fault and a debug-exit write of 0
+    (QEMU's (0 << 1) | 1), told apart by that line.
+    """
+    says_why = stderr.startswith("pyvmm: ")
+    if "Traceback" in stderr:
+        return str(status), "pyvmm boot printed a traceback"
+    if status == EXIT_GUEST_FAULT:
+        return ("guest fault" if says_why else "debug-exit"), None
+    if status in (EXIT_TIMEOUT, EXIT_LIMIT) and not says_why:
+        return CLI_STATUSES[status], f"pyvmm boot ended with status {status} but did not say why"
+    if status in CLI_STATUSES:
+        return CLI_STATUSES[status], None
+    if status > 1 and status % 2 == 1:
+        return "debug-exit", None
+    return str(status), f"pyvmm boot exited with status {status}: {stderr[:200]!r}"
+
+
+def cli_command(case: GuestCase, limits: Limits, image: str) -> list[str]:
+    command = [sys.executable, "-m", "pyvmm", "boot", "--mode", case.mode.value]
+    command += ["-m", f"{case.ram_size >> 10}K", "--timeout", str(limits.timeout)]
+    command += ["--max-exits", str(limits.max_exits), "-smp", str(case.cpus)]
+    if case.irqchip:
+        command += ["--kernel-irqchip", "on"]
+    if case.observer in ("text", "json", "both"):
+        style = "json" if case.observer == "json" else "text"
+        command += ["--trace=all", "--trace-format", style, "--trace-file", os.devnull]
+    if case.observer in ("stats", "both"):
+        command.append("--stats")
+    return [*command, image]
+
+
+def make_observer(kind: str, machine: Machine) -> tuple[Any, ExitStatistics | None]:
+    """The observer `pyvmm boot --trace/--stats` would attach (tracing into memory)."""
+    if not kind:
+        return None, None
+    tracer = ExitTracer(
+        machine.vcpu,
+        machine.memory,
+        io.StringIO(),
+        json_lines=kind == "json",
+        max_phys_bits=machine.max_phys_bits,
+    )
+    statistics = ExitStatistics()
+    if kind == "both":
+        return FanOut(tracer, statistics), statistics
+    return (statistics, statistics) if kind == "stats" else (tracer, None)
+
+
+def set_registers(vcpu: Any, case: GuestCase) -> None:
+    if case.sregs:
+        sregs = vcpu.get_sregs()
+        apply_tweaks(sregs, case.sregs)
+        vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    apply_tweaks(regs, case.regs)
+    vcpu.set_regs(regs)
+
+
+def check_outcome(result: CaseResult, ran: float, limits: Limits) -> None:
+    outcome = result.outcome
+    assert outcome is not None
+    result.detail = outcome.registers or ""
+    message = outcome.message
+    if outcome.kind is OutcomeKind.INTERRUPTED:
+        return  # Ctrl-C or SIGTERM for the fuzzer itself: the campaign stops (not a finding)
+    if outcome.kind not in ALLOWED_KINDS:
+        result.failure = f"outcome {outcome.kind.value}: {message}"
+    elif not message.strip() or "\n" in message:
+        result.failure = f"{outcome.kind.value} outcome with a bad message: {message!r}"
+    elif not STATUS_OF_KIND[outcome.kind](outcome.exit_status):
+        result.failure = f"{outcome.kind.value} outcome with exit status {outcome.exit_status}"
+    elif ran > limits.timeout + limits.hang_slack:
+        result.failure = f"run took {ran:.1f} s with a {limits.timeout} s timeout ({message})"
