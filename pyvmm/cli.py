@@ -269,22 +269,23 @@ def _parse_count(text: str) -> int:
     return int(text)
 
 
-def _parse_rate(text: str) -> int:
-    # Plain numbers are bytes here (not MiB as for -m): "1000" means 1000 bytes/s.
+def _byte_count(text: str, what: str) -> int:
+    # Plain numbers are bytes here (not MiB as for -m): "1000" means 1000 bytes.
     try:
-        value = parse_memory_size(text) if text[-1:].isalpha() else int(text)
+        return parse_memory_size(text) if text[-1:].isalpha() else int(text)
     except (UsageError, ValueError):
-        raise argparse.ArgumentTypeError(f"invalid rate '{text}'") from None
+        raise argparse.ArgumentTypeError(f"invalid {what} '{text}'") from None
+
+
+def _parse_rate(text: str) -> int:
+    value = _byte_count(text, "rate")
     if value < 1:
         raise argparse.ArgumentTypeError(f"invalid rate '{text}': must be at least 1 byte/s")
     return value
 
 
 def _parse_buffer_size(text: str) -> int:
-    try:
-        value = parse_memory_size(text) if text[-1:].isalpha() else int(text)
-    except (UsageError, ValueError):
-        raise argparse.ArgumentTypeError(f"invalid buffer size '{text}'") from None
+    value = _byte_count(text, "buffer size")
     if not 0 <= value <= 1 << 30:
         raise argparse.ArgumentTypeError(f"buffer size '{text}' must be 0..1G")
     return value
