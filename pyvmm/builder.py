@@ -190,6 +190,7 @@ def build_machine(config: MachineConfig) -> Machine:
             force_multiboot=config.force_multiboot,
             cmdline=config.cmdline,
             modules=config.modules,
+            reserved=layout.reserved_ranges(True),
         )
         check_entry_placement(entry)
         log.info(

@@ -108,12 +108,15 @@ def load_image(
     force_multiboot: bool = False,
     cmdline: str = "",
     modules: Sequence[tuple[str, bytes]] = (),
+    reserved: Sequence[tuple[int, int, str]] = (),
 ) -> EntryPoint:
     """Load `image` by its format; `mode`/`load_gpa` None means the format's default.
 
     `cmdline` (the whole string, e.g. "<kernel path> <append>") and `modules`
     ((string, contents) pairs) go to a multiboot kernel; `force_multiboot`
-    refuses any image without a multiboot header.
+    refuses any image without a multiboot header. `reserved` lists the
+    (start, end, what) ranges the VMM writes for a 32-bit entry; a multiboot
+    kernel, its modules and its information must stay clear of them.
     """
     if force_multiboot or find_header(image) is not None:
         if load_gpa is not None:
@@ -125,7 +128,7 @@ def load_image(
             raise LoaderError(
                 f"a multiboot kernel starts in 32-bit protected mode, not in {mode.value} mode"
             )
-        return load_multiboot(image, memory, cmdline, modules)
+        return load_multiboot(image, memory, cmdline, modules, reserved=reserved)
     if modules:
         raise LoaderError(
             "modules (--initrd) need a multiboot kernel: "

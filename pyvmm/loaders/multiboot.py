@@ -7,7 +7,7 @@ otherwise the file is an ELF executable whose PT_LOAD segments go to p_paddr.
 
 Like QEMU's -kernel with -initrd, modules are copied page-aligned after the
 kernel's end, one after another, and the information area (built by
-arch/x86_64/multiboot_info.py) follows on the next page. The kernel is entered
+loaders/multiboot_info.py) follows on the next page. The kernel is entered
 in 32-bit protected mode with EAX = 0x2BADB002 and EBX = the information's
 address. Everything is planned and checked before a byte is written.
 """
@@ -19,17 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pyvmm.arch.x86_64 import layout
-from pyvmm.arch.x86_64.multiboot_info import (
-    ADDRESS_LIMIT_32,
-    MULTIBOOT_BOOTLOADER_MAGIC,
-    ModuleInfo,
-    MultibootInfo,
-    build_info,
-    info_area_size,
-    usable_ranges,
-    write_info,
-)
 from pyvmm.errors import BadEntryPoint, ImageTooLarge, LoaderError
 from pyvmm.loaders.elf import (
     _ELF64,
@@ -40,6 +29,16 @@ from pyvmm.loaders.elf import (
 )
 from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.loaders.flat import check_reachable, describe_ram_at, format_size
+from pyvmm.loaders.multiboot_info import (
+    ADDRESS_LIMIT_32,
+    MULTIBOOT_BOOTLOADER_MAGIC,
+    ModuleInfo,
+    MultibootInfo,
+    build_info,
+    info_area_size,
+    usable_ranges,
+    write_info,
+)
 from pyvmm.memory.addr import PAGE_SIZE, GuestPhysAddr, align_up
 
 if TYPE_CHECKING:  # only for hints: importing the loaders needs no compiled _kvm module
@@ -226,7 +225,9 @@ def _elf_kernel(image: bytes, memory: GuestMemory) -> tuple[list[_Segment], int]
     return segments, e_entry
 
 
-def _check_kernel(segments: Sequence[_Segment], memory: GuestMemory) -> None:
+def _check_kernel(
+    segments: Sequence[_Segment], memory: GuestMemory, reserved: Sequence[tuple[int, int, str]]
+) -> None:
     """Each segment in RAM, below 4 GiB, and clear of what the VMM writes itself."""
     for segment in segments:
         what = f"kernel segment {segment.index} at 0x{segment.paddr:x}..0x{segment.end:x}"
@@ -236,7 +237,7 @@ def _check_kernel(segments: Sequence[_Segment], memory: GuestMemory) -> None:
                 f"({describe_ram_at(memory, segment.paddr)})"
             )
         check_reachable(CpuMode.PROTECTED, segment.paddr, segment.end, "multiboot kernel")
-        for start, end, name in layout.reserved_ranges(True):
+        for start, end, name in reserved:
             if segment.paddr < end and start < segment.end:
                 raise BadMultiboot(f"{what} overlaps {name} at 0x{start:x}..0x{end:x}")
 
@@ -274,8 +275,13 @@ def plan_multiboot(
     cmdline: str,
     modules: Sequence[tuple[str, bytes]] = (),
     info_gpa_hint: int | None = None,
+    reserved: Sequence[tuple[int, int, str]] = (),
 ) -> MultibootPlan:
-    """Validate the kernel and decide where the kernel, modules and information go."""
+    """Validate the kernel and decide where the kernel, modules and information go.
+
+    `reserved` lists (start, end, what) of RAM the VMM writes itself for the
+    32-bit entry (its GDT, its stack): nothing may be placed there.
+    """
     header = find_header(image)
     if header is None:
         raise BadMultiboot(
@@ -300,7 +306,7 @@ def plan_multiboot(
         segments, entry = _aout_kernel(image, header, header.addresses)
     else:
         segments, entry = _elf_kernel(image, memory)
-    _check_kernel(segments, memory)
+    _check_kernel(segments, memory, reserved)
 
     ram = [(region.gpa, region.size) for region in memory.regions]
     usable = [
@@ -308,9 +314,7 @@ def plan_multiboot(
         for low, high in usable_ranges(ram)
         if low < ADDRESS_LIMIT_32
     ]
-    taken: list[tuple[int, int, str]] = [
-        (start, end, name) for start, end, name in layout.reserved_ranges(True)
-    ]
+    taken: list[tuple[int, int, str]] = list(reserved)
     taken += [(s.paddr, s.end, f"kernel segment {s.index}") for s in segments]
     cursor = max(segment.end for segment in segments)
     placed: list[ModuleInfo] = []
@@ -353,6 +357,7 @@ def load_multiboot(
     cmdline: str,
     modules: Sequence[tuple[str, bytes]] = (),
     info_gpa_hint: int | None = None,
+    reserved: Sequence[tuple[int, int, str]] = (),
 ) -> EntryPoint:
     """Copy the kernel, its modules and the information; describe the 32-bit entry.
 
@@ -360,7 +365,7 @@ def load_multiboot(
     `modules` are (string, contents) pairs in order. The EntryPoint's image range
     is the kernel's (bss included); the information's address is in EBX.
     """
-    plan = plan_multiboot(image, memory, cmdline, modules, info_gpa_hint)
+    plan = plan_multiboot(image, memory, cmdline, modules, info_gpa_hint, reserved)
     for segment in plan.segments:
         _write_segment(image, memory, segment)
     for module, data in zip(plan.modules, plan.module_data, strict=True):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.cpu import default_load_gpa
 from pyvmm.arch.x86_64.placement import check_entry_placement
 from pyvmm.errors import LoaderError
@@ -91,6 +92,7 @@ def load_case(case: Case, memory: GuestMemory) -> EntryPoint:
         force_multiboot=case.force_multiboot,
         cmdline=case.cmdline,
         modules=case.modules,
+        reserved=layout.reserved_ranges(True),
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import pyvmm.loaders as loaders
+from pyvmm.arch.x86_64 import layout
 from pyvmm.errors import ImageTooLarge, LoaderError
 from pyvmm.loaders import EntryPoint, load_image, read_image
 from pyvmm.loaders.multiboot import BadMultiboot
@@ -62,6 +63,7 @@ def load_multiboot_kernel(memory: GuestMemory, cmdline: str, modules: Any = ()) 
         default_flat_gpa=lambda mode: 0x7C00,
         cmdline=cmdline,
         modules=modules,
+        reserved=layout.reserved_ranges(True),
     )
 
 

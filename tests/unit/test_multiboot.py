@@ -12,20 +12,11 @@ import random
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pyvmm.arch.x86_64 import layout
-from pyvmm.arch.x86_64.multiboot_info import (
-    BOOT_LOADER_NAME,
-    MULTIBOOT_BOOTLOADER_MAGIC,
-    ModuleInfo,
-    build_info,
-    info_area_size,
-    mem_upper_kib,
-    memory_map,
-    write_info,
-)
 from pyvmm.errors import BadEntryPoint, ImageTooLarge, LoaderError, UnsupportedElf
 from pyvmm.loaders import load_image
 from pyvmm.loaders.entry import CpuMode
@@ -35,14 +26,35 @@ from pyvmm.loaders.multiboot import (
     BadMultiboot,
     UnsupportedMultiboot,
     find_header,
-    load_multiboot,
-    plan_multiboot,
+)
+from pyvmm.loaders.multiboot import load_multiboot as load_multiboot_anywhere
+from pyvmm.loaders.multiboot import plan_multiboot as plan_multiboot_anywhere
+from pyvmm.loaders.multiboot_info import (
+    BOOT_LOADER_NAME,
+    MULTIBOOT_BOOTLOADER_MAGIC,
+    ModuleInfo,
+    build_info,
+    info_area_size,
+    mem_upper_kib,
+    memory_map,
+    write_info,
 )
 from pyvmm.memory.guest_memory import GuestMemory
 
 KIB = 1 << 10
 MIB = 1 << 20
 GIB = 1 << 30
+
+# What pyvmm writes itself for a 32-bit entry: the builder passes the same ranges.
+VMM_RESERVED = layout.reserved_ranges(True)
+
+
+def load_multiboot(*args: Any, **kwargs: Any) -> Any:
+    return load_multiboot_anywhere(*args, reserved=VMM_RESERVED, **kwargs)
+
+
+def plan_multiboot(*args: Any, **kwargs: Any) -> Any:
+    return plan_multiboot_anywhere(*args, reserved=VMM_RESERVED, **kwargs)
 PAGE = 0x1000
 RAM_SIZE = 4 * MIB
 FILL = 0xAA  # pre-fills RAM so that written and zeroed bytes are visible
