@@ -37,9 +37,9 @@ from functools import cache
 from pathlib import Path
 
 from pyvmm.arch.x86_64 import layout
-from pyvmm.builder import MachineConfig, build_machine
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.outcome import OutcomeKind
+from pyvmm.machine.builder import MachineConfig, build_machine
+from pyvmm.machine.outcome import OutcomeKind
 
 KERNELS_BIN = Path(__file__).resolve().parent / "kernels" / "kernels.bin"
 

@@ -36,10 +36,10 @@ from pathlib import Path
 from benchmarks.comparison import Comparison, Progress, interleave, timed
 from pyvmm._kvm import ffi
 from pyvmm.arch.x86_64 import layout
-from pyvmm.builder import Machine, MachineConfig, build_machine
 from pyvmm.kvm.host import kvm_backend
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.outcome import OutcomeKind
+from pyvmm.machine.builder import Machine, MachineConfig, build_machine
+from pyvmm.machine.outcome import OutcomeKind
 
 BENCHMARKS = Path(__file__).resolve().parent
 EXIT_GUEST = BENCHMARKS / "exit_guest.bin"

@@ -40,9 +40,9 @@ from benchmarks.suite_exits import (
     run_suite_cli,
     write_state_file,
 )
-from pyvmm.builder import MachineConfig, build_machine
 from pyvmm.kvm.host import kvm_backend
-from pyvmm.outcome import OutcomeKind
+from pyvmm.machine.builder import MachineConfig, build_machine
+from pyvmm.machine.outcome import OutcomeKind
 
 REPO = Path(__file__).resolve().parents[1]
 HELLO_EXIT = Path(__file__).resolve().parent / "hello_exit.bin"

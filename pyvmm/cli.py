@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 from pyvmm import __version__
 from pyvmm.errors import PyvmmError, UsageError
 from pyvmm.loaders.entry import CpuMode
+from pyvmm.machine.outcome import EXIT_VMM_ERROR
 from pyvmm.memory.size import parse_memory_size, parse_ram_size
-from pyvmm.outcome import EXIT_VMM_ERROR
 
 if TYPE_CHECKING:
-    from pyvmm.builder import Machine
-    from pyvmm.console_input import InputBuffer
-    from pyvmm.outcome import RunOutcome
+    from pyvmm.console.input import InputBuffer
+    from pyvmm.machine.builder import Machine
+    from pyvmm.machine.outcome import RunOutcome
 
 DEFAULT_MEMORY = "128M"  # QEMU's default
 
@@ -305,10 +305,10 @@ def build_from_args(
     args: argparse.Namespace, console: TextIO | None, console_input: InputBuffer | None = None
 ) -> Machine:
     """Build the machine the shared options describe; console None discards output."""
-    from pyvmm.builder import MachineConfig, build_machine
-    from pyvmm.console import ConsoleWriter
+    from pyvmm.console.output import ConsoleWriter
     from pyvmm.kvm.system import DEFAULT_KVM_PATH
     from pyvmm.loaders import read_image
+    from pyvmm.machine.builder import MachineConfig, build_machine
 
     ram_size = parse_ram_size(args.memory)
     image = read_image(args.image)
@@ -340,8 +340,8 @@ def build_from_args(
 
 
 def run_boot(args: argparse.Namespace) -> int:
-    from pyvmm.exit_stats import ExitStatistics, FanOut
-    from pyvmm.trace import ExitTracer, parse_categories
+    from pyvmm.observe.exit_stats import ExitStatistics, FanOut
+    from pyvmm.observe.trace import ExitTracer, parse_categories
 
     categories = parse_categories(args.trace) if args.trace else None
     with contextlib.ExitStack() as files:
@@ -386,7 +386,7 @@ def run_boot(args: argparse.Namespace) -> int:
 
 def open_console_input(resources: contextlib.ExitStack, capacity: int) -> InputBuffer | None:
     """stdin feeds COM1 for the run; the terminal mode and the reader end with it."""
-    from pyvmm.console_input import InputBuffer, StdinReader, guest_terminal, readable_input
+    from pyvmm.console.input import InputBuffer, StdinReader, guest_terminal, readable_input
 
     try:
         fd = sys.stdin.fileno()
@@ -411,8 +411,8 @@ def open_trace_file(path: str | None) -> TextIO:
 
 
 def run_memmap(args: argparse.Namespace) -> int:
-    from pyvmm.machine_map import machine_memory_map
-    from pyvmm.memory_report import MemoryReport, mapping_rows, render_text, report_to_json
+    from pyvmm.observe.machine_map import machine_memory_map
+    from pyvmm.observe.memory_report import MemoryReport, mapping_rows, render_text, report_to_json
 
     with build_from_args(args, None if args.quiet else sys.stderr) as machine:
         outcome = machine.run(timeout=args.timeout)
@@ -436,7 +436,7 @@ def log_memory_map(machine: Machine) -> None:
     log = logging.getLogger("pyvmm")
     if not log.isEnabledFor(logging.INFO):
         return
-    from pyvmm.machine_map import machine_memory_map
+    from pyvmm.observe.machine_map import machine_memory_map
 
     for entry in machine_memory_map(machine):
         host = f" (host 0x{entry.hva:x})" if entry.hva is not None else ""
@@ -466,7 +466,7 @@ TAIL_LINES_VERBOSE = 40
 
 def report_end(outcome: RunOutcome, console: object, verbose: int) -> None:
     """An abnormal end: why, the registers, the console's last lines. Always: lost output."""
-    from pyvmm.console import ConsoleWriter
+    from pyvmm.console.output import ConsoleWriter
 
     writer = console if isinstance(console, ConsoleWriter) else None
     if outcome.kind.is_abnormal:

@@ -13,7 +13,7 @@ from typing import TextIO
 import pyvmm
 from pyvmm.kvm.host import kvm_backend
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.outcome import RunOutcome
+from pyvmm.machine.outcome import RunOutcome
 
 MIB = 1 << 20
 DEMO_RAM_SIZE = 64 * MIB
@@ -135,7 +135,7 @@ def run_guest(
 
     `results` lists (gpa, size) ranges of guest RAM to read back after the run.
     """
-    from pyvmm.builder import MachineConfig, build_machine
+    from pyvmm.machine.builder import MachineConfig, build_machine
 
     console = bytearray()
     config = MachineConfig(image=image, ram_size=ram_size, console=console.extend, mode=mode)

@@ -34,7 +34,7 @@ from pyvmm.demos.common import (
     run_guest,
 )
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.outcome import EXIT_TIMEOUT
+from pyvmm.machine.outcome import EXIT_TIMEOUT
 
 QUOTE = (
     '"the VMM is in complete control of system resources": a program running under '

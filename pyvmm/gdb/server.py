@@ -19,10 +19,10 @@ from pyvmm.errors import UsageError
 from pyvmm.gdb.packets import Interrupt, PacketReader
 from pyvmm.gdb.session import Exited, GdbSession, Killed, SessionState
 from pyvmm.gdb.vcpu_target import VcpuTarget, host_reports_data_breakpoints, host_reports_int3
-from pyvmm.outcome import OutcomeKind, RunOutcome
+from pyvmm.machine.outcome import OutcomeKind, RunOutcome
 
 if TYPE_CHECKING:
-    from pyvmm.builder import Machine
+    from pyvmm.machine.builder import Machine
 
 log = logging.getLogger(__name__)
 KICK_SIGNAL = signal.SIGUSR1

@@ -24,7 +24,7 @@ from pyvmm.gdb.session import (
 from pyvmm.kvm.exits import Debug
 
 if TYPE_CHECKING:
-    from pyvmm.builder import Machine
+    from pyvmm.machine.builder import Machine
 
 PAGE_SIZE = 0x1000
 INT3 = 0xCC
@@ -81,8 +81,8 @@ def host_reports_int3(kvm_path: str) -> bool:
     VT-x and AMD-V do; some software backends (kvm_pvm) never report it, and
     the guest then meets its own int3. pyvmm then uses debug registers.
     """
-    from pyvmm.builder import MachineConfig, build_machine
     from pyvmm.loaders.entry import CpuMode
+    from pyvmm.machine.builder import MachineConfig, build_machine
 
     config = MachineConfig(
         image=bytes([INT3, 0xF4]),
@@ -105,8 +105,8 @@ def host_reports_data_breakpoints(kvm_path: str) -> bool:
     kvm_pvm reports instruction breakpoints and single steps but not data
     breakpoints; there pyvmm emulates write watchpoints by single-stepping.
     """
-    from pyvmm.builder import MachineConfig, build_machine
     from pyvmm.loaders.entry import CpuMode
+    from pyvmm.machine.builder import MachineConfig, build_machine
 
     store = bytes.fromhex("48890425000009 00 f4".replace(" ", ""))  # mov [0x90000], rax; hlt
     config = MachineConfig(

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from pyvmm.arch.x86_64.cpu import default_load_gpa
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.outcome import OutcomeKind
+from pyvmm.machine.outcome import OutcomeKind
 from tests.fuzz.guest_cases import ALL_MODES, GuestCase, Tweak, generate_case
 from tests.fuzz.guest_code import CODE_BITS
 from tests.fuzz.guest_run import CaseResult, Limits, run_case

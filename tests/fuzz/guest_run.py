@@ -19,12 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pyvmm.builder import Machine, MachineConfig, build_machine
-from pyvmm.console import ConsoleWriter
-from pyvmm.console_input import InputBuffer
+from pyvmm.console.input import InputBuffer
+from pyvmm.console.output import ConsoleWriter
 from pyvmm.errors import PyvmmError
-from pyvmm.exit_stats import ExitStatistics, FanOut
-from pyvmm.outcome import (
+from pyvmm.machine.builder import Machine, MachineConfig, build_machine
+from pyvmm.machine.outcome import (
     EXIT_GUEST_FAULT,
     EXIT_HALTED,
     EXIT_LIMIT,
@@ -32,7 +31,8 @@ from pyvmm.outcome import (
     OutcomeKind,
     RunOutcome,
 )
-from pyvmm.trace import ExitTracer
+from pyvmm.observe.exit_stats import ExitStatistics, FanOut
+from pyvmm.observe.trace import ExitTracer
 from tests.fuzz.guest_cases import GuestCase, apply_tweaks
 
 # Every kind a fuzzed guest may end in. DEBUG needs a debugger and INTERRUPTED a

@@ -11,7 +11,7 @@ import random
 import pytest
 
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.outcome import OutcomeKind
+from pyvmm.machine.outcome import OutcomeKind
 from tests.fuzz.guest_cases import generate_case
 from tests.fuzz.guest_code import SNIPPETS, Asm, Context, snippet_out, snippet_random
 from tests.fuzz.guest_fuzz import run_campaign

@@ -119,6 +119,7 @@ def _load_unmutated(name: str, ram: str) -> str | None:
                 load_gpa=None,
                 default_flat_gpa=fuzz.default_load_gpa,
                 force_multiboot=seed.family == "multiboot",
+                reserved=fuzz.layout.reserved_ranges(True),
             )
         except LoaderError as error:
             assert len(str(error).splitlines()) == 1

@@ -105,8 +105,8 @@ def test_user_mode_guest_runs_at_cpl3_and_does_port_io() -> None:
 
 
 def test_user_mode_entry_state_as_kvm_holds_it() -> None:
-    from pyvmm.builder import MachineConfig, build_machine
     from pyvmm.loaders.entry import CpuMode
+    from pyvmm.machine.builder import MachineConfig, build_machine
 
     image = (GUESTS / "user.bin").read_bytes()
     config = MachineConfig(

@@ -14,10 +14,10 @@ import textwrap
 
 import pytest
 
-from pyvmm.builder import MachineConfig, build_machine
 from pyvmm.errors import UsageError
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.outcome import OutcomeKind
+from pyvmm.machine.builder import MachineConfig, build_machine
+from pyvmm.machine.outcome import OutcomeKind
 from tests.integration.helpers import REPO
 
 MIB = 1 << 20
@@ -53,10 +53,10 @@ def test_smp_run_restores_the_kick_signal_handler() -> None:
 _STOP_UNDER_SIGNAL = textwrap.dedent(
     """
     import contextlib, os, signal
-    from pyvmm.builder import MachineConfig, build_machine
+    from pyvmm.machine.builder import MachineConfig, build_machine
     from pyvmm.loaders.entry import CpuMode
-    from pyvmm.outcome import vmm_error
-    from pyvmm.run_signals import stop_on_signals
+    from pyvmm.machine.outcome import vmm_error
+    from pyvmm.machine.run_signals import stop_on_signals
 
     config = MachineConfig(image=b"\\xeb\\xfe", ram_size=16 << 20, console=lambda data: None,
                            mode=CpuMode.PROTECTED, cpus=2)

@@ -25,9 +25,9 @@ from benchmarks.kernel_runner import (
     run_native,
 )
 from pyvmm.arch.x86_64 import layout
-from pyvmm.builder import MachineConfig, build_machine
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.outcome import OutcomeKind
+from pyvmm.machine.builder import MachineConfig, build_machine
+from pyvmm.machine.outcome import OutcomeKind
 
 # (kernel, n at CPL3, n at CPL0)
 CASES = [

@@ -10,10 +10,10 @@ import pytest
 
 from pyvmm._kvm import ffi
 from pyvmm.arch.x86_64.page_walk import iter_leaf_walks
-from pyvmm.builder import Machine, MachineConfig, build_machine
 from pyvmm.loaders.entry import CpuMode
+from pyvmm.machine.builder import Machine, MachineConfig, build_machine
+from pyvmm.machine.outcome import OutcomeKind
 from pyvmm.memory.host_pagemap import host_frame
-from pyvmm.outcome import OutcomeKind
 from tests.integration.helpers import GUESTS, host_keeps_32bit_paging, run_pyvmm
 
 VMEM64 = {

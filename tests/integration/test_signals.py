@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from pyvmm.builder import MachineConfig, build_machine
-from pyvmm.console import ConsoleWriter
+from pyvmm.console.output import ConsoleWriter
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.outcome import OutcomeKind
+from pyvmm.machine.builder import MachineConfig, build_machine
+from pyvmm.machine.outcome import OutcomeKind
 from tests.integration.helpers import GUESTS, REPO, guest
 
 STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]

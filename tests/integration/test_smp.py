@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from pyvmm.builder import MachineConfig, build_machine
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.outcome import OutcomeKind
+from pyvmm.machine.builder import MachineConfig, build_machine
+from pyvmm.machine.outcome import OutcomeKind
 from tests.integration.helpers import GUESTS, guest, run_pyvmm
 
 

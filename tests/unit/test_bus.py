@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyvmm.bus import Bus
+from pyvmm.devices.bus import Bus
 from pyvmm.errors import BusError, BusOverlap
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pyvmm.cli import build_parser, main
-from pyvmm.outcome import EXIT_LIMIT, EXIT_TIMEOUT, EXIT_VMM_ERROR, OutcomeKind
+from pyvmm.machine.outcome import EXIT_LIMIT, EXIT_TIMEOUT, EXIT_VMM_ERROR, OutcomeKind
 
 
 def test_boot_defaults() -> None:

@@ -6,14 +6,14 @@ import os
 import threading
 import time
 
-from pyvmm.console import TAIL_SIZE, ConsoleWriter
-from pyvmm.console_input import (
+from pyvmm.console.input import (
     InputBuffer,
     SerialWithInput,
     StdinReader,
     guest_terminal,
     readable_input,
 )
+from pyvmm.console.output import TAIL_SIZE, ConsoleWriter
 from pyvmm.devices.serial import Serial16550
 
 LSR = 5

@@ -6,7 +6,7 @@ from typing import Any
 
 from pyvmm._kvm import ffi, lib
 from pyvmm.arch.x86_64.pio import handle_io_in, handle_io_out
-from pyvmm.bus import Bus
+from pyvmm.devices.bus import Bus
 from pyvmm.kvm import exits
 
 RUN_SIZE = 4096  # like the real mapping: the I/O data lives after the struct

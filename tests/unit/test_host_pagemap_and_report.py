@@ -11,7 +11,7 @@ import pytest
 from pyvmm.arch.x86_64.page_walk import Mapping, PageFlags
 from pyvmm.memory.guest_memory import GuestMemory
 from pyvmm.memory.host_pagemap import HOST_PAGE_SIZE, host_frame
-from pyvmm.memory_report import format_size, mapping_rows
+from pyvmm.observe.memory_report import format_size, mapping_rows
 
 MIB = 1 << 20
 

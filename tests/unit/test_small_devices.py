@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 
-from pyvmm.console import ConsoleWriter
+from pyvmm.console.output import ConsoleWriter
 from pyvmm.devices.debug_exit import DebugExit, debug_exit_status
 from pyvmm.devices.sink import IgnoredPort
 

@@ -8,9 +8,9 @@ import pytest
 
 from pyvmm.arch.x86_64.instruction import disassemble_one
 from pyvmm.errors import UsageError
-from pyvmm.exit_stats import ExitStatistics
 from pyvmm.kvm.exits import Hlt, IoOut, MmioWrite
-from pyvmm.trace import CATEGORIES, exit_details, format_record, parse_categories
+from pyvmm.observe.exit_stats import ExitStatistics
+from pyvmm.observe.trace import CATEGORIES, exit_details, format_record, parse_categories
 
 
 def test_categories() -> None:

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from pyvmm._kvm import ffi, lib
-from pyvmm.bus import Bus
+from pyvmm.devices.bus import Bus
 from pyvmm.devices.debug_exit import DebugExit
 from pyvmm.errors import KvmError
-from pyvmm.outcome import OutcomeKind, RunOutcome
-from pyvmm.vcpu_loop import VcpuLoop
+from pyvmm.machine.outcome import OutcomeKind, RunOutcome
+from pyvmm.machine.vcpu_loop import VcpuLoop
 
 Step = Callable[[Any], bool]  # fills kvm_run; returns False to simulate EINTR
 

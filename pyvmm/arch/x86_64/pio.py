@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyvmm.bus import Bus
+from pyvmm.devices.bus import Bus
 from pyvmm.kvm.exits import IoIn, IoOut
 
 

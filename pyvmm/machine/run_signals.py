@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from pyvmm.outcome import RunOutcome, interrupted, timed_out
+from pyvmm.machine.outcome import RunOutcome, interrupted, timed_out
 
 KICK_INTERVAL = 0.01
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

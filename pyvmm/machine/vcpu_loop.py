@@ -14,7 +14,7 @@ from typing import Protocol
 from pyvmm.arch.x86_64.emulation_failure import describe_internal_error
 from pyvmm.arch.x86_64.pio import handle_io_in, handle_io_out
 from pyvmm.arch.x86_64.register_dump import format_registers
-from pyvmm.bus import Bus
+from pyvmm.devices.bus import Bus
 from pyvmm.errors import PyvmmError
 from pyvmm.kvm.exits import (
     Debug,
@@ -32,8 +32,7 @@ from pyvmm.kvm.exits import (
     decode,
 )
 from pyvmm.kvm.vcpu import Vcpu
-from pyvmm.memory.guest_memory import GuestMemory
-from pyvmm.outcome import (
+from pyvmm.machine.outcome import (
     EXIT_GUEST_FAULT,
     EXIT_HALTED,
     OutcomeKind,
@@ -41,6 +40,7 @@ from pyvmm.outcome import (
     exit_limit_reached,
     vmm_error,
 )
+from pyvmm.memory.guest_memory import GuestMemory
 
 
 class ExitObserver(Protocol):

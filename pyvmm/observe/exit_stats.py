@@ -6,7 +6,7 @@ import statistics
 from collections import Counter
 
 from pyvmm.kvm.exits import IoIn, IoOut, MmioRead, MmioWrite, VcpuExit
-from pyvmm.trace import exit_reason
+from pyvmm.observe.trace import exit_reason
 
 
 class ExitStatistics:

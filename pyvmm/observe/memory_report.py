@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters
-from pyvmm.machine_map import MapEntry
 from pyvmm.memory.guest_memory import GuestMemory
-from pyvmm.translation import Translation
+from pyvmm.observe.machine_map import MapEntry
+from pyvmm.observe.translation import Translation
 
 
 @dataclass(frozen=True)

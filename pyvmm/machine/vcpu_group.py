@@ -12,8 +12,8 @@ import contextlib
 import signal
 import threading
 
-from pyvmm.outcome import RunOutcome, vmm_error
-from pyvmm.vcpu_loop import ExitObserver, VcpuLoop
+from pyvmm.machine.outcome import RunOutcome, vmm_error
+from pyvmm.machine.vcpu_loop import ExitObserver, VcpuLoop
 
 KICK_SIGNAL = signal.SIGUSR1
 JOIN_POLL = 0.05

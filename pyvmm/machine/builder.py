@@ -22,9 +22,9 @@ from pyvmm.arch.x86_64.cpu import (
 )
 from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters, list_mappings
 from pyvmm.arch.x86_64.placement import check_entry_placement
-from pyvmm.bus import Bus, Shifted
 from pyvmm.closing import ClosesOnExit
-from pyvmm.console_input import InputBuffer, SerialWithInput
+from pyvmm.console.input import InputBuffer, SerialWithInput
+from pyvmm.devices.bus import Bus, Shifted
 from pyvmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit, debug_exit_status
 from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FW_CFG_PORT_SIZE, FwCfg
 from pyvmm.devices.pci_absent import PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PciAbsent
@@ -36,13 +36,13 @@ from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.loaders import describe_format, load_image
 from pyvmm.loaders.entry import CpuMode, EntryPoint
+from pyvmm.machine.outcome import OutcomeKind, RunOutcome
+from pyvmm.machine.run_signals import stop_on_signals
+from pyvmm.machine.vcpu_group import VcpuGroup
+from pyvmm.machine.vcpu_loop import ExitObserver, VcpuLoop
 from pyvmm.memory.guest_memory import GuestMemory
 from pyvmm.memory.size import RAM_GRANULE
-from pyvmm.outcome import OutcomeKind, RunOutcome
-from pyvmm.run_signals import stop_on_signals
-from pyvmm.translation import Translation, paging_registers, translate
-from pyvmm.vcpu_group import VcpuGroup
-from pyvmm.vcpu_loop import ExitObserver, VcpuLoop
+from pyvmm.observe.translation import Translation, paging_registers, translate
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from pyvmm.arch.x86_64 import layout
 
 if TYPE_CHECKING:
-    from pyvmm.builder import Machine
+    from pyvmm.machine.builder import Machine
 
 
 @dataclass(frozen=True)
