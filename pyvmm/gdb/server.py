@@ -19,7 +19,7 @@ from pyvmm.errors import UsageError
 from pyvmm.gdb.packets import Interrupt, PacketReader
 from pyvmm.gdb.session import Exited, GdbSession, Killed, SessionState
 from pyvmm.gdb.vcpu_target import VcpuTarget, host_reports_data_breakpoints, host_reports_int3
-from pyvmm.machine.outcome import OutcomeKind, RunOutcome
+from pyvmm.machine.outcome import OutcomeKind, RunOutcome, interrupted
 
 if TYPE_CHECKING:
     from pyvmm.machine.builder import Machine
@@ -132,7 +132,7 @@ class GdbServer:
             action, target.pending = target.pending, None
             if action == "kill":
                 target.disable()
-                return RunOutcome(OutcomeKind.INTERRUPTED, 137, "killed from gdb")
+                return interrupted("SIGKILL", signal.SIGKILL, "killed from gdb")
             if action == "detach":
                 target.remove_all()
                 target.disable()

@@ -1,9 +1,12 @@
 """How a run ended: every run ends in exactly one named outcome.
 
-Each kind has one exit status for `pyvmm boot` (documented in its --help and
-the README). A debug-exit status is always odd ((v << 1) | 1, as QEMU), so
-pyvmm's own statuses are even, except 1 for a guest fault, which a debug-exit
-write of 0 also gives, as it does under QEMU: the stderr line tells them apart.
+Each kind has one exit status for `pyvmm boot`, documented in its --help and
+the README. Odd statuses belong to debug-exit alone: a guest that writes v to
+port 0xf4 ends the process with (v << 1) | 1, as QEMU's isa-debug-exit does,
+and test harnesses read 1 (a write of 0) as "pass". So every other outcome,
+a guest that crashed or a VMM that failed, exits with an even status and can
+never pass for a debug-exit. A stop signal is not an exit status at all: the
+CLI ends the process by the same signal (see `pyvmm.cli`).
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-EXIT_HALTED = 0  # hlt, or an orderly shutdown the guest asked for
-EXIT_GUEST_FAULT = 1  # triple fault, failed entry, emulation failure, crash event
+EXIT_HALTED = 0  # hlt, or a shutdown or reset the guest asked for
 EXIT_USAGE = 2  # bad usage or bad input: nothing ran
+EXIT_TRIPLE_FAULT = 4  # KVM_EXIT_SHUTDOWN: a fault while delivering a double fault
+EXIT_INTERNAL_ERROR = 6  # KVM_EXIT_INTERNAL_ERROR: KVM could not go on (emulation failure)
+EXIT_FAIL_ENTRY = 8  # KVM_EXIT_FAIL_ENTRY: the hardware refused the guest state
+EXIT_GUEST_CRASH = 10  # KVM_SYSTEM_EVENT_CRASH (or another event pyvmm cannot honour)
 EXIT_VMM_ERROR = 70  # pyvmm itself failed (sysexits' EX_SOFTWARE)
 EXIT_TIMEOUT = 124  # --timeout expired (as timeout(1) reports it)
 EXIT_LIMIT = 126  # --max-exits reached
-EXIT_SIGNAL_BASE = 128  # + the signal number, as a shell reports it
+EXIT_SIGNAL_BASE = 128  # + the signal number: how a shell reports a death by that signal
 
 
 class OutcomeKind(enum.Enum):
@@ -29,7 +35,7 @@ class OutcomeKind(enum.Enum):
     INTERNAL_ERROR = "internal-error"  # KVM could not go on (e.g. emulation failure)
     TIMEOUT = "timeout"  # --timeout elapsed
     EXIT_LIMIT = "exit-limit"  # --max-exits reached
-    INTERRUPTED = "interrupted"  # SIGINT / SIGTERM / SIGHUP
+    INTERRUPTED = "interrupted"  # SIGINT / SIGTERM / SIGHUP, or killed from gdb
     VMM_ERROR = "vmm-error"  # pyvmm failed while the guest ran: never the guest's doing
     DEBUG = "debug"  # a debugger's breakpoint, watchpoint or single step: not an end
 
@@ -40,11 +46,19 @@ class OutcomeKind(enum.Enum):
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """How one run ended.
+
+    `exit_status` is the status `pyvmm boot` exits with (0..255); for an
+    INTERRUPTED outcome it is what a shell shows (128 + `signal`), while the
+    CLI itself ends by `signal`.
+    """
+
     kind: OutcomeKind
     exit_status: int
     message: str
     registers: str | None = None  # a register dump for abnormal ends
     debug: object | None = None  # the exits.Debug that stopped a DEBUG outcome
+    signal: int | None = None  # INTERRUPTED: the signal that stopped the run
 
 
 def timed_out(timeout: float) -> RunOutcome:
@@ -56,9 +70,12 @@ def exit_limit_reached(count: int) -> RunOutcome:
     return RunOutcome(OutcomeKind.EXIT_LIMIT, EXIT_LIMIT, message)
 
 
-def interrupted(signal_name: str, signum: int) -> RunOutcome:
+def interrupted(signal_name: str, signum: int, message: str | None = None) -> RunOutcome:
     return RunOutcome(
-        OutcomeKind.INTERRUPTED, EXIT_SIGNAL_BASE + signum, f"stopped by {signal_name}"
+        OutcomeKind.INTERRUPTED,
+        EXIT_SIGNAL_BASE + signum,
+        message or f"stopped by {signal_name}",
+        signal=signum,
     )
 
 

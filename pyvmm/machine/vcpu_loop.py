@@ -33,8 +33,11 @@ from pyvmm.kvm.exits import (
 )
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.machine.outcome import (
-    EXIT_GUEST_FAULT,
+    EXIT_FAIL_ENTRY,
+    EXIT_GUEST_CRASH,
     EXIT_HALTED,
+    EXIT_INTERNAL_ERROR,
+    EXIT_TRIPLE_FAULT,
     OutcomeKind,
     RunOutcome,
     exit_limit_reached,
@@ -216,14 +219,14 @@ class VcpuLoop:
         if isinstance(exit, Shutdown):
             return RunOutcome(
                 OutcomeKind.TRIPLE_FAULT,
-                EXIT_GUEST_FAULT,
+                EXIT_TRIPLE_FAULT,
                 f"{self._who}guest triple-faulted (KVM_EXIT_SHUTDOWN)",
                 self.register_dump(),
             )
         if isinstance(exit, FailEntry):
             return RunOutcome(
                 OutcomeKind.FAIL_ENTRY,
-                EXIT_GUEST_FAULT,
+                EXIT_FAIL_ENTRY,
                 "KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY): hardware reason "
                 f"0x{exit.hardware_entry_failure_reason:x} on cpu {exit.cpu}",
                 self.register_dump(),
@@ -232,13 +235,14 @@ class VcpuLoop:
             regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
             return RunOutcome(
                 OutcomeKind.INTERNAL_ERROR,
-                EXIT_GUEST_FAULT,
+                EXIT_INTERNAL_ERROR,
                 self._who
                 + describe_internal_error(exit, regs, sregs, self.memory, self.max_phys_bits),
                 format_registers(regs, sregs),
             )
         if isinstance(exit, SystemEvent):
-            status = EXIT_HALTED if exit.name == "shutdown" else EXIT_GUEST_FAULT
+            # A reset ends the run as under `qemu -no-reboot` (and Firecracker): status 0.
+            status = EXIT_HALTED if exit.name in ("shutdown", "reset") else EXIT_GUEST_CRASH
             return RunOutcome(
                 OutcomeKind.SYSTEM_EVENT, status, f"guest requested a system {exit.name}"
             )

@@ -24,10 +24,13 @@ from pyvmm.console.output import ConsoleWriter
 from pyvmm.errors import PyvmmError
 from pyvmm.machine.builder import Machine, MachineConfig, build_machine
 from pyvmm.machine.outcome import (
-    EXIT_GUEST_FAULT,
+    EXIT_FAIL_ENTRY,
+    EXIT_GUEST_CRASH,
     EXIT_HALTED,
+    EXIT_INTERNAL_ERROR,
     EXIT_LIMIT,
     EXIT_TIMEOUT,
+    EXIT_TRIPLE_FAULT,
     OutcomeKind,
     RunOutcome,
 )
@@ -45,10 +48,10 @@ ALLOWED_KINDS = frozenset(OutcomeKind) - {
 STATUS_OF_KIND: dict[OutcomeKind, Callable[[int], bool]] = {
     OutcomeKind.HALTED: lambda status: status == EXIT_HALTED,
     OutcomeKind.DEBUG_EXIT: lambda status: status % 2 == 1,
-    OutcomeKind.SYSTEM_EVENT: lambda status: status in (EXIT_HALTED, EXIT_GUEST_FAULT),
-    OutcomeKind.TRIPLE_FAULT: lambda status: status == EXIT_GUEST_FAULT,
-    OutcomeKind.FAIL_ENTRY: lambda status: status == EXIT_GUEST_FAULT,
-    OutcomeKind.INTERNAL_ERROR: lambda status: status == EXIT_GUEST_FAULT,
+    OutcomeKind.SYSTEM_EVENT: lambda status: status in (EXIT_HALTED, EXIT_GUEST_CRASH),
+    OutcomeKind.TRIPLE_FAULT: lambda status: status == EXIT_TRIPLE_FAULT,
+    OutcomeKind.FAIL_ENTRY: lambda status: status == EXIT_FAIL_ENTRY,
+    OutcomeKind.INTERNAL_ERROR: lambda status: status == EXIT_INTERNAL_ERROR,
     OutcomeKind.TIMEOUT: lambda status: status == EXIT_TIMEOUT,
     OutcomeKind.EXIT_LIMIT: lambda status: status == EXIT_LIMIT,
 }
@@ -132,12 +135,13 @@ def run_case(case: GuestCase, limits: Limits) -> CaseResult:
     return result
 
 
-# `pyvmm boot` statuses a guest may cause (see its --help): halted, guest fault,
+# `pyvmm boot` statuses a guest may cause (see its --help): halted, a guest fault,
 # timeout, exit limit, or a debug-exit status (odd). Not 2 (usage: the command
 # line is valid), nor 70 (pyvmm failed), nor a signal.
+GUEST_FAULT_STATUSES = (EXIT_TRIPLE_FAULT, EXIT_INTERNAL_ERROR, EXIT_FAIL_ENTRY, EXIT_GUEST_CRASH)
 CLI_STATUSES = {
     EXIT_HALTED: "halted",
-    EXIT_GUEST_FAULT: "guest fault",
+    **{status: "guest fault" for status in GUEST_FAULT_STATUSES},
     EXIT_TIMEOUT: "timeout",
     EXIT_LIMIT: "exit-limit",
 }
@@ -190,19 +194,16 @@ def classify_cli_end(status: int, stderr: str) -> tuple[str, str | None]:
     """How `pyvmm boot` ended, from its status and stderr; and what is wrong with that.
 
     An abnormal end says why on the first line of stderr; a debug-exit says
-    nothing. Status 1 is both a guest fault and a debug-exit write of 0
-    (QEMU's (0 << 1) | 1), told apart by that line.
+    nothing. Odd statuses are debug-exits alone: no guest fault may give one.
     """
     says_why = stderr.startswith("pyvmm: ")
     if "Traceback" in stderr:
         return str(status), "pyvmm boot printed a traceback"
-    if status == EXIT_GUEST_FAULT:
-        return ("guest fault" if says_why else "debug-exit"), None
-    if status in (EXIT_TIMEOUT, EXIT_LIMIT) and not says_why:
+    if status in (EXIT_TIMEOUT, EXIT_LIMIT, *GUEST_FAULT_STATUSES) and not says_why:
         return CLI_STATUSES[status], f"pyvmm boot ended with status {status} but did not say why"
     if status in CLI_STATUSES:
         return CLI_STATUSES[status], None
-    if status > 1 and status % 2 == 1:
+    if status % 2 == 1:
         return "debug-exit", None
     return str(status), f"pyvmm boot exited with status {status}: {stderr[:200]!r}"
 

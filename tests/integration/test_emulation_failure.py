@@ -14,9 +14,9 @@ import time
 
 import pytest
 
+from pyvmm.machine.outcome import EXIT_INTERNAL_ERROR
 from tests.integration.helpers import guest, run_pyvmm
 
-EXIT_GUEST_FAULT = 1
 HOLE = 0xD0000000  # the guest's MMIO-hole address
 # KVM's bytes, or the same bytes read from guest memory: either way the instruction.
 FLD_LINE = re.compile(
@@ -46,7 +46,7 @@ def boot(*options: str) -> tuple[list[str], list[str], float]:
     elapsed = time.monotonic() - started
     assert "Traceback" not in result.stderr
     assert "did not finish" not in result.stderr, "the run ended by --timeout, not by KVM"
-    assert result.returncode == EXIT_GUEST_FAULT, result.stderr
+    assert result.returncode == EXIT_INTERNAL_ERROR, result.stderr
     return result.stdout.splitlines(), result.stderr.splitlines(), elapsed
 
 

@@ -6,13 +6,14 @@ import time
 
 import pytest
 
+from pyvmm.machine.outcome import EXIT_TRIPLE_FAULT
 from tests.integration.helpers import REPO, guest, run_pyvmm
 
 
 def test_triple_fault_is_reported_with_registers() -> None:
     result = run_pyvmm("boot", guest("tests/triple_fault.bin"))
     assert result.stdout == "about to triple fault\n"
-    assert result.returncode == 1
+    assert result.returncode == EXIT_TRIPLE_FAULT
     first, *dump = result.stderr.splitlines()
     assert first == "pyvmm: guest triple-faulted (KVM_EXIT_SHUTDOWN)"
     assert any(line.startswith("RIP=") for line in dump)

@@ -39,7 +39,7 @@ def test_signal_ends_the_run_with_its_status_and_registers(signum: int, cpus: in
     assert process.stdout.readline() == "spinning\n"  # the guest is running
     process.send_signal(signum)
     _out, err = process.communicate(timeout=30)
-    assert process.returncode == 128 + signum
+    assert process.returncode == -signum  # pyvmm ends by the signal itself (a shell: 128+N)
     lines = err.splitlines()
     assert lines[0] == f"pyvmm: stopped by {signal.Signals(signum).name}"
     assert any(line.startswith("RIP=") for line in lines)
@@ -71,7 +71,7 @@ def test_terminal_is_restored_after_a_signal(signum: int) -> None:
         assert not during[3] & termios.ECHO  # pyvmm did take the terminal over
         process.send_signal(signum)
         process.communicate(timeout=30)
-        assert process.returncode == 128 + signum
+        assert process.returncode == -signum  # pyvmm ends by the signal itself (a shell: 128+N)
         assert termios.tcgetattr(terminal) == before
     finally:
         if process.poll() is None:

@@ -9,7 +9,7 @@ import pytest
 
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.machine.builder import MachineConfig, build_machine
-from pyvmm.machine.outcome import OutcomeKind
+from pyvmm.machine.outcome import EXIT_TRIPLE_FAULT, OutcomeKind
 from tests.integration.helpers import GUESTS, guest, run_pyvmm
 
 
@@ -70,7 +70,7 @@ def test_the_cli_reports_it_in_one_line_plus_registers() -> None:
         guest("tests/ap_triple_fault.bin"),
         timeout=120,
     )
-    assert result.returncode == 1
+    assert result.returncode == EXIT_TRIPLE_FAULT
     assert (
         result.stderr.splitlines()[0] == "pyvmm: vCPU 1: guest triple-faulted (KVM_EXIT_SHUTDOWN)"
     )

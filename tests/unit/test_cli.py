@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pyvmm.cli import build_parser, main
+from pyvmm.cli import main
+from pyvmm.cli.parser import build_parser
 from pyvmm.machine.outcome import EXIT_LIMIT, EXIT_TIMEOUT, EXIT_VMM_ERROR, OutcomeKind
 
 

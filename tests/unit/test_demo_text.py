@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pyvmm.cli import build_parser
+from pyvmm.cli.parser import build_parser
 from pyvmm.demos import DEMOS, list_demos
 from pyvmm.demos.common import HostFacts, cpu_flags, paragraph, render_table
 from pyvmm.demos.efficiency import loop_count

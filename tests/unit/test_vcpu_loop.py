@@ -12,7 +12,7 @@ from pyvmm._kvm import ffi, lib
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.debug_exit import DebugExit
 from pyvmm.errors import KvmError
-from pyvmm.machine.outcome import OutcomeKind, RunOutcome
+from pyvmm.machine.outcome import EXIT_TRIPLE_FAULT, OutcomeKind, RunOutcome
 from pyvmm.machine.vcpu_loop import VcpuLoop
 
 Step = Callable[[Any], bool]  # fills kvm_run; returns False to simulate EINTR
@@ -109,7 +109,7 @@ def test_mmio_read_is_answered_in_the_run_struct() -> None:
 def test_triple_fault_comes_with_registers() -> None:
     loop, _, _ = make_loop([reason(lib.KVM_EXIT_SHUTDOWN)])
     outcome = loop.run()
-    assert outcome.kind is OutcomeKind.TRIPLE_FAULT and outcome.exit_status == 1
+    assert outcome.kind is OutcomeKind.TRIPLE_FAULT and outcome.exit_status == EXIT_TRIPLE_FAULT
     assert outcome.registers is not None and "RIP=0000000000007c05" in outcome.registers
 
 

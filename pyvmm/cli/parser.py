@@ -1,0 +1,294 @@
+"""The command line's grammar: argparse, the value parsers and the --help texts."""
+
+from __future__ import annotations
+
+import argparse
+
+from pyvmm import __version__
+from pyvmm.errors import UsageError
+from pyvmm.loaders.entry import CpuMode
+from pyvmm.memory.size import parse_memory_size
+
+DEFAULT_MEMORY = "128M"  # QEMU's default
+
+BOOT_EPILOG = """\
+how a run ends (outcome: exit status); odd statuses belong to debug-exit alone:
+  halted          0     the guest executed HLT
+  system-event    0|10  the guest asked KVM for a shutdown or a reset (0, as
+                        qemu -no-reboot), or reported a crash (10)
+  debug-exit      N     the guest wrote v to the debug-exit port 0xf4:
+                        N = (v << 1) | 1, as QEMU's isa-debug-exit (always odd;
+                        a write of 0 gives 1, which harnesses read as PASS)
+  triple-fault    4     the guest faulted while delivering a double fault
+  internal-error  6     KVM could not go on, e.g. it could not emulate an
+                        instruction (named, with where it was)
+  fail-entry      8     KVM could not enter the guest (the reason is printed)
+  timeout         124   --timeout expired (as timeout(1) reports it)
+  exit-limit      126   --max-exits reached
+  interrupted     -     Ctrl-C, SIGTERM or SIGHUP: pyvmm cleans up, then ends
+                        by the same signal (a shell shows 128+N: 130, 143, 129)
+  vmm-error       70    pyvmm itself failed (no usable /dev/kvm, a KVM call
+                        failed, an exit it cannot handle)
+  bad input       2     bad usage or input (unreadable or malformed image,
+                        bad -m, ...): nothing ran
+An abnormal end prints its reason, the guest's registers and the last lines
+of its console on stderr (-v: more lines).
+
+console: COM1 is this terminal. Output goes to stdout (--console-rate caps
+it); keystrokes go to the guest unechoed, one by one, through a buffer of
+--input-buffer bytes (pyvmm stops reading stdin while it is full); Ctrl-C
+still ends the run, and the terminal is restored on every end.
+
+image formats: ELF32 (entered in protected mode), ELF64 (long mode), anything
+else is a flat binary (real mode at 0x7c00 by default, like a boot sector).
+"""
+
+
+MEMMAP_EPILOG = """\
+exit status: 0 when the report was printed (the guest's own ending is its
+first line), 70 when pyvmm failed, 2 for bad usage or input.
+
+example: pyvmm memmap --mode long guests/vmem64.bin --translate 0xffff800012345010
+"""
+
+DEMO_EPILOG = """\
+exit status: 0 when the evidence supports the property, 1 when it does not,
+2 when the demo cannot run (it needs guests/ and benchmarks/ from a checkout).
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pyvmm", description="A small, readable VMM on Linux KVM.")
+    parser.add_argument("--version", action="version", version=f"pyvmm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    boot = commands.add_parser(
+        "boot",
+        help="boot a guest image",
+        description="Boot IMAGE in a new VM with one vCPU; its serial port is this terminal.",
+        epilog=BOOT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_machine_arguments(boot)
+    boot.add_argument(
+        "--input-buffer",
+        type=_parse_buffer_size,
+        default="64K",
+        metavar="BYTES",
+        help="most stdin bytes held for the guest, K/M suffixes allowed (default %(default)s; "
+        "0: the guest gets no input)",
+    )
+    boot.add_argument(
+        "--trace",
+        nargs="?",
+        const="all",
+        metavar="KINDS",
+        help="print one line per exit; --trace=KINDS keeps only those (comma-separated: io, "
+        "mmio, hlt, shutdown, fail-entry, internal-error, system-event, unknown)",
+    )
+    boot.add_argument("--trace-file", metavar="FILE", help="write the trace to FILE, not stderr")
+    boot.add_argument(
+        "--trace-format", choices=["text", "json"], default="text", help="trace line format"
+    )
+    boot.add_argument(
+        "--stats", action="store_true", help="print exit statistics and timings at the end"
+    )
+    boot.add_argument(
+        "--gdb",
+        metavar="tcp::PORT",
+        help="wait for gdb on this address and let it drive the guest (gdb: target remote :PORT)",
+    )
+    boot.add_argument(
+        "-s", dest="gdb_default", action="store_true", help="shorthand for --gdb tcp::1234"
+    )
+    boot.add_argument(
+        "-S",
+        dest="gdb_stop",
+        action="store_true",
+        help="with --gdb/-s: stop before the first guest instruction",
+    )
+
+    memmap = commands.add_parser(
+        "memmap",
+        help="run a guest, then show its memory at every level",
+        description="Run IMAGE until it ends, then print the machine's memory map, the "
+        "guest's page-table mappings (guest virtual -> guest physical -> host virtual), "
+        "and the whole chain down to host physical for each --translate address. "
+        "The guest's serial output goes to stderr.",
+        epilog=MEMMAP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_machine_arguments(memmap)
+    memmap.add_argument(
+        "--translate",
+        action="append",
+        default=[],
+        type=_parse_address,
+        metavar="GVA",
+        help="show the full translation chain of this guest-virtual address (repeatable)",
+    )
+    memmap.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    memmap.add_argument(
+        "-q", "--quiet", action="store_true", help="discard the guest's serial output"
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="show Popek & Goldberg's VMM properties on real guests",
+        description="Run a teaching demo (from a source checkout): equivalence, efficiency "
+        "or isolation (resource control). Without NAME, list the demos.",
+        epilog=DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument(
+        "name",
+        nargs="?",
+        choices=["equivalence", "efficiency", "isolation"],
+        metavar="NAME",
+        help="equivalence, efficiency or isolation",
+    )
+    demo.set_defaults(verbose=0)
+    return parser
+
+
+def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that describe a VM, shared by every command that builds one."""
+    parser.add_argument("image", metavar="IMAGE", help="flat binary, ELF32 or ELF64 executable")
+    parser.add_argument(
+        "-m",
+        "--memory",
+        default=DEFAULT_MEMORY,
+        metavar="MEM",
+        help="guest RAM: plain MiB or with a K/M/G/T suffix (default %(default)s)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=[mode.value for mode in CpuMode],
+        help="CPU state at entry (default: real for flat binaries, from the ELF class otherwise)",
+    )
+    parser.add_argument(
+        "--load-addr",
+        type=_parse_address,
+        metavar="ADDR",
+        help="guest-physical load address of a flat binary "
+        "(default 0x7c00 in real mode, 0x100000 otherwise)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_parse_timeout,
+        metavar="SECONDS",
+        help="stop the guest after this many seconds (exit status 124)",
+    )
+    parser.add_argument(
+        "--max-exits",
+        type=_parse_count,
+        metavar="N",
+        help="stop the guest after N VM exits of any one vCPU (exit status 126)",
+    )
+    parser.add_argument(
+        "--console-rate",
+        type=_parse_rate,
+        metavar="BYTES",
+        help="most console output per second, K/M suffixes allowed (default: no limit); "
+        "output over it is dropped and counted",
+    )
+    parser.add_argument(
+        "--append",
+        "-append",
+        metavar="ARGS",
+        help="multiboot kernel command line; the kernel sees '<IMAGE> ARGS', as with QEMU",
+    )
+    parser.add_argument(
+        "--initrd",
+        "-initrd",
+        metavar="FILES",
+        help="comma-separated files loaded as multiboot modules ('FILE args' passes args)",
+    )
+    parser.add_argument(
+        "--multiboot",
+        action="store_true",
+        help="boot IMAGE with the multiboot protocol (found by its header otherwise)",
+    )
+    parser.add_argument(
+        "-smp",
+        dest="smp",
+        type=_parse_cpus,
+        default=1,
+        metavar="N",
+        help="number of vCPUs (default 1; more than one adds the in-kernel APICs and PIT)",
+    )
+    parser.add_argument(
+        "--kernel-irqchip",
+        choices=["on", "off"],
+        help="in-kernel interrupt controllers and PIT (default: on with -smp > 1; without "
+        "them a single vCPU's hlt ends the run, with them hlt waits for an interrupt)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="say what the VMM does (-vv: more)"
+    )
+
+
+def _parse_address(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid address '{text}'") from None
+    if not 0 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"address '{text}' is outside the 64-bit space")
+    return value
+
+
+def _parse_cpus(text: str) -> int:
+    # QEMU also accepts "-smp cpus=N"; the plain count is what every guide uses.
+    value = text.removeprefix("cpus=")
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"invalid CPU count '{text}'")
+    return int(value)
+
+
+def _parse_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid count '{text}': a positive integer")
+    return int(text)
+
+
+def _byte_count(text: str, what: str) -> int:
+    # Plain numbers are bytes here (not MiB as for -m): "1000" means 1000 bytes.
+    try:
+        return parse_memory_size(text) if text[-1:].isalpha() else int(text)
+    except (UsageError, ValueError):
+        raise argparse.ArgumentTypeError(f"invalid {what} '{text}'") from None
+
+
+def _parse_rate(text: str) -> int:
+    value = _byte_count(text, "rate")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid rate '{text}': must be at least 1 byte/s")
+    return value
+
+
+def _parse_buffer_size(text: str) -> int:
+    value = _byte_count(text, "buffer size")
+    if not 0 <= value <= 1 << 30:
+        raise argparse.ArgumentTypeError(f"buffer size '{text}' must be 0..1G")
+    return value
+
+
+def _parse_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid timeout '{text}'") from None
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError("timeout must be a positive number of seconds")
+    return value
+
+

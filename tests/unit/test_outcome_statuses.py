@@ -1,0 +1,131 @@
+"""Odd exit statuses belong to debug-exit alone: every other outcome is even.
+
+QEMU-style test harnesses boot a kernel that writes 0 to the debug-exit port
+on success, and read status 1 ((0 << 1) | 1) as PASS. A crashed guest or a
+failed VMM must never look like that, nor like any other debug-exit value.
+Each outcome is produced here by the code that makes it in a real run (the
+exit loop on scripted exits, the debug-exit device, the outcome helpers).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pyvmm._kvm import lib
+from pyvmm.devices.bus import Bus
+from pyvmm.machine.builder import attach_debug_exit
+from pyvmm.machine.outcome import (
+    EXIT_SIGNAL_BASE,
+    OutcomeKind,
+    RunOutcome,
+    exit_limit_reached,
+    interrupted,
+    timed_out,
+    vmm_error,
+)
+from tests.unit.test_vcpu_loop import make_loop, reason
+
+
+def system_event(event_type: int) -> Any:
+    def fill(run: Any) -> bool:
+        run.exit_reason = lib.KVM_EXIT_SYSTEM_EVENT
+        run.system_event.type = event_type
+        run.system_event.ndata = 0
+        return True
+
+    return fill
+
+
+def loop_outcome(step: Any) -> RunOutcome:
+    loop, _, _ = make_loop([step])
+    return loop.run()
+
+
+def debug_exit_outcomes() -> Iterator[RunOutcome]:
+    """The outcome of a write of every byte value to the debug-exit port."""
+    for value in range(256):
+        seen: list[RunOutcome] = []
+        bus = Bus("pio")
+        attach_debug_exit(bus, seen.append)
+        bus.write(0xF4, 1, value)
+        yield seen[0]
+
+
+def every_ending() -> list[RunOutcome]:
+    endings = [
+        loop_outcome(reason(lib.KVM_EXIT_HLT)),
+        loop_outcome(reason(lib.KVM_EXIT_SHUTDOWN)),
+        loop_outcome(reason(lib.KVM_EXIT_FAIL_ENTRY)),
+        loop_outcome(reason(lib.KVM_EXIT_INTERNAL_ERROR)),
+        loop_outcome(reason(lib.KVM_EXIT_HYPERCALL)),  # an exit pyvmm cannot handle
+        *(
+            loop_outcome(system_event(event))
+            for event in (
+                lib.KVM_SYSTEM_EVENT_SHUTDOWN,
+                lib.KVM_SYSTEM_EVENT_RESET,
+                lib.KVM_SYSTEM_EVENT_CRASH,
+                99,  # an event type this pyvmm does not know
+            )
+        ),
+        *debug_exit_outcomes(),
+        timed_out(1.0),
+        exit_limit_reached(10),
+        vmm_error("a KVM call failed"),
+        *(interrupted(s.name, s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)),
+    ]
+    return endings
+
+
+def test_every_outcome_kind_that_ends_a_run_is_enumerated() -> None:
+    kinds = {outcome.kind for outcome in every_ending()}
+    # DEBUG is a debugger's stop, after which the run goes on: it never ends one.
+    assert kinds == set(OutcomeKind) - {OutcomeKind.DEBUG}
+
+
+@pytest.mark.parametrize("outcome", every_ending(), ids=lambda o: f"{o.kind.value}-{o.exit_status}")
+def test_only_debug_exit_is_odd(outcome: RunOutcome) -> None:
+    assert 0 <= outcome.exit_status <= 255
+    if outcome.kind is OutcomeKind.DEBUG_EXIT:
+        assert outcome.exit_status % 2 == 1
+    elif outcome.kind is OutcomeKind.INTERRUPTED:
+        # Not an exit status: the CLI ends by the signal; a shell shows 128+N.
+        assert outcome.signal is not None
+        assert outcome.exit_status == EXIT_SIGNAL_BASE + outcome.signal
+    else:
+        assert outcome.exit_status % 2 == 0, outcome
+
+
+def test_guest_faults_and_vmm_failures_are_told_apart() -> None:
+    """Each guest fault has its own status, none of them 0, and none is pyvmm's."""
+    statuses = {
+        outcome.kind: outcome.exit_status
+        for outcome in every_ending()
+        if outcome.kind
+        in (
+            OutcomeKind.TRIPLE_FAULT,
+            OutcomeKind.INTERNAL_ERROR,
+            OutcomeKind.FAIL_ENTRY,
+            OutcomeKind.VMM_ERROR,
+            OutcomeKind.TIMEOUT,
+            OutcomeKind.EXIT_LIMIT,
+        )
+    }
+    assert len(set(statuses.values())) == len(statuses) and 0 not in statuses.values()
+
+
+def test_system_events() -> None:
+    shutdown, reset, crash, unknown = (
+        loop_outcome(system_event(event))
+        for event in (
+            lib.KVM_SYSTEM_EVENT_SHUTDOWN,
+            lib.KVM_SYSTEM_EVENT_RESET,
+            lib.KVM_SYSTEM_EVENT_CRASH,
+            99,
+        )
+    )
+    assert (shutdown.exit_status, reset.exit_status) == (0, 0)  # as qemu -no-reboot
+    assert crash.exit_status == unknown.exit_status == 10
