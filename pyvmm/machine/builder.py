@@ -6,6 +6,7 @@ import time and there is no global device table.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pyvmm.arch.x86_64.cpu import (
     setup_cpuid,
     setup_vcpu,
 )
+from pyvmm.arch.x86_64.host_support import keeps_32bit_paging
 from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters, list_mappings
 from pyvmm.arch.x86_64.placement import check_entry_placement
 from pyvmm.closing import ClosesOnExit
@@ -227,6 +229,7 @@ def build_machine(config: MachineConfig) -> Machine:
                 max_exits=config.max_exits,
                 memory=memory,
                 max_phys_bits=max_phys_bits,
+                keeps_32bit_paging=functools.partial(keeps_32bit_paging, kvm),
             )
             for each in vcpus
         ]

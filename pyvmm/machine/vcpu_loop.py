@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from pyvmm.arch.x86_64.emulation_failure import describe_internal_error
 from pyvmm.arch.x86_64.pio import handle_io_in, handle_io_out
 from pyvmm.arch.x86_64.register_dump import format_registers
+from pyvmm.arch.x86_64.triple_fault import explain_triple_fault
 from pyvmm.devices.bus import Bus
 from pyvmm.errors import PyvmmError
 from pyvmm.kvm.exits import (
@@ -31,6 +33,7 @@ from pyvmm.kvm.exits import (
     VcpuExit,
     decode,
 )
+from pyvmm.kvm.host import kvm_backend
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.machine.outcome import (
     EXIT_FAIL_ENTRY,
@@ -66,6 +69,7 @@ class VcpuLoop:
         max_exits: int | None = None,
         memory: GuestMemory | None = None,
         max_phys_bits: int = 52,
+        keeps_32bit_paging: Callable[[], bool] | None = None,
     ) -> None:
         self.vcpu = vcpu
         self.pio_bus = pio_bus
@@ -76,6 +80,8 @@ class VcpuLoop:
         # For reports that show the guest's code (emulation failures).
         self.memory = memory
         self.max_phys_bits = max_phys_bits
+        # A probe of the host, asked only to explain a triple fault.
+        self.keeps_32bit_paging = keeps_32bit_paging
         self._stop: RunOutcome | None = None
         self._pause = False
         # Shared by every vCPU of an SMP machine: one device access at a time.
@@ -211,18 +217,27 @@ class VcpuLoop:
                 return self._final_outcome(final)
         return None
 
+    def _triple_fault(self) -> RunOutcome:
+        regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
+        why = None
+        if self.memory is not None and self.keeps_32bit_paging is not None:
+            why = explain_triple_fault(
+                regs, sregs, self.memory, self.keeps_32bit_paging, kvm_backend(), self.max_phys_bits
+            )
+        return RunOutcome(
+            OutcomeKind.TRIPLE_FAULT,
+            EXIT_TRIPLE_FAULT,
+            f"{self._who}guest triple-faulted (KVM_EXIT_SHUTDOWN)" + (f" {why}" if why else ""),
+            format_registers(regs, sregs),
+        )
+
     def _final_outcome(self, exit: VcpuExit) -> RunOutcome:
         if isinstance(exit, Debug):
             return RunOutcome(OutcomeKind.DEBUG, EXIT_HALTED, "debug trap", debug=exit)
         if isinstance(exit, Hlt):
             return RunOutcome(OutcomeKind.HALTED, EXIT_HALTED, "guest halted")
         if isinstance(exit, Shutdown):
-            return RunOutcome(
-                OutcomeKind.TRIPLE_FAULT,
-                EXIT_TRIPLE_FAULT,
-                f"{self._who}guest triple-faulted (KVM_EXIT_SHUTDOWN)",
-                self.register_dump(),
-            )
+            return self._triple_fault()
         if isinstance(exit, FailEntry):
             return RunOutcome(
                 OutcomeKind.FAIL_ENTRY,

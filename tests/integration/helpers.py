@@ -34,21 +34,9 @@ def guest(name: str) -> str:
 
 @functools.cache
 def host_keeps_32bit_paging() -> bool:
-    """Probe, with the binding alone, whether this KVM accepts CR0.PG without long mode.
-
-    kvm_pvm (a software KVM backend) silently clears it; VT-x and AMD-V keep it.
-    """
+    """Whether this KVM runs 32-bit paging: pyvmm's own probe (kvm_pvm cannot)."""
+    from pyvmm.arch.x86_64.host_support import keeps_32bit_paging
     from pyvmm.kvm.system import open_kvm
 
-    with open_kvm() as kvm, kvm.create_vm() as vm, vm.create_vcpu(0) as vcpu:
-        sregs = vcpu.get_sregs()
-        sregs.cr0 |= CR0_PE | CR0_PG
-        sregs.cr4 |= CR4_PSE
-        sregs.cs.db = 1
-        vcpu.set_sregs(sregs)
-        return bool(vcpu.get_sregs().cr0 & CR0_PG)
-
-
-CR0_PE = 1 << 0
-CR0_PG = 1 << 31
-CR4_PSE = 1 << 4
+    with open_kvm() as kvm:
+        return keeps_32bit_paging(kvm)

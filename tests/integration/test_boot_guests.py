@@ -46,6 +46,19 @@ def test_paged_guest_sees_paging_and_pse() -> None:
     assert cr4 & (1 << 4)
 
 
+def test_a_guest_turning_on_32_bit_paging_is_told_why_it_faults() -> None:
+    """vmem32 enables 32-bit paging itself; where the host cannot run it, say so."""
+    result = run_pyvmm("boot", "--mode", "protected", guest("vmem32.bin"))
+    if host_keeps_32bit_paging():
+        assert result.returncode == 0, result.stderr
+        assert "vmem32: alias 0x80000000 and 0x80001000 share a page: ok" in result.stdout
+        return
+    assert result.returncode == 4  # triple-fault
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("pyvmm: guest triple-faulted (KVM_EXIT_SHUTDOWN) at 'mov cr0, eax'")
+    assert "cannot run 32-bit paging" in first
+
+
 def test_long_mode_guest_sees_lma() -> None:
     result = run_pyvmm("boot", "--mode", "long", guest("long.bin"))
     assert result.returncode == 0, result.stderr
