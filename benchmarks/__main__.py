@@ -4,6 +4,11 @@
 
 Every comparison is a series of interleaved pairs (A B A B ...); the table
 shows medians and min-max of each side and the median of the pair ratios B/A.
+
+The JSON (every sample) and the chart go, unless --json and --chart say
+otherwise, to a new pair of files named after the run's start time in
+$XDG_STATE_HOME/pyvmm/benchmarks/ (~/.local/state/pyvmm/benchmarks/): never
+into the current directory, so a run inside a checkout changes nothing in it.
 """
 
 from __future__ import annotations
@@ -11,14 +16,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
+import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from benchmarks.comparison import Comparison
 from pyvmm.kvm.host import kvm_backend
+from pyvmm.shipped import run_installed_if_shadowed
 
 SUITES = {
     "kernels": "benchmarks.suite_kernels",
@@ -85,7 +94,7 @@ def draw_chart(comparisons: list[Comparison], path: Path) -> str | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib is not installed (pip install -e '.[bench]'): no chart"
+        return "matplotlib is not installed (the [bench] extra): no chart"
     rated = [item for item in comparisons if item.ratio is not None]
     if not rated:
         return "nothing to chart"
@@ -106,24 +115,84 @@ def draw_chart(comparisons: list[Comparison], path: Path) -> str | None:
     return None
 
 
+def results_directory(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where runs keep their results: $XDG_STATE_HOME/pyvmm/benchmarks.
+
+    XDG_STATE_HOME defaults to ~/.local/state; a relative value is ignored,
+    as the XDG Base Directory Specification says.
+    """
+    state = environ.get("XDG_STATE_HOME", "")
+    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
+    return base / "pyvmm" / "benchmarks"
+
+
+def default_outputs(quick: bool, started: time.struct_time) -> tuple[Path, Path]:
+    """(JSON, chart) paths for a run that started at `started`, new in results_directory()."""
+    stem = time.strftime("%Y%m%d-%H%M%S", started) + ("-quick" if quick else "-full")
+    directory = results_directory()
+    return directory / f"{stem}.json", directory / f"{stem}.png"
+
+
+class ProgressLine:
+    """Benchmark progress on `stream`.
+
+    On a terminal, one line redrawn in place for each message. Anywhere else
+    (a log file, a pipe, CI) plain lines, one per step: the per-pair counter
+    updates of a step ("... pair 3/7") are left out after the step's first.
+    """
+
+    PAIR_COUNTER = re.compile(r" pair \d+/(\d+)$")
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.terminal = stream.isatty()
+        self.step: str | None = None
+
+    def __call__(self, message: str) -> None:
+        if self.terminal:
+            print(f"\r\033[K{message}", end="", file=self.stream, flush=True)
+            return
+        counter = self.PAIR_COUNTER.search(message)
+        step = message[: counter.start()] if counter else message
+        if step != self.step:
+            self.step = step
+            pairs = counter.group(1) if counter else ""
+            line = f"{step} ({pairs} pair{'' if pairs == '1' else 's'})" if counter else message
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """Clear the redrawn line (on a terminal) before the results are printed."""
+        if self.terminal:
+            print("\r\033[K", end="", file=self.stream, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
     parser.add_argument("--suite", action="append", choices=sorted(SUITES), help="run only these")
-    parser.add_argument("--json", type=Path, default=Path("benchmark-results.json"))
-    parser.add_argument("--chart", type=Path, default=Path("benchmark-results.png"))
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="write every sample here (default: see above)"
+    )
+    parser.add_argument(
+        "--chart", type=Path, metavar="FILE", help="draw the ratios here (default: see above)"
+    )
     args = parser.parse_args(argv)
+    default_json, default_chart = default_outputs(args.quick, time.localtime())
+    json_path: Path = args.json or default_json
+    chart_path: Path = args.chart or default_chart
 
-    def progress(message: str) -> None:
-        print(f"\r\033[K{message}", end="", file=sys.stderr, flush=True)
-
+    progress = ProgressLine(sys.stderr)
     started = time.monotonic()
     comparisons: list[Comparison] = []
     for name in args.suite or list(SUITES):
         module = importlib.import_module(SUITES[name])
         progress(f"{name}: starting")
         comparisons += module.collect(quick=args.quick, progress=progress)
-    print("\r\033[K", end="", file=sys.stderr)
+    progress.close()
 
     machine = machine_description()
     print(
@@ -133,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(comparisons))
     elapsed = time.monotonic() - started
     print(f"\n{'quick' if args.quick else 'full'} run in {elapsed:.0f} s")
-    args.json.write_text(
+    for path in (json_path, chart_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(
         json.dumps(
             {
                 "machine": machine,
@@ -144,11 +215,13 @@ def main(argv: list[str] | None = None) -> int:
             indent=2,
         )
     )
-    print(f"results: {args.json}")
-    problem = draw_chart(comparisons, args.chart)
-    print(problem or f"chart: {args.chart}")
+    print(f"results: {json_path}")
+    problem = draw_chart(comparisons, chart_path)
+    print(problem or f"chart: {chart_path}")
     return 0
 
 
 if __name__ == "__main__":
+    # Inside a checkout whose pyvmm is not built (a non-editable install), run the installed one.
+    run_installed_if_shadowed("benchmarks")
     sys.exit(main())

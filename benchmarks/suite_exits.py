@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,9 +136,16 @@ def kill_session(process: subprocess.Popen[bytes]) -> None:
 
 
 def run_measured(
-    command: Sequence[str], timeout: float, cwd: Path | None = None, *, peak_rss: bool = False
+    command: Sequence[str],
+    timeout: float,
+    cwd: Path | None = None,
+    *,
+    peak_rss: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> ProcessResult:
     """Run `command` to its end, in its own session; with `peak_rss`, under GNU time.
+
+    `env` replaces the environment (default: this process's).
 
     Raises TimeoutError after killing the whole session (QEMU under GNU time
     included) when it outlives `timeout` seconds.
@@ -155,6 +162,7 @@ def run_measured(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
+            env=env,
             start_new_session=True,
         )
         try:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.comparison import Comparison, Progress, interleave
-from benchmarks.kernel_runner import (
+from pyvmm.demos.kernels import (
     EQUIVALENT_KERNELS,
     KernelRunError,
     run_in_guest,

@@ -4,7 +4,9 @@ Three comparisons, all on `hello_exit.bin` (a boot sector that prints
 "Hello, world!" and ends through the debug-exit port, status 85):
 
 - whole-process time, fork to reap: `qemu-system-x86_64 -enable-kvm` booting
-  it through SeaBIOS from a 512-byte boot disk, against `python -m pyvmm boot`;
+  it through SeaBIOS from a 512-byte boot disk, against `python -m pyvmm boot`
+  (the pyvmm this process imported: both run in a scratch directory, which
+  no checkout in the current directory can shadow);
 - VM create -> run -> destroy cycles inside one process: the C reference VMM
   (`ref_vmm --cycles N`) against pyvmm's `build_machine` + `run` + `close`;
 - peak resident memory of one boot with 128 MiB of guest RAM (the C VMM
@@ -43,8 +45,8 @@ from benchmarks.suite_exits import (
 from pyvmm.kvm.host import kvm_backend
 from pyvmm.machine.builder import MachineConfig, build_machine
 from pyvmm.machine.outcome import OutcomeKind
+from pyvmm.shipped import PyvmmChild, pyvmm_child
 
-REPO = Path(__file__).resolve().parents[1]
 HELLO_EXIT = Path(__file__).resolve().parent / "hello_exit.bin"
 HELLO_OUTPUT = b"Hello, world!\n"
 HELLO_DEBUG_EXIT = 0x2A
@@ -119,16 +121,9 @@ def qemu_command(qemu: str, disk: Path) -> list[str]:
     ]
 
 
-def pyvmm_boot_command() -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pyvmm",
-        "boot",
-        "-m",
-        f"{RAM_SIZE >> 20}M",
-        str(HELLO_EXIT.relative_to(REPO)),
-    ]
+def pyvmm_boot(workdir: Path) -> PyvmmChild:
+    """`python -m pyvmm boot -m 128M hello_exit.bin`, run in `workdir` (which holds a copy)."""
+    return pyvmm_child("boot", "-m", f"{RAM_SIZE >> 20}M", HELLO_EXIT.name, cwd=workdir)
 
 
 def check_boot(what: str, result: ProcessResult) -> ProcessResult:
@@ -160,38 +155,39 @@ def compare_boot(
         return comparison, None
     disk = workdir / "hello_exit.img"
     disk.write_bytes(boot_sector(HELLO_EXIT.read_bytes()))
+    pyvmm = pyvmm_boot(workdir)
     comparison.notes.update(
         {
             "qemu_command": " ".join(qemu_command(qemu, Path("hello_exit.img"))),
             "qemu_version": version_line(qemu_path),
-            "pyvmm_command": " ".join(["python", *pyvmm_boot_command()[1:]]),
+            "pyvmm_command": " ".join(["python", *pyvmm.argv[1:]]),
             "host_kvm": kvm_backend(),
         }
     )
 
-    def boot(what: str, command: list[str], timeout: float, peak_rss: bool = False) -> float:
-        return check_boot(what, run_measured(command, timeout, REPO, peak_rss=peak_rss)).seconds
+    def boot(what: str, command: list[str], timeout: float, env: dict[str, str] | None) -> float:
+        return check_boot(what, run_measured(command, timeout, workdir, env=env)).seconds
 
     # One untimed boot of each first: QEMU must work on this host before it is timed,
     # and this boot (under GNU time, when there is one) gives its peak RSS.
     try:
         probe = check_boot(
             QEMU_LABEL,
-            run_measured(qemu_command(qemu_path, disk), plan.qemu_timeout, REPO, peak_rss=True),
+            run_measured(qemu_command(qemu_path, disk), plan.qemu_timeout, workdir, peak_rss=True),
         )
     except (BootFailed, TimeoutError) as error:
         comparison.notes["skipped"] = f"QEMU cannot boot the guest here: {error}"
         return comparison, None
-    boot(PYVMM_LABEL, pyvmm_boot_command(), 60)
+    boot(PYVMM_LABEL, pyvmm.argv, 60, pyvmm.env)
     baseline: list[float] = []
 
     def boot_pyvmm_and_bare_python() -> float:
-        baseline.append(run_measured([sys.executable, "-c", "pass"], 60).seconds * 1000)
-        return boot(PYVMM_LABEL, pyvmm_boot_command(), 60) * 1000
+        baseline.append(run_measured([sys.executable, "-c", "pass"], 60, workdir).seconds * 1000)
+        return boot(PYVMM_LABEL, pyvmm.argv, 60, pyvmm.env) * 1000
 
     interleave(
         comparison,
-        lambda: boot(QEMU_LABEL, qemu_command(qemu_path, disk), plan.qemu_timeout) * 1000,
+        lambda: boot(QEMU_LABEL, qemu_command(qemu_path, disk), plan.qemu_timeout, None) * 1000,
         boot_pyvmm_and_bare_python,
         plan.boot_pairs,
         progress,
@@ -269,7 +265,12 @@ def compare_cycles(plan: Plan, binary: Path, state: Path, progress: Progress | N
 
 
 def compare_rss(
-    plan: Plan, binary: Path, state: Path, qemu_rss: int | None, progress: Progress | None
+    plan: Plan,
+    binary: Path,
+    state: Path,
+    workdir: Path,
+    qemu_rss: int | None,
+    progress: Progress | None,
 ) -> Comparison:
     comparison = Comparison(SUITE, RSS_NAME, C_LABEL, PYVMM_LABEL, "KiB")
     if gnu_time() is None:
@@ -283,7 +284,8 @@ def compare_rss(
         return float(run.max_rss_kib)
 
     def pyvmm_sample() -> float:
-        result = run_measured(pyvmm_boot_command(), 60, REPO, peak_rss=True)
+        pyvmm = pyvmm_boot(workdir)
+        result = run_measured(pyvmm.argv, 60, workdir, peak_rss=True, env=pyvmm.env)
         rss = check_boot(PYVMM_LABEL, result).max_rss_kib
         if rss is None:
             raise BootFailed("GNU time reported no peak RSS for pyvmm")
@@ -329,6 +331,7 @@ def collect(
     plan = plan or (QUICK if quick else FULL)
     with tempfile.TemporaryDirectory(prefix="pyvmm-bench-") as directory:
         workdir = Path(directory)
+        shutil.copyfile(HELLO_EXIT, workdir / HELLO_EXIT.name)  # what `pyvmm boot` boots
         boot, qemu_rss = compare_boot(plan, workdir, qemu, progress)
         if progress is not None and "skipped" in boot.notes:
             progress(f"{SUITE}: {boot.name}: skipped: {boot.notes['skipped']}")
@@ -350,7 +353,7 @@ def collect(
         return [
             boot,
             compare_cycles(plan, binary, state, progress),
-            compare_rss(plan, binary, state, qemu_rss, progress),
+            compare_rss(plan, binary, state, workdir, qemu_rss, progress),
         ]
 
 

@@ -6,8 +6,11 @@ guests under pyvmm, prints the evidence as a table and says in a few
 sentences what it shows, on this host, about one property.
 
 `pyvmm demo` lists them; `pyvmm demo NAME` runs one. A demo exits 0 when the
-evidence supports the property, 1 when it does not, 2 when it cannot run
-(it needs a source checkout for guests/ and benchmarks/).
+evidence supports the property, 1 when it does not, 2 when it cannot run:
+something failed that says nothing about the property (KVM cannot be used, a
+shipped guest is missing, the hostile VM's process did not start), and
+stderr says what in one line. The guests and kernels ship with pyvmm
+(pyvmm.shipped), so the demos run from any directory.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import importlib
 import sys
 from typing import TextIO
 
-from pyvmm.demos.common import CANNOT_RUN, CheckoutMissing
+from pyvmm.demos.common import CANNOT_RUN, DemoCannotRun
+from pyvmm.errors import PyvmmError
 
 # name -> (module, one line for the list)
 DEMOS: dict[str, tuple[str, str]] = {
@@ -42,15 +46,13 @@ def list_demos() -> str:
 
 
 def run_demo(name: str, out: TextIO) -> int:
+    """Run demo `name`, printing its report on `out`; return its exit status (see above)."""
     module = importlib.import_module(DEMOS[name][0])
     try:
         status: int = module.run(out)
-    except CheckoutMissing as missing:
+    except (DemoCannotRun, PyvmmError) as error:
+        # PyvmmError: no usable KVM, a missing shipped file, a VM that could not be built.
         out.flush()
-        print(
-            f"pyvmm demo {name} needs a source checkout: run it from the repository root "
-            f"({missing} not found)",
-            file=sys.stderr,
-        )
+        print(f"pyvmm demo {name} cannot run: {error}", file=sys.stderr)
         return CANNOT_RUN
     return status

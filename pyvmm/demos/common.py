@@ -1,4 +1,4 @@
-"""What the demos share: the host's facts, the checkout, running a guest, printing evidence."""
+"""What the demos share: host facts, the shipped guests, running a guest, printing evidence."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import pyvmm
 from pyvmm.kvm.host import kvm_backend
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.machine.outcome import RunOutcome
+from pyvmm.shipped import shipped_file
 
 MIB = 1 << 20
 DEMO_RAM_SIZE = 64 * MIB
@@ -33,8 +33,11 @@ EVIDENCE_FAILS = 1
 CANNOT_RUN = 2
 
 
-class CheckoutMissing(Exception):
-    """The demo needs files that live only in a source checkout (guests/, benchmarks/)."""
+class DemoCannotRun(Exception):
+    """The demo could not gather its evidence, for a reason that says nothing about the property.
+
+    `pyvmm demo` prints the message and exits CANNOT_RUN.
+    """
 
 
 @dataclass(frozen=True)
@@ -96,20 +99,9 @@ def detect_host() -> HostFacts:
     return HostFacts(kvm_backend(), extension, "hypervisor" in flags)
 
 
-def checkout_root() -> Path:
-    """The source checkout pyvmm runs from: the directory holding guests/ beside pyvmm/."""
-    package_parent = Path(pyvmm.__file__).resolve().parent.parent
-    for candidate in (package_parent, Path.cwd()):
-        if (candidate / "guests" / "user.s").is_file():
-            return candidate
-    raise CheckoutMissing("guests/")
-
-
 def guest_image(name: str) -> Path:
-    path = checkout_root() / "guests" / name
-    if not path.is_file():
-        raise CheckoutMissing(f"guests/{name}")
-    return path
+    """guests/NAME as shipped with pyvmm; raises ShippedFileMissing."""
+    return shipped_file(f"guests/{name}")
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ guests/user.bin sums 1..1,000,000 with a two-instruction loop and prints the
 result one `out` at a time. The demo counts the instructions it executes
 from the loop in its machine code, counts the exits pyvmm handled, and times
 the same loop natively, in ring 3 (--mode user) and in ring 0 (--mode long).
-When benchmarks/kernel_runner.py is available it also times the int_loop
-benchmark kernel natively and at both CPLs.
+It also times the int_loop benchmark kernel (pyvmm.demos.kernels) natively
+and at both CPLs.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
-from types import ModuleType
 from typing import TextIO
 
+from pyvmm.demos import kernels
 from pyvmm.demos.common import (
     CANNOT_RUN,
-    CheckoutMissing,
     GuestRun,
     HostFacts,
     Report,
@@ -79,21 +78,12 @@ def run_loops(image: bytes, iterations: int) -> LoopRuns:
     return LoopRuns(seconds, result, min(ring3, key=lambda run: run.seconds), ring0)
 
 
-def import_kernel_runner() -> ModuleType | None:
-    from pyvmm.demos.equivalence import import_kernel_runner as find_runner
-
-    try:
-        return find_runner()
-    except CheckoutMissing:
-        return None
-
-
-def time_kernel(runner: ModuleType) -> list[tuple[int, int, float, float]]:
+def time_kernel() -> list[tuple[int, int, float, float]]:
     """(ring, n, native seconds, guest seconds) for int_loop, best of 3 each."""
     rows = []
     for ring, n in KERNEL_RUNS:
-        native = min(runner.run_native(KERNEL, n).seconds for _ in range(3))
-        guest = min(runner.run_in_guest(KERNEL, n, ring).seconds for _ in range(3))
+        native = min(kernels.run_native(KERNEL, n).seconds for _ in range(3))
+        guest = min(kernels.run_in_guest(KERNEL, n, ring).seconds for _ in range(3))
         rows.append((ring, n, native, guest))
     return rows
 
@@ -138,15 +128,13 @@ def run(out: TextIO) -> int:
         ],
     )
 
-    runner = import_kernel_runner()
     kernel_rows: list[tuple[int, int, float, float]] = []
-    if runner is not None:
-        try:
-            kernel_rows = time_kernel(runner)
-        except runner.KernelRunError as error:
-            report.text(f"(the {KERNEL} kernel could not run: {error})")
+    try:
+        kernel_rows = time_kernel()
+    except kernels.KernelRunError as error:
+        report.text(f"(the {KERNEL} kernel could not run: {error})")
     if kernel_rows:
-        report.section(f"benchmark kernel {KERNEL} (benchmarks/kernel_runner.py), best of 3")
+        report.section(f"benchmark kernel {KERNEL} (benchmarks/kernels/kernels.bin), best of 3")
         report.table(
             ["guest ring", "n", "native", "guest", "guest/native"],
             [
@@ -160,8 +148,6 @@ def run(out: TextIO) -> int:
                 for ring, n, native_s, guest_s in kernel_rows
             ],
         )
-    elif runner is None:
-        report.text("(benchmarks/kernel_runner.py is not available: kernel timings skipped)")
 
     # Speed is judged on the kernel when there is one: user.bin's run is so short
     # that its 41 exits weigh in its time.

@@ -1,27 +1,28 @@
 """Equivalence: the same machine code gives the same answers natively and in a guest.
 
-The benchmark kernels (benchmarks/kernels/kernels.bin, run by
-benchmarks/kernel_runner.py) are run by this process on the host CPU and in
-pyvmm guests at CPL3 and CPL0, on the same inputs; the results must be
+The benchmark kernels (benchmarks/kernels/kernels.bin, shipped with pyvmm
+and run by pyvmm.demos.kernels) are run by this process on the host CPU and
+in pyvmm guests at CPL3 and CPL0, on the same inputs; the results must be
 bit-identical. Then the demo shows what Popek and Goldberg allow to differ:
 timing, and what CPUID reports (the resources the VMM chooses to offer).
+
+Kernels that cannot run natively leave the demo unable to run (status 2); a
+guest run that ends other than the way the kernels end is evidence against
+equivalence (status 1).
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 from dataclasses import dataclass
-from types import ModuleType
 from typing import TextIO
 
+from pyvmm.demos import kernels
 from pyvmm.demos.common import (
-    CANNOT_RUN,
     EVIDENCE_FAILS,
-    CheckoutMissing,
+    DemoCannotRun,
     HostFacts,
     Report,
-    checkout_root,
     detect_host,
     format_ratio,
     format_seconds,
@@ -105,30 +106,22 @@ class KernelComparison:
         return f"{value:,} done" if self.kernel in COUNTING_KERNELS else f"0x{value:016x}"
 
 
-def import_kernel_runner() -> ModuleType:
-    """benchmarks.kernel_runner, from the path or else from the checkout beside pyvmm."""
+def run_natively(kernel: str, n: int) -> kernels.KernelRun:
+    """One native run; raises DemoCannotRun when the host cannot run the kernels."""
     try:
-        return importlib.import_module("benchmarks.kernel_runner")
-    except ImportError:
-        pass
-    try:
-        root = checkout_root()
-    except CheckoutMissing:
-        raise CheckoutMissing("benchmarks/kernel_runner.py") from None
-    if not (root / "benchmarks" / "kernel_runner.py").is_file():
-        raise CheckoutMissing("benchmarks/kernel_runner.py")
-    # An installed pyvmm run from elsewhere: the benchmarks live beside the package.
-    sys.path.insert(0, str(root))
-    return importlib.import_module("benchmarks.kernel_runner")
+        return kernels.run_native(kernel, n)
+    except kernels.KernelRunError as error:
+        raise DemoCannotRun(f"the kernels cannot run natively: {error}") from None
 
 
-def compare_kernels(runner: ModuleType) -> list[KernelComparison]:
+def compare_kernels() -> list[KernelComparison]:
+    """Every KERNEL_RUNS row natively and in guests; raises KernelRunError for a failed guest."""
     comparisons = []
     for kernel, n_ring3, n_ring0 in KERNEL_RUNS:
         for ring, n in ((3, n_ring3), (0, n_ring0)):
-            native = [runner.run_native(kernel, n) for _ in range(REPEAT)]
+            native = [run_natively(kernel, n) for _ in range(REPEAT)]
             # check=False: the demo compares (and shows) the results itself.
-            guest = [runner.run_in_guest(kernel, n, ring, check=False) for _ in range(REPEAT)]
+            guest = [kernels.run_in_guest(kernel, n, ring, check=False) for _ in range(REPEAT)]
             native_results = {run.result for run in native}
             guest_results = {run.result for run in guest}
             comparisons.append(
@@ -176,21 +169,19 @@ def run(out: TextIO) -> int:
     host = detect_host()
     report = Report(out)
     try:
-        runner = import_kernel_runner()
-    except CheckoutMissing:
-        print(
-            "pyvmm demo equivalence needs a source checkout: run it from the repository root",
-            file=sys.stderr,
-        )
-        return CANNOT_RUN
+        kernels.load_kernel_image()  # missing (ShippedFileMissing) or broken: cannot run
+    except kernels.KernelRunError as error:
+        raise DemoCannotRun(f"{kernels.KERNELS_IMAGE}: {error}") from None
     report.header("Equivalence", QUOTE, host)
     try:
-        comparisons = compare_kernels(runner)
-    except runner.KernelRunError as error:
+        comparisons = compare_kernels()
+        views = read_cpuid_views()
+    except (kernels.KernelRunError, RuntimeError) as error:  # RuntimeError: the CPUID guest
+        # The same bytes ran natively: a guest run that ends otherwise is a difference.
+        out.flush()
         print(f"pyvmm demo equivalence: {error}", file=sys.stderr)
         return EVIDENCE_FAILS
     report_kernels(report, comparisons)
-    views = read_cpuid_views()
     report_cpuid(report, host, views)
     explain(report, host, comparisons, views)
     holds = all(item.identical for item in comparisons)

@@ -1,33 +1,35 @@
 """Resource control: a hostile guest cannot reach what the VMM did not give it.
 
 guests/hostile.bin runs under `pyvmm boot` in a child process (64 MiB of RAM,
-long mode at CPL0, --timeout 5, -v): it writes beyond its RAM, reads
+long mode at CPL0, --timeout 5, -v; the same pyvmm as this process, run in a
+scratch directory so that no checkout in the current directory can shadow
+it): it writes beyond its RAM, reads
 addresses with nothing behind them, reprograms and resets through legacy PC
 ports it was never given, floods the console and never halts. While it runs,
 this process boots a second VM with guests/user.bin and checks its answer.
 Then the demo matches each attempt, as the hostile guest announced it, with
-what the VMM recorded.
+what the VMM recorded. A hostile VM whose process ends (or stays silent)
+before the guest's first line did not start: the demo cannot run, and says
+why, rather than count every attempt as not contained.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TextIO
 
-import pyvmm
 from pyvmm.demos.common import (
     DEMO_RAM_SIZE,
+    DemoCannotRun,
     GuestRun,
     HostFacts,
     Report,
-    checkout_root,
     detect_host,
     format_seconds,
     guest_image,
@@ -35,6 +37,7 @@ from pyvmm.demos.common import (
 )
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.machine.outcome import EXIT_TIMEOUT
+from pyvmm.shipped import pyvmm_child
 
 QUOTE = (
     '"the VMM is in complete control of system resources": a program running under '
@@ -47,6 +50,7 @@ HOSTILE_TIMEOUT = 5.0
 HOSTILE_START_LIMIT = 30.0
 HOSTILE_MEMORY = f"{DEMO_RAM_SIZE >> 20}M"
 # The hostile guest's console lines (guests/hostile.s).
+HOSTILE_PREFIX = b"hostile: "
 FLOOD_START = b"hostile: (d) flood the console with 20000 bytes\n"
 FLOOD_END = b"hostile: (d) flood done\n"
 FLOOD_BYTES = 20000
@@ -109,12 +113,10 @@ class HostileRun:
 
 
 def start_hostile(
-    root: Path, image: Path, console: IO[bytes], log: IO[str]
+    image: Path, directory: Path, console: IO[bytes], log: IO[str]
 ) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "pyvmm",
+    """`pyvmm boot ... hostile.bin` in a child process whose current directory is `directory`."""
+    child = pyvmm_child(
         "boot",
         "-m",
         HOSTILE_MEMORY,
@@ -123,18 +125,16 @@ def start_hostile(
         "--timeout",
         f"{HOSTILE_TIMEOUT:g}",
         "-v",
-        str(image.relative_to(root)),
-    ]
-    # The child must run this very pyvmm, installed or not.
-    package_parent = str(Path(pyvmm.__file__).resolve().parent.parent)
-    path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
+        str(image),
+        cwd=directory,
+    )
     return subprocess.Popen(
-        command,
-        cwd=root,
+        child.argv,
+        cwd=directory,
         stdin=subprocess.DEVNULL,
         stdout=console,
         stderr=log,
-        env={**os.environ, "PYTHONPATH": path},
+        env=child.env,
     )
 
 
@@ -150,21 +150,39 @@ def wait_for(path: Path, marker: bytes, child: subprocess.Popen[bytes]) -> bool:
     return False
 
 
-def run_both(
-    root: Path, hostile_image: Path, user_image: bytes
-) -> tuple[HostileRun, GuestRun, bool]:
-    """The hostile VM in a child process and, while it runs, user.bin in this one."""
+def did_not_start(returncode: int | None, log: str) -> DemoCannotRun:
+    """The error for a hostile VM that printed nothing: its stderr's last line says why."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    why = lines[-1] if lines else "nothing on stderr"
+    status = (
+        f"still silent after {HOSTILE_START_LIMIT:g} s"
+        if returncode is None
+        else f"exit status {returncode}"
+    )
+    return DemoCannotRun(f"the hostile VM did not start: {why} ({status})")
+
+
+def run_both(hostile_image: Path, user_image: bytes) -> tuple[HostileRun, GuestRun, bool]:
+    """The hostile VM in a child process and, while it runs, user.bin in this one.
+
+    Raises DemoCannotRun when the hostile guest never printed its first line.
+    """
     with tempfile.TemporaryDirectory(prefix="pyvmm-demo-") as scratch:
-        console_path = Path(scratch) / "console"
-        log_path = Path(scratch) / "log"
+        directory = Path(scratch)
+        console_path = directory / "console"
+        log_path = directory / "log"
         with console_path.open("wb") as console, log_path.open("w") as log:
             start = time.monotonic()
-            child = start_hostile(root, hostile_image, console, log)
+            child = start_hostile(hostile_image, directory, console, log)
             try:
                 attacking = wait_for(console_path, ATTACKS_DONE, child)
+                if HOSTILE_PREFIX not in console_path.read_bytes():
+                    raise did_not_start(child.poll(), log_path.read_text(errors="replace"))
                 user, _ = run_guest(user_image, CpuMode.USER)
                 concurrent = attacking and child.poll() is None
-                child.wait(timeout=HOSTILE_TIMEOUT + HOSTILE_START_LIMIT)
+                # --timeout ends it; if it does not, the table shows the status of the kill.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=HOSTILE_TIMEOUT + HOSTILE_START_LIMIT)
             finally:
                 if child.poll() is None:
                     child.kill()
@@ -182,11 +200,10 @@ def run_both(
 def run(out: TextIO) -> int:
     host = detect_host()
     report = Report(out)
-    root = checkout_root()
     hostile_image = guest_image("hostile.bin")
     user_image = guest_image("user.bin").read_bytes()
     report.header("Resource control (isolation)", QUOTE, host)
-    hostile, user, concurrent = run_both(root, hostile_image, user_image)
+    hostile, user, concurrent = run_both(hostile_image, user_image)
     checks = report_hostile(report, hostile)
     checks += report_neighbour(report, user, concurrent, hostile)
     explain(report, host)

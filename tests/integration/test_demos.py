@@ -1,13 +1,37 @@
-"""`pyvmm demo`: each demo runs real guests and prints evidence for one VMM property."""
+"""`pyvmm demo`: each demo runs real guests and prints evidence for one VMM property.
+
+Equivalence and isolation run from a directory outside the checkout: the
+guests and kernels ship with pyvmm, and the hostile VM's child process must
+import the same pyvmm (tests/integration/test_install.py does the same after a
+non-editable install).
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from pyvmm.kvm.host import kvm_backend
+from pyvmm.machine.outcome import EXIT_TIMEOUT, EXIT_VMM_ERROR
 from tests.integration.helpers import guest, run_pyvmm
 
 DEMO_TIMEOUT = 120
+
+
+def run_demo_in(directory: Path, name: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m pyvmm demo NAME` with `directory` as the current directory."""
+    return subprocess.run(
+        [sys.executable, "-m", "pyvmm", "demo", name],
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT,
+        cwd=directory,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_demo_without_name_lists_the_three_demos() -> None:
@@ -23,8 +47,8 @@ def test_unknown_demo_is_a_usage_error() -> None:
     assert "invalid choice" in result.stderr
 
 
-def test_equivalence_results_are_identical() -> None:
-    result = run_pyvmm("demo", "equivalence", timeout=DEMO_TIMEOUT)
+def test_equivalence_results_are_identical(tmp_path: Path) -> None:
+    result = run_demo_in(tmp_path, "equivalence")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for kernel in ("int_loop", "mem_checksum", "sieve", "cpuid_loop"):
@@ -58,8 +82,8 @@ def test_efficiency_counts_instructions_and_exits() -> None:
         assert "runs directly on the CPU in ring 3 and ring 0" in text
 
 
-def test_isolation_contains_the_hostile_guest() -> None:
-    result = run_pyvmm("demo", "isolation", timeout=DEMO_TIMEOUT)
+def test_isolation_contains_the_hostile_guest(tmp_path: Path) -> None:
+    result = run_demo_in(tmp_path, "isolation")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "NOT CONTAINED" not in out
@@ -67,12 +91,26 @@ def test_isolation_contains_the_hostile_guest() -> None:
     assert "read GPA 0xfffff000" in out and "0xffffffffffffffff" in out
     assert "VMM counted unassigned: 14 writes, 3 reads" in out
     assert "20,000 bytes captured" in out
-    assert "stopped by --timeout 5: exit status 1" in out
+    assert f"stopped by --timeout 5: exit status {EXIT_TIMEOUT}" in out
     assert re.search(r"= [\d,]+ console bytes \+ 17 port accesses \+ 4 accesses outside RAM", out)
     assert "0x746a5a2920 = 500,000,500,000 (correct)" in out
     assert re.search(r"^exit status\s+85 ", out, re.M), out
     assert re.search(r"^hostile VM still running when it finished\s+yes", out, re.M), out
     assert "verdict: every attempt was contained" in out
+
+
+def test_isolation_cannot_run_when_the_hostile_vm_does_not_start(tmp_path: Path) -> None:
+    """The child pyvmm fails (no KVM device there): one line, status 2, no containment table."""
+    missing = tmp_path / "no-kvm"
+    result = run_demo_in(tmp_path, "isolation", PYVMM_KVM_PATH=str(missing))
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    # The child's own last line, then its status (vmm-error: no usable KVM).
+    assert lines[0].startswith("pyvmm demo isolation cannot run: the hostile VM did not start: ")
+    assert f"pyvmm: cannot open {missing}" in lines[0]
+    assert lines[0].endswith(f"(exit status {EXIT_VMM_ERROR})")
+    assert "NOT CONTAINED" not in result.stdout and "verdict" not in result.stdout
 
 
 def test_hostile_guest_alone() -> None:

@@ -10,8 +10,9 @@ import struct
 
 import pytest
 
-from benchmarks import kernel_runner
-from benchmarks.kernel_runner import (
+from pyvmm.arch.x86_64 import layout
+from pyvmm.demos import kernels
+from pyvmm.demos.kernels import (
     BAD_INDEX_STATUS,
     BUFFER_GPA,
     PARAMS_GPA,
@@ -20,11 +21,10 @@ from benchmarks.kernel_runner import (
     KernelMismatch,
     KernelRunError,
     ResultPort,
-    load_image,
+    load_kernel_image,
     run_in_guest,
     run_native,
 )
-from pyvmm.arch.x86_64 import layout
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.machine.builder import MachineConfig, build_machine
 from pyvmm.machine.outcome import OutcomeKind
@@ -71,7 +71,7 @@ def test_cpuid_vendor_leaf_runs_in_the_guest() -> None:
 
 def test_mismatch_with_the_native_result_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     true_result = run_native("sieve", 100).result
-    monkeypatch.setitem(kernel_runner._native_results, ("sieve", 100), true_result + 1)
+    monkeypatch.setitem(kernels._native_results, ("sieve", 100), true_result + 1)
     with pytest.raises(KernelMismatch, match=r"sieve\(100\) at CPL3 returned 0x0*19"):
         run_in_guest("sieve", 100, 3)
     assert run_in_guest("sieve", 100, 3, check=False).result == true_result
@@ -84,7 +84,7 @@ def test_bad_ring_is_refused() -> None:
 
 @pytest.mark.parametrize("mode", [CpuMode.USER, CpuMode.LONG])
 def test_stub_rejects_an_index_past_the_table(mode: CpuMode) -> None:
-    image = load_image()
+    image = load_kernel_image()
     config = MachineConfig(
         image=image.data,
         ram_size=BUFFER_GPA + (1 << 20),

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
+from typing import IO
 
 import pytest
 
+from pyvmm import shipped
 from pyvmm.cli.parser import build_parser
-from pyvmm.demos import DEMOS, list_demos
-from pyvmm.demos.common import HostFacts, cpu_flags, paragraph, render_table
+from pyvmm.demos import DEMOS, common, isolation, list_demos, run_demo
+from pyvmm.demos.common import CANNOT_RUN, HostFacts, cpu_flags, paragraph, render_table
 from pyvmm.demos.efficiency import loop_count
 from pyvmm.demos.equivalence import feature_difference
 from pyvmm.demos.isolation import HostileRun
@@ -219,3 +223,40 @@ def test_demo_list_and_cli_choices_agree() -> None:
     assert parser.parse_args(["demo"]).name is None
     for name in DEMOS:
         assert parser.parse_args(["demo", name]).name == name
+
+
+def failing_hostile_vm(
+    image: Path, directory: Path, console: IO[bytes], log: IO[str]
+) -> subprocess.Popen[bytes]:
+    """A hostile VM process that dies before its guest prints a line (as one that cannot
+    import pyvmm's extension does)."""
+    die = "import sys; print('pyvmm: starting', file=sys.stderr); sys.exit('no module _kvm')"
+    return subprocess.Popen([sys.executable, "-c", die], cwd=directory, stdout=console, stderr=log)
+
+
+def test_isolation_says_the_hostile_vm_did_not_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It fails before any VM is built: this test never opens /dev/kvm.
+    monkeypatch.setattr(isolation, "start_hostile", failing_hostile_vm)
+    out = io.StringIO()
+    assert run_demo("isolation", out) == CANNOT_RUN == 2
+    assert capsys.readouterr().err == (
+        "pyvmm demo isolation cannot run: the hostile VM did not start: "
+        "no module _kvm (exit status 1)\n"
+    )
+    assert "NOT CONTAINED" not in out.getvalue()
+    assert "verdict" not in out.getvalue()
+
+
+def test_a_missing_shipped_guest_means_the_demo_cannot_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(
+        common, "shipped_file", lambda name: shipped.shipped_file(name, tmp_path / "pyvmm")
+    )
+    assert run_demo("efficiency", io.StringIO()) == CANNOT_RUN
+    assert capsys.readouterr().err == (
+        "pyvmm demo efficiency cannot run: guests/user.bin is missing from this pyvmm "
+        f"installation ({tmp_path})\n"
+    )

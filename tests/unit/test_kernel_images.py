@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.kernel_runner import (
+from benchmarks.suite_kernels import calibrate, round_down
+from pyvmm.demos.kernels import (
     KERNELS,
-    KERNELS_BIN,
     TABLE_ENTRY,
     TABLE_HEADER,
     TABLE_OFFSET,
@@ -24,12 +24,12 @@ from benchmarks.kernel_runner import (
     ResultPort,
     buffer_size,
     guest_ram_size,
-    load_image,
+    load_kernel_image,
     run_native,
 )
-from benchmarks.suite_kernels import calibrate, round_down
 
-KERNELS_DIR = KERNELS_BIN.parent
+KERNELS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels"
+KERNELS_BIN = KERNELS_DIR / "kernels.bin"  # the committed image, beside its sources
 TOOLS = ("make", "gcc", "as", "ld", "objcopy")
 needs_toolchain = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in TOOLS), reason="make/GCC/GNU binutils not installed"
@@ -66,7 +66,7 @@ def test_image_does_not_depend_on_its_link_address(tmp_path: Path) -> None:
 
 
 def test_table_lists_every_kernel_inside_the_image() -> None:
-    image = load_image()
+    image = load_kernel_image()
     assert list(image.offsets) == list(KERNELS)
     table_end = TABLE_OFFSET + TABLE_HEADER.size + len(KERNELS) * TABLE_ENTRY.size
     for name, offset in image.offsets.items():
@@ -77,7 +77,7 @@ def test_table_lists_every_kernel_inside_the_image() -> None:
 
 
 def test_table_parser_rejects_bad_images() -> None:
-    data = load_image().data
+    data = load_kernel_image().data
     with pytest.raises(KernelRunError, match="no table"):
         KernelImage.parse(data[:TABLE_OFFSET])
     with pytest.raises(KernelRunError, match="no version 1 table"):

@@ -1,8 +1,10 @@
 """Run one benchmark kernel natively (in this process) or in a pyvmm guest.
 
-Both run the same bytes: `benchmarks/kernels/kernels.bin` (built by the
-Makefile beside it). The image starts with a guest entry stub, then a table
-of kernels, each `uint64_t k(uint64_t n, uint64_t base)`:
+Both run the same bytes: `benchmarks/kernels/kernels.bin` of the repository
+(built by the Makefile beside it), shipped with pyvmm (see pyvmm.shipped).
+The equivalence and efficiency demos and the benchmarks' kernels suite use
+it. The image starts with a guest entry stub, then a table of kernels, each
+`uint64_t k(uint64_t n, uint64_t base)`:
 
 - natively, the image is copied into an anonymous mapping that is then made
   read+exec, and a kernel is called through ctypes at its table offset, with
@@ -37,11 +39,14 @@ from functools import cache
 from pathlib import Path
 
 from pyvmm.arch.x86_64 import layout
+from pyvmm.errors import PyvmmError
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.machine.builder import MachineConfig, build_machine
 from pyvmm.machine.outcome import OutcomeKind
+from pyvmm.shipped import shipped_file
 
-KERNELS_BIN = Path(__file__).resolve().parent / "kernels" / "kernels.bin"
+# The image's repository-relative name, as pyvmm.shipped knows it.
+KERNELS_IMAGE = "benchmarks/kernels/kernels.bin"
 
 # The guest-side protocol; entry.s holds the same values.
 PARAMS_GPA = 0x9_0000  # u64 kernel index, u64 n, u64 base (clear of the VMM's 0x500..0x80000)
@@ -68,8 +73,12 @@ DEFAULT_GUEST_TIMEOUT = 600.0
 KernelFunction = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64)
 
 
-class KernelRunError(RuntimeError):
+class KernelRunError(PyvmmError):
     """A kernel could not be run, or its guest run ended other than as the stub ends it."""
+
+
+class KernelsUnavailable(KernelRunError):
+    """No kernel can run: kernels.bin is not a kernel image, or code cannot be mapped executable."""
 
 
 class KernelMismatch(KernelRunError):
@@ -98,18 +107,18 @@ class KernelImage:
     @classmethod
     def parse(cls, data: bytes) -> KernelImage:
         if len(data) < TABLE_OFFSET + TABLE_HEADER.size:
-            raise KernelRunError(f"kernel image of {len(data)} bytes has no table")
+            raise KernelsUnavailable(f"kernel image of {len(data)} bytes has no table")
         magic, version, count = TABLE_HEADER.unpack_from(data, TABLE_OFFSET)
         if magic != TABLE_MAGIC or version != TABLE_VERSION:
-            raise KernelRunError(f"kernel image has no version {TABLE_VERSION} table")
+            raise KernelsUnavailable(f"kernel image has no version {TABLE_VERSION} table")
         offsets: dict[str, int] = {}
         position = TABLE_OFFSET + TABLE_HEADER.size
         for _ in range(count):
             if position + TABLE_ENTRY.size > len(data):
-                raise KernelRunError("kernel table runs past the end of the image")
+                raise KernelsUnavailable("kernel table runs past the end of the image")
             raw_name, offset = TABLE_ENTRY.unpack_from(data, position)
             if offset >= len(data):
-                raise KernelRunError(f"kernel offset 0x{offset:x} is past the end of the image")
+                raise KernelsUnavailable(f"kernel offset 0x{offset:x} is past the end of the image")
             offsets[raw_name.rstrip(b"\0").decode("ascii")] = offset
             position += TABLE_ENTRY.size
         return cls(data, offsets)
@@ -125,8 +134,13 @@ class KernelImage:
 
 
 @cache
-def load_image(path: Path = KERNELS_BIN) -> KernelImage:
-    return KernelImage.parse(path.read_bytes())
+def load_kernel_image(path: Path | None = None) -> KernelImage:
+    """kernels.bin, parsed (the shipped one unless `path` names another).
+
+    Raises ShippedFileMissing when pyvmm does not carry it, KernelRunError
+    when it is not a kernel image.
+    """
+    return KernelImage.parse((path or shipped_file(KERNELS_IMAGE)).read_bytes())
 
 
 def buffer_size(kernel: str, n: int) -> int:
@@ -155,7 +169,7 @@ class _NativeCode:
         libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
         if libc.mprotect(self.address, size, mmap.PROT_READ | mmap.PROT_EXEC) != 0:
             reason = os.strerror(ctypes.get_errno())
-            raise KernelRunError(f"cannot make the kernels executable (mprotect): {reason}")
+            raise KernelsUnavailable(f"cannot make the kernels executable (mprotect): {reason}")
         self.functions = {
             name: KernelFunction(self.address + offset) for name, offset in image.offsets.items()
         }
@@ -163,13 +177,13 @@ class _NativeCode:
 
 @cache
 def _native_code() -> _NativeCode:
-    return _NativeCode(load_image())
+    return _NativeCode(load_kernel_image())
 
 
 def run_native(kernel: str, n: int) -> KernelRun:
     """Call `kernel(n, base)` in this process; `seconds` times the call alone."""
     _check_n(n)
-    load_image().index(kernel)  # raises for an unknown kernel, naming the known ones
+    load_kernel_image().index(kernel)  # raises for an unknown kernel, naming the known ones
     function = _native_code().functions[kernel]
     # A fresh, lazily committed buffer, as guest RAM is: both sides first-touch their pages.
     with mmap.mmap(-1, max(buffer_size(kernel, n), PAGE_SIZE)) as buffer:
@@ -230,7 +244,7 @@ def run_in_guest(
     _check_n(n)
     if ring not in RINGS:
         raise KernelRunError(f"ring {ring}: only 0 (long mode) and 3 (user mode) exist here")
-    image = load_image()
+    image = load_kernel_image()
     index = image.index(kernel)
     config = MachineConfig(
         image=image.data,

@@ -1,0 +1,187 @@
+"""After the README's first command, every documented command works from any directory.
+
+The README installs with `python3 -m venv .venv && .venv/bin/pip install .`: a
+non-editable install, so a checkout in the current directory holds pyvmm's
+sources without the compiled `pyvmm._kvm`. These tests do exactly that into
+a temporary venv, from a copy of this checkout as a fresh clone has it (no
+compiled extension, no build directory), then run the demos and the
+benchmarks from that checkout and from an unrelated directory.
+
+pip builds pyvmm as it does for a user (build isolation: setuptools and cffi
+come from PyPI or pip's cache), so this takes 30-60 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL_TIMEOUT = 600
+DEMO_TIMEOUT = 180
+# What a fresh clone does not have: build products, caches, the venv of the editable install.
+NOT_IN_A_CLONE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.so",
+    "_kvm.c",
+    "*.o",
+    "benchmark-results.*",
+)
+
+
+def user_environment() -> dict[str, str]:
+    """This environment, less what would point Python at this checkout or its venv."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
+@dataclass(frozen=True)
+class Installation:
+    checkout: Path  # the copy pip installed from, as a user's clone
+    elsewhere: Path  # an empty directory outside it
+    bin: Path  # the venv's bin/
+
+    def run(self, where: Path, *command: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """`command` (its first word from the venv's bin/) with `where` as current directory."""
+        environment = {
+            k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")
+        }
+        return subprocess.run(
+            [str(self.bin / command[0]), *command[1:]],
+            cwd=where,
+            env={**environment, **env},
+            capture_output=True,
+            text=True,
+            timeout=DEMO_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def files_under(directory: Path) -> set[str]:
+    """Every file's path relative to `directory`, bytecode caches left out."""
+    return {
+        str(path.relative_to(directory))
+        for path in directory.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installation:
+    base = tmp_path_factory.mktemp("install")
+    checkout = base / "pyvmm"
+    shutil.copytree(REPO, checkout, ignore=NOT_IN_A_CLONE)
+    venv = base / "venv"
+    # The README's first command, with this test's Python as `python3`.
+    result = subprocess.run(
+        [sys.executable, "-m", "venv", str(venv)],
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "."],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT,
+        env=user_environment(),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not list((checkout / "pyvmm").glob("_kvm*.so")), "a non-editable install built in place"
+    elsewhere = base / "elsewhere"
+    elsewhere.mkdir()
+    return Installation(checkout, elsewhere, venv / "bin")
+
+
+def installed_package(installation: Installation) -> Path:
+    result = installation.run(
+        installation.elsewhere, "python", "-c", "import pyvmm; print(pyvmm.__file__)"
+    )
+    assert result.returncode == 0, result.stderr
+    return Path(result.stdout.strip()).parent
+
+
+def test_the_wheel_ships_every_guest_and_the_kernels(installed: Installation) -> None:
+    package = installed_package(installed)
+    assert installed.bin.parent in package.parents  # site-packages, not the checkout
+    shipped = files_under(package / "_shipped")
+    guests = {
+        f"guests/{name}"
+        for name in files_under(REPO / "guests")
+        if name.endswith((".bin", ".elf", ".s", ".inc", ".ld")) or name.endswith("Makefile")
+    }
+    assert guests <= shipped
+    assert "benchmarks/kernels/kernels.bin" in shipped
+    benchmarks = files_under(package.parent / "benchmarks")
+    assert {"__main__.py", "exit_guest.bin", "hello_exit.bin", "ref_vmm.c"} <= benchmarks
+
+
+DEMO_EVIDENCE = {
+    "isolation": [
+        "20,000 bytes captured",
+        "VMM counted unassigned: 14 writes, 3 reads",
+        "verdict: every attempt was contained and the other VM was unaffected",
+    ],
+    "equivalence": ["verdict: every result is bit-identical; only timing and CPUID differ"],
+    "efficiency": ["2,000,000 instructions", "benchmark kernel int_loop", "verdict: "],
+}
+
+
+@pytest.mark.parametrize("where", ["checkout", "elsewhere"])
+@pytest.mark.parametrize("demo", list(DEMO_EVIDENCE))
+def test_demos_run_from_any_directory(installed: Installation, demo: str, where: str) -> None:
+    result = installed.run(getattr(installed, where), "pyvmm", "demo", demo)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = " ".join(result.stdout.split())  # tables and sentences are wrapped
+    for evidence in DEMO_EVIDENCE[demo]:
+        assert evidence in text, result.stdout
+    for failure in ("NOT CONTAINED", "DIFFERENT", "WRONG", "does NOT show"):
+        assert failure not in result.stdout
+
+
+def test_benchmarks_help_from_elsewhere(installed: Installation) -> None:
+    result = installed.run(installed.elsewhere, "python", "-m", "benchmarks", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m benchmarks")
+
+
+def test_benchmarks_in_the_checkout_run_the_installed_pyvmm_and_write_nothing_there(
+    installed: Installation, tmp_path: Path
+) -> None:
+    before = files_under(installed.checkout)
+    state = tmp_path / "state"
+    result = installed.run(
+        installed.checkout,
+        "python",
+        "-m",
+        "benchmarks",
+        "--quick",
+        "--suite",
+        "kernels",
+        XDG_STATE_HOME=str(state),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "\x1b" not in result.stderr and "\r" not in result.stderr  # not a terminal
+    assert "kernels: int_loop CPL3 (3 pairs)" in result.stderr.splitlines()
+    written = list((state / "pyvmm" / "benchmarks").glob("*-quick.json"))
+    assert len(written) == 1
+    results = json.loads(written[0].read_text())
+    assert results["quick"] is True
+    assert {item["suite"] for item in results["comparisons"]} == {"kernels"}
+    assert f"results: {written[0]}" in result.stdout.splitlines()
+    assert files_under(installed.checkout) == before
