@@ -6,7 +6,7 @@ guests under pyvmm, prints the evidence as a table and says in a few
 sentences what it shows, on this host, about one property.
 
 `pyvmm demo` lists them; `pyvmm demo NAME` runs one. A demo exits 0 when the
-evidence supports the property, 1 when it does not, 2 when it cannot run:
+evidence supports the property, 4 when it does not, 2 when it cannot run:
 something failed that says nothing about the property (KVM cannot be used, a
 shipped guest is missing, the hostile VM's process did not start), and
 stderr says what in one line. The guests and kernels ship with pyvmm
