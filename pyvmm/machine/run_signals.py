@@ -2,8 +2,14 @@
 
 A signal landing while the vCPU thread is inside KVM_RUN makes the ioctl
 return EINTR; one landing while Python runs is caught by setting
-`immediate_exit`. In the tiny window between the two, the handler also arms
-a short repeating timer, so the next tick kicks the vCPU out for sure.
+`immediate_exit`. A signal landing in the tiny window between the two (after
+Python's last look at its pending signals, before the ioctl) waits for the next
+one: so the alarm repeats every KICK_INTERVAL from the deadline on, and a stop
+signal's handler arms the same repeating alarm, until the run has ended.
+
+Before the run, while the machine is built, `stop_signals_raise` turns a SIGTERM
+or SIGHUP that would kill the process on the spot into an exception, so that
+what was already set up (the terminal, file descriptors) is undone first.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from pyvmm.machine.outcome import RunOutcome, interrupted, timed_out
+from pyvmm.errors import PyvmmError
+from pyvmm.machine.outcome import EXIT_SIGNAL_BASE, RunOutcome, interrupted, timed_out
 
 KICK_INTERVAL = 0.01
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -32,7 +39,6 @@ def stop_on_signals(
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
         request_stop(timed_out(timeout or 0))
-        signal.setitimer(signal.ITIMER_REAL, KICK_INTERVAL, KICK_INTERVAL)
 
     def on_stop_signal(signum: int, frame: FrameType | None) -> None:
         request_stop(interrupted(signal.Signals(signum).name, signum))
@@ -43,10 +49,57 @@ def stop_on_signals(
     for signum in _STOP_SIGNALS:
         signal.signal(signum, on_stop_signal)
     if timeout is not None:
-        signal.setitimer(signal.ITIMER_REAL, timeout)
+        signal.setitimer(signal.ITIMER_REAL, timeout, KICK_INTERVAL)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class StoppedBySignal(PyvmmError):
+    """A SIGTERM or SIGHUP came while the machine was being built (nothing ran).
+
+    `signal` is its number; `exit_status` is 128 + it, what a shell shows for a
+    process that signal ended.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signal = signum
+        self.exit_status = EXIT_SIGNAL_BASE + signum
+
+
+# Ctrl-C needs nothing: Python's own SIGINT handler raises KeyboardInterrupt.
+_BUILD_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """Within the block, a SIGTERM or SIGHUP raises StoppedBySignal, instead of killing
+    the process before anything is cleaned up.
+
+    Only signals whose disposition is the default (terminate) are taken over: a
+    program embedding pyvmm keeps its own handlers. Outside the main thread this
+    does nothing (only the main thread may own signal handlers).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_stop_signal(signum: int, frame: FrameType | None) -> None:
+        raise StoppedBySignal(signum)
+
+    previous = {
+        signum: handler
+        for signum in _BUILD_STOP_SIGNALS
+        if (handler := signal.getsignal(signum)) is signal.SIG_DFL
+    }
+    for signum in previous:
+        signal.signal(signum, on_stop_signal)
+    try:
+        yield
+    finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

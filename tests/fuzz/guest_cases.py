@@ -1,8 +1,9 @@
 """Guest fuzz cases: what runs (image, registers, machine options), drawn from (seed, index).
 
 A case is its image from guest_code.py plus random changes to the entry
-registers and sregs, the RAM size, vCPU count, host input and observer; each
-case draws from its own generator, so any case re-runs alone.
+registers and sregs, the RAM size, the vCPU count (1 up to pyvmm's ceiling),
+host input and observer; each case draws from its own generator, so any case
+re-runs alone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.cpu import default_load_gpa
 from pyvmm.loaders.entry import CpuMode
+from pyvmm.machine.builder import MAX_CPUS
 from tests.fuzz.guest_code import (
     CR0_BITS,
     CR4_BITS,
@@ -46,6 +48,22 @@ RAM_SIZES = (  # (size, weight)
     (layout.MMIO_GAP_START + RAM_SIZE, 1),
 )
 ALL_MODES = (CpuMode.REAL, CpuMode.PROTECTED, CpuMode.PAGED, CpuMode.LONG, CpuMode.USER)
+# The vCPU count: one most of the time; of the others, mostly a few, now and then
+# many, up to the most pyvmm runs (each a thread: a case at the ceiling costs
+# about 0.2 s here to build and stop, whatever the guest does).
+SMP_SHARE = 0.06
+SMP_COUNTS = ((2, 45), (3, 15), (4, 10), (8, 15), (0, 15))  # (count, weight); 0: many
+
+
+def pick_cpus(rng: random.Random) -> int:
+    """1, or 2 to MAX_CPUS vCPUs: small counts often, large ones rarely, the ceiling itself too."""
+    if rng.random() >= SMP_SHARE:
+        return 1
+    counts, weights = zip(*SMP_COUNTS, strict=True)
+    count = rng.choices(counts, weights)[0]
+    if count == 0:
+        count = MAX_CPUS if rng.random() < 0.5 else rng.randrange(9, MAX_CPUS + 1)
+    return count
 
 
 # --- registers --------------------------------------------------------------
@@ -175,10 +193,10 @@ def generate_case(seed: int, index: int, modes: tuple[CpuMode, ...]) -> GuestCas
     sizes, weights = zip(*RAM_SIZES, strict=True)
     ram_size = rng.choices(sizes, weights)[0]
     ctx = Context(mode, default_load_gpa(mode), ram_size)
-    cpus = 2 if rng.random() < 0.04 else 1
+    cpus = pick_cpus(rng)
     irqchip = True if cpus == 1 and rng.random() < 0.05 else None
     image = generate_code(rng, ctx)
-    if cpus > 1 and rng.random() < 0.5:  # wake the other vCPU first, then go on
+    if cpus > 1 and rng.random() < 0.5:  # wake the other vCPUs first, then go on
         image = snippet_start_cpu(rng, Asm(ctx.bits), ctx) + image
     regs = generate_regs(rng, ctx, len(image))
     sregs = generate_sregs(rng, ctx)

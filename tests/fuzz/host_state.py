@@ -55,6 +55,17 @@ class HostState:
         return found
 
 
+def settled_state(settle: float = 0.5) -> HostState:
+    """The state once threads that are just exiting (the watchdog's, a vCPU's) are gone
+    from /proc: a baseline taken while one lingers would flag its exit as a change."""
+    deadline = time.monotonic() + settle
+    while True:
+        state = HostState.now()
+        if state.tasks <= state.threads or time.monotonic() >= deadline:
+            return state
+        time.sleep(0.005)
+
+
 def host_differences(baseline: HostState, settle: float = 0.2) -> list[str]:
     """What the last run left changed. A thread that is just exiting (the watchdog's, a
     vCPU's) may linger in /proc for a moment after its join: give it that moment."""

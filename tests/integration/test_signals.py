@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import termios
+import textwrap
 import threading
 import time
 
@@ -20,6 +21,7 @@ from pyvmm.loaders.entry import CpuMode
 from pyvmm.machine.builder import MachineConfig, build_machine
 from pyvmm.machine.outcome import OutcomeKind
 from tests.integration.helpers import GUESTS, REPO, guest
+from tests.integration.vcpu_limits import most_vcpus
 
 STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 
@@ -105,3 +107,106 @@ def test_in_process_run_releases_threads_and_fds_after_sigterm() -> None:
     assert _open_fds() == fds
     # The handlers pyvmm installed for the run are gone again.
     assert signal.getsignal(signal.SIGTERM) is handler
+
+
+# --- many vCPUs, and a signal before the run ----------------------------------
+
+
+def ended_by(returncode: int, signum: int) -> bool:
+    """pyvmm ends by the signal itself after cleaning up (-N here, 128+N in a shell);
+    143-style statuses are accepted too, as before that change."""
+    return returncode in (-signum, 128 + signum)
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_a_signal_ends_a_run_with_the_most_vcpus(signum: int) -> None:
+    # Before the kick protocol was fixed, stopping hundreds of vCPU threads could
+    # take minutes or end in a SIGSEGV. The join has a deadline: communicate's.
+    command = [sys.executable, "-m", "pyvmm", "boot", "-smp", str(most_vcpus())]
+    for _ in range(2):
+        process = subprocess.Popen(
+            [*command, guest("tests/spin.bin")],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None
+        assert process.stdout.readline() == "spinning\n"  # every vCPU thread is running
+        process.send_signal(signum)
+        _out, err = process.communicate(timeout=20)
+        assert ended_by(process.returncode, signum), (process.returncode, err)
+        assert err.splitlines()[0] == f"pyvmm: stopped by {signal.Signals(signum).name}"
+        assert "Traceback" not in err
+
+
+# Builds a machine with the most vCPUs and sends itself SIGTERM half-way through
+# creating them (from the vCPU set-up, so at a known point of the build).
+_SIGTERM_WHILE_BUILDING = """
+import os, signal, sys
+import pyvmm.machine.builder as builder
+
+real_setup_cpuid = builder.setup_cpuid
+
+def setup_cpuid(kvm, vcpu, apic_id=0, cpus=1):
+    if apic_id == cpus // 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_setup_cpuid(kvm, vcpu, apic_id=apic_id, cpus=cpus)
+
+builder.setup_cpuid = setup_cpuid
+"""
+
+
+def test_sigterm_while_building_unwinds_the_build() -> None:
+    script = _SIGTERM_WHILE_BUILDING + textwrap.dedent(
+        f"""
+        from pyvmm.machine.builder import MachineConfig, build_machine
+        from pyvmm.machine.run_signals import StoppedBySignal
+        fds = set(os.listdir("/proc/self/fd"))
+        config = MachineConfig(image=b"\\xf4", ram_size=16 << 20, console=lambda data: None,
+                               cpus={most_vcpus()})
+        try:
+            build_machine(config)
+        except StoppedBySignal as stop:
+            left = set(os.listdir("/proc/self/fd")) - fds
+            print(stop, stop.signal, sorted(left))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    # Before: SIGTERM's default action killed the process in the middle of the build.
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert result.stdout == f"stopped by SIGTERM {signal.SIGTERM} []\n"
+
+
+def test_sigterm_while_building_ends_pyvmm_cleanly() -> None:
+    # pyvmm boot takes the terminal over before it builds the machine: a SIGTERM
+    # then must still give it back, and say what happened in one line.
+    script = _SIGTERM_WHILE_BUILDING + textwrap.dedent(
+        """
+        from pyvmm.cli import console_main
+        sys.argv = ["pyvmm", *sys.argv[1:]]
+        console_main()
+        """
+    )
+    controller, terminal = pty.openpty()
+    before = termios.tcgetattr(terminal)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", script, "boot", "-smp", str(most_vcpus()), guest("hello.bin")],
+            cwd=REPO,
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=_own_terminal,
+        )
+        assert ended_by(result.returncode, signal.SIGTERM), (result.returncode, result.stderr)
+        assert result.stderr == "pyvmm: stopped by SIGTERM\n"
+        assert result.stdout == ""  # the guest never ran
+        assert termios.tcgetattr(terminal) == before
+    finally:
+        os.close(controller)
+        os.close(terminal)

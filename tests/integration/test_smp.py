@@ -9,8 +9,9 @@ import pytest
 
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.machine.builder import MachineConfig, build_machine
-from pyvmm.machine.outcome import EXIT_TRIPLE_FAULT, OutcomeKind
+from pyvmm.machine.outcome import EXIT_TIMEOUT, EXIT_TRIPLE_FAULT, EXIT_USAGE, OutcomeKind
 from tests.integration.helpers import GUESTS, guest, run_pyvmm
+from tests.integration.vcpu_limits import host_vcpu_limits, most_vcpus
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 4])
@@ -85,3 +86,65 @@ def test_smp_without_irqchip_is_refused() -> None:
 def test_bad_cpu_counts(count: str) -> None:
     result = run_pyvmm("boot", "-smp", count, guest("hello.bin"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+# --- many vCPUs: the count is checked, and a run ends whatever the count ------
+
+
+# Refused at once: 20 runs each cost about a Python start-up.
+REFUSAL_RUNS = 20
+
+
+@pytest.mark.parametrize("count", ["256", "1000"])
+def test_too_many_vcpus_are_refused_in_one_line_every_time(count: str) -> None:
+    # Found by hand: -smp 256 died of SIGSEGV (a kick sent to a vCPU thread that
+    # had ended), and -smp 1000 ran 1001 threads, deaf to --timeout and SIGTERM.
+    for _ in range(REFUSAL_RUNS):
+        result = run_pyvmm("boot", "-smp", count, "--timeout", "2", guest("hello.bin"), timeout=5)
+        assert result.returncode == EXIT_USAGE, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith(f"pyvmm: -smp {count}: more than the "), result.stderr
+
+
+@pytest.mark.parametrize("cpus", ["ceiling", "64"])
+def test_a_timeout_ends_a_run_with_many_vcpus(cpus: str) -> None:
+    count = most_vcpus() if cpus == "ceiling" else int(cpus)
+    for _ in range(3):
+        # The guest prints and halts; with the in-kernel irqchip it waits for an
+        # interrupt that never comes, and its 1..count-1 APs wait for a SIPI.
+        result = run_pyvmm("boot", "-smp", str(count), "--timeout", "0.5", guest("hello.bin"))
+        assert result.returncode == EXIT_TIMEOUT, result.stderr
+        assert result.stdout == "Hello, world!\n"
+        assert result.stderr.splitlines()[0] == "pyvmm: guest did not finish within 0.5 s"
+
+
+def test_every_vcpu_thread_is_joined_after_a_run_at_the_ceiling() -> None:
+    before = threading.active_count()
+    config = MachineConfig(
+        image=(GUESTS / "hello.bin").read_bytes(),
+        ram_size=16 << 20,
+        console=lambda data: None,
+        cpus=most_vcpus(),
+    )
+    with build_machine(config) as machine:
+        outcome = machine.run(timeout=0.5)
+    assert outcome.kind is OutcomeKind.TIMEOUT
+    assert threading.active_count() == before
+
+
+def test_more_vcpus_than_recommended_is_said_under_verbose_only() -> None:
+    recommended, _ = host_vcpu_limits()
+    count = recommended + 1
+    if count > most_vcpus():
+        pytest.skip(f"this host recommends {recommended} vCPUs, the most pyvmm runs")
+    note = (
+        f"pyvmm: -smp {count}: more vCPUs than this host's KVM recommends "
+        f"(KVM_CAP_NR_VCPUS = {recommended}): they share its CPUs"
+    )
+    args = ("-smp", str(count), "--timeout", "0.5", guest("hello.bin"))
+    verbose = run_pyvmm("boot", "-v", *args)
+    assert verbose.returncode == EXIT_TIMEOUT, verbose.stderr
+    assert note in verbose.stderr.splitlines()
+    quiet = run_pyvmm("boot", *args)
+    assert quiet.returncode == EXIT_TIMEOUT, quiet.stderr
+    assert "KVM_CAP_NR_VCPUS" not in quiet.stderr
