@@ -1,15 +1,18 @@
-"""What the command line says around a run: the memory map and summary (-v), an abnormal end."""
+"""What the command line says around a run: the memory map and summary (-v), an abnormal end,
+the BIOS services a guest called without a BIOS, and the VGA text screen."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from pyvmm.machine.builder import Machine
     from pyvmm.machine.outcome import RunOutcome
+    from pyvmm.observe.machine_map import MapEntry
 
 def log_memory_map(machine: Machine) -> None:
     log = logging.getLogger("pyvmm")
@@ -17,7 +20,10 @@ def log_memory_map(machine: Machine) -> None:
         return
     from pyvmm.observe.machine_map import machine_memory_map
 
-    for entry in machine_memory_map(machine):
+    entries = machine_memory_map(machine)
+    if machine.vga_text is not None:
+        entries = _split_vga_slots(machine, entries)
+    for entry in entries:
         host = f" (host 0x{entry.hva:x})" if entry.hva is not None else ""
         log.info(
             "memory 0x%09x-0x%09x %-6s %s%s",
@@ -27,6 +33,31 @@ def log_memory_map(machine: Machine) -> None:
             entry.description,
             host,
         )
+
+
+def _split_vga_slots(machine: Machine, entries: list[MapEntry]) -> list[MapEntry]:
+    """Say which KVM slots the RAM row holding the VGA text page became, and add the page."""
+    from dataclasses import replace
+
+    from pyvmm.arch.x86_64 import layout
+    from pyvmm.observe.machine_map import MapEntry
+
+    watch = machine.vga_text
+    assert watch is not None
+    vga = layout.VGA_TEXT_GPA
+    around = [str(slot) for slot, start, _ in watch.kvm_slots if start != vga]
+    vga_slot = next(slot for slot, start, _ in watch.kvm_slots if start == vga)
+    rows = []
+    for entry in entries:
+        if entry.kind == "ram" and entry.start <= vga < entry.end:
+            slots = " and ".join(around)
+            entry = replace(entry, description=f"RAM, KVM slots {slots} around the VGA text page")
+        rows.append(entry)
+    logged = "dirty-page logged" if watch.slot is not None else "KVM refused logging"
+    what = f"VGA text buffer (RAM), KVM slot {vga_slot}, {logged}"
+    hva = machine.memory.host_address(vga)
+    rows.append(MapEntry(vga, vga + layout.VGA_TEXT_WATCHED_SIZE, "vga", what, hva))
+    return sorted(rows, key=lambda item: (item.start, item.kind != "ram"))
 
 
 def log_run_summary(machine: Machine, outcome: RunOutcome) -> None:
@@ -67,3 +98,98 @@ def report_end(outcome: RunOutcome, console: object, verbose: int) -> None:
         )
 
 
+
+
+# The BIOS services called and the VGA text screen, taken while the machine is open.
+
+
+@dataclass(frozen=True)
+class LegacyPcReport:
+    """What a guest expected of a PC's BIOS and screen, captured before the machine closes.
+
+    `bios_lines`: one line per kind of call into an empty IVT vector.
+    `screen`: the VGA text buffer's SCREEN_SIZE bytes to show, None for none.
+    `vga_written`: whether the guest wrote there (None: not watched).
+    """
+
+    bios_lines: tuple[str, ...] = ()
+    screen: bytes | None = None
+    vga_written: bool | None = None
+
+
+def collect_legacy_pc(machine: Machine, vga: str) -> LegacyPcReport:
+    """Read the no-BIOS trap and the VGA watch after a run; `vga` is --vga (auto, text, none)."""
+    from pyvmm.arch.x86_64.no_bios import MAX_KINDS
+    from pyvmm.errors import PyvmmError
+
+    log = logging.getLogger("pyvmm")
+    lines: list[str] = []
+    trap = machine.no_bios
+    if trap is not None:
+        lines = [call.report_line() for call in trap.calls.values()]
+        if trap.uncounted:
+            lines.append(f"and {trap.uncounted} more calls, of kinds past the first {MAX_KINDS}")
+    watch = machine.vga_text
+    if watch is None or vga == "none":
+        return LegacyPcReport(tuple(lines))
+    try:
+        written = watch.written()
+    except PyvmmError as error:  # the run's outcome matters more than the screen
+        log.warning("cannot tell whether the guest wrote to the VGA text buffer: %s", error)
+        return LegacyPcReport(tuple(lines))
+    log.info(
+        "VGA text buffer at 0xb8000: %s (watched %s)",
+        "written by the guest" if written else "not written",
+        watch.method,
+    )
+    screen = watch.screen() if written or vga == "text" else None
+    return LegacyPcReport(tuple(lines), screen, written)
+
+
+def report_legacy_pc(
+    report: LegacyPcReport, stream: TextIO | None = None, console: object = None
+) -> None:
+    """Print the BIOS lines, then the framed screen, on `stream` (default: stderr).
+
+    `console`: the guest's ConsoleWriter, when a guest line left unfinished on
+    the terminal must be ended first (report_end does it after an abnormal end).
+    """
+    from pyvmm.console.output import ConsoleWriter
+    from pyvmm.devices.vga_text import render
+
+    out = sys.stderr if stream is None else stream
+    if not report.bios_lines and report.screen is None:
+        return
+    if isinstance(console, ConsoleWriter) and console.ends_mid_line and os.isatty(console.fd):
+        print(file=out)
+    for line in report.bios_lines:
+        print(f"pyvmm: {line}", file=out)
+    if report.screen is None:
+        return
+    if report.vga_written:
+        print("pyvmm: the guest wrote to the VGA text buffer at 0xb8000; the screen:", file=out)
+    else:
+        print("pyvmm: the VGA text screen at 0xb8000 (the guest did not write to it):", file=out)
+    out.write(render(report.screen, color=_wants_color(out), ascii_only=not _encodes(out)))
+    out.flush()
+
+
+def _wants_color(stream: TextIO) -> bool:
+    """ANSI colours only on a terminal, and not where NO_COLOR or TERM=dumb says no."""
+    try:
+        tty = os.isatty(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        return False
+    return tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def _encodes(stream: TextIO) -> bool:
+    """Whether `stream` can write box drawing and CP437 glyphs."""
+    encoding = getattr(stream, "encoding", None)
+    if encoding is None:  # a text stream with no bytes behind it (io.StringIO)
+        return True
+    try:
+        "┌─☺╔".encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True

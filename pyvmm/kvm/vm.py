@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyvmm._kvm import ffi, lib
 from pyvmm.closing import ClosesOnExit
 from pyvmm.kvm._ioctl import close_fd, ioctl_int, ioctl_ptr
@@ -32,6 +34,16 @@ class Vm(ClosesOnExit):
             },
         )
         ioctl_ptr(self.fd, lib.KVM_SET_USER_MEMORY_REGION, "KVM_SET_USER_MEMORY_REGION", region)
+
+    def get_dirty_log(self, slot: int, dirty_bitmap: Any) -> None:
+        """KVM_GET_DIRTY_LOG (KVM API doc 4.8): fill `dirty_bitmap`, one bit per page.
+
+        `dirty_bitmap` is a cffi buffer of at least one bit per page of the slot,
+        rounded up to 64 bits; the slot needs KVM_MEM_LOG_DIRTY_PAGES. The call
+        also clears the log. Raises KvmError (ENOENT: no such slot or no logging).
+        """
+        log = ffi.new("struct kvm_dirty_log *", {"slot": slot, "dirty_bitmap": dirty_bitmap})
+        ioctl_ptr(self.fd, lib.KVM_GET_DIRTY_LOG, "KVM_GET_DIRTY_LOG", log)
 
     def set_tss_addr(self, gpa: int) -> None:
         ioctl_int(self.fd, lib.KVM_SET_TSS_ADDR, "KVM_SET_TSS_ADDR", gpa)

@@ -20,6 +20,7 @@ EXIT_TRIPLE_FAULT = 4  # KVM_EXIT_SHUTDOWN: a fault while delivering a double fa
 EXIT_INTERNAL_ERROR = 6  # KVM_EXIT_INTERNAL_ERROR: KVM could not go on (emulation failure)
 EXIT_FAIL_ENTRY = 8  # KVM_EXIT_FAIL_ENTRY: the hardware refused the guest state
 EXIT_GUEST_CRASH = 10  # KVM_SYSTEM_EVENT_CRASH (or another event pyvmm cannot honour)
+EXIT_UNHANDLED_EXCEPTION = 12  # a real-mode CPU exception reached pyvmm's no-BIOS stub
 EXIT_VMM_ERROR = 70  # pyvmm itself failed (sysexits' EX_SOFTWARE)
 EXIT_TIMEOUT = 124  # --timeout expired (as timeout(1) reports it)
 EXIT_LIMIT = 126  # --max-exits reached
@@ -27,12 +28,24 @@ EXIT_SIGNAL_BASE = 128  # + the signal number: how a shell reports a death by th
 
 
 class OutcomeKind(enum.Enum):
+    """The ways a run can end; `value` is the name `pyvmm boot` reports.
+
+    The KVM exits behind them are described in KVM API doc 5 ("The kvm_run
+    structure"): KVM_EXIT_HLT, KVM_EXIT_SHUTDOWN (a triple fault, Intel SDM
+    vol. 3A, 6.15 "Interrupt 8 - Double Fault Exception"), KVM_EXIT_SYSTEM_EVENT,
+    KVM_EXIT_FAIL_ENTRY, KVM_EXIT_INTERNAL_ERROR. `is_abnormal` is true for
+    every kind but HALTED, DEBUG_EXIT and DEBUG.
+    """
+
     HALTED = "halted"  # HLT with nothing left to wake the vCPU
     DEBUG_EXIT = "debug-exit"  # the guest wrote to the debug-exit port
     SYSTEM_EVENT = "system-event"  # KVM_EXIT_SYSTEM_EVENT (shutdown, reset, crash)
     TRIPLE_FAULT = "triple-fault"  # KVM_EXIT_SHUTDOWN
     FAIL_ENTRY = "fail-entry"  # the hardware refused to enter the guest
     INTERNAL_ERROR = "internal-error"  # KVM could not go on (e.g. emulation failure)
+    # A real-mode exception whose IVT vector is still pyvmm's no-BIOS stub:
+    # a BIOS's bare iret would re-run the faulting instruction forever.
+    UNHANDLED_EXCEPTION = "unhandled-exception"
     TIMEOUT = "timeout"  # --timeout elapsed
     EXIT_LIMIT = "exit-limit"  # --max-exits reached
     INTERRUPTED = "interrupted"  # SIGINT / SIGTERM / SIGHUP, or killed from gdb
@@ -50,7 +63,8 @@ class RunOutcome:
 
     `exit_status` is the status `pyvmm boot` exits with (0..255); for an
     INTERRUPTED outcome it is what a shell shows (128 + `signal`), while the
-    CLI itself ends by `signal`.
+    CLI itself ends by `signal`. `message` is one line for people;
+    `registers` a multi-line register dump (abnormal ends only).
     """
 
     kind: OutcomeKind
@@ -76,6 +90,12 @@ def interrupted(signal_name: str, signum: int, message: str | None = None) -> Ru
         EXIT_SIGNAL_BASE + signum,
         message or f"stopped by {signal_name}",
         signal=signum,
+    )
+
+
+def unhandled_exception(message: str, registers: str | None = None) -> RunOutcome:
+    return RunOutcome(
+        OutcomeKind.UNHANDLED_EXCEPTION, EXIT_UNHANDLED_EXCEPTION, message, registers
     )
 
 

@@ -48,6 +48,16 @@ from pyvmm.machine.outcome import (
 )
 from pyvmm.memory.guest_memory import GuestMemory
 
+# The loop each thread is running, for the rare device that needs its vCPU's
+# registers (the no-BIOS trap); set once per run, never per exit.
+_running = threading.local()
+
+
+def running_vcpu() -> Vcpu | None:
+    """The vCPU whose exits this thread is serving, or None outside a run."""
+    loop = getattr(_running, "loop", None)
+    return loop.vcpu if loop is not None else None
+
 
 class ExitObserver(Protocol):
     """Sees every exit with its timing: the trace and the statistics implement it."""
@@ -125,6 +135,7 @@ class VcpuLoop:
         Whatever the guest does, this returns an outcome: a pyvmm error while
         serving an exit becomes a VMM_ERROR outcome instead of an exception.
         """
+        _running.loop = self
         try:
             if observer is not None:
                 return self._run_observed(observer)
@@ -133,6 +144,8 @@ class VcpuLoop:
             return self._vmm_error(str(error))
         except Exception as error:  # a bug in pyvmm: still end in a known state
             return self._vmm_error(f"internal error: {type(error).__name__}: {error}")
+        finally:
+            _running.loop = None
 
     def _vmm_error(self, message: str) -> RunOutcome:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import faulthandler
 import io
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,9 +32,12 @@ from pyvmm.machine.outcome import (
     EXIT_LIMIT,
     EXIT_TIMEOUT,
     EXIT_TRIPLE_FAULT,
+    EXIT_UNHANDLED_EXCEPTION,
     OutcomeKind,
     RunOutcome,
+    interrupted,
 )
+from pyvmm.machine.run_signals import StoppedBySignal
 from pyvmm.observe.exit_stats import ExitStatistics, FanOut
 from pyvmm.observe.trace import ExitTracer
 from tests.fuzz.guest_cases import GuestCase, apply_tweaks
@@ -52,6 +56,7 @@ STATUS_OF_KIND: dict[OutcomeKind, Callable[[int], bool]] = {
     OutcomeKind.TRIPLE_FAULT: lambda status: status == EXIT_TRIPLE_FAULT,
     OutcomeKind.FAIL_ENTRY: lambda status: status == EXIT_FAIL_ENTRY,
     OutcomeKind.INTERNAL_ERROR: lambda status: status == EXIT_INTERNAL_ERROR,
+    OutcomeKind.UNHANDLED_EXCEPTION: lambda status: status == EXIT_UNHANDLED_EXCEPTION,
     OutcomeKind.TIMEOUT: lambda status: status == EXIT_TIMEOUT,
     OutcomeKind.EXIT_LIMIT: lambda status: status == EXIT_LIMIT,
 }
@@ -126,6 +131,8 @@ def run_case(case: GuestCase, limits: Limits) -> CaseResult:
             if statistics is not None:
                 statistics.summary()  # what --stats prints: must format any run
         check_outcome(result, ran, limits)
+    except StoppedBySignal as stop:  # SIGTERM for the fuzzer itself, while building
+        result.outcome = interrupted(signal.Signals(stop.signal).name, stop.signal)
     except Exception as error:  # pyvmm must never let one escape: that is the finding
         result.failure = f"raised {type(error).__name__}: {error}"
         result.detail = traceback.format_exc()
@@ -138,7 +145,13 @@ def run_case(case: GuestCase, limits: Limits) -> CaseResult:
 # `pyvmm boot` statuses a guest may cause (see its --help): halted, a guest fault,
 # timeout, exit limit, or a debug-exit status (odd). Not 2 (usage: the command
 # line is valid), nor 70 (pyvmm failed), nor a signal.
-GUEST_FAULT_STATUSES = (EXIT_TRIPLE_FAULT, EXIT_INTERNAL_ERROR, EXIT_FAIL_ENTRY, EXIT_GUEST_CRASH)
+GUEST_FAULT_STATUSES = (
+    EXIT_TRIPLE_FAULT,
+    EXIT_INTERNAL_ERROR,
+    EXIT_FAIL_ENTRY,
+    EXIT_GUEST_CRASH,
+    EXIT_UNHANDLED_EXCEPTION,
+)
 CLI_STATUSES = {
     EXIT_HALTED: "halted",
     **{status: "guest fault" for status in GUEST_FAULT_STATUSES},

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from pyvmm._kvm import lib
+from pyvmm.arch.x86_64.no_bios import NO_BIOS_PORT
 from pyvmm.devices.bus import Bus
 from pyvmm.machine.builder import attach_debug_exit
 from pyvmm.machine.outcome import (
@@ -27,6 +28,7 @@ from pyvmm.machine.outcome import (
     timed_out,
     vmm_error,
 )
+from pyvmm.memory.guest_memory import GuestMemory
 from tests.unit.test_vcpu_loop import make_loop, reason
 
 
@@ -55,6 +57,18 @@ def debug_exit_outcomes() -> Iterator[RunOutcome]:
         yield seen[0]
 
 
+def unhandled_exception_outcome() -> RunOutcome:
+    """A real-mode #UD that reaches pyvmm's no-BIOS stub, served by the trap."""
+    from tests.unit.test_no_bios import enter_stub, make_trap
+
+    with GuestMemory.from_ranges([(0, 2 << 20)]) as memory:
+        bus, vcpu, ended = make_trap(memory)
+        memory.write(0x7C0E, b"\x0f\x0b")  # ud2
+        enter_stub(memory, vcpu, 6, 0, 0x7C0E)
+        bus.write(NO_BIOS_PORT, 1, 0)
+    return ended[0]
+
+
 def every_ending() -> list[RunOutcome]:
     endings = [
         loop_outcome(reason(lib.KVM_EXIT_HLT)),
@@ -72,6 +86,7 @@ def every_ending() -> list[RunOutcome]:
             )
         ),
         *debug_exit_outcomes(),
+        unhandled_exception_outcome(),
         timed_out(1.0),
         exit_limit_reached(10),
         vmm_error("a KVM call failed"),
@@ -109,6 +124,7 @@ def test_guest_faults_and_vmm_failures_are_told_apart() -> None:
             OutcomeKind.TRIPLE_FAULT,
             OutcomeKind.INTERNAL_ERROR,
             OutcomeKind.FAIL_ENTRY,
+            OutcomeKind.UNHANDLED_EXCEPTION,
             OutcomeKind.VMM_ERROR,
             OutcomeKind.TIMEOUT,
             OutcomeKind.EXIT_LIMIT,

@@ -39,6 +39,21 @@ KERNEL_STACK_TOP = GuestPhysAddr(BOOT_STACK_TOP - BOOT_STACK_SIZE // 2)
 # Real mode: SS:SP just below the boot sector, as most BIOSes leave it.
 REAL_MODE_STACK_TOP = 0x7C00
 
+# The real-mode interrupt vector table: 256 far pointers (offset, segment) at 0
+# (Intel SDM vol. 3, "8086 Emulation"). pyvmm has no BIOS: a real-mode entry points every
+# empty vector at a stub in the BIOS area that traps to pyvmm (see no_bios.py).
+IVT_GPA = GuestPhysAddr(0x0)
+IVT_SIZE = 256 * 4
+# Segment 0xf000 is the PC's system BIOS ROM; the stubs use its first KiB, where
+# a vector's offset keeps bit 15 clear (read as an IDT gate, it is not present).
+NO_BIOS_STUBS_SEGMENT = 0xF000
+NO_BIOS_STUBS_GPA = GuestPhysAddr(NO_BIOS_STUBS_SEGMENT << 4)
+# The VGA text buffer: 80x25 cells of (CP437 character, attribute) in colour
+# text mode (IBM VGA Technical Reference, "Memory Maps"). pyvmm keeps it RAM and
+# watches the one page that holds the screen with KVM's dirty-page log.
+VGA_TEXT_GPA = GuestPhysAddr(0xB8000)
+VGA_TEXT_WATCHED_SIZE = 0x1000
+
 # The 32-bit hole for MMIO devices: RAM never lives in [start, 4 GiB).
 MMIO_GAP_START = GuestPhysAddr(0xD000_0000)
 MMIO_GAP_END = GuestPhysAddr(4 * GIB)
@@ -73,7 +88,18 @@ def reserved_ranges(needs_tables: bool) -> list[tuple[int, int, str]]:
 def vmm_placements(mode_value: str) -> list[tuple[int, int, str]]:
     """(start, end, what) of each structure the VMM writes for an entry mode."""
     if mode_value == "real":
-        return [(0, 0x400, "real-mode IVT (left empty: no BIOS)")]
+        return [
+            (
+                IVT_GPA,
+                IVT_GPA + IVT_SIZE,
+                "real-mode IVT: vector n -> f000:4n, pyvmm's no-BIOS stub (no BIOS here)",
+            ),
+            (
+                NO_BIOS_STUBS_GPA,
+                NO_BIOS_STUBS_GPA + IVT_SIZE,
+                "no-BIOS stubs: out 0xe5 (tells pyvmm the vector), iret",
+            ),
+        ]
     placements = [(GDT_GPA, GDT_GPA + 3 * 8, "GDT: null, code 0x08, data 0x10")]
     if mode_value == "paged":
         placements.append(
