@@ -65,14 +65,18 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Ending]] = {
 
 def run_command(argv: Sequence[str] | None = None) -> Ending:
     """Parse `argv` (default: sys.argv[1:]), run the command; never raises."""
-    from pyvmm.cli.parser import build_parser
+    from pyvmm.cli.arguments import normalize_arguments
+    from pyvmm.cli.parser import build_parser, check_combinations
 
     verbose = 0
     try:
-        arguments = list(sys.argv[1:] if argv is None else argv)
-        # A bare --trace must not swallow the image name: kinds go after '='.
-        arguments = ["--trace=all" if item == "--trace" else item for item in arguments]
-        args = build_parser().parse_args(arguments)
+        parser = build_parser()
+        # QEMU's spellings and what argparse would misread, before argparse sees them.
+        arguments = normalize_arguments(
+            parser.commands, list(sys.argv[1:] if argv is None else argv)
+        )
+        args = parser.parse_args(arguments)
+        check_combinations(args)
         verbose = args.verbose
         logging.basicConfig(
             level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
@@ -87,7 +91,7 @@ def run_command(argv: Sequence[str] | None = None) -> Ending:
             logging.getLogger("pyvmm").debug("details", exc_info=True)
         message = str(error)
         print(message if message.startswith("pyvmm") else f"pyvmm: {message}", file=sys.stderr)
-        return Ending(error.exit_status)
+        return Ending(error.exit_status, getattr(error, "signal", None))
     except KeyboardInterrupt:  # Ctrl-C outside a run (a run turns it into an outcome)
         print("pyvmm: interrupted", file=sys.stderr)
         return Ending(EXIT_SIGNAL_BASE + signal.SIGINT, signal.SIGINT)

@@ -8,7 +8,13 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
-from pyvmm.cli.report import log_memory_map, log_run_summary, report_end
+from pyvmm.cli.report import (
+    collect_legacy_pc,
+    log_memory_map,
+    log_run_summary,
+    report_end,
+    report_legacy_pc,
+)
 from pyvmm.errors import UsageError
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.memory.size import parse_ram_size
@@ -25,13 +31,15 @@ def build_from_args(
     from pyvmm.console.output import ConsoleWriter
     from pyvmm.kvm.system import DEFAULT_KVM_PATH
     from pyvmm.loaders import read_image
-    from pyvmm.machine.builder import MachineConfig, build_machine
+    from pyvmm.machine.builder import MachineConfig, build_machine, check_ram_size
+    from pyvmm.shipped import resolve_image
 
     ram_size = parse_ram_size(args.memory)
-    image = read_image(args.image)
+    check_ram_size(ram_size, args.memory)  # before anything else: the message quotes -m
+    image = read_image(resolve_image(args.image))
     cmdline = args.image if args.append is None else f"{args.image} {args.append}"
     modules = tuple(
-        (entry, read_image(entry.split()[0]))
+        (entry, read_image(resolve_image(entry.split()[0])))
         for entry in (args.initrd.split(",") if args.initrd else [])
         if entry.strip()
     )
@@ -48,8 +56,10 @@ def build_from_args(
         cpus=args.smp,
         cmdline=cmdline,
         modules=modules,
+        append=args.append,
         force_multiboot=args.multiboot,
         irqchip=None if args.kernel_irqchip is None else args.kernel_irqchip == "on",
+        vga_text=getattr(args, "vga", "none") != "none",  # only `boot` shows the screen
         # Lets tests (and odd hosts) point pyvmm at another KVM device node.
         kvm_path=os.environ.get("PYVMM_KVM_PATH", DEFAULT_KVM_PATH),
     )
@@ -61,6 +71,12 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
     from pyvmm.observe.trace import ExitTracer, parse_categories
 
     categories = parse_categories(args.trace) if args.trace else None
+    gdb_spec = args.gdb or ("tcp::1234" if args.gdb_default else None)
+    gdb_address: tuple[str, int] | None = None
+    if gdb_spec is not None:
+        from pyvmm.gdb.server import parse_gdb_address
+
+        gdb_address = parse_gdb_address(gdb_spec)  # a bad address, before the VM is built
     with contextlib.ExitStack() as files:
         console_input = open_console_input(files, args.input_buffer)
         machine = files.enter_context(build_from_args(args, sys.stdout, console_input))
@@ -84,18 +100,21 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
         observer = (
             observers[0] if len(observers) == 1 else FanOut(*observers) if observers else None
         )
-        gdb_address = args.gdb or ("tcp::1234" if args.gdb_default else None)
         if gdb_address is not None:
-            from pyvmm.gdb.server import GdbServer, parse_gdb_address
+            from pyvmm.gdb.server import GdbServer
             from pyvmm.kvm.system import DEFAULT_KVM_PATH
 
             kvm_path = os.environ.get("PYVMM_KVM_PATH", DEFAULT_KVM_PATH)
-            server = GdbServer(machine, parse_gdb_address(gdb_address), kvm_path)
-            outcome = server.serve(stop_at_start=args.gdb_stop, timeout=args.timeout)
+            server = GdbServer(machine, gdb_address, kvm_path)
+            outcome = server.serve(
+                stop_at_start=args.gdb_stop, timeout=args.timeout, observer=observer
+            )
         else:
             outcome = machine.run(timeout=args.timeout, observer=observer)
         log_run_summary(machine, outcome)
+        legacy_pc = collect_legacy_pc(machine, args.vga)
     report_end(outcome, machine.console, args.verbose)
+    report_legacy_pc(legacy_pc, console=None if outcome.kind.is_abnormal else machine.console)
     if statistics is not None:
         print(statistics.summary(), file=sys.stderr)
     return outcome

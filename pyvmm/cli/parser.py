@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from pyvmm import __version__
+from pyvmm.cli.qemu_options import describe as describe_qemu_options
 from pyvmm.errors import UsageError
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.memory.size import parse_memory_size
@@ -23,6 +25,10 @@ how a run ends (outcome: exit status); odd statuses belong to debug-exit alone:
   internal-error  6     KVM could not go on, e.g. it could not emulate an
                         instruction (named, with where it was)
   fail-entry      8     KVM could not enter the guest (the reason is printed)
+  unhandled-exception
+                  12    a real-mode guest took a CPU exception (e.g. #UD) at a
+                        vector it never set: pyvmm has no BIOS, and a BIOS's
+                        bare iret would run the faulting instruction forever
   timeout         124   --timeout expired (as timeout(1) reports it)
   exit-limit      126   --max-exits reached
   interrupted     -     Ctrl-C, SIGTERM or SIGHUP: pyvmm cleans up, then ends
@@ -34,13 +40,28 @@ how a run ends (outcome: exit status); odd statuses belong to debug-exit alone:
 An abnormal end prints its reason, the guest's registers and the last lines
 of its console on stderr (-v: more lines).
 
+no BIOS: in real mode every IVT vector the guest did not set points at a
+pyvmm stub, so `int 0x10` returns at once and the guest runs on; at the end
+pyvmm names each BIOS service called (vector, AH, where, how often) on stderr.
+VGA: --vga auto shows the 80x25 VGA text screen (0xb8000) on stderr at the
+end when the guest wrote to it, --vga text always, --vga none never.
+
 console: COM1 is this terminal. Output goes to stdout (--console-rate caps
 it); keystrokes go to the guest unechoed, one by one, through a buffer of
 --input-buffer bytes (pyvmm stops reading stdin while it is full); Ctrl-C
 still ends the run, and the terminal is restored on every end.
 
-image formats: ELF32 (entered in protected mode), ELF64 (long mode), anything
-else is a flat binary (real mode at 0x7c00 by default, like a boot sector).
+image formats, found by their contents: a multiboot (v1) kernel, the format
+qemu -kernel boots (a multiboot header in the first 8 KiB; --multiboot insists
+on one), is entered as QEMU enters it, in 32-bit protected mode with the
+multiboot information (--append, --initrd); else an ELF32 file starts in
+protected mode and an ELF64 file in long mode, at their own addresses; anything
+else is a flat binary (real mode at 0x7c00 by default, like a boot sector;
+--mode and --load-addr choose, 0x100000 in the other modes).
+
+QEMU options: pyvmm accepts those whose meaning is already its behaviour,
+translates a few, and refuses the rest with a one-line hint (status 2):
+{qemu_options}
 """
 
 
@@ -48,24 +69,43 @@ MEMMAP_EPILOG = """\
 exit status: 0 when the report was printed (the guest's own ending is its
 first line), 70 when pyvmm failed, 2 for bad usage or input.
 
-example: pyvmm memmap --mode long guests/vmem64.bin --translate 0xffff800012345010
+The machine options and QEMU's spellings are those of pyvmm boot (see
+pyvmm boot --help); the gdb stub, the trace and the statistics are boot's only.
+
+example:
+  pyvmm memmap --mode long guests/vmem64.bin --translate 0xffff800012345010
 """
 
 DEMO_EPILOG = """\
-exit status: 0 when the evidence supports the property, 1 when it does not,
-2 when the demo cannot run (it needs guests/ and benchmarks/ from a checkout).
+exit status: 0 when the evidence supports the property, 4 when it does not,
+2 when the demo cannot run (no usable /dev/kvm, a guest that did not start...).
+The demos' guests and kernels ship with pyvmm: they run from any directory.
 """
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line and exit status 2."""
+    """argparse, but usage errors are one line and exit status 2, and no abbreviations.
+
+    An abbreviation would make `-s` (gdb) mean `-smp` where a command has no `-s`,
+    and make a new option change what an old abbreviation means. `commands` maps
+    each command name to its parser (`pyvmm.cli.arguments` reads their options).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pyvmm", description="A small, readable VMM on Linux KVM.")
+def build_parser() -> _Parser:
+    parser = _Parser(
+        prog="pyvmm",
+        description="A small, readable VMM on Linux KVM.",
+        epilog="pyvmm COMMAND --help tells more; pyvmm boot IMAGE boots a guest.",
+    )
     parser.add_argument("--version", action="version", version=f"pyvmm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
@@ -73,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot = commands.add_parser(
         "boot",
         help="boot a guest image",
-        description="Boot IMAGE in a new VM with one vCPU; its serial port is this terminal.",
-        epilog=BOOT_EPILOG,
+        description="Boot IMAGE in a new VM with one vCPU (-smp N: N vCPUs); its serial\n"
+        "port, COM1, is this terminal.",
+        epilog=BOOT_EPILOG.replace("{qemu_options}", describe_qemu_options()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_machine_arguments(boot)
@@ -91,20 +132,35 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="all",
         metavar="KINDS",
-        help="print one line per exit; --trace=KINDS keeps only those (comma-separated: io, "
-        "mmio, hlt, shutdown, fail-entry, internal-error, system-event, unknown)",
+        help="print one line per VM exit on stderr; --trace KINDS or --trace=KINDS keeps only "
+        "those (comma-separated: io, mmio, hlt, shutdown, fail-entry, internal-error, "
+        "system-event, unknown)",
     )
-    boot.add_argument("--trace-file", metavar="FILE", help="write the trace to FILE, not stderr")
     boot.add_argument(
-        "--trace-format", choices=["text", "json"], default="text", help="trace line format"
+        "--trace-file",
+        metavar="FILE",
+        help="write the trace to FILE, not stderr (implies --trace when it is not given)",
+    )
+    boot.add_argument(
+        "--trace-format",
+        choices=["text", "json"],
+        help="trace line format (default text); needs --trace or --trace-file",
     )
     boot.add_argument(
         "--stats", action="store_true", help="print exit statistics and timings at the end"
     )
     boot.add_argument(
+        "--vga",
+        choices=["auto", "text", "none"],
+        default="auto",
+        help="show the guest's VGA text screen (0xb8000) on stderr when the run ends: auto "
+        "(default) if the guest wrote to it, text always, none never (and not watched)",
+    )
+    boot.add_argument(
         "--gdb",
         metavar="tcp::PORT",
-        help="wait for gdb on this address and let it drive the guest (gdb: target remote :PORT)",
+        help="wait for gdb on 127.0.0.1:PORT (tcp:HOST:PORT: on HOST) and let it drive the "
+        "guest (gdb: target remote :PORT)",
     )
     boot.add_argument(
         "-s", dest="gdb_default", action="store_true", help="shorthand for --gdb tcp::1234"
@@ -113,16 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
         "-S",
         dest="gdb_stop",
         action="store_true",
-        help="with --gdb/-s: stop before the first guest instruction",
+        help="with --gdb or -s: stop before the first guest instruction (an error without them)",
     )
 
     memmap = commands.add_parser(
         "memmap",
         help="run a guest, then show its memory at every level",
-        description="Run IMAGE until it ends, then print the machine's memory map, the "
-        "guest's page-table mappings (guest virtual -> guest physical -> host virtual), "
-        "and the whole chain down to host physical for each --translate address. "
-        "The guest's serial output goes to stderr.",
+        description="Run IMAGE until it ends, then print the machine's memory map, the\n"
+        "guest's page-table mappings (guest virtual -> guest physical -> host virtual),\n"
+        "and the whole chain down to host physical for each --translate address.\n"
+        "The guest's serial output goes to stderr (-q: nowhere).",
         epilog=MEMMAP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -143,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="show Popek & Goldberg's VMM properties on real guests",
-        description="Run a teaching demo (from a source checkout): equivalence, efficiency "
+        description="Run a teaching demo: equivalence, efficiency\n"
         "or isolation (resource control). Without NAME, list the demos.",
         epilog=DEMO_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -156,30 +212,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="equivalence, efficiency or isolation",
     )
     demo.set_defaults(verbose=0)
+    parser.commands = {"boot": boot, "memmap": memmap, "demo": demo}
     return parser
 
 
 def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that describe a VM, shared by every command that builds one."""
-    parser.add_argument("image", metavar="IMAGE", help="flat binary, ELF32 or ELF64 executable")
+    parser.add_argument(
+        "image",
+        metavar="IMAGE",
+        help="multiboot kernel, ELF32 or ELF64 executable, or flat binary (see image formats)",
+    )
     parser.add_argument(
         "-m",
         "--memory",
         default=DEFAULT_MEMORY,
         metavar="MEM",
-        help="guest RAM: plain MiB or with a K/M/G/T suffix (default %(default)s)",
+        help="guest RAM: plain MiB or with a K/M/G/T suffix (default %(default)s; at least "
+        "2 MiB, at most the host's RAM)",
     )
     parser.add_argument(
         "--mode",
         choices=[mode.value for mode in CpuMode],
-        help="CPU state at entry (default: real for flat binaries, from the ELF class otherwise)",
+        help="CPU state at entry (default: real for flat binaries, from the ELF class for ELF "
+        "files; a multiboot kernel takes protected only)",
     )
     parser.add_argument(
         "--load-addr",
         type=_parse_address,
         metavar="ADDR",
-        help="guest-physical load address of a flat binary "
-        "(default 0x7c00 in real mode, 0x100000 otherwise)",
+        help="guest-physical load address of a flat binary (default 0x7c00 in real mode, "
+        "0x100000 otherwise; an error for ELF and multiboot images)",
     )
     parser.add_argument(
         "--timeout",
@@ -204,13 +267,15 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         "--append",
         "-append",
         metavar="ARGS",
-        help="multiboot kernel command line; the kernel sees '<IMAGE> ARGS', as with QEMU",
+        help="multiboot kernel command line: the kernel sees '<IMAGE> ARGS', as with QEMU "
+        "(an error for other images)",
     )
     parser.add_argument(
         "--initrd",
         "-initrd",
         metavar="FILES",
-        help="comma-separated files loaded as multiboot modules ('FILE args' passes args)",
+        help="comma-separated files loaded as multiboot modules ('FILE args' passes args; "
+        "an error for other images)",
     )
     parser.add_argument(
         "--multiboot",
@@ -223,17 +288,54 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         type=_parse_cpus,
         default=1,
         metavar="N",
-        help="number of vCPUs (default 1; more than one adds the in-kernel APICs and PIT)",
+        help="number of vCPUs (default 1; at most what this host's KVM allows, "
+        "KVM_CAP_MAX_VCPUS); more than one adds the in-kernel APICs and PIT",
     )
     parser.add_argument(
         "--kernel-irqchip",
         choices=["on", "off"],
-        help="in-kernel interrupt controllers and PIT (default: on with -smp > 1; without "
-        "them a single vCPU's hlt ends the run, with them hlt waits for an interrupt)",
+        help="in-kernel interrupt controllers and PIT (default: on with -smp > 1, where off is "
+        "an error; without them a single vCPU's hlt ends the run, with them hlt waits for an "
+        "interrupt)",
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="say what the VMM does (-vv: more)"
     )
+
+
+def check_combinations(args: argparse.Namespace) -> None:
+    """Refuse options that would have no effect with the others given; settle the implied ones.
+
+    An option that is accepted and then ignored misleads: each one here is
+    either made to take effect or refused with a one-line UsageError (status 2).
+    """
+    prog = f"pyvmm {args.command}"
+    if args.command == "boot":
+        if args.gdb_stop and not (args.gdb or args.gdb_default):
+            raise UsageError(
+                f"{prog}: -S stops the guest for gdb: give --gdb tcp::PORT or -s with it"
+            )
+        if args.gdb and args.gdb_default:
+            raise UsageError(f"{prog}: -s means --gdb tcp::1234: give one of -s and --gdb")
+        if (args.gdb or args.gdb_default) and args.smp > 1:
+            # The stub drives vCPU 0 alone (no gdb threads): the others would run unseen.
+            raise UsageError(f"{prog}: the gdb stub debugs one vCPU: drop -smp {args.smp}")
+        if args.trace is None and args.trace_file is not None:
+            args.trace = "all"  # a trace file asks for a trace
+        if args.trace_format is not None and args.trace is None:
+            # A format alone is no request for a trace: with --stats it could be read as
+            # the statistics' format, and a trace of every exit is too costly to start
+            # on a guess.
+            raise UsageError(
+                f"{prog}: --trace-format is the format of the exit trace: "
+                "add --trace (or --trace-file FILE)"
+            )
+        if args.trace_format is None:
+            args.trace_format = "text"
+    if args.command == "memmap" and args.quiet and args.console_rate is not None:
+        raise UsageError(
+            f"{prog}: -q discards the guest's output, so --console-rate has nothing to limit"
+        )
 
 
 def _parse_address(text: str) -> int:
@@ -249,13 +351,18 @@ def _parse_address(text: str) -> int:
 def _parse_cpus(text: str) -> int:
     # QEMU also accepts "-smp cpus=N"; the plain count is what every guide uses.
     value = text.removeprefix("cpus=")
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"invalid CPU count '{text}'")
+    if "," in value or "=" in value:
+        raise argparse.ArgumentTypeError(
+            f"'{text}': pyvmm's -smp takes a number of vCPUs only (no sockets, cores, "
+            "threads or maxcpus: the vCPUs are one package of single-thread cores)"
+        )
+    if not value.isdecimal() or not value.isascii() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"invalid CPU count '{text}': a positive integer")
     return int(value)
 
 
 def _parse_count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not text.isdecimal() or not text.isascii() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"invalid count '{text}': a positive integer")
     return int(text)
 
@@ -290,5 +397,3 @@ def _parse_timeout(text: str) -> float:
     if not 0 < value < 1e9:
         raise argparse.ArgumentTypeError("timeout must be a positive number of seconds")
     return value
-
-

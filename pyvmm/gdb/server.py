@@ -8,6 +8,7 @@ the guest keeps running without it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import signal
@@ -23,6 +24,7 @@ from pyvmm.machine.outcome import OutcomeKind, RunOutcome, interrupted
 
 if TYPE_CHECKING:
     from pyvmm.machine.builder import Machine
+    from pyvmm.machine.vcpu_loop import ExitObserver
 
 log = logging.getLogger(__name__)
 KICK_SIGNAL = signal.SIGUSR1
@@ -39,7 +41,53 @@ def parse_gdb_address(text: str) -> tuple[str, int]:
         raise UsageError(f"--gdb: expected tcp::PORT, got '{text}'") from None
     if not 0 < port < 65536:
         raise UsageError(f"--gdb: port {port} is out of range")
+    host = host.removeprefix("[").removesuffix("]")  # tcp:[::1]:1234
     return host or "127.0.0.1", port
+
+
+UNPRIVILEGED_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+
+
+def first_unprivileged_port() -> int:
+    """The lowest port a non-root process may listen on (Linux: a sysctl, 1024 by default)."""
+    try:
+        with open(UNPRIVILEGED_PORT_START) as sysctl:
+            return int(sysctl.read())
+    except (OSError, ValueError):
+        return 1024
+
+
+def listen(address: tuple[str, int]) -> socket.socket:
+    """A listening TCP socket on (host, port), or a UsageError that names the port and why not.
+
+    Binding fails for reasons the user fixes on the command line: the port is in
+    use (EADDRINUSE), is privileged (EACCES), the host is unknown (a resolver
+    error) or is not an address of this machine (EADDRNOTAVAIL).
+    """
+    host, port = address
+    where = f"--gdb tcp:{host}:{port}"
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as error:
+        raise UsageError(f"{where}: unknown host '{host}' ({error.strerror})") from None
+    try:
+        return socket.create_server(address, family=family)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            why = f"port {port} is in use; choose another with --gdb tcp::PORT"
+        elif error.errno == errno.EACCES:
+            lowest = first_unprivileged_port()
+            why = (
+                f"port {port} is privileged (below {lowest}): run as root, or choose a port "
+                f"from {lowest} up"
+                if port < lowest
+                else f"not allowed to listen on port {port} ({error.strerror})"
+            )
+        elif error.errno == errno.EADDRNOTAVAIL:
+            why = f"{host} is not an address of this machine"
+        else:
+            why = f"cannot listen on port {port}: {error.strerror or error}"
+        raise UsageError(f"{where}: {why}") from None
 
 
 class GdbServer:
@@ -58,6 +106,7 @@ class GdbServer:
         assert main is not None
         self._main_thread = main
         self._closing = False
+        self.observer: ExitObserver | None = None
 
     def _kick(self) -> None:
         if self._closing:
@@ -91,16 +140,24 @@ class GdbServer:
                     self._kick()
                 self.events.put(event)
 
-    def serve(self, stop_at_start: bool, timeout: float | None) -> RunOutcome:
-        """Wait for gdb, then run the guest under its control until the guest ends."""
+    def serve(
+        self, stop_at_start: bool, timeout: float | None, observer: ExitObserver | None = None
+    ) -> RunOutcome:
+        """Wait for gdb, then run the guest under its control until the guest ends.
+
+        `observer` (--trace, --stats) sees every exit of every run, as without gdb.
+        A port that cannot be listened on is a UsageError (see `listen`).
+        """
+        listener = listen(self.address)
+        self.observer = observer
         # The handler does nothing: the signal is only there to interrupt KVM_RUN.
         # It stays installed, so that a late kick can never kill the process.
         signal.signal(KICK_SIGNAL, lambda signum, frame: None)
         self.target.on_interrupt = self._kick
-        listener = socket.create_server(self.address)
         try:
             host, port = listener.getsockname()[:2]
-            log.warning("waiting for gdb on tcp:%s:%d (target remote :%d)", host, port, port)
+            shown = f"[{host}]" if ":" in host else host  # an IPv6 address
+            log.warning("waiting for gdb on tcp:%s:%d (target remote :%d)", shown, port, port)
             self.connection, _ = listener.accept()
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._reader, args=(self.connection,), daemon=True).start()
@@ -139,7 +196,7 @@ class GdbServer:
                 self._closing = True  # no more kicks: the guest runs on its own
                 while True:
                     self.machine.loop.clear_pause()
-                    outcome = self.machine.run(timeout)
+                    outcome = self.machine.run(timeout, observer=self.observer)
                     if outcome.kind is not OutcomeKind.DEBUG:
                         return outcome
             # A Ctrl-C already queued behind this resume stops it at once (S02).
@@ -162,7 +219,7 @@ class GdbServer:
         snapshots = target.watch_snapshots()
         while True:
             target.apply(step=step or bool(snapshots))
-            outcome = self.machine.run(timeout)
+            outcome = self.machine.run(timeout, observer=self.observer)
             if outcome.kind is not OutcomeKind.DEBUG:
                 return outcome
             reason = target.stop_reason(outcome.debug, snapshots, user_step=step)  # type: ignore[arg-type]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import errno
+import grp
 import os
+import pwd
+import stat
 
 from pyvmm._kvm import ffi, lib
 from pyvmm.closing import ClosesOnExit
@@ -51,6 +54,55 @@ class Kvm(ClosesOnExit):
         self.fd = -1
 
 
+def permission_hint(path: str, groups: list[int] | None = None, user: str | None = None) -> str:
+    """What a user refused `path` (EACCES) can do on this host, from the node's owner and mode.
+
+    Only a group that exists and owns the node with read-write access is worth
+    joining; hosts differ (a `kvm` group, no such group, root:root 0600).
+    `groups` defaults to this process's groups, `user` to its user's name.
+    """
+    try:
+        node = os.stat(path)
+    except OSError:
+        return "run as root"
+    try:
+        group: grp.struct_group | None = grp.getgrgid(node.st_gid)
+    except KeyError:
+        group = None
+    mine = set([*os.getgroups(), os.getegid()] if groups is None else groups)
+    user = _user_name(os.getuid()) if user is None else user
+    mode = f"mode {stat.S_IMODE(node.st_mode):04o}"
+    group_rw = node.st_mode & (stat.S_IRGRP | stat.S_IWGRP) == stat.S_IRGRP | stat.S_IWGRP
+    if group is None or not group_rw or node.st_gid == 0:
+        owner = f"{_user_name(node.st_uid)}:{group.gr_name if group else node.st_gid}"
+        return (
+            f"it is {owner}, {mode}: run as root, or ask an administrator to give {path} "
+            "to a group you are in"
+        )
+    name = group.gr_name
+    if node.st_gid in mine:
+        return (
+            f"it belongs to group '{name}' ({mode}), which this process is in: an ACL or a "
+            "security module refuses it; ask an administrator, or run as root"
+        )
+    if user in group.gr_mem:
+        return (
+            f"it belongs to group '{name}' ({mode}), which you joined after this session "
+            f"began: log in again (or run newgrp {name}), or run as root"
+        )
+    return (
+        f"it belongs to group '{name}' ({mode}): ask an administrator to add you to it "
+        f"(usermod -aG {name} {user}, then log in again), or run as root"
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def open_kvm(path: str = DEFAULT_KVM_PATH) -> Kvm:
     """Open `path`, check the API version and the required capabilities.
 
@@ -61,7 +113,7 @@ def open_kvm(path: str = DEFAULT_KVM_PATH) -> Kvm:
         err = ffi.errno
         hint = {
             errno.ENOENT: "is the kvm module loaded? (modprobe kvm_intel or kvm_amd)",
-            errno.EACCES: "add yourself to the 'kvm' group or run as root",
+            errno.EACCES: permission_hint(path),
         }.get(err, "")
         message = f"cannot open {path}: {errno.errorcode.get(err, err)} ({os.strerror(err)})"
         raise KvmUnavailable(f"{message}; {hint}" if hint else message)

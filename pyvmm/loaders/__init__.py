@@ -109,14 +109,18 @@ def load_image(
     cmdline: str = "",
     modules: Sequence[tuple[str, bytes]] = (),
     reserved: Sequence[tuple[int, int, str]] = (),
+    append: str | None = None,
 ) -> EntryPoint:
     """Load `image` by its format; `mode`/`load_gpa` None means the format's default.
 
     `cmdline` (the whole string, e.g. "<kernel path> <append>") and `modules`
     ((string, contents) pairs) go to a multiboot kernel; `force_multiboot`
-    refuses any image without a multiboot header. `reserved` lists the
-    (start, end, what) ranges the VMM writes for a 32-bit entry; a multiboot
-    kernel, its modules and its information must stay clear of them.
+    refuses any image without a multiboot header. `append` is what the user
+    asked to append to the command line (--append), None when nothing: like
+    `modules`, it is a LoaderError for an image that is not a multiboot kernel,
+    which has no command line to receive it. `reserved` lists the (start, end,
+    what) ranges the VMM writes for a 32-bit entry; a multiboot kernel, its
+    modules and its information must stay clear of them.
     """
     if force_multiboot or find_header(image) is not None:
         if load_gpa is not None:
@@ -132,6 +136,11 @@ def load_image(
     if modules:
         raise LoaderError(
             "modules (--initrd) need a multiboot kernel: "
+            "the image has no multiboot header in its first 8 KiB"
+        )
+    if append:
+        raise LoaderError(
+            "a kernel command line (--append) needs a multiboot kernel: "
             "the image has no multiboot header in its first 8 KiB"
         )
     if is_elf(image):

@@ -122,6 +122,12 @@ def _choose_mode(elf_class: _ElfClass, mode: CpuMode | None) -> CpuMode:
         raise UnsupportedElf("an ELF image cannot be entered in real mode; use a flat binary")
     if elf_class is _ELF64 and not mode.is_64bit:
         raise UnsupportedElf(f"an ELF64 image needs long mode and cannot run in {mode.value} mode")
+    if elf_class is _ELF32 and mode.is_64bit:
+        # EM_386 code is 32-bit: decoded as 64-bit code it runs, wrongly, until it faults.
+        raise UnsupportedElf(
+            f"an ELF32 image (EM_386) holds 32-bit code: it runs in protected or paged mode, "
+            f"not in {mode.value} mode"
+        )
     return mode
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from pyvmm.errors import ImageTooLarge, LoaderError
 from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.memory.addr import GuestPhysAddr
+from pyvmm.memory.size import format_size
 
 if TYPE_CHECKING:  # only for hints: importing the loaders needs no compiled _kvm module
     from pyvmm.memory.guest_memory import GuestMemory
@@ -25,16 +26,6 @@ PROTECTED_MODE_LIMIT = 1 << 32
 
 class UnreachableImage(LoaderError):
     """The image lies where the chosen CPU mode cannot address it."""
-
-
-def format_size(size: int) -> str:
-    """`5 MiB`, `1.5 KiB` or `300 bytes`: a size for a message people read."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if size >= 1 << shift:
-            if size % (1 << shift) == 0:
-                return f"{size >> shift} {unit}"
-            return f"{size / (1 << shift):.1f} {unit}"
-    return f"{size} byte" if size == 1 else f"{size} bytes"
 
 
 def describe_ram_at(memory: GuestMemory, gpa: int) -> str:

@@ -180,6 +180,8 @@ def check_loaded(case: Case, memory: GuestMemory, entry: EntryPoint) -> list[str
         return [*problems, f"protocol {entry.protocol!r} for an image of ELF class {bits}"]
     if bits == 64 and not entry.mode.is_64bit:
         problems.append(f"ELF64 image entered in {entry.mode.value} mode")
+    if bits == 32 and entry.mode.is_64bit:
+        problems.append(f"ELF32 (32-bit code) image entered in {entry.mode.value} mode")
     expected_entry, pieces = elf_pieces(case.image)
     return problems + check_pieces(case.image, memory, pieces, entry, expected_entry)
 

@@ -55,7 +55,7 @@ CASES: list[tuple[str, bytes, list[str], str]] = [
      "segment 0 at 0x3000000..0x3000040 (64 bytes) does not fit in guest RAM "
      "(RAM ends at 0x1000000)"),
     ("elf-huge-p_memsz", build_elf(64, [GOOD[0], Seg(DATA_GPA, DATA, memsz=1 << 40)], KERNEL_GPA),
-     [], "segment 1 at 0x101000..0x10000101000 (1024 GiB) does not fit in guest RAM"),
+     [], "segment 1 at 0x101000..0x10000101000 (1 TiB) does not fit in guest RAM"),
     ("elf-p_filesz-over-p_memsz", build_elf(32, [Seg(KERNEL_GPA, CODE, memsz=16)], KERNEL_GPA), [],
      "segment 0 has p_filesz 0x40 larger than p_memsz 0x10"),
     ("elf-p_offset-past-eof", build_elf(64, [Seg(KERNEL_GPA, CODE, offset=0x10000)], KERNEL_GPA),

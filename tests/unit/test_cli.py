@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pyvmm.cli import main
@@ -81,7 +83,8 @@ def test_help_documents_exit_statuses(capsys: pytest.CaptureFixture[str]) -> Non
     # Every way a run can end is named, with its status.
     for kind in OutcomeKind:
         if kind is not OutcomeKind.DEBUG:  # a debugger's stop, not an end
-            assert f"  {kind.value} " in out, kind
+            # The name, then its status on the same line or, for a long name, the next.
+            assert re.search(rf"^  {kind.value}\s", out, re.MULTILINE), kind
     for status in (EXIT_TIMEOUT, EXIT_LIMIT, EXIT_VMM_ERROR):
         assert f" {status} " in out
 
@@ -89,3 +92,50 @@ def test_help_documents_exit_statuses(capsys: pytest.CaptureFixture[str]) -> Non
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("pyvmm ")
+
+
+def help_text(command: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main([*command, "--help"]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [[], ["boot"], ["memmap"], ["demo"]])
+def test_every_help_fits_a_terminal(
+    command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    text = help_text(command, capsys)
+    assert [line for line in text.splitlines() if len(line) > 80] == []
+
+
+def test_boot_help_tells_what_boot_does(capsys: pytest.CaptureFixture[str]) -> None:
+    from pyvmm.arch.x86_64 import layout
+    from pyvmm.cli.qemu_options import QEMU_OPTIONS
+    from pyvmm.memory.size import format_size
+    from pyvmm.observe.trace import CATEGORIES
+
+    text = " ".join(help_text(["boot"], capsys).split())  # argparse wraps: compare words
+    # Not "one vCPU" alone: -smp gives more, up to what KVM allows.
+    assert "with one vCPU (-smp N: N vCPUs)" in text
+    assert "KVM_CAP_MAX_VCPUS" in text
+    # Every format the loader detects, multiboot first as it is detected first.
+    formats = text[text.index("image formats, found by their contents") :]
+    assert formats.index("multiboot") < formats.index("ELF32") < formats.index("flat binary")
+    # The -m floor is the builder's.
+    assert f"at least {format_size(layout.MIN_RAM_SIZE)}" in text
+    # --trace: every kind, and the form shown works (tests/unit/test_cli_habits.py).
+    assert "--trace KINDS or --trace=KINDS" in text
+    assert f"(comma-separated: {', '.join(CATEGORIES)})" in text
+    # Every QEMU option pyvmm knows is listed.
+    for name in QEMU_OPTIONS:
+        assert re.search(rf"(^|[ ,;]){re.escape(name)}([ ,;]|$)", text), name
+
+
+def test_memmap_and_demo_help(capsys: pytest.CaptureFixture[str]) -> None:
+    memmap = " ".join(help_text(["memmap"], capsys).split())
+    assert "those of pyvmm boot" in memmap and "--translate GVA" in memmap
+    assert "IMAGE multiboot kernel, ELF32 or ELF64 executable, or flat binary" in memmap
+    demo = " ".join(help_text(["demo"], capsys).split())
+    assert "equivalence, efficiency or isolation" in demo
+    top = " ".join(help_text([], capsys).split())
+    assert all(name in top for name in ("boot", "memmap", "demo"))

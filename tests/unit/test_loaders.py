@@ -302,7 +302,7 @@ def test_elf_segment_at_4_gib(holey_memory: GuestMemory) -> None:
 
 @pytest.mark.parametrize(
     ("layout", "mode"),
-    [(ELF32, CpuMode.PAGED), (ELF32, CpuMode.LONG), (ELF64, CpuMode.LONG)],
+    [(ELF32, CpuMode.PAGED), (ELF64, CpuMode.LONG), (ELF64, CpuMode.USER)],
 )
 def test_elf_mode_override(memory: GuestMemory, layout: Layout, mode: CpuMode) -> None:
     assert load_elf(bytes(good_elf(layout)), memory, mode).mode is mode
@@ -315,6 +315,8 @@ def test_elf_mode_override(memory: GuestMemory, layout: Layout, mode: CpuMode) -
         (ELF64, CpuMode.PAGED, "ELF64 image needs long mode .* paged mode"),
         (ELF64, CpuMode.REAL, "cannot be entered in real mode"),
         (ELF32, CpuMode.REAL, "cannot be entered in real mode"),
+        (ELF32, CpuMode.LONG, "ELF32 image .* holds 32-bit code.* not in long mode"),
+        (ELF32, CpuMode.USER, "ELF32 image .* holds 32-bit code.* not in user mode"),
     ],
 )
 def test_elf_impossible_mode(
@@ -394,7 +396,7 @@ MALFORMED: list[tuple[str, Patch, type[LoaderError], str]] = [
     ("entry in empty PT_LOAD", header("e_entry", 0x18_0000), BadEntryPoint, "0x180000"),
 ]  # fmt: skip
 MALFORMED_64_ONLY: list[tuple[str, Patch, type[LoaderError], str]] = [
-    ("memsz 1 TiB", phdr(3, "p_memsz", 1 << 40), ImageTooLarge, r"segment 3 .*\(1024 GiB\)"),
+    ("memsz 1 TiB", phdr(3, "p_memsz", 1 << 40), ImageTooLarge, r"segment 3 .*\(1 TiB\)"),
     ("paddr overflow", both(phdr(3, "p_paddr", 2**64 - 0x100), phdr(3, "p_memsz", 0x1000)),
      BadElf, "segment 3 at 0xffffffffffffff00 with size 0x1000 runs past the 64-bit"),
     ("memsz near 2**64", phdr(3, "p_memsz", 2**64 - 0x10_2000), ImageTooLarge,
