@@ -84,3 +84,25 @@ class UnsupportedElf(LoaderError):
 
 class BadEntryPoint(LoaderError):
     """The entry point lies outside the memory the image was loaded into."""
+
+
+class GuestPageFault(PyvmmError):
+    """A guest-virtual (linear) address the guest's page tables do not translate.
+
+    Raised by the VMM's own accesses through the guest's paging (e.g.
+    `Machine.read_virtual`) when the walk the MMU would make faults (Intel
+    SDM vol. 3A, 4.7 "Page-Fault Exceptions": an entry not present, reserved
+    bits set, a table outside RAM, a non-canonical address). Nothing is
+    injected into the guest. `gva` and `size` are the access, `address` the
+    first byte that does not translate, `reason` what the walk found.
+    """
+
+    def __init__(self, gva: int, size: int, address: int, reason: str) -> None:
+        super().__init__(
+            f"guest-virtual range 0x{gva:x}..0x{gva + size:x} does not translate "
+            f"at 0x{address:x}: {reason}"
+        )
+        self.gva = gva
+        self.size = size
+        self.address = address
+        self.reason = reason

@@ -18,7 +18,17 @@ ADDRESS_LIMIT = 1 << 64
 
 
 class BusDevice(Protocol):
-    """What a device offers a bus. `offset` is relative to the device's base."""
+    """What a device offers a bus. `offset` is relative to the device's base.
+
+    Any object with these two methods is one (a pure Python object: no KVM,
+    no base address). `size` is the access width in bytes (1, 2 or 4 for
+    port I/O, up to 8 for MMIO); values are unsigned integers of that width,
+    little-endian on the MMIO bus. `read` returns the value the guest reads,
+    which must fit in `size` bytes (anything else, like an exception from
+    either method, ends the run as a vmm-error); `write` gets the value the
+    guest wrote. They run on the vCPU's thread, between two KVM_RUN calls
+    (KVM_EXIT_IO / KVM_EXIT_MMIO, KVM API doc 5).
+    """
 
     def read(self, offset: int, size: int) -> int: ...
 

@@ -13,7 +13,11 @@ DEBUG_EXIT_SIZE = 4
 
 
 def debug_exit_status(value: int) -> int:
-    """The process exit status QEMU would give for a write of `value`."""
+    """The process exit status QEMU would give for a write of `value`: (value << 1) | 1.
+
+    Always odd, 0..255: only the low 7 bits of `value` survive the 8-bit
+    status, and a write of 0 gives 1 (QEMU's hw/misc/debugexit.c).
+    """
     return ((value << 1) | 1) & 0xFF
 
 

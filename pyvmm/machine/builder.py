@@ -22,11 +22,14 @@ from pyvmm.arch.x86_64.cpu import (
     setup_vcpu,
 )
 from pyvmm.arch.x86_64.host_support import keeps_32bit_paging
+from pyvmm.arch.x86_64.no_bios import NoBiosTrap
 from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters, list_mappings
 from pyvmm.arch.x86_64.placement import check_entry_placement
+from pyvmm.arch.x86_64.registers import Registers
+from pyvmm.arch.x86_64.virtual_memory import read_virtual, write_virtual
 from pyvmm.closing import ClosesOnExit
 from pyvmm.console.input import InputBuffer, SerialWithInput
-from pyvmm.devices.bus import Bus, Shifted
+from pyvmm.devices.bus import Bus, BusDevice, Shifted
 from pyvmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit, debug_exit_status
 from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FW_CFG_PORT_SIZE, FwCfg
 from pyvmm.devices.pci_absent import PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PciAbsent
@@ -38,12 +41,14 @@ from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.loaders import describe_format, load_image
 from pyvmm.loaders.entry import CpuMode, EntryPoint
+from pyvmm.machine.device_ranges import check_mmio_range, check_pio_range
+from pyvmm.machine.legacy_pc import VgaTextWatch, attach_memory_watching_vga, attach_no_bios
 from pyvmm.machine.outcome import OutcomeKind, RunOutcome
-from pyvmm.machine.run_signals import stop_on_signals
+from pyvmm.machine.run_signals import stop_on_signals, stop_signals_raise
 from pyvmm.machine.vcpu_group import VcpuGroup
 from pyvmm.machine.vcpu_loop import ExitObserver, VcpuLoop
 from pyvmm.memory.guest_memory import GuestMemory
-from pyvmm.memory.size import RAM_GRANULE
+from pyvmm.memory.size import RAM_GRANULE, format_size
 from pyvmm.observe.translation import Translation, paging_registers, translate
 
 log = logging.getLogger(__name__)
@@ -54,6 +59,15 @@ COM1_SIZE = 8
 
 @dataclass(frozen=True)
 class MachineConfig:
+    """Everything `build_machine` needs, in the VMM's own units.
+
+    `image` is the whole image file (bytes; its format is found by its
+    magic), `ram_size` guest RAM in bytes (a whole number of 4 KiB pages, at
+    least 2 MiB), `console` the callback that receives each chunk of bytes
+    the guest writes to COM1. `pyvmm.create_machine` builds one from paths,
+    size strings and files.
+    """
+
     image: bytes
     ram_size: int
     console: Callable[[bytes], None]
@@ -64,6 +78,8 @@ class MachineConfig:
     # Multiboot: the command line as QEMU passes it, and the modules (--initrd).
     cmdline: str = ""
     modules: tuple[tuple[str, bytes], ...] = ()
+    # What --append added to cmdline (None: nothing): refused for other images.
+    append: str | None = None
     force_multiboot: bool = False
     # --max-exits: each vCPU stops after this many exits.
     max_exits: int | None = None
@@ -72,6 +88,8 @@ class MachineConfig:
     # In-kernel PIC/IOAPIC/LAPICs and PIT. None: only with several vCPUs, so that
     # a single-vCPU guest's `hlt` still reaches pyvmm and ends the run.
     irqchip: bool | None = None
+    # Watch the VGA text buffer (0xb8000) with KVM's dirty-page log (see legacy_pc.py).
+    vga_text: bool = False
 
     @property
     def wants_irqchip(self) -> bool:
@@ -79,7 +97,17 @@ class MachineConfig:
 
 
 class Machine(ClosesOnExit):
-    """A built VM, ready to run once. Closing releases every fd and mapping."""
+    """A built VM, ready to run once. Closing releases every fd and mapping.
+
+    Made by `build_machine` (or `pyvmm.create_machine`); use it in a `with`
+    block. Its parts stay reachable for scripts that need them: `memory`
+    (GuestMemory, guest RAM), `pio_bus` and `mmio_bus` (the Bus each exit is
+    dispatched on), `entry` (the EntryPoint the loader returned), `vcpu` and
+    `loop` (vCPU 0's KVM fd and exit loop; `loop.exit_count` counts its VM
+    exits), `group` (every vCPU). Methods that read the vCPU's state call
+    vCPU ioctls: call them before or after `run`, not from another thread
+    during it.
+    """
 
     def __init__(
         self,
@@ -109,8 +137,23 @@ class Machine(ClosesOnExit):
         self.max_phys_bits = max_phys_bits  # the guest's MAXPHYADDR, for page walks
         self.group = group or VcpuGroup([loop])  # every vCPU; `vcpu`/`loop` are vCPU 0
         self.console: Callable[[bytes], None] | None = None  # set by build_machine
+        # Set by build_machine: the no-BIOS trap (real-mode entries), the VGA text watch.
+        self.no_bios: NoBiosTrap | None = None
+        self.vga_text: VgaTextWatch | None = None
 
     def run(self, timeout: float | None = None, observer: ExitObserver | None = None) -> RunOutcome:
+        """Run every vCPU (KVM_RUN, KVM API doc 4.10) until the run ends; how it ended.
+
+        Always returns a RunOutcome, whatever the guest does: an error while
+        serving an exit becomes OutcomeKind.VMM_ERROR, never an exception.
+        `timeout` is in seconds (OutcomeKind.TIMEOUT when it expires); the
+        exit limit is `MachineConfig.max_exits` (OutcomeKind.EXIT_LIMIT).
+        `observer` sees every exit with its timing (the --trace and --stats
+        machinery). For the run, SIGALRM (the timeout), SIGINT, SIGTERM and
+        SIGHUP (OutcomeKind.INTERRUPTED) get pyvmm's handlers, and the old
+        ones come back after; that needs the main thread: from another
+        thread no handler is installed and `timeout` has no effect.
+        """
         with stop_on_signals(self.group.request_stop, timeout):
             outcome = self.group.run(observer)
         if outcome.kind.is_abnormal and outcome.registers is None:
@@ -125,21 +168,129 @@ class Machine(ClosesOnExit):
             return None
 
     def translate(self, gva: int) -> Translation:
-        """The chain GVA -> GPA -> HVA -> HPA for `gva`, with the vCPU's current paging."""
+        """The chain GVA -> GPA -> HVA -> HPA for `gva`, with vCPU 0's current paging.
+
+        GVA -> GPA is the software walk of the guest's page tables (Intel SDM
+        vol. 3A, 4.3 to 4.5), cross-checked with KVM_TRANSLATE (KVM API doc
+        4.15); GPA -> HVA comes from the memory slots (4.35); HVA -> HPA from
+        the host's /proc/self/pagemap (frame numbers need root). A chain
+        that stops early says why in `Translation.problem`: no exception for
+        an unmapped address. Raises KvmError if KVM refuses the ioctls.
+        """
         return translate(self.memory, self.vcpu, gva, self.max_phys_bits)
 
     def paging_registers(self) -> PagingRegisters:
+        """vCPU 0's CR0, CR3, CR4 and EFER: what decides its paging (KVM_GET_SREGS, 4.13)."""
         return paging_registers(self.vcpu)
 
     def mappings(self) -> list[Mapping]:
         """Every virtual range the guest's current page tables map."""
         return list_mappings(self.memory, self.paging_registers(), self.max_phys_bits)
 
+    def registers(self, cpu: int = 0) -> Registers:
+        """vCPU `cpu`'s registers now, as a plain, frozen `Registers` snapshot.
+
+        KVM_GET_REGS and KVM_GET_SREGS (KVM API doc 4.11, 4.13). Raises
+        ValueError for a vCPU the machine does not have, KvmError if KVM
+        refuses.
+        """
+        vcpu = self._vcpu(cpu)
+        return Registers.from_kvm(vcpu.get_regs(), vcpu.get_sregs())
+
+    def read_physical(self, gpa: int, size: int) -> bytes:
+        """`size` bytes of guest RAM at guest-physical address `gpa`.
+
+        Guest RAM is host memory behind the KVM memory slots (KVM API doc
+        4.35, KVM_SET_USER_MEMORY_REGION): this reads it directly, without an
+        ioctl. Raises GuestMemoryError if any byte is not RAM (a hole, MMIO).
+        """
+        return self.memory.read(gpa, size)
+
+    def write_physical(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        """Write `data` into guest RAM at guest-physical `gpa` (as `read_physical`).
+
+        Raises GuestMemoryError, and writes nothing, if any byte is not RAM.
+        """
+        self.memory.write(gpa, data)
+
+    def read_virtual(self, gva: int, size: int, cpu: int = 0) -> bytes:
+        """`size` bytes at guest-virtual (linear) address `gva`, through vCPU `cpu`'s paging.
+
+        Each page is translated by the software walk of the guest's own page
+        tables from its current CR0/CR3/CR4/EFER (Intel SDM vol. 3A, 4.3 to
+        4.5; linear addresses: 3.4), then read as `read_physical` does; with
+        paging off, linear is physical. Raises GuestPageFault when a page does
+        not translate, GuestMemoryError when it maps onto something that is
+        not RAM, ValueError for a negative size or an address outside 64 bits.
+        """
+        paging = paging_registers(self._vcpu(cpu))
+        return read_virtual(self.memory, paging, gva, size, self.max_phys_bits)
+
+    def write_virtual(self, gva: int, data: bytes | bytearray | memoryview, cpu: int = 0) -> None:
+        """Write `data` at guest-virtual `gva`, through vCPU `cpu`'s paging (as `read_virtual`).
+
+        Every page is translated before the first byte is written: a fault
+        writes nothing. The pages' permissions are not checked: the VMM
+        writes, not the guest, as a debugger does.
+        """
+        paging = paging_registers(self._vcpu(cpu))
+        write_virtual(self.memory, paging, gva, data, self.max_phys_bits)
+
+    def attach_pio_device(
+        self, device: BusDevice, port: int, length: int, name: str | None = None
+    ) -> None:
+        """Put `device` on the port I/O bus at ports [port, port + length), before `run`.
+
+        A guest `in`/`out` there (KVM_EXIT_IO, KVM API doc 5) calls
+        `device.read(offset, size) -> int` or `device.write(offset, size,
+        value)` with `offset` from `port` and `size` 1, 2 or 4 bytes. With
+        several vCPUs one device access runs at a time. Raises BusError for a
+        range outside the 64 KiB I/O space or an empty one, BusOverlap for a
+        range another device has (COM1 0x3f8-0x3ff, debug-exit 0xf4-0xf7,
+        POST 0x80, fw_cfg 0x510-0x511, PCI 0xcf8 and 0xcfc-0xcff).
+        """
+        label = name or type(device).__name__
+        check_pio_range(port, length, label)
+        self.pio_bus.insert(device, port, length, label)
+
+    def attach_mmio_device(
+        self, device: BusDevice, gpa: int, length: int, name: str | None = None
+    ) -> None:
+        """Put `device` on the MMIO bus at guest-physical [gpa, gpa + length), before `run`.
+
+        A guest access there (KVM_EXIT_MMIO, KVM API doc 5) calls
+        `device.read(offset, size)` or `device.write(offset, size, value)`
+        with `size` 1, 2, 4 or 8 bytes, little-endian values. Only addresses
+        outside guest RAM exit to the VMM: use the MMIO hole at 0xd0000000
+        (below 0xfec00000, where an in-kernel IOAPIC and LAPICs answer
+        themselves) or addresses above RAM. Raises BusError for a range over
+        RAM, over the pages given to KVM or beyond MAXPHYADDR, BusOverlap for
+        a range another device has.
+        """
+        label = name or type(device).__name__
+        check_mmio_range(self.memory, gpa, length, self.max_phys_bits, label)
+        self.mmio_bus.insert(device, gpa, length, label)
+
+    def _vcpu(self, cpu: int) -> Vcpu:
+        loops = self.group.loops
+        if not 0 <= cpu < len(loops):
+            raise ValueError(f"no vCPU {cpu}: this machine has vCPUs 0..{len(loops) - 1}")
+        return loops[cpu].vcpu
+
     def close(self) -> None:
+        """Release the vCPUs, the VM, /dev/kvm and guest RAM, in that order (idempotent)."""
         self._resources.close()
 
 
-def check_ram_size(ram_size: int) -> None:
+def check_ram_size(ram_size: int, requested: str | None = None) -> None:
+    """Refuse a guest RAM size pyvmm cannot use, with a UsageError that says why.
+
+    `requested` is the `-m` text the user typed; the message quotes it when given
+    (`-m 1K is too small...`), and names the size otherwise.
+    """
+    what = f"memory size {format_size(ram_size)}" if requested is None else f"-m {requested}"
+    if requested is not None and requested.strip().isdigit():  # plain MiB: say how much
+        what += f" ({format_size(ram_size)})"
     if ram_size % RAM_GRANULE:
         raise UsageError(
             f"memory size {ram_size} bytes is not a whole number of 4 KiB pages "
@@ -147,13 +298,13 @@ def check_ram_size(ram_size: int) -> None:
         )
     if ram_size < layout.MIN_RAM_SIZE:
         raise UsageError(
-            f"memory size {ram_size >> 10} KiB is too small: pyvmm needs at least "
-            f"{layout.MIN_RAM_SIZE >> 20} MiB"
+            f"{what} is too small: pyvmm needs at least "
+            f"{format_size(layout.MIN_RAM_SIZE)} of guest RAM"
         )
     host = host_memory_size()
     if host is not None and ram_size > host:
         raise UsageError(
-            f"memory size {ram_size >> 20} MiB is more than this host has ({host >> 20} MiB)"
+            f"{what} is more than this host's RAM ({format_size(host)})"
         )
 
 
@@ -168,7 +319,16 @@ def host_memory_size() -> int | None:
     return None
 
 
+@stop_signals_raise()  # a SIGTERM while building unwinds what was built
 def build_machine(config: MachineConfig) -> Machine:
+    """Open KVM, create the VM, its RAM, devices and vCPUs, load the image: a Machine.
+
+    Nothing runs yet. The image is loaded by its format (see
+    `pyvmm.loaders.load_image`) and vCPU 0 is set to its entry state.
+    Raises UsageError (RAM size, vCPU count), LoaderError (an image that
+    cannot be loaded or placed), KvmUnavailable (no usable KVM device),
+    KvmError (a KVM ioctl failed); whatever was built by then is released.
+    """
     check_ram_size(config.ram_size)
     with ExitStack() as resources:
         # Memory first, so that it is unmapped only after the VM that uses it is gone.
@@ -181,7 +341,9 @@ def build_machine(config: MachineConfig) -> Machine:
         # Needed by Intel VT-x to run real mode; harmless elsewhere.
         vm.set_tss_addr(layout.KVM_TSS_GPA)
         vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_GPA)
-        attach_memory(vm, memory)
+        vga_text = attach_memory_watching_vga(vm, memory) if config.vga_text else None
+        if not config.vga_text:
+            attach_memory(vm, memory)
 
         entry = load_image(
             config.image,
@@ -192,6 +354,7 @@ def build_machine(config: MachineConfig) -> Machine:
             force_multiboot=config.force_multiboot,
             cmdline=config.cmdline,
             modules=config.modules,
+            append=config.append,
             reserved=layout.reserved_ranges(True),
         )
         check_entry_placement(entry)
@@ -239,6 +402,11 @@ def build_machine(config: MachineConfig) -> Machine:
         attach_debug_exit(pio_bus, group.request_stop)
         pio_bus.insert(IgnoredPort(), POST_PORT, 1, "POST port")
         attach_qemu_board(pio_bus, config)
+        no_bios = None
+        if entry.mode is CpuMode.REAL:
+            no_bios = attach_no_bios(pio_bus, memory, group.request_stop)
+        if vga_text is not None:
+            vga_text.mark_start()
 
         machine = Machine(
             kvm,
@@ -255,6 +423,7 @@ def build_machine(config: MachineConfig) -> Machine:
             group,
         )
         machine.console = config.console
+        machine.no_bios, machine.vga_text = no_bios, vga_text
     return machine
 
 
@@ -308,7 +477,43 @@ def attach_qemu_board(pio_bus: Bus, config: MachineConfig) -> None:
     pio_bus.insert(Shifted(pci, 4), PCI_CONFIG_DATA_PORT, 4, "PCI CONFIG_DATA (empty bus)")
 
 
+# The most vCPUs pyvmm gives a guest. Each vCPU's LAPIC has the vCPU id as its
+# xAPIC ID, and xAPIC IDs are 8 bits with 0xff the broadcast destination (Intel
+# SDM vol. 3A, APIC chapter, "Physical Destination Mode": single destinations
+# 00H-FEH; CPUID.1:EBX[31:24] is 8 bits too): IDs 0..254. More needs x2APIC IDs
+# and KVM_CAP_X2APIC_API, which pyvmm does not enable; QEMU refuses an APIC ID
+# of 255 or more without them (hw/i386/x86-common.c, x86_cpus_init).
+MAX_CPUS = 255
+# KVM API doc 4.7 (KVM_CREATE_VCPU): without KVM_CAP_NR_VCPUS, assume 4.
+DEFAULT_RECOMMENDED_VCPUS = 4
+
+
 def check_vcpu_count(kvm: Kvm, cpus: int) -> None:
-    limit = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS) or kvm.check_extension(lib.KVM_CAP_NR_VCPUS)
-    if not 1 <= cpus <= max(limit, 1):
-        raise UsageError(f"-smp {cpus}: this host's KVM supports 1 to {limit} vCPUs")
+    """Refuse a vCPU count this host's KVM or pyvmm cannot run (UsageError, one line).
+
+    KVM API doc 4.7 (KVM_CREATE_VCPU): KVM_CAP_MAX_VCPUS is the most vCPUs a VM
+    may have, KVM_CAP_NR_VCPUS the recommended most (on x86, the host's CPU
+    count). Above the recommendation the vCPUs share host CPUs: that is allowed
+    and logged (seen with -v), as QEMU warns. Ids 0..cpus-1 are below
+    KVM_CAP_MAX_VCPU_ID, which is never less than KVM_CAP_MAX_VCPUS.
+    """
+    recommended = kvm.check_extension(lib.KVM_CAP_NR_VCPUS) or DEFAULT_RECOMMENDED_VCPUS
+    limit = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS) or recommended
+    if cpus < 1:
+        raise UsageError(f"-smp {cpus}: a machine needs at least one vCPU")
+    if cpus > limit and limit < MAX_CPUS:
+        raise UsageError(
+            f"-smp {cpus}: more than the {limit} vCPUs this host's KVM allows (KVM_CAP_MAX_VCPUS)"
+        )
+    if cpus > MAX_CPUS:
+        raise UsageError(
+            f"-smp {cpus}: more than the {MAX_CPUS} vCPUs pyvmm supports (xAPIC IDs are 8 "
+            "bits, 0xff is the broadcast ID, and pyvmm has no x2APIC)"
+        )
+    if cpus > recommended:
+        log.info(
+            "-smp %d: more vCPUs than this host's KVM recommends (KVM_CAP_NR_VCPUS = %d): "
+            "they share its CPUs",
+            cpus,
+            recommended,
+        )

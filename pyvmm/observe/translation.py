@@ -17,6 +17,8 @@ from pyvmm.memory.host_pagemap import HostFrame, host_frame
 
 @dataclass(frozen=True)
 class KvmTranslation:
+    """What KVM_TRANSLATE (KVM API doc 4.15) answered for the same address."""
+
     valid: bool
     gpa: int
     writeable: bool
@@ -25,6 +27,16 @@ class KvmTranslation:
 
 @dataclass(frozen=True)
 class Translation:
+    """One guest-virtual address followed through every level (`Machine.translate`).
+
+    `walk` is the software walk of the guest's page tables (each entry read,
+    Intel SDM vol. 3A, 4.3 to 4.5), `kvm` KVM's own walk, `slot` and `hva`
+    the KVM memory slot and host-virtual address of the guest-physical
+    address, `host` the host frame (HostFrame: `pfn`, `hpa`, or a `note`
+    saying why the host hides it). Fields past the point where the chain
+    stops are None, and `problem` says why it stopped.
+    """
+
     gva: int
     walk: Walk
     kvm: KvmTranslation

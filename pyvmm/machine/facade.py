@@ -1,0 +1,168 @@
+"""`create_machine`: a Machine from what a script has at hand.
+
+`MachineConfig` + `build_machine` take exactly what the VMM needs (the image
+as bytes, the RAM size in bytes, a console callback). `create_machine` takes
+what a script usually has instead, and converts it the way `pyvmm boot`
+does: a path or bytes, a size such as "64M", a mode name, a file to print
+the console to. Everything else (`Machine`, its methods, `RunOutcome`) is
+the same objects either way.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+from collections.abc import Callable, Sequence
+from typing import BinaryIO, TextIO
+
+from pyvmm.console.input import InputBuffer
+from pyvmm.errors import LoaderError, UsageError
+from pyvmm.kvm.system import DEFAULT_KVM_PATH
+from pyvmm.loaders import read_image
+from pyvmm.loaders.entry import CpuMode
+from pyvmm.machine.builder import Machine, MachineConfig, build_machine
+from pyvmm.memory.size import parse_ram_size
+
+DEFAULT_RAM_SIZE = "128M"  # as `pyvmm boot` without -m
+
+
+def create_machine(
+    image: str | os.PathLike[str] | bytes | bytearray | memoryview,
+    *,
+    ram_size: int | str = DEFAULT_RAM_SIZE,
+    console: Callable[[bytes], None] | BinaryIO | TextIO | None = None,
+    console_input: bytes = b"",
+    mode: CpuMode | str | None = None,
+    load_gpa: int | None = None,
+    cpus: int = 1,
+    max_exits: int | None = None,
+    cmdline: str = "",
+    modules: Sequence[str | os.PathLike[str] | tuple[str, bytes]] = (),
+    irqchip: bool | None = None,
+    kvm_path: str = DEFAULT_KVM_PATH,
+) -> Machine:
+    """Build a VM for `image`, ready to `run`; use it in a `with` block (or `close` it).
+
+    - `image`: a path (str or os.PathLike) or the image's bytes, in any
+      format `pyvmm boot` boots, found by its magic: multiboot v1 kernel,
+      ELF32 (entered in protected mode), ELF64 (long mode), else a flat
+      binary (real mode at 0x7c00 unless `mode`/`load_gpa` say otherwise;
+      flat images in the other modes default to 1 MiB).
+    - `ram_size`: bytes as an int, or a string as `-m` takes it ("64M",
+      "1G"; a bare number is MiB, as in QEMU), rounded up to whole 4 KiB
+      pages. Guest RAM is one KVM memory slot per range around the MMIO
+      hole at 0xd0000000 (KVM API doc 4.35, KVM_SET_USER_MEMORY_REGION).
+    - `console`: where the bytes the guest writes to COM1 (a 16550A UART at
+      port 0x3f8) go. A callable gets each chunk of bytes; a text stream
+      (`sys.stdout`, `io.StringIO`) gets them decoded as UTF-8 (invalid
+      bytes as U+FFFD), so they interleave with the script's own `print`s;
+      a binary file (`io.BytesIO`, a file opened "wb") gets the bytes as
+      they are. None discards them: the library prints nothing by itself.
+    - `console_input`: bytes the guest can read from COM1, in order.
+    - `mode`: the CPU state to enter a flat image in, a CpuMode or its
+      value ("real", "protected", "paged", "long", "user").
+    - `load_gpa`: where a flat image goes (guest-physical address).
+    - `cpus`: vCPUs (with KVM's in-kernel irqchip when more than one).
+    - `max_exits`: each vCPU's run ends with OutcomeKind.EXIT_LIMIT after
+      this many VM exits (`--max-exits`); None for no limit.
+    - `cmdline`, `modules`: a multiboot kernel's whole command line (QEMU
+      passes "<kernel path> <-append text>") and its modules, each a path
+      (its string is the path) or a (string, bytes) pair.
+    - `irqchip`: force KVM's in-kernel PIC/IOAPIC/LAPIC/PIT on or off; None
+      has it only with several vCPUs, so that a single vCPU's `hlt` ends the
+      run (OutcomeKind.HALTED).
+
+    Raises UsageError (a bad size, mode or vCPU count), LoaderError and its
+    subclasses (unreadable, empty, malformed image; an image that does not
+    fit in RAM), KvmUnavailable (no usable `kvm_path`), KvmError (a KVM
+    ioctl failed), TypeError for a `console` that is none of the above.
+    """
+    config = MachineConfig(
+        image=_image_bytes(image),
+        ram_size=parse_ram_size(ram_size) if isinstance(ram_size, str) else ram_size,
+        console=console_callback(console),
+        mode=_cpu_mode(mode),
+        load_gpa=load_gpa,
+        kvm_path=kvm_path,
+        cpus=cpus,
+        cmdline=cmdline,
+        modules=tuple(_module(entry) for entry in modules),
+        max_exits=max_exits,
+        console_input=_input_buffer(console_input),
+        irqchip=irqchip,
+    )
+    return build_machine(config)
+
+
+def console_callback(
+    console: Callable[[bytes], None] | BinaryIO | TextIO | None,
+) -> Callable[[bytes], None]:
+    """The `MachineConfig.console` callback for what `create_machine` accepts as `console`."""
+    if console is None:
+        return _discard
+    if callable(console):
+        return console
+    # A text stream says its encoding; a binary one has none.
+    if isinstance(console, io.TextIOBase) or isinstance(getattr(console, "encoding", None), str):
+        return TextConsole(console)  # type: ignore[arg-type]
+    write = getattr(console, "write", None)
+    if callable(write):
+        return write  # type: ignore[no-any-return]
+    raise TypeError(
+        f"console must be a callable taking bytes, a text or binary file, or None; "
+        f"got {type(console).__name__}"
+    )
+
+
+class TextConsole:
+    """Guest bytes onto a text stream, decoded as UTF-8 across chunk boundaries."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def __call__(self, data: bytes) -> None:
+        text = self._decoder.decode(data)
+        if text:
+            self.stream.write(text)
+
+
+def _discard(data: bytes) -> None:
+    pass
+
+
+def _image_bytes(image: str | os.PathLike[str] | bytes | bytearray | memoryview) -> bytes:
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+        if not data:
+            raise LoaderError("the image is empty")
+        return data
+    return read_image(os.fspath(image))
+
+
+def _cpu_mode(mode: CpuMode | str | None) -> CpuMode | None:
+    if mode is None or isinstance(mode, CpuMode):
+        return mode
+    try:
+        return CpuMode(mode)
+    except ValueError:
+        names = ", ".join(each.value for each in CpuMode)
+        raise UsageError(f"unknown CPU mode {mode!r}: use one of {names}") from None
+
+
+def _module(entry: str | os.PathLike[str] | tuple[str, bytes]) -> tuple[str, bytes]:
+    if isinstance(entry, tuple):
+        string, data = entry
+        return str(string), bytes(data)
+    path = os.fspath(entry)
+    return path, read_image(path)
+
+
+def _input_buffer(data: bytes) -> InputBuffer | None:
+    if not data:
+        return None
+    buffer = InputBuffer(len(data))
+    buffer.put(bytes(data))
+    buffer.eof = True  # nothing more will come: as a closed stdin
+    return buffer
