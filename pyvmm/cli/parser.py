@@ -288,8 +288,9 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         type=_parse_cpus,
         default=1,
         metavar="N",
-        help="number of vCPUs (default 1; at most what this host's KVM allows, "
-        "KVM_CAP_MAX_VCPUS); more than one adds the in-kernel APICs and PIT",
+        help="number of vCPUs (default 1; 1 to 255, the xAPIC limit, and at most what "
+        "this host's KVM allows, KVM_CAP_MAX_VCPUS); more than one adds the in-kernel "
+        "APICs and PIT",
     )
     parser.add_argument(
         "--kernel-irqchip",

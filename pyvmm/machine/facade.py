@@ -23,6 +23,7 @@ from pyvmm.loaders import read_image
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.machine.builder import Machine, MachineConfig, build_machine
 from pyvmm.memory.size import parse_ram_size
+from pyvmm.shipped import resolve_image
 
 DEFAULT_RAM_SIZE = "128M"  # as `pyvmm boot` without -m
 
@@ -44,7 +45,8 @@ def create_machine(
 ) -> Machine:
     """Build a VM for `image`, ready to `run`; use it in a `with` block (or `close` it).
 
-    - `image`: a path (str or os.PathLike) or the image's bytes, in any
+    - `image`: a path (str or os.PathLike; `guests/NAME` also names a guest
+      that ships with pyvmm, as on the command line) or the image's bytes, in any
       format `pyvmm boot` boots, found by its magic: multiboot v1 kernel,
       ELF32 (entered in protected mode), ELF64 (long mode), else a flat
       binary (real mode at 0x7c00 unless `mode`/`load_gpa` say otherwise;
@@ -138,7 +140,7 @@ def _image_bytes(image: str | os.PathLike[str] | bytes | bytearray | memoryview)
         if not data:
             raise LoaderError("the image is empty")
         return data
-    return read_image(os.fspath(image))
+    return read_image(resolve_image(os.fspath(image)))
 
 
 def _cpu_mode(mode: CpuMode | str | None) -> CpuMode | None:
@@ -156,7 +158,7 @@ def _module(entry: str | os.PathLike[str] | tuple[str, bytes]) -> tuple[str, byt
         string, data = entry
         return str(string), bytes(data)
     path = os.fspath(entry)
-    return path, read_image(path)
+    return path, read_image(resolve_image(path))
 
 
 def _input_buffer(data: bytes) -> InputBuffer | None:
