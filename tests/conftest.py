@@ -7,6 +7,8 @@ unless PYVMM_REQUIRE_KVM=1 (CI), which turns the skip into a failure.
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def _kvm_required_but_missing() -> None:
     pytest.fail(f"PYVMM_REQUIRE_KVM=1 but {kvm_problem()}")
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that another socket holds for the test's duration."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]

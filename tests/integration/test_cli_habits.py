@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,13 +86,6 @@ def test_trace_file_alone_writes_the_trace(tmp_path: Path) -> None:
     reasons = [json.loads(line)["reason"] for line in trace.read_text().splitlines()]
     assert reasons == ["KVM_EXIT_IO"] * 14 + ["KVM_EXIT_HLT"]
 
-
-@pytest.fixture
-def busy_port() -> Iterator[int]:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        yield holder.getsockname()[1]
 
 
 def test_gdb_on_a_busy_port_is_a_usage_error(busy_port: int) -> None:

@@ -348,13 +348,6 @@ def test_ram_beyond_the_host_is_said_in_its_own_unit(capsys: pytest.CaptureFixtu
     assert line.startswith("pyvmm: -m 100000 (97.6 GiB) is more than this host's RAM (")
 
 
-@pytest.fixture
-def busy_port() -> Iterator[int]:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        yield holder.getsockname()[1]
-
 
 def test_gdb_port_in_use_is_a_usage_error(busy_port: int) -> None:
     with pytest.raises(UsageError) as error:
