@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from pyvmm.errors import PyvmmError
+from pyvmm.errors import PyvmmError, UsageError
 from pyvmm.machine.outcome import EXIT_SIGNAL_BASE, EXIT_VMM_ERROR, RunOutcome
 
 
@@ -44,7 +44,8 @@ def run_boot(args: argparse.Namespace) -> Ending:
 def run_memmap(args: argparse.Namespace) -> Ending:
     from pyvmm.cli.memmap import run_memmap
 
-    return Ending(run_memmap(args))
+    status, signum = run_memmap(args)
+    return Ending(status, signum)
 
 
 def run_demo(args: argparse.Namespace) -> Ending:
@@ -64,11 +65,32 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Ending]] = {
 
 
 def run_command(argv: Sequence[str] | None = None) -> Ending:
-    """Parse `argv` (default: sys.argv[1:]), run the command; never raises."""
+    """Parse `argv` (default: sys.argv[1:]), run the command; never raises.
+
+    Every stop by a signal ends the same way, wherever it lands (parsing, the
+    build, the run, a wait for gdb, the report after the run): one line
+    `pyvmm: stopped by SIGNAME` on stderr, and an Ending with that signal. A
+    run turns the signal into its INTERRUPTED outcome; outside a run SIGTERM
+    and SIGHUP raise StoppedBySignal and SIGINT KeyboardInterrupt, so that
+    what was set up (the terminal, the machine) is undone on the way out.
+    """
+    from pyvmm.machine.run_signals import StoppedBySignal, stop_signals_raise
+
+    with stop_signals_raise():
+        try:
+            return _run_command(argv)
+        except StoppedBySignal as stop:  # landed while an error was being reported
+            print(f"pyvmm: {stop}", file=sys.stderr)
+            return Ending(stop.exit_status, stop.signal)
+
+
+def _run_command(argv: Sequence[str] | None) -> Ending:
     from pyvmm.cli.arguments import normalize_arguments
     from pyvmm.cli.parser import build_parser, check_combinations
+    from pyvmm.machine.run_signals import StoppedBySignal
 
     verbose = 0
+    command: str | None = None
     try:
         parser = build_parser()
         # QEMU's spellings and what argparse would misread, before argparse sees them.
@@ -76,6 +98,7 @@ def run_command(argv: Sequence[str] | None = None) -> Ending:
             parser.commands, list(sys.argv[1:] if argv is None else argv)
         )
         args = parser.parse_args(arguments)
+        command = args.command
         check_combinations(args)
         verbose = args.verbose
         logging.basicConfig(
@@ -86,18 +109,26 @@ def run_command(argv: Sequence[str] | None = None) -> Ending:
         return COMMANDS[args.command](args)
     except SystemExit as exit:  # --help and --version
         return Ending(int(exit.code or 0))
+    except StoppedBySignal as stop:  # SIGTERM or SIGHUP outside a run
+        print(f"pyvmm: {stop}", file=sys.stderr)
+        return Ending(stop.exit_status, stop.signal)
     except PyvmmError as error:
         if verbose:
             logging.getLogger("pyvmm").debug("details", exc_info=True)
         message = str(error)
-        print(message if message.startswith("pyvmm") else f"pyvmm: {message}", file=sys.stderr)
-        return Ending(error.exit_status, getattr(error, "signal", None))
+        if not message.startswith("pyvmm"):
+            # A usage error names its command, wherever it was found (parser or run).
+            who = f"pyvmm {command}" if isinstance(error, UsageError) and command else "pyvmm"
+            message = f"{who}: {message}"
+        print(message, file=sys.stderr)
+        return Ending(error.exit_status)
     except KeyboardInterrupt:  # Ctrl-C outside a run (a run turns it into an outcome)
-        print("pyvmm: interrupted", file=sys.stderr)
+        print(f"pyvmm: stopped by {signal.SIGINT.name}", file=sys.stderr)
         return Ending(EXIT_SIGNAL_BASE + signal.SIGINT, signal.SIGINT)
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away: stop quietly, as Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return Ending(EXIT_SIGNAL_BASE + signal.SIGPIPE, signal.SIGPIPE)
     except Exception as error:  # a bug in pyvmm: one line, a status, no traceback
         if verbose:
@@ -116,7 +147,7 @@ def end_process(ending: Ending) -> NoReturn:
     if ending.signal is None:
         sys.exit(ending.status)
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # closed or gone: nothing to flush
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, gone or None
             stream.flush()
     if ending.signal != signal.SIGKILL:  # SIGKILL has no handler and cannot be blocked
         signal.signal(ending.signal, signal.SIG_DFL)
@@ -125,6 +156,33 @@ def end_process(ending: Ending) -> NoReturn:
     os._exit(ending.status)  # only if the signal could not end us (it is ignored from outside)
 
 
+STANDARD_STREAMS = (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w"))
+
+
+def open_closed_standard_fds() -> None:
+    """Give each of fds 0, 1 and 2 that is closed /dev/null, as careful Unix programs do.
+
+    Started with `>&-`, the first file pyvmm opened would become fd 1 (the
+    image, /dev/kvm...) and anything meant for stdout would land in it. Python
+    leaves `sys.stdout` None then; it gets a stream on /dev/null too. The
+    program's business only: the library never touches the process's fds.
+    """
+    for name, fd, mode in STANDARD_STREAMS:
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)  # the lowest free fd: `fd` itself,
+        if null != fd:  # since the ones below it are open already
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:  # the stream lives as long as the process
+            stream = open(fd, mode, closefd=False, errors="backslashreplace")  # noqa: SIM115
+            setattr(sys, name, stream)
+
+
 def console_main() -> NoReturn:
     """The `pyvmm` program."""
+    open_closed_standard_fds()
     end_process(run_command())

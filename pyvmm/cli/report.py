@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from pyvmm.console.output import ConsoleWriter
     from pyvmm.machine.builder import Machine
     from pyvmm.machine.outcome import RunOutcome
     from pyvmm.observe.machine_map import MapEntry
@@ -61,7 +64,11 @@ def _split_vga_slots(machine: Machine, entries: list[MapEntry]) -> list[MapEntry
 
 
 def log_run_summary(machine: Machine, outcome: RunOutcome) -> None:
-    logging.getLogger("pyvmm").info(
+    log = logging.getLogger("pyvmm")
+    if not log.isEnabledFor(logging.INFO):
+        return
+    finish_guest_line(machine.console)
+    log.info(
         "%s after %d exits; unassigned port accesses: %d reads, %d writes",
         outcome.kind.value,
         machine.loop.exit_count,
@@ -74,15 +81,79 @@ TAIL_LINES = 5  # console lines shown after an abnormal end (-v: TAIL_LINES_VERB
 TAIL_LINES_VERBOSE = 40
 
 
-def report_end(outcome: RunOutcome, console: object, verbose: int) -> None:
-    """An abnormal end: why, the registers, the console's last lines. Always: lost output."""
+def finish_guest_line(console: object, stream: TextIO | None = None) -> None:
+    """Before pyvmm's own lines: end the line the guest left unfinished, if they share it.
+
+    Only where the guest's console and `stream` (default: stderr) write to the
+    same place, the same terminal, file or pipe (`2>&1`): there pyvmm's line
+    would otherwise be glued to the guest's (`Hello, worpyvmm: ...`). Once per
+    unfinished line.
+    """
+    from pyvmm.console.output import ConsoleWriter
+
+    out = sys.stderr if stream is None else stream
+    if not isinstance(console, ConsoleWriter) or not console.ends_mid_line:
+        return
+    try:
+        fd = out.fileno()
+    except (AttributeError, ValueError, OSError):
+        return
+    if console.shares_destination(fd):
+        print(file=out)
+        console.note_line_ended()
+
+
+def closed_console_outcome(console: ConsoleWriter) -> RunOutcome:
+    """The run's end when the console's reader went away (EPIPE): as `yes | head` ends."""
+    from pyvmm.machine.outcome import interrupted
+
+    return interrupted(
+        "SIGPIPE",
+        signal.SIGPIPE,
+        f"the guest's console, {console.name}, has no reader any more (EPIPE): "
+        "stopped as SIGPIPE stops a program writing to a closed pipe",
+    )
+
+
+def stop_notes(machine: Machine, outcome: RunOutcome) -> tuple[str, ...]:
+    """After a stop from outside (--timeout, a signal): why the guest had not ended itself.
+
+    Read from the vCPUs (KVM_GET_MP_STATE, RFLAGS.IF); call after the run,
+    while the machine is open. Empty when nothing is known for certain.
+    """
+    from pyvmm.console.output import ConsoleWriter
+    from pyvmm.machine.outcome import OutcomeKind
+    from pyvmm.machine.vcpu_states import explain_never_ended, read_vcpu_states
+
+    if outcome.kind not in (OutcomeKind.TIMEOUT, OutcomeKind.INTERRUPTED):
+        return ()
+    if isinstance(machine.console, ConsoleWriter) and machine.console.reader_gone:
+        return ()  # the run ended because of the host, not of the guest
+    states = read_vcpu_states(loop.vcpu for loop in machine.group.loops)
+    why = explain_never_ended(states) if states else None
+    return (why,) if why else ()
+
+
+def report_end(
+    outcome: RunOutcome, console: object, verbose: int, notes: Sequence[str] = ()
+) -> None:
+    """An abnormal end: why (and `notes`), the registers, the console's last lines.
+
+    Always: console output that was lost, and why. A run ended because the
+    console's reader went away says nothing, as `yes | head` says nothing,
+    except with -v.
+    """
     from pyvmm.console.output import ConsoleWriter
 
     writer = console if isinstance(console, ConsoleWriter) else None
+    quiet = writer is not None and writer.reader_gone and not verbose
+    if quiet and outcome.signal == signal.SIGPIPE:
+        return
     if outcome.kind.is_abnormal:
-        if writer is not None and writer.ends_mid_line and os.isatty(writer.fd):
-            print(file=sys.stderr)  # start pyvmm's report on a line of its own
+        finish_guest_line(writer)
         print(f"pyvmm: {outcome.message}", file=sys.stderr)
+        for note in notes:
+            print(f"pyvmm: {note}", file=sys.stderr)
         if outcome.registers:
             print(outcome.registers, file=sys.stderr)
         tail = writer.tail_lines(TAIL_LINES_VERBOSE if verbose else TAIL_LINES) if writer else []
@@ -90,14 +161,26 @@ def report_end(outcome: RunOutcome, console: object, verbose: int) -> None:
             print("pyvmm: last console output:", file=sys.stderr)
             for line in tail:
                 print(f"  | {line}", file=sys.stderr)
-    if writer is not None and writer.bytes_over_rate:
+    if writer is None:
+        return
+    if writer.bytes_over_rate:
+        finish_guest_line(writer)
         print(
-            f"pyvmm: dropped {writer.bytes_over_rate} bytes of console output over "
+            f"pyvmm: dropped {_bytes(writer.bytes_over_rate)} of console output over "
             f"--console-rate {writer.rate_limit} bytes/s",
+            file=sys.stderr,
+        )
+    problem = writer.describe_write_error()
+    if problem is not None and not quiet:
+        finish_guest_line(writer)
+        print(
+            f"pyvmm: dropped {_bytes(writer.bytes_dropped)} of console output: {problem}",
             file=sys.stderr,
         )
 
 
+def _bytes(count: int) -> str:
+    return "1 byte" if count == 1 else f"{count} bytes"
 
 
 # The BIOS services called and the VGA text screen, taken while the machine is open.
@@ -151,17 +234,15 @@ def report_legacy_pc(
 ) -> None:
     """Print the BIOS lines, then the framed screen, on `stream` (default: stderr).
 
-    `console`: the guest's ConsoleWriter, when a guest line left unfinished on
-    the terminal must be ended first (report_end does it after an abnormal end).
+    `console`: the guest's ConsoleWriter, whose unfinished last line is ended
+    first where it shares `stream` (see `finish_guest_line`).
     """
-    from pyvmm.console.output import ConsoleWriter
     from pyvmm.devices.vga_text import render
 
     out = sys.stderr if stream is None else stream
     if not report.bios_lines and report.screen is None:
         return
-    if isinstance(console, ConsoleWriter) and console.ends_mid_line and os.isatty(console.fd):
-        print(file=out)
+    finish_guest_line(console, out)
     for line in report.bios_lines:
         print(f"pyvmm: {line}", file=out)
     if report.screen is None:

@@ -21,6 +21,7 @@ from pyvmm.gdb.packets import Interrupt, PacketReader
 from pyvmm.gdb.session import Exited, GdbSession, Killed, SessionState
 from pyvmm.gdb.vcpu_target import VcpuTarget, host_reports_data_breakpoints, host_reports_int3
 from pyvmm.machine.outcome import OutcomeKind, RunOutcome, interrupted
+from pyvmm.machine.run_signals import stop_signals_raise
 
 if TYPE_CHECKING:
     from pyvmm.machine.builder import Machine
@@ -146,8 +147,18 @@ class GdbServer:
         """Wait for gdb, then run the guest under its control until the guest ends.
 
         `observer` (--trace, --stats) sees every exit of every run, as without gdb.
-        A port that cannot be listened on is a UsageError (see `listen`).
+        A port that cannot be listened on is a UsageError (see `listen`). A
+        SIGTERM or SIGHUP while no run is going on (waiting for gdb to connect,
+        or for its next command) raises StoppedBySignal, as during the build,
+        so that the caller cleans up and ends as every stop ends; during a run
+        it ends the run (OutcomeKind.INTERRUPTED).
         """
+        with stop_signals_raise():
+            return self._serve(stop_at_start, timeout, observer)
+
+    def _serve(
+        self, stop_at_start: bool, timeout: float | None, observer: ExitObserver | None
+    ) -> RunOutcome:
         listener = listen(self.address)
         self.observer = observer
         # The handler does nothing: the signal is only there to interrupt KVM_RUN.

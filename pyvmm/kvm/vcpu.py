@@ -64,6 +64,7 @@ class Vcpu(ClosesOnExit):
         ioctl_ptr(self.fd, lib.KVM_SET_CPUID2, "KVM_SET_CPUID2", cpuid)
 
     def get_mp_state(self) -> int:
+        """KVM_GET_MP_STATE (KVM API doc 4.38): a KVM_MP_STATE_* value (RUNNABLE, HALTED...)."""
         state = ffi.new("struct kvm_mp_state *")
         ioctl_ptr(self.fd, lib.KVM_GET_MP_STATE, "KVM_GET_MP_STATE", state)
         return int(state.mp_state)

@@ -7,9 +7,12 @@ Python's last look at its pending signals, before the ioctl) waits for the next
 one: so the alarm repeats every KICK_INTERVAL from the deadline on, and a stop
 signal's handler arms the same repeating alarm, until the run has ended.
 
-Before the run, while the machine is built, `stop_signals_raise` turns a SIGTERM
-or SIGHUP that would kill the process on the spot into an exception, so that
-what was already set up (the terminal, file descriptors) is undone first.
+Outside a run (while the machine is built, while the gdb stub waits, and in
+the CLI around the whole command) `stop_signals_raise` turns a SIGTERM or
+SIGHUP that would kill the process on the spot into StoppedBySignal, so that
+what was already set up (the terminal, file descriptors) is undone first and
+the stop is reported as every other stop is (`pyvmm: stopped by SIGTERM`,
+then the process ends by the signal).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from pyvmm.errors import PyvmmError
 from pyvmm.machine.outcome import EXIT_SIGNAL_BASE, RunOutcome, interrupted, timed_out
 
 KICK_INTERVAL = 0.01
@@ -58,11 +60,13 @@ def stop_on_signals(
             signal.signal(signum, handler)
 
 
-class StoppedBySignal(PyvmmError):
-    """A SIGTERM or SIGHUP came while the machine was being built (nothing ran).
+class StoppedBySignal(BaseException):
+    """A SIGTERM or SIGHUP came outside a run (while the machine was built, say).
 
     `signal` is its number; `exit_status` is 128 + it, what a shell shows for a
-    process that signal ended.
+    process that signal ended. Like KeyboardInterrupt, what Ctrl-C raises, it
+    is no Exception: raised wherever the signal lands, it must get through
+    every `except Exception` on its way out (logging's handlers have one).
     """
 
     def __init__(self, signum: int) -> None:

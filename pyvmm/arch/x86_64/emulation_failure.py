@@ -6,8 +6,9 @@ when its instruction emulator gives up: an instruction it does not implement
 guest-physical address no memory slot backs. Newer kernels pass the bytes they
 fetched (flag KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, decoded in
 `pyvmm.kvm.exits`); older ones, and failed fetches, pass none, so the bytes
-are then read through the guest's own page tables. Pure over kvm_regs,
-kvm_sregs and GuestMemory.
+are then read through the guest's own page tables. An instruction that
+uses SSE registers while the guest has SSE off gets what to do about it
+(`pyvmm.arch.x86_64.sse_state`). Pure over kvm_regs, kvm_sregs and GuestMemory.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import Any
 from pyvmm._kvm import lib
 from pyvmm.arch.x86_64.instruction import (
     MAX_INSTRUCTION_SIZE,
+    Instruction,
     code_bits,
     disassemble_one,
     fetch,
     linear_address,
 )
 from pyvmm.arch.x86_64.page_walk import PagingRegisters, walk
+from pyvmm.arch.x86_64.sse_state import sse_off_hint
 from pyvmm.kvm.exits import InternalError
 from pyvmm.memory.guest_memory import GuestMemory
 
@@ -89,27 +92,32 @@ def _describe_emulation_failure(
     bits = code_bits(sregs)
     linear = linear_address(sregs, regs.rip)
     if exit.insn_bytes:
-        what = _describe_code(exit.insn_bytes, bits, linear)
-        return f"KVM could not emulate {what} at {where} ({name})"
-    code, problem = _read_code(memory, sregs, linear, max_phys_bits)
-    if problem is not None:
-        return f"KVM could not emulate the instruction at {where}: {problem} ({name})"
-    source = "read from guest memory: KVM gave no bytes"
-    what = _describe_code(code, bits, linear, source, ram_ends=len(code) < MAX_INSTRUCTION_SIZE)
-    return f"KVM could not emulate {what} at {where} ({name})"
+        what, instruction = _describe_code(exit.insn_bytes, bits, linear)
+    else:
+        code, problem = _read_code(memory, sregs, linear, max_phys_bits)
+        if problem is not None:
+            return f"KVM could not emulate the instruction at {where}: {problem} ({name})"
+        source = "read from guest memory: KVM gave no bytes"
+        what, instruction = _describe_code(
+            code, bits, linear, source, ram_ends=len(code) < MAX_INSTRUCTION_SIZE
+        )
+    text = f"KVM could not emulate {what} at {where} ({name})"
+    hint = sse_off_hint(instruction.text, sregs) if instruction is not None else None
+    return f"{text}: {hint}" if hint else text
 
 
 def _describe_code(
     code: bytes, bits: int, linear: int, source: str = "", ram_ends: bool = False
-) -> str:
-    """`'mnemonic operands' (bytes)`; KVM's window holds up to 15 bytes: keep the first insn's."""
+) -> tuple[str, Instruction | None]:
+    """`'mnemonic operands' (bytes)` and the instruction; KVM's window holds up to 15
+    bytes: keep the first instruction's."""
     note = f", {source}" if source else ""
     instruction = disassemble_one(code, bits, linear)
     if instruction is not None:
-        return f"'{instruction.text}' ({instruction.code.hex(' ')}{note})"
+        return f"'{instruction.text}' ({instruction.code.hex(' ')}{note})", instruction
     if ram_ends:  # a truncated instruction, not a bad one
         note += f"; guest RAM ends after {len(code)} of them"
-    return f"undecodable bytes ({code.hex(' ')}{note})"
+    return f"undecodable bytes ({code.hex(' ')}{note})", None
 
 
 def _read_code(
