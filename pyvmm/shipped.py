@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import site
 import sys
 from dataclasses import dataclass
@@ -93,6 +94,66 @@ def resolve_image(path: str, package_dir: Path = PACKAGE_DIR) -> str:
         return str(shipped_file(name, package_dir))
     except ShippedFileMissing:
         return path
+
+
+# Sources a Makefile builds a guest from when it names the guest without its extension.
+SOURCE_SUFFIXES = (".s", ".S", ".c")
+
+
+@dataclass(frozen=True)
+class BuildHint:
+    """How to build a missing file: the `make` command to run, and where its sources are."""
+
+    command: str
+    sources: str
+
+
+def build_hint(path: str, package_dir: Path = PACKAGE_DIR) -> BuildHint | None:
+    """How to build the missing file `path` from sources that lie beside it, or None.
+
+    `path` is buildable when the Makefile in its directory, or in the
+    directory above, names it: by its name (`boot.bin`, `tests/spin.bin`),
+    or by its name without the extension when a source of that name lies
+    beside it (`tests/spin` with `tests/spin.s`). The sources are looked for
+    where `path` points, then, for a name under guests/, among the files
+    pyvmm ships (a wheel ships guests/template's sources, not its binaries).
+    Sources here are built with `make -C DIR`; shipped ones with `make -f
+    SHIPPED/Makefile OUT=DIR` (GNU make keeps the current directory with -f, so
+    the file is built where `path` names it, and the installation is not
+    written to).
+    """
+    local = _makefile_naming(Path(path))
+    if local is not None:
+        directory = os.path.normpath(local)
+        command = "make" if directory == "." else f"make -C {directory}"
+        return BuildHint(command, directory)
+    name = os.path.normpath(path)
+    if os.path.isabs(name) or not name.startswith(f"{GUESTS_DIRECTORY}{os.sep}"):
+        return None
+    root = data_root(package_dir)
+    shipped = _makefile_naming(root / name)
+    if shipped is None:
+        return None
+    out = os.path.relpath(shipped, root)
+    return BuildHint(f"make -f {shipped / 'Makefile'} OUT={out}", str(shipped))
+
+
+def _makefile_naming(target: Path) -> Path | None:
+    """The directory, target's own or the one above, whose Makefile names `target`."""
+    for directory in dict.fromkeys((target.parent, target.parent.parent)):
+        makefile = directory / "Makefile"
+        try:
+            text = makefile.read_text(errors="replace")
+        except OSError:  # none there (or unreadable): not a build pyvmm can point at
+            continue
+        relative = target.relative_to(directory)
+        names = [relative.as_posix()]
+        stem = relative.with_suffix("")
+        if any(target.with_suffix(suffix).is_file() for suffix in SOURCE_SUFFIXES):
+            names.append(stem.as_posix())
+        if any(re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", text) for name in names):
+            return directory
+    return None
 
 
 @dataclass(frozen=True)

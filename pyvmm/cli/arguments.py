@@ -114,6 +114,8 @@ def _normalize_command(
             value = None
             if entry.value is not None:
                 if index >= len(arguments):
+                    if not entry.accepts + entry.becomes:  # refused whatever its value
+                        entry.handle(qemu_name, None, context)
                     raise UsageError(f"{command.prog}: {qemu_name} expects {entry.value}")
                 value = arguments[index]
                 index += 1

@@ -9,11 +9,14 @@ import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pyvmm.cli.report import (
+    closed_console_outcome,
     collect_legacy_pc,
+    finish_guest_line,
     log_memory_map,
     log_run_summary,
     report_end,
     report_legacy_pc,
+    stop_notes,
 )
 from pyvmm.errors import UsageError
 from pyvmm.loaders.entry import CpuMode
@@ -27,7 +30,11 @@ if TYPE_CHECKING:
 def build_from_args(
     args: argparse.Namespace, console: TextIO | None, console_input: InputBuffer | None = None
 ) -> Machine:
-    """Build the machine the shared options describe; console None discards output."""
+    """Build the machine the shared options describe; console None discards output.
+
+    When the console's reader goes away (EPIPE), the run ends as `interrupted`
+    by SIGPIPE, as a program writing to a closed pipe ends.
+    """
     from pyvmm.console.output import ConsoleWriter
     from pyvmm.kvm.system import DEFAULT_KVM_PATH
     from pyvmm.loaders import read_image
@@ -36,19 +43,22 @@ def build_from_args(
 
     ram_size = parse_ram_size(args.memory)
     check_ram_size(ram_size, args.memory)  # before anything else: the message quotes -m
-    image = read_image(resolve_image(args.image))
+    image = read_image(resolve_image(args.image), ram_size)
     cmdline = args.image if args.append is None else f"{args.image} {args.append}"
     modules = tuple(
-        (entry, read_image(resolve_image(entry.split()[0])))
+        (entry, read_image(resolve_image(entry.split()[0]), ram_size, what="module"))
         for entry in (args.initrd.split(",") if args.initrd else [])
         if entry.strip()
+    )
+    writer = ConsoleWriter(
+        -1 if console is None else console.fileno(),
+        rate_limit=args.console_rate,
+        name=None if console is None else _stream_name(console),
     )
     config = MachineConfig(
         image=image,
         ram_size=ram_size,
-        console=ConsoleWriter(
-            -1 if console is None else console.fileno(), rate_limit=args.console_rate
-        ),
+        console=writer,
         console_input=console_input,
         max_exits=args.max_exits,
         mode=CpuMode(args.mode) if args.mode else None,
@@ -63,7 +73,18 @@ def build_from_args(
         # Lets tests (and odd hosts) point pyvmm at another KVM device node.
         kvm_path=os.environ.get("PYVMM_KVM_PATH", DEFAULT_KVM_PATH),
     )
-    return build_machine(config)
+    machine = build_machine(config)
+    # The write fails inside a vCPU's exit dispatch, maybe in a vCPU thread:
+    # request_stop is made for that (debug-exit ends runs the same way).
+    writer.on_reader_gone = lambda: machine.group.request_stop(closed_console_outcome(writer))
+    return machine
+
+
+def _stream_name(stream: TextIO) -> str:
+    for name in ("stdout", "stderr"):
+        if stream is getattr(sys, name):
+            return name
+    return getattr(stream, "name", None) or f"fd {stream.fileno()}"
 
 
 def run_boot(args: argparse.Namespace) -> RunOutcome:
@@ -111,11 +132,13 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
             )
         else:
             outcome = machine.run(timeout=args.timeout, observer=observer)
+        notes = stop_notes(machine, outcome)
         log_run_summary(machine, outcome)
         legacy_pc = collect_legacy_pc(machine, args.vga)
-    report_end(outcome, machine.console, args.verbose)
-    report_legacy_pc(legacy_pc, console=None if outcome.kind.is_abnormal else machine.console)
+    report_end(outcome, machine.console, args.verbose, notes)
+    report_legacy_pc(legacy_pc, console=machine.console)
     if statistics is not None:
+        finish_guest_line(machine.console)
         print(statistics.summary(), file=sys.stderr)
     return outcome
 

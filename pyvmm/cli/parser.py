@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Sequence
 from typing import Any
 
 from pyvmm import __version__
 from pyvmm.cli.qemu_options import describe as describe_qemu_options
 from pyvmm.errors import UsageError
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.memory.size import parse_memory_size
+from pyvmm.memory.size import format_size, parse_byte_count, parse_ram_size
 
 DEFAULT_MEMORY = "128M"  # QEMU's default
 
+# Both commands that build a machine read IMAGE the same way: both --help texts say how.
+IMAGE_FORMATS = """\
+image formats, found by their contents: a multiboot (v1) kernel, the format
+qemu -kernel boots (a multiboot header in the first 8 KiB; --multiboot insists
+on one), is entered as QEMU enters it, in 32-bit protected mode with the
+multiboot information (--append, --initrd); else an ELF32 file starts in
+protected mode and an ELF64 file in long mode, at their own addresses; anything
+else is a flat binary (real mode at 0x7c00 by default, like a boot sector;
+--mode and --load-addr choose, 0x100000 in the other modes). IMAGE is a file
+(not a pipe or a device). A flat binary and each --initrd module are copied
+whole into guest RAM, so neither can be larger than -m; an ELF file can (only
+its segments are loaded).
+"""
+
 BOOT_EPILOG = """\
 how a run ends (outcome: exit status); odd statuses belong to debug-exit alone:
-  halted          0     the guest executed HLT
+  halted          0     the guest executed HLT (with no in-kernel irqchip to
+                        wait on)
   system-event    0|10  the guest asked KVM for a shutdown or a reset (0, as
                         qemu -no-reboot), or reported a crash (10)
   debug-exit      N     the guest wrote v to the debug-exit port 0xf4:
@@ -51,14 +68,7 @@ it); keystrokes go to the guest unechoed, one by one, through a buffer of
 --input-buffer bytes (pyvmm stops reading stdin while it is full); Ctrl-C
 still ends the run, and the terminal is restored on every end.
 
-image formats, found by their contents: a multiboot (v1) kernel, the format
-qemu -kernel boots (a multiboot header in the first 8 KiB; --multiboot insists
-on one), is entered as QEMU enters it, in 32-bit protected mode with the
-multiboot information (--append, --initrd); else an ELF32 file starts in
-protected mode and an ELF64 file in long mode, at their own addresses; anything
-else is a flat binary (real mode at 0x7c00 by default, like a boot sector;
---mode and --load-addr choose, 0x100000 in the other modes).
-
+{image_formats}
 QEMU options: pyvmm accepts those whose meaning is already its behaviour,
 translates a few, and refuses the rest with a one-line hint (status 2):
 {qemu_options}
@@ -72,6 +82,7 @@ first line), 70 when pyvmm failed, 2 for bad usage or input.
 The machine options and QEMU's spellings are those of pyvmm boot (see
 pyvmm boot --help); the gdb stub, the trace and the statistics are boot's only.
 
+{image_formats}
 example:
   pyvmm memmap --mode long guests/vmem64.bin --translate 0xffff800012345010
 """
@@ -99,6 +110,35 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
 
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """As argparse's, but an argument left over is the command's error, under its name.
+
+        argparse reports leftovers from the top-level parser (`pyvmm: unrecognized
+        arguments`), although the command's parser is the one that had no place for them.
+        """
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self.commands.get(getattr(parsed, "command", None) or "")
+            if command is None:
+                self.error(f"unexpected argument {' '.join(extras)}")
+            positionals = [
+                action for action in command._actions if not action.option_strings
+            ]  # argparse keeps them private; option_strings, dest and metavar are stable
+            taken = ", ".join(
+                f"{action.metavar} is {getattr(parsed, action.dest)!r}"
+                for action in positionals
+                if getattr(parsed, action.dest, None) is not None
+            )
+            wants = " and ".join(f"one {action.metavar}" for action in positionals)
+            plural = "s" if len(extras) > 1 else ""
+            command.error(
+                f"unexpected argument{plural} {' '.join(extras)}: {command.prog} takes {wants}"
+                + (f" ({taken})" if taken else "")
+            )
+        return parsed
+
 
 def build_parser() -> _Parser:
     parser = _Parser(
@@ -115,7 +155,9 @@ def build_parser() -> _Parser:
         help="boot a guest image",
         description="Boot IMAGE in a new VM with one vCPU (-smp N: N vCPUs); its serial\n"
         "port, COM1, is this terminal.",
-        epilog=BOOT_EPILOG.replace("{qemu_options}", describe_qemu_options()),
+        epilog=BOOT_EPILOG.replace("{image_formats}", IMAGE_FORMATS).replace(
+            "{qemu_options}", describe_qemu_options()
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_machine_arguments(boot)
@@ -179,7 +221,7 @@ def build_parser() -> _Parser:
         "guest's page-table mappings (guest virtual -> guest physical -> host virtual),\n"
         "and the whole chain down to host physical for each --translate address.\n"
         "The guest's serial output goes to stderr (-q: nowhere).",
-        epilog=MEMMAP_EPILOG,
+        epilog=MEMMAP_EPILOG.replace("{image_formats}", IMAGE_FORMATS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_machine_arguments(memmap)
@@ -221,7 +263,8 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "image",
         metavar="IMAGE",
-        help="multiboot kernel, ELF32 or ELF64 executable, or flat binary (see image formats)",
+        help="multiboot kernel, ELF32 or ELF64 executable, or flat binary (see image formats "
+        "below)",
     )
     parser.add_argument(
         "-m",
@@ -311,6 +354,14 @@ def check_combinations(args: argparse.Namespace) -> None:
     either made to take effect or refused with a one-line UsageError (status 2).
     """
     prog = f"pyvmm {args.command}"
+    if getattr(args, "memory", None) is not None:
+        # Before the command runs, so that a refused -m is the command's usage error.
+        from pyvmm.machine.builder import check_ram_size
+
+        try:
+            check_ram_size(parse_ram_size(args.memory), args.memory)
+        except UsageError as error:
+            raise UsageError(f"{prog}: {error}") from None
     if args.command == "boot":
         if args.gdb_stop and not (args.gdb or args.gdb_default):
             raise UsageError(
@@ -340,11 +391,19 @@ def check_combinations(args: argparse.Namespace) -> None:
 
 
 def _parse_address(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid address '{text}'") from None
-    if not 0 <= value < 1 << 64:
+    for base in (0, 10):  # 0x7c00 and 31744; also 0100, which int(..., 0) refuses
+        try:
+            value = int(text, base)
+            break
+        except ValueError:
+            continue
+    else:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not an address: give a number (0x for hexadecimal)"
+        )
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"address '{text}' is negative")
+    if value >= 1 << 64:
         raise argparse.ArgumentTypeError(f"address '{text}' is outside the 64-bit space")
     return value
 
@@ -357,44 +416,76 @@ def _parse_cpus(text: str) -> int:
             f"'{text}': pyvmm's -smp takes a number of vCPUs only (no sockets, cores, "
             "threads or maxcpus: the vCPUs are one package of single-thread cores)"
         )
-    if not value.isdecimal() or not value.isascii() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"invalid CPU count '{text}': a positive integer")
-    return int(value)
+    return _positive_integer(value, text, "vCPUs", "a machine needs at least one vCPU")
 
 
 def _parse_count(text: str) -> int:
-    if not text.isdecimal() or not text.isascii() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"invalid count '{text}': a positive integer")
-    return int(text)
+    return _positive_integer(text, text, "exits", "the guest could not run at all")
 
 
-def _byte_count(text: str, what: str) -> int:
+def _positive_integer(value: str, text: str, unit: str, why_not_zero: str) -> int:
+    if not value.isascii() or not value.removeprefix("-").isdecimal():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of {unit}")
+    if int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not positive: {why_not_zero}")
+    return int(value)
+
+
+def _byte_count(text: str) -> int:
     # Plain numbers are bytes here (not MiB as for -m): "1000" means 1000 bytes.
     try:
-        return parse_memory_size(text) if text[-1:].isalpha() else int(text)
-    except (UsageError, ValueError):
-        raise argparse.ArgumentTypeError(f"invalid {what} '{text}'") from None
+        return parse_byte_count(text)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _parse_rate(text: str) -> int:
-    value = _byte_count(text, "rate")
+    value = _byte_count(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid rate '{text}': must be at least 1 byte/s")
+        raise argparse.ArgumentTypeError(
+            f"{text} is not positive: the rate is at least 1 byte/s (leave --console-rate "
+            "out for no limit)"
+        )
     return value
+
+
+MAX_INPUT_BUFFER = 1 << 30  # the buffer is pyvmm's own memory, held for the whole run
 
 
 def _parse_buffer_size(text: str) -> int:
-    value = _byte_count(text, "buffer size")
-    if not 0 <= value <= 1 << 30:
-        raise argparse.ArgumentTypeError(f"buffer size '{text}' must be 0..1G")
+    value = _byte_count(text)
+    if value > MAX_INPUT_BUFFER:
+        raise argparse.ArgumentTypeError(
+            f"{text} is more than {format_size(MAX_INPUT_BUFFER)}, the most stdin pyvmm holds "
+            "for the guest (in its own memory)"
+        )
     return value
+
+
+# setitimer(2) through Python: Python holds the time as 64-bit nanoseconds, so 2**63 ns
+# (about 292 years) is the longest alarm it can set; a longer one raises OverflowError.
+MAX_TIMEOUT = 2**63 // 10**9
 
 
 def _parse_timeout(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid timeout '{text}'") from None
-    if not 0 < value < 1e9:
-        raise argparse.ArgumentTypeError("timeout must be a positive number of seconds")
+        value = math.nan
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds")
+    negative = value < 0 or text.strip().startswith("-")
+    if negative or (value == 0 and not any(digit in "123456789" for digit in text)):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not positive: give the seconds the guest may run "
+            "(leave --timeout out for no limit)"
+        )
+    if value == 0:  # 1e-400: a positive number that a float holds as 0
+        raise argparse.ArgumentTypeError(f"{text} is too short: it is 0 seconds as a float")
+    if value > MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"{text} is too long: at most {MAX_TIMEOUT} seconds (about 292 years), the "
+            "longest alarm the run's timer can hold (setitimer, counted in 64-bit "
+            "nanoseconds); leave --timeout out for no limit"
+        )
     return value

@@ -69,8 +69,12 @@ class QemuOption:
 
 
 def refuse(context: CommandContext, what: str, why: str) -> UsageError:
-    """The one-line hint: `pyvmm boot: -hda disk.img: pyvmm has no disks: ...`."""
-    return UsageError(f"{context.prog}: {what}: {why}")
+    """The one-line refusal: `pyvmm boot: cannot use -hda disk.img: pyvmm has no disks: ...`.
+
+    It says "cannot use" first: the status is 2 and nothing runs, so the line
+    must not read like a note on an option that was taken.
+    """
+    return UsageError(f"{context.prog}: cannot use {what}: {why}")
 
 
 def accepted(name: str, value: str | None, context: CommandContext) -> list[str]:
@@ -78,7 +82,12 @@ def accepted(name: str, value: str | None, context: CommandContext) -> list[str]
 
 
 def refused(why: str) -> Handler:
-    """Always a hint; `why` may name the option itself as `{name}` (else it leads the line)."""
+    """Always a refusal; `why` may name the option itself as `{name}` (else `refuse` words it).
+
+    A `why` that names the option must itself read as a refusal ("{name} is
+    not a pyvmm option: ..."). The value may be None: the option is refused
+    whatever it would have been given.
+    """
 
     def handle(name: str, value: str | None, context: CommandContext) -> list[str]:
         if "{name}" in why:
@@ -275,7 +284,7 @@ TABLE: tuple[QemuOption, ...] = (
         "-kernel",
         "IMAGE",
         refused(
-            "{name} is not needed: give the image as the first argument "
+            "{name} is not a pyvmm option: give the image as the first argument "
             "(pyvmm boot [OPTIONS] IMAGE)"
         ),
         otherwise="give the image as the first argument",

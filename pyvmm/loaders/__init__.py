@@ -8,15 +8,19 @@ Nothing here knows the architecture's addresses; the caller passes defaults.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 from pyvmm.errors import ImageTooLarge, LoaderError
 from pyvmm.loaders.elf import EI_CLASS, ELFCLASS32, ELFCLASS64, is_elf, load_elf
 from pyvmm.loaders.entry import CpuMode, EntryPoint
-from pyvmm.loaders.flat import format_size, load_flat
-from pyvmm.loaders.multiboot import find_header, load_multiboot
+from pyvmm.loaders.flat import load_flat
+from pyvmm.loaders.multiboot import MULTIBOOT_SEARCH, find_header, load_multiboot
+from pyvmm.memory.size import format_size
+from pyvmm.shipped import build_hint
 
 if TYPE_CHECKING:  # only for hints: importing the loaders needs no compiled _kvm module
     from pyvmm.memory.guest_memory import GuestMemory
@@ -25,6 +29,7 @@ __all__ = [
     "MAX_IMAGE_SIZE",
     "CpuMode",
     "EntryPoint",
+    "copied_whole",
     "describe_format",
     "find_header",
     "is_elf",
@@ -39,55 +44,179 @@ __all__ = [
 MAX_IMAGE_SIZE = 4 << 30
 _READ_CHUNK = 1 << 20
 
+# What a path names when it is no regular file (stat(2), the S_IFMT bits), in a message.
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
-def _read_capped(image_file: BinaryIO, size: int) -> bytes:
-    """At most MAX_IMAGE_SIZE + 1 bytes: the announced size, then chunks until EOF.
 
-    read(n) allocates n bytes up front, so asking for the cap at once would cost
-    4 GiB of address space for any image. A pipe or device announces size 0.
+def read_image(path: str, ram_size: int | None = None, *, what: str = "image") -> bytes:
+    """The whole file at `path`: a guest image, or (`what="module"`) a multiboot module.
+
+    Everything that can be judged without reading the file is judged first,
+    each with a one-line LoaderError that names the file as `what`:
+
+    - `path` must be a regular file: a directory, a device, a pipe (FIFO) or
+      a socket is refused after stat(2), before any open(2) that could block
+      (opening a FIFO waits for a writer) or read forever (/dev/zero). A
+      missing file whose sources and Makefile lie beside it (here or among
+      the files pyvmm ships) is named as not built, with the make command.
+    - at most MAX_IMAGE_SIZE bytes (ImageTooLarge);
+    - with `ram_size` (guest RAM in bytes): a file the loader copies whole
+      into guest RAM (a module; a flat binary, found by its first bytes not
+      being ELF; an a.out-kludge multiboot kernel, see `copied_whole`) must
+      not be larger than guest RAM (ImageTooLarge, with both sizes). An ELF
+      file may be: only its PT_LOAD segments are copied.
+
+    Raises LoaderError for a file that cannot be read or is empty.
     """
-    want = min(size, MAX_IMAGE_SIZE) + 1  # +1: see a file that grew, or a device
+    try:
+        status = os.stat(path)
+    except OSError as error:
+        raise _cannot_stat(path, what, error) from None
+    except ValueError as error:  # e.g. an embedded NUL byte in the path
+        raise LoaderError(f"cannot read {what} {path!r}: {error}") from error
+    _refuse_unless_a_file(path, status.st_mode, what)
+    _check_size(path, what, status.st_size, MAX_IMAGE_SIZE, None)
+    try:
+        # O_NONBLOCK: should the path have become a FIFO since the stat, the open does
+        # not wait for a writer (the fstat below then refuses it).
+        with open(path, "rb", opener=_open_nonblocking) as image_file:
+            status = os.fstat(image_file.fileno())
+            _refuse_unless_a_file(path, status.st_mode, what)
+            size = status.st_size
+            limit, whole = MAX_IMAGE_SIZE, None
+            if ram_size is not None:
+                whole = ("a module", 0) if what == "module" else copied_whole(
+                    os.pread(image_file.fileno(), MULTIBOOT_SEARCH, 0)
+                )
+                if whole is not None:
+                    limit = min(limit, ram_size + whole[1])
+            _check_size(path, what, size, limit, _ram_reason(ram_size, whole))
+            try:
+                image = _read_capped(image_file, size, limit)
+            except MemoryError:  # a big image on a small host (or under ulimit -v): bad input
+                known = f" ({format_size(size)})" if size else ""
+                raise ImageTooLarge(
+                    f"{what} {path!r}{known} does not fit in this host's memory"
+                ) from None
+    except OSError as error:
+        raise LoaderError(f"cannot read {what} {path!r}: {error.strerror or error}") from error
+    if len(image) > limit:  # it announced no size (procfs), or grew while it was read
+        _check_size(path, what, None, limit, _ram_reason(ram_size, whole))
+    if not image:
+        raise LoaderError(f"{what} {path!r} is empty")
+    return image
+
+
+def copied_whole(head: bytes) -> tuple[str, int] | None:
+    """Whether a file that starts with `head` (its first 8 KiB) is copied whole into RAM.
+
+    Returns (what the file is, the number of bytes at its start that are
+    not copied) when the loader copies the file from there to its end: a
+    flat binary (any file that is not ELF), or a multiboot kernel whose
+    a.out-kludge address fields load it to its end (Multiboot Specification
+    0.6.96, 3.1.3: load_end_addr 0). None when only parts are copied (an ELF
+    file's PT_LOAD segments, an a.out kludge that stops at load_end_addr),
+    or when the multiboot header is unusable: the loader says why.
+    """
+    try:
+        header = find_header(head)
+    except LoaderError:
+        return None
+    if header is not None and header.addresses is not None:
+        fields = header.addresses
+        if fields.load_end_addr != 0:
+            return None
+        skipped = header.offset - (fields.header_addr - fields.load_addr)
+        return "a multiboot kernel loaded by its a.out-kludge fields", max(0, skipped)
+    if header is not None or is_elf(head):
+        return None
+    return "a flat binary (a file that is not ELF)", 0
+
+
+def _ram_reason(ram_size: int | None, whole: tuple[str, int] | None) -> tuple[int, str] | None:
+    """(guest RAM, what is copied whole) when guest RAM is what limits the file, else None."""
+    if ram_size is None or whole is None or ram_size + whole[1] >= MAX_IMAGE_SIZE:
+        return None
+    return ram_size, whole[0]
+
+
+def _check_size(
+    path: str, what: str, size: int | None, limit: int, ram: tuple[int, str] | None
+) -> None:
+    """ImageTooLarge when `size` (None: not known, but over `limit`) is over `limit`."""
+    if size is not None and size <= limit:
+        return
+    if ram is not None:
+        ram_size, copied = ram
+        is_size = "is larger than" if size is None else f"is {format_size(size)}, larger than"
+        raise ImageTooLarge(
+            f"{what} {path!r} {is_size} the {format_size(ram_size)} of guest RAM: "
+            f"{copied} is copied whole into RAM"
+        )
+    is_size = "is larger than" if size is None else f"is {format_size(size)}, more than"
+    raise ImageTooLarge(f"{what} {path!r} {is_size} the {format_size(MAX_IMAGE_SIZE)} limit")
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY)
+
+
+def _refuse_unless_a_file(path: str, mode: int, what: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for is_kind, name in _FILE_KINDS if is_kind(mode)), "no regular file")
+    message = f"{what} {path!r} is {kind}, not a file"
+    if stat.S_ISFIFO(mode):  # `pyvmm boot <(gunzip -c kernel.gz)` passes a pipe
+        message += ": save what it carries to a file (pyvmm checks a file's size before reading)"
+    raise LoaderError(message)
+
+
+def _cannot_stat(path: str, what: str, error: OSError) -> LoaderError:
+    """The line for a path stat(2) could not follow; for a missing one, what it is."""
+    reason = error.strerror or str(error)
+    if error.errno == errno.ENOENT:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = None
+        if target is not None:
+            return LoaderError(
+                f"cannot read {what} {path!r}: it is a symbolic link to {target!r}, "
+                "which does not exist"
+            )
+        hint = build_hint(path)
+        if hint is not None:
+            return LoaderError(
+                f"{what} {path!r} is not built: run `{hint.command}` "
+                f"(its sources are in {hint.sources})"
+            )
+    return LoaderError(f"cannot read {what} {path!r}: {reason}")
+
+
+def _read_capped(image_file: BinaryIO, size: int, limit: int) -> bytes:
+    """At most `limit` + 1 bytes: the announced `size`, then chunks until EOF.
+
+    read(n) allocates n bytes up front, so asking for the limit at once would
+    cost 4 GiB of address space for any image. A file may announce size 0
+    (procfs) or grow while it is read: the byte past the limit shows it.
+    """
+    want = min(size, limit) + 1
     parts: list[bytes] = []
     total = 0
     while True:
         part = image_file.read(want)
         parts.append(part)
         total += len(part)
-        if len(part) < want or total > MAX_IMAGE_SIZE:  # a short read is the end of the file
+        if len(part) < want or total > limit:  # a short read is the end of the file
             break
-        want = min(_READ_CHUNK, MAX_IMAGE_SIZE + 1 - total)
+        want = min(_READ_CHUNK, limit + 1 - total)
     return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def read_image(path: str) -> bytes:
-    """The whole image file, or a one-line LoaderError saying why it cannot be used."""
-    try:
-        with open(path, "rb") as image_file:
-            size = os.fstat(image_file.fileno()).st_size
-            if size > MAX_IMAGE_SIZE:
-                raise ImageTooLarge(
-                    f"image {path!r} is {format_size(size)}, "
-                    f"more than the {format_size(MAX_IMAGE_SIZE)} limit"
-                )
-            try:
-                image = _read_capped(image_file, size)
-            except MemoryError:  # a big image on a small host (or under ulimit -v): bad input
-                known = f" ({format_size(size)})" if size else ""
-                raise ImageTooLarge(
-                    f"image {path!r}{known} does not fit in this host's memory"
-                ) from None
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise LoaderError(f"cannot read image {path!r}: {reason}") from error
-    except ValueError as error:  # e.g. an embedded NUL byte in the path
-        raise LoaderError(f"cannot read image {path!r}: {error}") from error
-    if len(image) > MAX_IMAGE_SIZE:
-        raise ImageTooLarge(
-            f"image {path!r} is larger than the {format_size(MAX_IMAGE_SIZE)} limit"
-        )
-    if not image:
-        raise LoaderError(f"image {path!r} is empty")
-    return image
 
 
 def describe_format(image: bytes) -> str:

@@ -282,14 +282,18 @@ class Machine(ClosesOnExit):
         self._resources.close()
 
 
-def check_ram_size(ram_size: int, requested: str | None = None) -> None:
+def check_ram_size(ram_size: int, requested: str | None = None, *, option: str = "-m") -> None:
     """Refuse a guest RAM size pyvmm cannot use, with a UsageError that says why.
 
-    `requested` is the `-m` text the user typed; the message quotes it when given
-    (`-m 1K is too small...`), and names the size otherwise.
+    `requested` is the size as the user gave it, before rounding to pages,
+    and `option` what they gave it with: the message quotes both when given
+    (`-m 1K is too small...`; `create_machine` passes `option="ram_size"`
+    and the value's repr: `ram_size '1K' is too small...`), and names the
+    size otherwise. A number of plain digits (MiB for -m, bytes for
+    `ram_size`) is followed by the size it means.
     """
-    what = f"memory size {format_size(ram_size)}" if requested is None else f"-m {requested}"
-    if requested is not None and requested.strip().isdigit():  # plain MiB: say how much
+    what = f"memory size {format_size(ram_size)}" if requested is None else f"{option} {requested}"
+    if requested is not None and requested.strip().isdigit():
         what += f" ({format_size(ram_size)})"
     if ram_size % RAM_GRANULE:
         raise UsageError(

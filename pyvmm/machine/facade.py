@@ -21,8 +21,8 @@ from pyvmm.errors import LoaderError, UsageError
 from pyvmm.kvm.system import DEFAULT_KVM_PATH
 from pyvmm.loaders import read_image
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.machine.builder import Machine, MachineConfig, build_machine
-from pyvmm.memory.size import parse_ram_size
+from pyvmm.machine.builder import Machine, MachineConfig, build_machine, check_ram_size
+from pyvmm.memory.size import RAM_GRANULE, parse_ram_size
 from pyvmm.shipped import resolve_image
 
 DEFAULT_RAM_SIZE = "128M"  # as `pyvmm boot` without -m
@@ -75,21 +75,24 @@ def create_machine(
       has it only with several vCPUs, so that a single vCPU's `hlt` ends the
       run (OutcomeKind.HALTED).
 
-    Raises UsageError (a bad size, mode or vCPU count), LoaderError and its
-    subclasses (unreadable, empty, malformed image; an image that does not
-    fit in RAM), KvmUnavailable (no usable `kvm_path`), KvmError (a KVM
-    ioctl failed), TypeError for a `console` that is none of the above.
+    Raises UsageError (a bad size, mode or vCPU count; the message quotes
+    `ram_size` as given), LoaderError and its subclasses (unreadable, empty,
+    malformed image or module; a path that is not a regular file; an image
+    that does not fit in RAM, refused before it is read when it is copied
+    whole), KvmUnavailable (no usable `kvm_path`), KvmError (a KVM ioctl
+    failed), TypeError for a `console` that is none of the above.
     """
+    size = _ram_size(ram_size)
     config = MachineConfig(
-        image=_image_bytes(image),
-        ram_size=parse_ram_size(ram_size) if isinstance(ram_size, str) else ram_size,
+        image=_image_bytes(image, size),
+        ram_size=size,
         console=console_callback(console),
         mode=_cpu_mode(mode),
         load_gpa=load_gpa,
         kvm_path=kvm_path,
         cpus=cpus,
         cmdline=cmdline,
-        modules=tuple(_module(entry) for entry in modules),
+        modules=tuple(_module(entry, size) for entry in modules),
         max_exits=max_exits,
         console_input=_input_buffer(console_input),
         irqchip=irqchip,
@@ -134,13 +137,25 @@ def _discard(data: bytes) -> None:
     pass
 
 
-def _image_bytes(image: str | os.PathLike[str] | bytes | bytearray | memoryview) -> bytes:
+def _ram_size(ram_size: int | str) -> int:
+    """`ram_size` in bytes, whole pages; refused (quoted as given) before any file is read."""
+    if isinstance(ram_size, str):
+        size = parse_ram_size(ram_size)
+    else:
+        size = -(-ram_size // RAM_GRANULE) * RAM_GRANULE  # up to whole pages, as a string is
+    check_ram_size(size, repr(ram_size), option="ram_size")
+    return size
+
+
+def _image_bytes(
+    image: str | os.PathLike[str] | bytes | bytearray | memoryview, ram_size: int
+) -> bytes:
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
         if not data:
             raise LoaderError("the image is empty")
         return data
-    return read_image(resolve_image(os.fspath(image)))
+    return read_image(resolve_image(os.fspath(image)), ram_size)
 
 
 def _cpu_mode(mode: CpuMode | str | None) -> CpuMode | None:
@@ -153,12 +168,14 @@ def _cpu_mode(mode: CpuMode | str | None) -> CpuMode | None:
         raise UsageError(f"unknown CPU mode {mode!r}: use one of {names}") from None
 
 
-def _module(entry: str | os.PathLike[str] | tuple[str, bytes]) -> tuple[str, bytes]:
+def _module(
+    entry: str | os.PathLike[str] | tuple[str, bytes], ram_size: int
+) -> tuple[str, bytes]:
     if isinstance(entry, tuple):
         string, data = entry
         return str(string), bytes(data)
     path = os.fspath(entry)
-    return path, read_image(resolve_image(path))
+    return path, read_image(resolve_image(path), ram_size, what="module")
 
 
 def _input_buffer(data: bytes) -> InputBuffer | None:

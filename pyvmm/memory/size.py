@@ -8,21 +8,45 @@ from pyvmm.errors import UsageError
 
 MIB = 1 << 20
 _SUFFIXES = {"": MIB, "K": 1 << 10, "M": MIB, "G": 1 << 30, "T": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 
 
 def parse_memory_size(text: str) -> int:
-    """`64M`, `1G`, `512` (MiB, as in QEMU), `1.5G` -> bytes. Raises UsageError."""
+    """`64M`, `1G`, `512` (MiB, as in QEMU), `1.5G`, `4096B` -> bytes. Raises UsageError.
+
+    A B alone is bytes, as in QEMU (`512B` is 512 bytes, not 512 MiB).
+    """
     match = _SIZE.match(text)
     if match is None:
         raise UsageError(
             f"invalid memory size '{text}': use a number of MiB or a suffix K, M, G, T"
         )
-    number, suffix = match.groups()
-    size = int(float(number) * _SUFFIXES[suffix.upper()])
+    number, suffix, byte_unit = match.groups()
+    scale = 1 if byte_unit and not suffix else _SUFFIXES[suffix.upper()]
+    size = int(float(number) * scale)
     if size <= 0:
         raise UsageError(f"invalid memory size '{text}': must be more than zero")
     return size
+
+
+def parse_byte_count(text: str) -> int:
+    """`1000`, `100B`, `64K`, `1.5M` -> bytes: unlike `-m`, a plain number is bytes.
+
+    For byte counts that are no memory size (--console-rate, --input-buffer):
+    `1B` is one byte here, where `parse_memory_size` reads a plain number as
+    MiB. Raises UsageError saying what is wrong (not a number, negative, not
+    whole bytes).
+    """
+    match = _SIZE.match(text)
+    if match is None:
+        if _SIZE.match(text.strip().removeprefix("-")):
+            raise UsageError(f"'{text}' is negative")
+        raise UsageError(f"'{text}' is not a number of bytes (K, M, G, T suffixes allowed)")
+    number, suffix, _ = match.groups()
+    scale = _SUFFIXES[suffix.upper()] if suffix else 1
+    if scale == 1 and "." in number:
+        raise UsageError(f"'{text}' is not a whole number of bytes")
+    return int(float(number) * scale) if "." in number else int(number) * scale
 
 
 _UNITS = (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10))

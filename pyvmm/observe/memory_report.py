@@ -8,7 +8,7 @@ from typing import Any
 
 from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters
 from pyvmm.memory.guest_memory import GuestMemory
-from pyvmm.observe.machine_map import MapEntry
+from pyvmm.observe.machine_map import MapEntry, locate, ram_and_holes
 from pyvmm.observe.translation import Translation
 
 
@@ -22,6 +22,7 @@ class MappingRow:
     page_size: int
     flags: str
     hva: int | None  # None: the physical range is not RAM
+    where: str | None = None  # then: which range of the machine map it lies in, in short
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,11 @@ class MemoryReport:
 
 
 def mapping_rows(mappings: list[Mapping], memory: GuestMemory) -> list[MappingRow]:
+    """Each mapping cut where its physical side crosses a range of the machine map."""
     rows: list[MappingRow] = []
     for mapping in mappings:
-        for gpa, size, hva in _split_by_ram(mapping.gpa, mapping.size, memory):
+        for gpa, size, entry in _split_by_map(mapping.gpa, mapping.size, memory):
+            ram = entry.kind == "ram"
             rows.append(
                 MappingRow(
                     mapping.gva + (gpa - mapping.gpa),
@@ -44,28 +47,23 @@ def mapping_rows(mappings: list[Mapping], memory: GuestMemory) -> list[MappingRo
                     size,
                     mapping.page_size,
                     str(mapping.flags),
-                    hva,
+                    memory.host_address(gpa) if ram else None,
+                    None if ram else entry.label,
                 )
             )
     return rows
 
 
-def _split_by_ram(gpa: int, size: int, memory: GuestMemory) -> list[tuple[int, int, int | None]]:
-    """Pieces of [gpa, gpa + size): (start, size, hva or None outside RAM)."""
-    pieces: list[tuple[int, int, int | None]] = []
-    end = gpa + size
-    cursor = gpa
-    for region in memory:
-        if region.end <= cursor or region.gpa >= end:
-            continue
-        if region.gpa > cursor:
-            pieces.append((cursor, region.gpa - cursor, None))
-            cursor = region.gpa
-        piece_end = min(end, region.end)
-        pieces.append((cursor, piece_end - cursor, memory.host_address(cursor)))
+def _split_by_map(gpa: int, size: int, memory: GuestMemory) -> list[tuple[int, int, MapEntry]]:
+    """Pieces of [gpa, gpa + size), each within one RAM slot or one range with no RAM."""
+    pieces: list[tuple[int, int, MapEntry]] = []
+    entries = ram_and_holes(memory)
+    cursor, end = gpa, gpa + size
+    while cursor < end:
+        entry = locate(memory, cursor, entries)
+        piece_end = min(end, entry.end)
+        pieces.append((cursor, piece_end - cursor, entry))
         cursor = piece_end
-    if cursor < end:
-        pieces.append((cursor, end - cursor, None))
     return pieces
 
 
@@ -100,7 +98,7 @@ def render_text(report: MemoryReport) -> str:
             f"{'size':>8}  {'page':>7}  flags"
         )
         for row in report.mappings:
-            host = _range(row.hva, row.size, 12) if row.hva is not None else "(not RAM)"
+            host = _range(row.hva, row.size, 12) if row.hva is not None else f"({row.where})"
             lines.append(
                 f"  {_range(row.gva, row.size, 16)}  {_range(row.gpa, row.size, 9)}  "
                 f"{host:<29}  {format_size(row.size):>8}  {format_size(row.page_size):>7}  "
@@ -172,6 +170,7 @@ def report_to_json(report: MemoryReport) -> dict[str, Any]:
                 "page_size": row.page_size,
                 "flags": row.flags,
                 "hva": row.hva,
+                "where": row.where,
             }
             for row in report.mappings
         ],
@@ -204,4 +203,5 @@ def translation_to_json(translation: Translation) -> dict[str, Any]:
         "hva": translation.hva,
         "hpa": translation.hpa,
         "problem": translation.problem,
+        "not_ram": translation.not_ram,
     }

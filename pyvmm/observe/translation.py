@@ -13,6 +13,7 @@ from pyvmm.arch.x86_64.page_walk import PageFlags, PagingRegisters, Walk, walk
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.memory.guest_memory import GuestMemory
 from pyvmm.memory.host_pagemap import HostFrame, host_frame
+from pyvmm.observe.machine_map import describe_not_ram
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Translation:
     the KVM memory slot and host-virtual address of the guest-physical
     address, `host` the host frame (HostFrame: `pfn`, `hpa`, or a `note`
     saying why the host hides it). Fields past the point where the chain
-    stops are None, and `problem` says why it stopped.
+    stops are None, and `problem` says why it stopped; `not_ram` names the
+    range of the machine's memory map a GPA outside RAM lies in.
     """
 
     gva: int
@@ -43,6 +45,7 @@ class Translation:
     slot: int | None = None
     hva: int | None = None
     host: HostFrame | None = None
+    not_ram: str | None = None
 
     @property
     def gpa(self) -> int | None:
@@ -73,7 +76,7 @@ class Translation:
         if self.walk.fault is not None:
             return self.walk.fault
         if self.hva is None:
-            return f"GPA 0x{self.walk.gpa:x} is not RAM (MMIO or the PCI hole)"
+            return self.not_ram or f"GPA 0x{self.walk.gpa:x} is not RAM"
         return None if self.host is None else self.host.note
 
 
@@ -94,6 +97,6 @@ def translate(memory: GuestMemory, vcpu: Vcpu, gva: int, max_phys_bits: int = 52
         return Translation(gva, software, kvm)
     region = memory.find_region(software.gpa)
     if region is None:
-        return Translation(gva, software, kvm)
+        return Translation(gva, software, kvm, not_ram=describe_not_ram(memory, software.gpa))
     hva = memory.host_address(software.gpa)
     return Translation(gva, software, kvm, region.slot, hva, host_frame(hva))

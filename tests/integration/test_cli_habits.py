@@ -54,7 +54,7 @@ def test_kernel_gets_a_hint_not_a_run() -> None:
     result = run_pyvmm("boot", "-kernel", guest("hello.bin"))
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
-        "pyvmm boot: -kernel is not needed: give the image as the first argument "
+        "pyvmm boot: -kernel is not a pyvmm option: give the image as the first argument "
         "(pyvmm boot [OPTIONS] IMAGE)\n"
     )
 
@@ -92,7 +92,7 @@ def test_gdb_on_a_busy_port_is_a_usage_error(busy_port: int) -> None:
     result = run_pyvmm("boot", "--gdb", f"tcp::{busy_port}", guest("hello.bin"), timeout=30)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
-        f"pyvmm: --gdb tcp:127.0.0.1:{busy_port}: port {busy_port} is in use; "
+        f"pyvmm boot: --gdb tcp:127.0.0.1:{busy_port}: port {busy_port} is in use; "
         "choose another with --gdb tcp::PORT\n"
     )
 

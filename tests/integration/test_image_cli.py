@@ -6,7 +6,9 @@ truncated, bit-flipped and size-inflated flat, ELF and multiboot images.
 
 from __future__ import annotations
 
+import os
 import resource
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -81,9 +83,12 @@ CASES: list[tuple[str, bytes, list[str], str]] = [
      "the multiboot header at 0x1ff0..0x2010 runs past the first 8 KiB"),
     ("multiboot-elf-entry-outside", build_multiboot_elf(32, entry=0x30_0000), [],
      "entry point 0x300000 is not inside any loaded segment"),
-    ("flat-inflated-past-ram", b"\xf4" * (3 * MIB), ["-m", "2M", "--mode", "protected"],
-     "image of 3 MiB at 0x100000 does not fit in guest RAM (needs 0x100000..0x400000, "
+    ("flat-inflated-past-ram", b"\xf4" * (3 * MIB // 2), ["-m", "2M", "--mode", "protected"],
+     "image of 1.5 MiB at 0x100000 does not fit in guest RAM (needs 0x100000..0x280000, "
      "RAM ends at 0x200000)"),
+    ("flat-larger-than-ram", b"\xf4" * (3 * MIB), ["-m", "2M", "--mode", "protected"],
+     "is 3 MiB, larger than the 2 MiB of guest RAM: a flat binary (a file that is not ELF) "
+     "is copied whole into RAM"),
     ("flat-real-mode-past-1m", b"\xf4" * MIB, [],
      "image at 0x7c00..0x107c00 runs past 1 MiB (0x100000), the real-mode limit"),
 ]  # fmt: skip
@@ -137,3 +142,55 @@ def test_boot_under_an_address_space_limit() -> None:
         preexec_fn=limit_address_space,
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "Hello, world!\n", "")
+
+
+# --- files judged before they are read (a fresh user's trial) ---------------------------------
+# `pyvmm boot /dev/zero` read 8.4 GB in 22 s before it refused; a 2 GiB sparse flat file was
+# read whole before "does not fit in guest RAM"; a FIFO with no writer hung silently.
+
+
+def test_a_device_is_refused_unread() -> None:
+    result = run_pyvmm("boot", "/dev/zero", timeout=30)
+    assert_one_line_refusal(result, "image '/dev/zero' is a character device, not a file")
+    assert result.returncode == 2
+
+
+def test_a_fifo_without_a_writer_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "kernel.fifo"
+    os.mkfifo(fifo)
+    result = run_pyvmm("boot", str(fifo), timeout=30)  # it hung: TimeoutExpired
+    assert_one_line_refusal(result, f"image '{fifo}' is a pipe (FIFO), not a file")
+
+
+def test_a_flat_image_larger_than_ram_is_refused_with_both_sizes(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    with image.open("wb") as sparse:
+        sparse.truncate(2 << 30)  # sparse: no disk, and never read
+    result = run_pyvmm("boot", str(image), timeout=30)
+    assert_one_line_refusal(
+        result,
+        f"image '{image}' is 2 GiB, larger than the 128 MiB of guest RAM: a flat binary "
+        "(a file that is not ELF) is copied whole into RAM",
+    )
+
+
+def test_a_module_is_named_a_module() -> None:
+    result = run_pyvmm("boot", "-initrd", "/nonexistent", guest("multiboot.elf"))
+    assert_one_line_refusal(result, "cannot read module '/nonexistent': No such file or directory")
+    result = run_pyvmm("boot", "-initrd", "/dev/null", guest("multiboot.elf"))
+    assert_one_line_refusal(result, "module '/dev/null' is a character device, not a file")
+
+
+def test_a_template_guest_not_built_says_how_to_build_it(tmp_path: Path) -> None:
+    """A fresh clone has guests/template's sources, not its binaries (they are git-ignored)."""
+    shutil.copytree(GUESTS / "template", tmp_path / "guests" / "template",
+                    ignore=shutil.ignore_patterns("*.bin", "*.elf", "*.o", "*.tmp"))  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "pyvmm", "boot", "guests/template/boot.bin"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert_one_line_refusal(
+        result,
+        "image 'guests/template/boot.bin' is not built: run `make -C guests/template` "
+        "(its sources are in guests/template)",
+    )

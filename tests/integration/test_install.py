@@ -185,3 +185,27 @@ def test_benchmarks_in_the_checkout_run_the_installed_pyvmm_and_write_nothing_th
     assert {item["suite"] for item in results["comparisons"]} == {"kernels"}
     assert f"results: {written[0]}" in result.stdout.splitlines()
     assert files_under(installed.checkout) == before
+
+
+def test_an_unbuilt_template_guest_says_how_to_build_it_from_anywhere(
+    installed: Installation,
+) -> None:
+    """The wheel ships guests/template's sources only; `pyvmm boot` used to say "No such file"."""
+    template = installed_package(installed) / "_shipped" / "guests" / "template"
+    if (template / "boot.bin").exists():
+        pytest.skip("this checkout's template was built before the wheel, which ships it then")
+    result = installed.run(installed.elsewhere, "pyvmm", "boot", "guests/template/boot.bin")
+    command = f"make -f {template / 'Makefile'} OUT=guests/template"
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"pyvmm: image 'guests/template/boot.bin' is not built: run `{command}` "
+        f"(its sources are in {template})\n",
+    )
+    if shutil.which("make") is None or shutil.which("gcc") is None:
+        pytest.skip("the build the hint names needs make and gcc")
+    built = subprocess.run(
+        command.split(), cwd=installed.elsewhere, capture_output=True, text=True, timeout=120
+    )
+    assert built.returncode == 0, built.stderr
+    result = installed.run(installed.elsewhere, "pyvmm", "boot", "guests/template/boot.bin")
+    assert result.returncode == 33, result.stderr  # the template's debug-exit status

@@ -165,7 +165,7 @@ def test_guest_ram_is_not_committed_until_the_guest_touches_it() -> None:
 def test_memory_beyond_the_host_is_refused() -> None:
     result = run_pyvmm("boot", "-m", "64T", guest("hello.bin"))
     assert result.returncode == 2
-    assert result.stderr.startswith("pyvmm: -m 64T is more than this host's RAM")
+    assert result.stderr.startswith("pyvmm boot: -m 64T is more than this host's RAM")
     assert result.stderr.count("\n") == 1
 
 

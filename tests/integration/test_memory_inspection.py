@@ -176,3 +176,24 @@ def test_memmap_of_an_unpaged_guest() -> None:
 def test_guest_sources_exist() -> None:
     for name in ("vmem64", "vmem32"):
         assert Path(GUESTS / f"{name}.s").is_file()
+
+
+def test_an_address_past_ram_is_named_by_the_machine_map() -> None:
+    """It said `GPA 0x40000000 is not RAM (MMIO or the PCI hole)` with 128M: it is neither."""
+    result = run_pyvmm(
+        "memmap", "-q", "--mode", "long", "guests/long.bin",
+        "--translate", "0x40000000", "--translate", "0xfee00000",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "  0x008000000-0x0cfffffff  hole   unmapped: no RAM here" in out  # the map's row
+    assert (
+        "stops: GPA 0x40000000 is not RAM: it lies in 0x8000000-0xcfffffff, where there is "
+        "no RAM (from the end of guest RAM to the MMIO hole)"
+    ) in out
+    assert (
+        "stops: GPA 0xfee00000 is not RAM: it lies in the MMIO hole 0xd0000000-0xffffffff"
+    ) in out
+    # The identity mapping of the low 4 GiB, cut where the map's ranges meet.
+    assert "0x008000000-0x0cfffffff  (not RAM: unmapped)" in out
+    assert "0x0d0000000-0x0ffffffff  (not RAM: MMIO hole)" in out

@@ -64,7 +64,7 @@ CASES = [
         EXIT_VMM_ERROR,
         "pyvmm: ",
     ),
-    ("bad input", ["boot", "-m", "1K", "guests/hello.bin"], {}, EXIT_USAGE, "pyvmm: "),
+    ("bad input", ["boot", "-m", "1K", "guests/hello.bin"], {}, EXIT_USAGE, "pyvmm boot: -m 1K "),
 ]
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import signal
 
 import pytest
 
 from pyvmm.cli import main
-from pyvmm.cli.parser import build_parser
+from pyvmm.cli.parser import MAX_TIMEOUT, build_parser
 from pyvmm.machine.outcome import EXIT_LIMIT, EXIT_TIMEOUT, EXIT_VMM_ERROR, OutcomeKind
 
 
@@ -139,3 +140,115 @@ def test_memmap_and_demo_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "equivalence, efficiency or isolation" in demo
     top = " ".join(help_text([], capsys).split())
     assert all(name in top for name in ("boot", "memmap", "demo"))
+
+
+# --- messages a fresh user's trial found misleading ------------------------------------------
+
+
+def refusal_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err.strip()
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        # `--timeout 1e9` and `inf` said "must be a positive number of seconds": they are.
+        ("inf", f"inf is too long: at most {MAX_TIMEOUT} seconds (about 292 years), the "
+                "longest alarm the run's timer can hold (setitimer, counted in 64-bit "
+                "nanoseconds); leave --timeout out for no limit"),
+        ("1e10", f"1e10 is too long: at most {MAX_TIMEOUT} seconds"),
+        ("nan", "'nan' is not a number of seconds"),
+        ("soon", "'soon' is not a number of seconds"),
+        ("0", "0 is not positive: give the seconds the guest may run (leave --timeout out "
+              "for no limit)"),
+        ("-1", "-1 is not positive"),
+        ("1e-400", "1e-400 is too short: it is 0 seconds as a float"),
+    ],
+)  # fmt: skip
+def test_a_refused_timeout_says_what_is_wrong(
+    value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = refusal_line(["boot", "--timeout", value, "x.bin"], capsys)
+    assert line.startswith(f"pyvmm boot: argument --timeout: {says}"), line
+
+
+def test_the_longest_timeout_is_the_longest_alarm() -> None:
+    """1e9 s (under 32 years) was refused; the real limit is the timer's."""
+    assert build_parser().parse_args(["boot", "--timeout", "1e9", "x.bin"]).timeout == 1e9
+    previous = signal.getitimer(signal.ITIMER_REAL)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, MAX_TIMEOUT)  # taken...
+        with pytest.raises(OverflowError):
+            signal.setitimer(signal.ITIMER_REAL, MAX_TIMEOUT + 1)  # ... and one more is not
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, *previous)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--max-exits", "0"], "argument --max-exits: 0 is not positive"),
+        (["--max-exits", "1e3"], "argument --max-exits: '1e3' is not a whole number of exits"),
+        (["-smp", "two"], "argument -smp: 'two' is not a whole number of vCPUs"),
+        (["-smp", "0"], "argument -smp: 0 is not positive: a machine needs at least one vCPU"),
+        (["--load-addr", "-1"], "argument --load-addr: address '-1' is negative"),
+        (["--load-addr", "high"], "argument --load-addr: 'high' is not an address"),
+        (["--console-rate", "0"], "argument --console-rate: 0 is not positive"),
+        (["--console-rate", "fast"], "argument --console-rate: 'fast' is not a number of bytes"),
+        (["--console-rate", "1.5"], "argument --console-rate: '1.5' is not a whole number of"),
+        # "buffer size '-1' must be 0..1G" did not say which end was wrong.
+        (["--input-buffer", "-1"], "argument --input-buffer: '-1' is negative"),
+        (["--input-buffer", "2G"], "argument --input-buffer: 2G is more than 1 GiB, the most"),
+    ],
+)
+def test_other_refused_values_say_what_is_wrong(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = refusal_line(["boot", *argv, "x.bin"], capsys)
+    assert line.startswith(f"pyvmm boot: {says}"), line
+
+
+def test_a_byte_count_in_b_is_bytes() -> None:
+    """`--input-buffer 100B` was 100 MiB: a plain number is MiB for -m, and B was ignored."""
+    args = build_parser().parse_args(["boot", "--input-buffer", "100B", "x.bin"])
+    assert args.input_buffer == 100
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        # It was `pyvmm: unrecognized arguments: guests/hello.bin`, under no command's name.
+        (["boot", "x.bin", "y.bin"],
+         "pyvmm boot: unexpected argument y.bin: pyvmm boot takes one IMAGE (IMAGE is 'x.bin')"),
+        (["memmap", "x.bin", "y", "z"],
+         "pyvmm memmap: unexpected arguments y z: pyvmm memmap takes one IMAGE "
+         "(IMAGE is 'x.bin')"),
+        (["demo", "isolation", "now"],
+         "pyvmm demo: unexpected argument now: pyvmm demo takes one NAME (NAME is 'isolation')"),
+    ],
+)  # fmt: skip
+def test_a_leftover_argument_is_the_commands_usage_error(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert refusal_line(argv, capsys) == line
+
+
+@pytest.mark.parametrize("command", ["boot", "memmap", "demo"])
+def test_every_see_in_a_help_names_a_section_of_that_help(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pyvmm memmap --help` said "(see image formats)", a section only boot's help had."""
+    text = help_text([command], capsys)
+    words = " ".join(text.split())
+    for section in re.findall(r"\(see ([^)]+?)(?: below)?\)", words):
+        if section.startswith("pyvmm "):  # another command's help, named as such
+            continue
+        assert re.search(rf"^{re.escape(section)}\b", text, re.MULTILINE), (command, section)
+
+
+def test_boot_help_says_when_hlt_ends_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    text = " ".join(help_text(["boot"], capsys).split())
+    assert "halted 0 the guest executed HLT (with no in-kernel irqchip to wait on)" in text

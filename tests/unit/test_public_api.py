@@ -28,6 +28,7 @@ from pyvmm.errors import (
     BusError,
     GuestMemoryError,
     GuestPageFault,
+    ImageTooLarge,
     KvmUnavailable,
     LoaderError,
     UsageError,
@@ -325,6 +326,35 @@ def test_bad_arguments_raise_before_kvm_is_opened(tmp_path: Path) -> None:
         create_machine(b"", kvm_path=no_kvm)
     with pytest.raises(LoaderError, match="cannot read image"):
         create_machine(tmp_path / "missing.bin", kvm_path=no_kvm)
+
+
+def test_the_library_quotes_ram_size_as_it_was_given(tmp_path: Path) -> None:
+    """create_machine(ram_size='1K') said `memory size 4 KiB is too small` (the rounded size)."""
+    no_kvm = str(tmp_path / "kvm")
+    with pytest.raises(UsageError) as error:
+        create_machine(b"\xf4", ram_size="1K", kvm_path=no_kvm)
+    assert str(error.value) == "ram_size '1K' is too small: pyvmm needs at least 2 MiB of guest RAM"
+    with pytest.raises(UsageError) as error:
+        create_machine(b"\xf4", ram_size=1000, kvm_path=no_kvm)  # bytes, rounded up to a page
+    assert str(error.value).startswith("ram_size 1000 (4 KiB) is too small:")
+
+
+def test_the_library_judges_files_before_reading_them(tmp_path: Path) -> None:
+    """A flat image larger than RAM, a device, a missing module: refused before KVM, unread."""
+    no_kvm = str(tmp_path / "kvm")
+    big = tmp_path / "big.bin"
+    with big.open("wb") as sparse:
+        sparse.truncate(64 << 20)
+    too_large = r"^image '.*big\.bin' is 64 MiB, larger than the 16 MiB of guest RAM"
+    with pytest.raises(ImageTooLarge, match=too_large):
+        create_machine(big, ram_size="16M", kvm_path=no_kvm)
+    with pytest.raises(LoaderError, match=r"^image '/dev/zero' is a character device, not a file$"):
+        create_machine("/dev/zero", kvm_path=no_kvm)
+    kernel = str(REPO / "guests" / "multiboot.elf")
+    missing = str(tmp_path / "initrd")
+    with pytest.raises(LoaderError) as error:
+        create_machine(kernel, modules=[missing], kvm_path=no_kvm)
+    assert str(error.value) == f"cannot read module '{missing}': No such file or directory"
 
 
 def test_missing_kvm_device_is_kvm_unavailable(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ import pytest
 import pyvmm
 from pyvmm.shipped import (
     SHIPPED_DIRECTORIES,
+    BuildHint,
     ShippedFileMissing,
+    build_hint,
     data_root,
     pyvmm_child,
     resolve_image,
@@ -136,6 +138,84 @@ def test_resolve_image_with_this_installation(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert resolve_image("guests/hello.bin") == str(REPO / "guests" / "hello.bin")
+
+
+# --- a guest that is not built yet ---------------------------------------------------------
+# `pyvmm boot guests/template/boot.bin` in a fresh clone, or from another directory, said
+# only "No such file or directory": the template ships as sources, to be built by the user.
+
+TEMPLATE_MAKEFILE = "ALL := $(OUT)/boot.bin $(OUT)/hello64.elf\n$(OUT)/boot.bin: $(SRC)/boot.s\n"
+
+
+def add_template(root: Path) -> Path:
+    """guests/template's sources under `root` (a checkout, or a wheel's _shipped/)."""
+    template = root / "guests" / "template"
+    template.mkdir(parents=True)
+    (template / "Makefile").write_text(TEMPLATE_MAKEFILE)
+    (template / "boot.s").write_text("hlt\n")
+    (template / "hello.c").write_text("void _start(void) {}\n")
+    return template
+
+
+def test_a_guest_not_built_in_this_directory_is_built_with_make_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = make_checkout_layout(tmp_path)
+    add_template(package.parent)
+    monkeypatch.chdir(package.parent)
+    hint = BuildHint("make -C guests/template", "guests/template")
+    assert build_hint("guests/template/boot.bin", package) == hint
+    assert build_hint("./guests/template/hello64.elf", package) == hint  # named by the Makefile
+    monkeypatch.chdir(package.parent / "guests" / "template")
+    assert build_hint("boot.bin", package) == BuildHint("make", ".")
+
+
+def test_a_shipped_guest_not_built_is_built_here_from_the_shipped_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From another directory: make -f keeps it, so the file lands where the user named it."""
+    package = make_wheel_layout(tmp_path)
+    template = add_template(package / "_shipped")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert build_hint("guests/template/boot.bin", package) == BuildHint(
+        f"make -f {template / 'Makefile'} OUT=guests/template", str(template)
+    )
+
+
+def test_a_guest_named_by_its_stem_in_the_makefile_above(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """guests/Makefile lists `tests/spin`, built from tests/spin.s beside the image."""
+    work = tmp_path / "work"
+    (work / "guests" / "tests").mkdir(parents=True)
+    (work / "guests" / "Makefile").write_text("REAL := hello tests/spin\n")
+    (work / "guests" / "tests" / "spin.s").write_text("jmp .\n")
+    monkeypatch.chdir(work)
+    package = make_wheel_layout(tmp_path)
+    assert build_hint("guests/tests/spin.bin", package) == BuildHint("make -C guests", "guests")
+    # `hello` is named too, but no hello.s lies beside a guests/hello.bin here: no hint.
+    assert build_hint("guests/hello.bin", package) is None
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "guests/template/bot.bin",  # a typo: no Makefile names it, no bot.s
+        "guests/template/boot.elf",  # boot.s is there, but the Makefile never says boot
+        "guests/nonexistent/boot.bin",
+        "kernel.bin",
+        "/nonexistent/kernel.bin",
+    ],
+)
+def test_no_build_hint_without_a_makefile_that_builds_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    package = make_checkout_layout(tmp_path)
+    add_template(package.parent)
+    monkeypatch.chdir(package.parent)
+    assert build_hint(path, package) is None
 
 
 def test_a_child_imports_the_parents_pyvmm_not_one_on_its_path(
