@@ -56,6 +56,15 @@ class Vm(ClosesOnExit):
         """In-kernel PIC, IOAPIC and a LAPIC per vCPU (before any vCPU exists)."""
         ioctl_int(self.fd, lib.KVM_CREATE_IRQCHIP, "KVM_CREATE_IRQCHIP")
 
+    def irq_line(self, gsi: int, level: int) -> None:
+        """KVM_IRQ_LINE (KVM API doc 4.25): set the level of input `gsi` of the irqchip.
+
+        GSIs 0-15 reach the PIC and the IOAPIC, 16-23 the IOAPIC alone.
+        Needs KVM_CREATE_IRQCHIP first; raises KvmError otherwise.
+        """
+        request = ffi.new("struct kvm_irq_level *", {"irq": gsi, "level": level})
+        ioctl_ptr(self.fd, lib.KVM_IRQ_LINE, "KVM_IRQ_LINE", request)
+
     def create_pit2(self, flags: int) -> None:
         config = ffi.new("struct kvm_pit_config *", {"flags": flags})
         ioctl_ptr(self.fd, lib.KVM_CREATE_PIT2, "KVM_CREATE_PIT2", config)

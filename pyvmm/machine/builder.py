@@ -32,6 +32,7 @@ from pyvmm.console.input import InputBuffer, SerialWithInput
 from pyvmm.devices.bus import Bus, BusDevice, Shifted
 from pyvmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit, debug_exit_status
 from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FW_CFG_PORT_SIZE, FwCfg
+from pyvmm.devices.irq import IrqLine
 from pyvmm.devices.pci_absent import PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PciAbsent
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.sink import POST_PORT, IgnoredPort
@@ -42,6 +43,7 @@ from pyvmm.kvm.vm import Vm
 from pyvmm.loaders import describe_format, load_image
 from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.machine.device_ranges import check_mmio_range, check_pio_range
+from pyvmm.machine.interrupts import InterruptLines
 from pyvmm.machine.legacy_pc import VgaTextWatch, attach_memory_watching_vga, attach_no_bios
 from pyvmm.machine.outcome import OutcomeKind, RunOutcome
 from pyvmm.machine.run_signals import stop_on_signals, stop_signals_raise
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 COM1_PORT = 0x3F8
 COM1_SIZE = 8
+COM1_GSI = 4  # ISA IRQ 4, as on every PC
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,8 @@ class Machine(ClosesOnExit):
         # Set by build_machine: the no-BIOS trap (real-mode entries), the VGA text watch.
         self.no_bios: NoBiosTrap | None = None
         self.vga_text: VgaTextWatch | None = None
+        # Set by build_machine: which device drives which GSI (see interrupts.py).
+        self.interrupts: InterruptLines | None = None
 
     def run(self, timeout: float | None = None, observer: ExitObserver | None = None) -> RunOutcome:
         """Run every vCPU (KVM_RUN, KVM API doc 4.10) until the run ends; how it ended.
@@ -402,7 +407,10 @@ def build_machine(config: MachineConfig) -> Machine:
         ]
         loop = loops[0]
         group = VcpuGroup(loops)
-        serial = attach_serial(pio_bus, config.console, config.console_input)
+        interrupts = InterruptLines(vm, config.wants_irqchip)
+        serial = attach_serial(
+            pio_bus, config.console, config.console_input, interrupts.line(COM1_GSI, "COM1")
+        )
         attach_debug_exit(pio_bus, group.request_stop)
         pio_bus.insert(IgnoredPort(), POST_PORT, 1, "POST port")
         attach_qemu_board(pio_bus, config)
@@ -427,6 +435,7 @@ def build_machine(config: MachineConfig) -> Machine:
             group,
         )
         machine.console = config.console
+        machine.interrupts = interrupts
         machine.no_bios, machine.vga_text = no_bios, vga_text
     return machine
 
@@ -446,9 +455,13 @@ def attach_memory(vm: Vm, memory: GuestMemory) -> None:
 
 
 def attach_serial(
-    pio_bus: Bus, console: Callable[[bytes], None], host_input: InputBuffer | None = None
+    pio_bus: Bus,
+    console: Callable[[bytes], None],
+    host_input: InputBuffer | None = None,
+    irq: IrqLine | None = None,
 ) -> Serial16550:
-    serial = Serial16550(console)
+    """COM1: a 16550A at 0x3f8, its INTR on `irq` (ISA IRQ 4 on a PC)."""
+    serial = Serial16550(console, irq)
     device = serial if host_input is None else SerialWithInput(serial, host_input)
     pio_bus.insert(device, COM1_PORT, COM1_SIZE, "COM1 16550A")
     return serial
