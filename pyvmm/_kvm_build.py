@@ -34,6 +34,16 @@ _CONSTANTS = """
 #define KVM_CREATE_IRQCHIP ...
 #define KVM_CREATE_PIT2 ...
 #define KVM_IRQ_LINE ...
+#define KVM_GET_IRQCHIP ...
+#define KVM_SET_IRQCHIP ...
+#define KVM_IRQCHIP_PIC_MASTER ...
+#define KVM_IRQCHIP_PIC_SLAVE ...
+#define KVM_IRQCHIP_IOAPIC ...
+#define KVM_IRQFD ...
+#define KVM_IRQFD_FLAG_DEASSIGN ...
+#define KVM_IRQFD_FLAG_RESAMPLE ...
+#define KVM_CAP_IRQFD ...
+#define KVM_CAP_IRQFD_RESAMPLE ...
 #define KVM_PIT_SPEAKER_DUMMY ...
 #define KVM_CAP_IRQCHIP ...
 #define KVM_CAP_PIT2 ...
@@ -193,6 +203,49 @@ struct kvm_irq_level {
     ...;
 };
 
+/* KVM_GET_IRQCHIP / KVM_SET_IRQCHIP (KVM API doc 4.26, 4.27): one 8259A's state. */
+struct kvm_pic_state {
+    uint8_t last_irr;
+    uint8_t irr;
+    uint8_t imr;
+    uint8_t isr;
+    uint8_t priority_add;
+    uint8_t irq_base;
+    uint8_t read_reg_select;
+    uint8_t poll;
+    uint8_t special_mask;
+    uint8_t init_state;
+    uint8_t auto_eoi;
+    uint8_t rotate_on_auto_eoi;
+    uint8_t special_fully_nested_mode;
+    uint8_t init4;
+    uint8_t elcr;
+    uint8_t elcr_mask;
+    ...;
+};
+
+/* kvm_irqchip's anonymous `chip` union, named by a typedef in the C source below. */
+typedef union {
+    char dummy[512];
+    struct kvm_pic_state pic;
+    ...;
+} pyvmm_irqchip_state;
+
+struct kvm_irqchip {
+    uint32_t chip_id;
+    pyvmm_irqchip_state chip;
+    ...;
+};
+
+/* KVM_IRQFD (KVM API doc 4.75). */
+struct kvm_irqfd {
+    uint32_t fd;
+    uint32_t gsi;
+    uint32_t flags;
+    uint32_t resamplefd;
+    ...;
+};
+
 struct kvm_mp_state {
     uint32_t mp_state;
     ...;
@@ -330,6 +383,7 @@ typedef PYVMM_EXIT_TYPE(mmio) pyvmm_exit_mmio;
 typedef PYVMM_EXIT_TYPE(internal) pyvmm_exit_internal;
 typedef PYVMM_EXIT_TYPE(emulation_failure) pyvmm_exit_emulation_failure;
 typedef PYVMM_EXIT_TYPE(system_event) pyvmm_exit_system_event;
+typedef __typeof__(((struct kvm_irqchip *)0)->chip) pyvmm_irqchip_state;
 
 static int pyvmm_ioctl_ptr(int fd, unsigned long request, void *arg)
 {

@@ -3,10 +3,14 @@
 A reader thread moves bytes from stdin into an `InputBuffer` whose size the
 user sets (`--input-buffer`). When the buffer is full the thread stops
 reading, so a guest that never reads cannot make pyvmm hold more than that:
-the rest waits in the pipe or the terminal, and nothing is lost. The serial
-port takes bytes from the buffer whenever the guest touches it and its FIFO
-has room (`SerialWithInput`), which keeps the 16550 itself a pure state
-machine.
+the rest waits in the pipe or the terminal, and nothing is lost.
+
+The serial port takes bytes from the buffer (`SerialWithInput`), which keeps
+the 16550 itself a pure state machine: whenever the guest touches it and its
+FIFO has room, and as soon as input arrives, so that a guest waiting in `hlt`
+for its receive interrupt gets it. The reader thread never touches the UART
+itself: it asks a vCPU thread to (VcpuGroup.post), because devices are only
+ever used from vCPU threads (under the device lock when there are several).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import select
 import termios
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pyvmm.closing import ClosesOnExit
 from pyvmm.devices.serial import Serial16550
@@ -33,6 +37,11 @@ class InputBuffer:
         self._data = bytearray()
         self._changed = threading.Condition()
         self.eof = False
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the thread that puts) after each `put` that stored bytes."""
+        self._listeners.append(callback)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -46,7 +55,10 @@ class InputBuffer:
         with self._changed:
             taken = min(len(data), self.space)
             self._data += data[:taken]
-            return taken
+        if taken:
+            for callback in self._listeners:
+                callback()
+        return taken
 
     def take(self, limit: int) -> bytes:
         with self._changed:
@@ -112,11 +124,35 @@ class StdinReader(ClosesOnExit):
 
 
 class SerialWithInput:
-    """The 16550 on the bus, topped up from the host's input buffer on every access."""
+    """The 16550 on the bus, topped up from the host's input buffer.
 
-    def __init__(self, serial: Serial16550, buffer: InputBuffer) -> None:
+    On every guest access; and, given `post` (VcpuGroup.post: run a callable
+    in a vCPU thread between two KVM_RUNs), as soon as the buffer gets bytes,
+    so that the UART raises its receive interrupt without the guest polling.
+    """
+
+    def __init__(
+        self,
+        serial: Serial16550,
+        buffer: InputBuffer,
+        post: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
         self.serial = serial
         self.buffer = buffer
+        self._post = post
+        self._posted = False  # a refill is already on its way: one is enough
+        if post is not None:
+            buffer.listen(self._on_input)
+
+    def _on_input(self) -> None:
+        if not self._posted and self._post is not None:
+            self._posted = True
+            self._post(self.refill)
+
+    def refill(self) -> None:
+        """Move what fits from the buffer into the UART's receive FIFO (a vCPU thread only)."""
+        self._posted = False
+        self._refill()
 
     def read(self, offset: int, size: int) -> int:
         self._refill()

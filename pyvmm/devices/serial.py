@@ -15,6 +15,16 @@ The device knows nothing of KVM, ports or threads: the bus hands it offsets
 bytes come in through `enqueue_input`, and it drives an `IrqLine` level.
 Transmission is instantaneous, so THR is always empty and the modem inputs
 are those of a ready terminal (CTS, DSR and DCD asserted).
+
+The line has no speed either way, which decides the receive interrupts in FIFO
+mode (PC16550D, "FIFO Interrupt Mode Operation"): received data available
+(IIR 0x04) while the FIFO holds at least the trigger level (FCR bits 6-7: 1, 4,
+8 or 14 characters), the character timeout indication (IIR 0x0C) while it
+holds fewer. The chip waits 4 character times without a character received or
+read before it indicates the timeout; at no line speed those have always
+passed by the time the guest can look, so the indication is pending at once.
+QEMU (hw/char/serial.c) gives the same indication after 4 character times at
+the programmed baud rate. Outside FIFO mode every character is data available.
 """
 
 from __future__ import annotations
@@ -55,11 +65,15 @@ IIR_MSI = 0x00
 IIR_THRI = 0x02
 IIR_RDI = 0x04
 IIR_RLSI = 0x06
+IIR_RX_TIMEOUT = 0x0C  # character timeout indication (FIFO mode only)
 IIR_FIFO_BITS = 0xC0
 
 FCR_ENABLE_FIFO = 0x01
 FCR_CLEAR_RCVR = 0x02
 FCR_CLEAR_XMIT = 0x04
+FCR_TRIGGER_MASK = 0xC0  # the receiver FIFO trigger level, bits 6-7
+# FCR bits 6-7 -> the trigger level in characters (PC16550D, FCR).
+RX_TRIGGER_LEVELS = {0x00: 1, 0x40: 4, 0x80: 8, 0xC0: 14}
 
 LCR_DLAB = 0x80  # divisor latch access bit
 
@@ -146,6 +160,7 @@ class Serial16550:
         self._scr = 0
         self._divisor = DEFAULT_DIVISOR
         self._fifo_enabled = False
+        self._rx_trigger = 1
         self._lsr_errors = 0
         self._msr_deltas = 0
         # THR-empty is an event, not a level: it is pending from the moment THR
@@ -203,6 +218,11 @@ class Serial16550:
     def baud_rate(self) -> int:
         """The programmed line speed; 0 for divisor 0, which a real chip leaves undefined."""
         return BAUD_BASE // self._divisor if self._divisor else 0
+
+    @property
+    def rx_trigger(self) -> int:
+        """The receiver FIFO trigger level in characters (FCR bits 6-7)."""
+        return self._rx_trigger
 
     @property
     def irq_level(self) -> bool:
@@ -322,8 +342,7 @@ class Serial16550:
         if value & FCR_CLEAR_RCVR or enable != self._fifo_enabled:
             self._rx.clear()
         # FCR_CLEAR_XMIT has nothing to do: bytes leave as soon as written.
-        # The receive trigger level (bits 6-7) is not modelled: the data
-        # interrupt is raised from the first byte, as with a trigger of 1.
+        self._rx_trigger = RX_TRIGGER_LEVELS[value & FCR_TRIGGER_MASK]
         self._fifo_enabled = enable
         self._update_irq()
 
@@ -354,7 +373,9 @@ class Serial16550:
         if self._ier & IER_RLSI and self._lsr_errors:
             return IIR_RLSI
         if self._ier & IER_RDI and self._rx:
-            return IIR_RDI
+            if not self._fifo_enabled or len(self._rx) >= self._rx_trigger:
+                return IIR_RDI
+            return IIR_RX_TIMEOUT  # below the trigger level: see the module's docstring
         if self._ier & IER_THRI and self._thri_pending:
             return IIR_THRI
         if self._ier & IER_MSI and self._msr_deltas:

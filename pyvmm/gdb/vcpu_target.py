@@ -90,6 +90,7 @@ def host_reports_int3(kvm_path: str) -> bool:
         console=lambda data: None,
         mode=CpuMode.LONG,
         kvm_path=kvm_path,
+        irqchip=False,  # the probe ends at its hlt (KVM_EXIT_HLT) if nothing stops it
     )
     with build_machine(config) as probe:
         probe.vcpu.set_guest_debug(lib.KVM_GUESTDBG_ENABLE | lib.KVM_GUESTDBG_USE_SW_BP)
@@ -115,6 +116,7 @@ def host_reports_data_breakpoints(kvm_path: str) -> bool:
         console=lambda data: None,
         mode=CpuMode.LONG,
         kvm_path=kvm_path,
+        irqchip=False,  # the probe ends at its hlt (KVM_EXIT_HLT) if nothing stops it
     )
     dr7 = 1 | DR7_RW[BreakpointKind.WRITE_WATCH] << 16 | DR7_LEN[8] << 18
     with build_machine(config) as probe:

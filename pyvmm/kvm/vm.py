@@ -65,6 +65,39 @@ class Vm(ClosesOnExit):
         request = ffi.new("struct kvm_irq_level *", {"irq": gsi, "level": level})
         ioctl_ptr(self.fd, lib.KVM_IRQ_LINE, "KVM_IRQ_LINE", request)
 
+    def get_irqchip(self, chip_id: int) -> Any:
+        """KVM_GET_IRQCHIP (KVM API doc 4.26): a `struct kvm_irqchip *` holding chip `chip_id`.
+
+        `chip_id` is KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE or
+        KVM_IRQCHIP_IOAPIC; `.chip.pic` is a `struct kvm_pic_state` for the PICs.
+        Raises KvmError (ENXIO: no in-kernel irqchip).
+        """
+        chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
+        ioctl_ptr(self.fd, lib.KVM_GET_IRQCHIP, "KVM_GET_IRQCHIP", chip)
+        return chip
+
+    def set_irqchip(self, chip: Any) -> None:
+        """KVM_SET_IRQCHIP (KVM API doc 4.27): load `chip` (as `get_irqchip` returns it).
+
+        Raises KvmError (ENXIO: no in-kernel irqchip; EINVAL: a bad chip_id).
+        """
+        ioctl_ptr(self.fd, lib.KVM_SET_IRQCHIP, "KVM_SET_IRQCHIP", chip)
+
+    def irqfd(self, fd: int, gsi: int, flags: int = 0, resamplefd: int = 0) -> None:
+        """KVM_IRQFD (KVM API doc 4.75): an eventfd `fd` whose writes raise irqchip input `gsi`.
+
+        `flags` are KVM_IRQFD_FLAG_* bits: DEASSIGN removes the binding,
+        RESAMPLE makes the line level-triggered, held until the guest's EOI,
+        after which KVM lowers it and signals the eventfd `resamplefd`. Needs
+        KVM_CAP_IRQFD (KVM_CAP_IRQFD_RESAMPLE for RESAMPLE) and an irqchip;
+        raises KvmError otherwise.
+        """
+        request = ffi.new(
+            "struct kvm_irqfd *",
+            {"fd": fd, "gsi": gsi, "flags": flags, "resamplefd": resamplefd},
+        )
+        ioctl_ptr(self.fd, lib.KVM_IRQFD, "KVM_IRQFD", request)
+
     def create_pit2(self, flags: int) -> None:
         config = ffi.new("struct kvm_pit_config *", {"flags": flags})
         ioctl_ptr(self.fd, lib.KVM_CREATE_PIT2, "KVM_CREATE_PIT2", config)

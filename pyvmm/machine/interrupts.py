@@ -8,6 +8,8 @@ is nothing to deliver to, and a line is connected to nothing.
 
 from __future__ import annotations
 
+import threading
+
 from pyvmm.devices.irq import IrqLine, NoIrq
 from pyvmm.kvm.vm import Vm
 
@@ -26,26 +28,72 @@ class KvmIrqLine:
         self.vm.irq_line(self.gsi, int(high))
 
 
+class SharedInput:
+    """One irqchip input driven by several lines: its level is the OR of theirs.
+
+    KVM ORs the sources it knows of one GSI the same way (a level-triggered
+    input is high while any source holds it high: `__kvm_irq_line_state`), but
+    every KVM_IRQ_LINE from the VMM is one source to it, so the OR of the
+    VMM's own lines is made here. Each change is passed on at once, repeats
+    included, as QEMU passes on each `qemu_set_irq`.
+    """
+
+    def __init__(self, output: IrqLine) -> None:
+        self._output = output
+        self._levels: list[bool] = []
+        self._lock = threading.Lock()  # a device may drive its line from a timer thread
+
+    def source(self) -> IrqLine:
+        """A new line into this input, low to begin with."""
+        self._levels.append(False)
+        return _Source(self, len(self._levels) - 1)
+
+    def set_source_level(self, index: int, high: bool) -> None:
+        with self._lock:
+            self._levels[index] = high
+            self._output.set_level(any(self._levels))
+
+
+class _Source:
+    def __init__(self, shared: SharedInput, index: int) -> None:
+        self._shared = shared
+        self._index = index
+
+    def set_level(self, high: bool) -> None:
+        self._shared.set_source_level(self._index, high)
+
+
 class InterruptLines:
-    """Hands out one line per GSI; each GSI is given to one device at most."""
+    """Hands out the lines of each GSI: one owner each, and shared lines ORed with it."""
 
     def __init__(self, vm: Vm, irqchip: bool) -> None:
         self.vm = vm
         self.irqchip = irqchip
         self._taken: dict[int, str] = {}
+        self._inputs: dict[int, SharedInput] = {}
 
-    def line(self, gsi: int, owner: str) -> IrqLine:
+    def line(self, gsi: int, owner: str, *, shared: bool = False) -> IrqLine:
         """The line for `gsi`, for the device named `owner`.
 
-        Raises ValueError for a GSI the irqchip lacks or one already given
-        out (two devices on one level-triggered line would fight over it).
+        A GSI has one owner, the device wired to it (COM1 on 4). A `shared`
+        line does not own its GSI: it is for a device that may drive any GSI,
+        QEMU's pc-testdev, and its level is ORed with the owner's and the
+        other shared lines' (`SharedInput`), so a guest pulsing a line never
+        lowers what the owner holds high. Raises ValueError for a GSI the
+        irqchip lacks or an owner for a GSI already owned (two devices on one
+        level-triggered line would fight over it).
         """
         if not 0 <= gsi < IOAPIC_PINS:
             raise ValueError(f"GSI {gsi} for {owner}: the irqchip has GSIs 0-{IOAPIC_PINS - 1}")
-        if gsi in self._taken:
-            raise ValueError(f"GSI {gsi} for {owner} is already {self._taken[gsi]}'s")
-        self._taken[gsi] = owner
-        return KvmIrqLine(self.vm, gsi) if self.irqchip else NoIrq()
+        if not shared:
+            if gsi in self._taken:
+                raise ValueError(f"GSI {gsi} for {owner} is already {self._taken[gsi]}'s")
+            self._taken[gsi] = owner
+        if not self.irqchip:
+            return NoIrq()
+        if gsi not in self._inputs:
+            self._inputs[gsi] = SharedInput(KvmIrqLine(self.vm, gsi))
+        return self._inputs[gsi].source()
 
     @property
     def assigned(self) -> dict[int, str]:

@@ -38,11 +38,14 @@ def attach_no_bios(
     memory: GuestMemory,
     stop: Callable[[RunOutcome], None],
     current_vcpu: Callable[[], Any] = running_vcpu,
+    acknowledge_irq: Callable[[int], int | None] | None = None,
 ) -> no_bios.NoBiosTrap | None:
     """Install the stubs and their trap for a real-mode entry; None if the image took the area.
 
     An exception that reaches a stub calls `stop` with an UNHANDLED_EXCEPTION
-    outcome. `current_vcpu` gives the vCPU being served (tests pass their own).
+    outcome. `current_vcpu` gives the vCPU being served (tests pass their own);
+    `acknowledge_irq(vector)`, with the in-kernel PICs, tells a hardware
+    interrupt from an exception of the same vector (and ends it).
     """
     pointed = no_bios.install(memory)
     if not pointed:
@@ -57,6 +60,7 @@ def attach_no_bios(
         memory,
         current_vcpu,
         lambda message, registers: stop(unhandled_exception(message, registers)),
+        acknowledge_irq,
     )
     pio_bus.insert(trap, no_bios.NO_BIOS_PORT, 1, "no-BIOS trap")
     return trap

@@ -15,6 +15,22 @@ under the same lock, as the last thing it does; the kicker signals only the
 threads in `_running`, and holds the lock while it does. A thread in `_running`
 has not finished, so its id stays valid for as long as the kicker holds the lock.
 
+The halt watch (machines with the in-kernel irqchip). KVM then serves `hlt`
+itself, so a guest that halts for good never exits to pyvmm. A watchdog thread
+(one per group, started by the first run, parked between runs, ended by
+`close`) kicks every vCPU out of KVM_RUN at growing intervals from the start of
+each run (1, 2, 4 ... ms, then every WATCH_MAX_INTERVAL), and each vCPU, in its
+own thread, reads its own state
+(vcpu_states.py): stuck means halted with IF=0 or waiting for INIT/SIPI. When
+the last vCPU finds every vCPU stuck, it confirms with the whole machine still:
+it holds every other vCPU out of KVM_RUN (a vCPU found stuck earlier may have
+been woken since, by another's IPI), reads all states again, and ends the run
+as halted if none can run. One vCPU needs no confirmation: nothing else runs.
+
+Device work from other threads (`post`: host input for COM1) runs in vCPU 0's
+thread between two KVM_RUNs, under the device lock when there are several
+vCPUs: devices are only ever touched from vCPU threads.
+
 Signals: vCPU threads block every asynchronous signal but the kick, so that
 SIGALRM, SIGINT, SIGTERM and SIGHUP always reach the main thread, whose
 handlers end the run (QEMU's threads leave signals to its main loop the same
@@ -23,16 +39,28 @@ way, util/qemu-thread-posix.c: qemu_thread_create).
 
 from __future__ import annotations
 
+import collections
 import signal
 import threading
+import time
+from collections.abc import Callable
 
-from pyvmm.machine.outcome import RunOutcome, vmm_error
+from pyvmm.machine.outcome import EXIT_HALTED, OutcomeKind, RunOutcome, vmm_error
 from pyvmm.machine.vcpu_loop import ExitObserver, VcpuLoop
+from pyvmm.machine.vcpu_states import describe_halted, read_vcpu_state
 
 KICK_SIGNAL = signal.SIGUSR1
 # A thread kicked once leaves its loop: immediate_exit was set before the kick.
 # Threads still in their loop after this long are kicked again (only those).
 REKICK_INTERVAL = 0.05
+# The halt watch's kicks: the first after WATCH_FIRST_INTERVAL, each wait twice
+# the last, up to WATCH_MAX_INTERVAL (how late a guest halted for good is seen).
+WATCH_FIRST_INTERVAL = 0.001
+WATCH_MAX_INTERVAL = 0.128
+# How long the confirming vCPU waits for the others to come out of KVM_RUN; one
+# that does not (busy with an exit: output to a slow console) is not stuck.
+CONFIRM_TIMEOUT = 0.05
+HOLD_POLL = 0.005
 # Raised by the thread itself (a fault), not sent: blocking them would not help.
 _SYNCHRONOUS_SIGNALS = frozenset(
     {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
@@ -40,10 +68,15 @@ _SYNCHRONOUS_SIGNALS = frozenset(
 
 
 class VcpuGroup:
-    """Runs `loops[0]` in the calling thread and each other loop in a thread of its own."""
+    """Runs `loops[0]` in the calling thread and each other loop in a thread of its own.
 
-    def __init__(self, loops: list[VcpuLoop]) -> None:
+    `watch_halts`: the machine has the in-kernel irqchip, so `hlt` never exits
+    to pyvmm and the halt watch (above) ends a run that can never go on.
+    """
+
+    def __init__(self, loops: list[VcpuLoop], watch_halts: bool = False) -> None:
         self.loops = loops
+        self.watch_halts = watch_halts
         # Re-entrant: the --timeout and Ctrl-C handlers call request_stop, and may
         # land in the main thread while it holds the lock already.
         self._lock = threading.RLock()
@@ -53,6 +86,24 @@ class VcpuGroup:
         self._running: dict[int, int] = {}
         self._unfinished = 0  # secondary threads that have not taken themselves out yet
         self._all_finished = threading.Event()
+        # The halt watch: which vCPUs must look at themselves, which were found stuck.
+        self._check_due = [False] * len(loops)
+        self._stuck: set[int] = set()
+        self._position = {id(loop): index for index, loop in enumerate(loops)}
+        # The confirmation: while `_confirming`, interrupted vCPUs wait in `_hold`.
+        self._confirm = threading.Condition(threading.RLock())
+        self._confirming = False
+        self._held = 0
+        # The watchdog: `_watching` during a run, `_generation` counts runs.
+        self._watch_changed = threading.Condition()
+        self._watching = False
+        self._watch_closed = False
+        self._generation = 0
+        self._watchdog: threading.Thread | None = None
+        # Device work posted by other threads, run by vCPU 0 (deque: thread-safe appends).
+        self._posted: collections.deque[Callable[[], None]] = collections.deque()
+        for loop in loops:
+            loop.on_interrupted = self._on_interrupted
 
     def request_stop(self, outcome: RunOutcome) -> None:
         """End the run for every vCPU; the first outcome asked for is the run's.
@@ -75,6 +126,171 @@ class VcpuGroup:
         for ident in tuple(self._running):  # a handler may run inside pthread_kill
             if ident != current:
                 signal.pthread_kill(ident, KICK_SIGNAL)
+
+    def post(self, work: Callable[[], None]) -> None:
+        """Run `work` in vCPU 0's thread before its next KVM_RUN; from any thread.
+
+        For device work that comes from outside the vCPUs (host input for
+        COM1): vCPU 0 is kicked out of KVM_RUN (even out of a `hlt`), runs it
+        (under the device lock when there are several vCPUs) and goes on.
+        """
+        self._posted.append(work)
+        loop = self.loops[0]
+        run = loop.vcpu.run_struct
+        if run is not None:
+            # Seen by a KVM_RUN about to start: the kick alone could land just before it.
+            run.immediate_exit = 1
+        with self._lock:
+            for ident, vcpu_id in tuple(self._running.items()):
+                if vcpu_id == loop.vcpu.vcpu_id and ident != threading.get_ident():
+                    signal.pthread_kill(ident, KICK_SIGNAL)
+
+    def _on_interrupted(self, loop: VcpuLoop) -> None:
+        """After an interrupted KVM_RUN, in `loop`'s own thread: posted work, the halt watch."""
+        if self._posted and loop is self.loops[0]:
+            self._run_posted(loop)
+        if self._confirming:
+            self._hold(loop)
+            return
+        position = self._position[id(loop)]
+        if not self._check_due[position]:
+            return
+        self._check_due[position] = False
+        stuck = read_vcpu_state(loop.vcpu).stuck
+        with self._lock:
+            if stuck:
+                self._stuck.add(position)
+            else:
+                self._stuck.discard(position)
+            everyone = len(self._stuck) == len(self.loops)
+        if everyone:
+            self._confirm_halted(loop)
+
+    def _run_posted(self, loop: VcpuLoop) -> None:
+        lock = loop.device_lock
+        while self._posted:
+            work = self._posted.popleft()
+            if lock is None:
+                work()
+            else:
+                with lock:
+                    work()
+
+    def _confirm_halted(self, decider: VcpuLoop) -> None:
+        """Every vCPU was found stuck: check again with all of them out of KVM_RUN."""
+        others = [loop for loop in self.loops if loop is not decider]
+        with self._confirm:
+            if self._confirming:  # another vCPU is confirming already: be held by it
+                self._hold(decider)
+                return
+            self._confirming, self._held = True, 0
+        with self._lock:
+            for loop in others:
+                run = loop.vcpu.run_struct
+                if run is not None:
+                    run.immediate_exit = 1
+            self._kick_running()
+        deadline = time.monotonic() + CONFIRM_TIMEOUT
+        with self._confirm:
+            while self._held < len(others) and not decider.stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._confirm.wait(left)
+            still = self._held == len(others) and not decider.stopping
+        states = [read_vcpu_state(loop.vcpu) for loop in self.loops] if still else []
+        halted = bool(states) and all(state.stuck for state in states)
+        with self._confirm:
+            self._confirming = False
+            if not halted:
+                with self._lock:
+                    self._stuck.clear()
+            self._confirm.notify_all()
+        if halted:
+            self.request_stop(RunOutcome(OutcomeKind.HALTED, EXIT_HALTED, describe_halted(states)))
+
+    def _hold(self, loop: VcpuLoop) -> None:
+        """Stay out of KVM_RUN while another vCPU confirms that the guest halted for good."""
+        with self._confirm:
+            if not self._confirming:
+                return
+            self._held += 1
+            self._confirm.notify_all()
+            try:
+                # Polled: a stop of the whole run does not notify this condition.
+                while self._confirming and not loop.stopping:
+                    self._confirm.wait(HOLD_POLL)
+            finally:
+                self._held -= 1
+
+    def _watch(self) -> None:
+        """The watchdog thread: during each run, ask every vCPU to look at itself."""
+        generation = -1
+        interval = WATCH_FIRST_INTERVAL
+        while True:
+            with self._watch_changed:
+                if self._watch_closed:
+                    return
+                if not self._watching:
+                    self._watch_changed.wait()
+                    continue
+                if generation != self._generation:  # a new run: start again at 1 ms
+                    generation, interval = self._generation, WATCH_FIRST_INTERVAL
+                deadline = time.monotonic() + interval
+                while (
+                    self._watching
+                    and not self._watch_closed
+                    and generation == self._generation
+                    and (left := deadline - time.monotonic()) > 0
+                ):
+                    self._watch_changed.wait(left)
+                if not self._watching or self._watch_closed or generation != self._generation:
+                    continue
+            interval = min(interval * 2, WATCH_MAX_INTERVAL)
+            self._ask_every_vcpu()
+
+    def _ask_every_vcpu(self) -> None:
+        with self._lock:
+            if self._first is not None:
+                return
+            for position, loop in enumerate(self.loops):
+                self._check_due[position] = True
+                run = loop.vcpu.run_struct
+                if run is not None:
+                    run.immediate_exit = 1
+            self._kick_running()
+
+    def _start_watching(self) -> None:
+        with self._lock:  # what a previous run (stopped by a debugger) found is stale
+            self._stuck.clear()
+            self._check_due = [False] * len(self.loops)
+        with self._watch_changed:
+            self._watching = True
+            self._generation += 1
+            self._watch_changed.notify_all()
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="halt-watch", daemon=True)
+            # Like the vCPU threads, it leaves process signals to the main thread.
+            blocked = signal.valid_signals() - _SYNCHRONOUS_SIGNALS
+            previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+            try:
+                self._watchdog.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+    def _stop_watching(self) -> None:
+        with self._watch_changed:
+            self._watching = False
+            self._watch_changed.notify_all()
+
+    def close(self) -> None:
+        """End the watchdog thread (idempotent). Call before the vCPUs are closed."""
+        with self._watch_changed:
+            self._watch_closed = True
+            self._watch_changed.notify_all()
+        if self._watchdog is not None:
+            self._watchdog.join()
+            self._watchdog = None
 
     def _enter(self, vcpu_id: int) -> int:
         ident = threading.get_ident()
@@ -105,23 +321,49 @@ class VcpuGroup:
             self._leave(ident, secondary=True)  # the last thing this thread does
 
     def run(self, observer: ExitObserver | None = None) -> RunOutcome:
-        """Run every vCPU until one of them ends the run. Call from the main thread."""
-        if len(self.loops) == 1:
-            return self.loops[0].run(observer)
+        """Run every vCPU until one of them ends the run (or the halt watch does).
+
+        Call from the main thread: the kick's handler can only be installed
+        there. From another thread the kick signal must already have a handler
+        (not SIG_DFL, which would end the process); with none, the halt watch
+        is off and a guest halted for good runs until it is stopped.
+        """
+        if len(self.loops) == 1 and not self.watch_halts:
+            return self.loops[0].run(observer)  # no threads: hlt exits to pyvmm
         # The handler does nothing: the signal only interrupts KVM_RUN. The
         # embedding program's own handler comes back when the run ends.
-        previous = signal.signal(KICK_SIGNAL, lambda signum, frame: None)
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(KICK_SIGNAL, _ignore_kick) if main else None
+        if not main and signal.getsignal(KICK_SIGNAL) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            self.watch_halts = False
         try:
+            if len(self.loops) == 1:
+                return self._run_one(observer)
             return self._run_threads(observer)
         finally:
-            if previous is not None:  # None: installed from C, cannot be put back
+            if main and previous is not None:  # None: installed from C, cannot be put back
                 signal.signal(KICK_SIGNAL, previous)
+
+    def _run_one(self, observer: ExitObserver | None) -> RunOutcome:
+        """One vCPU, in this thread, with the halt watch. The loop can run again after
+        a debugger's stop: only a stop of the whole run (`request_stop`) is final."""
+        loop = self.loops[0]
+        ident = self._enter(loop.vcpu.vcpu_id)
+        try:
+            if self.watch_halts:
+                self._start_watching()
+            return loop.run(observer)
+        finally:
+            self._stop_watching()
+            self._leave(ident, secondary=False)
 
     def _run_threads(self, observer: ExitObserver | None) -> RunOutcome:
         try:
             self._start_threads()
             ident = self._enter(self.loops[0].vcpu.vcpu_id)
             try:
+                if self.watch_halts:
+                    self._start_watching()
                 outcome = self.loops[0].run(observer)
             finally:
                 self._leave(ident, secondary=False)
@@ -146,7 +388,10 @@ class VcpuGroup:
         ]
         with self._lock:
             self._unfinished = len(self._threads)
-            self._all_finished.clear()
+            if self._threads:
+                self._all_finished.clear()
+            else:
+                self._all_finished.set()  # one vCPU (with the halt watch): nothing to wait for
         # New threads inherit this mask. A signal that comes meanwhile waits, and
         # its handler runs in this thread as soon as the mask is put back.
         blocked = signal.valid_signals() - _SYNCHRONOUS_SIGNALS - {KICK_SIGNAL}
@@ -174,9 +419,14 @@ class VcpuGroup:
         self.request_stop(vmm_error(f"cannot start a thread for vCPU {vcpu_id}: {error}"))
 
     def _join(self) -> None:
+        self._stop_watching()  # its kicks go only to threads in their loops: none soon
         # Every thread was kicked with the stop; wait for all of them at once.
         while not self._all_finished.wait(REKICK_INTERVAL):
             with self._lock:
                 self._kick_running()
         for thread in self._threads:
             thread.join()  # each has left its loop: only its return is left
+
+
+def _ignore_kick(signum: int, frame: object) -> None:
+    """The kick's handler: nothing to do, the signal only interrupts KVM_RUN."""

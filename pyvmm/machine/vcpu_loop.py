@@ -3,6 +3,11 @@
 Anything else in pyvmm (a device, a signal handler, a timer) ends the run by
 calling `request_stop`, which also sets `kvm_run.immediate_exit` so that a
 KVM_RUN about to start returns at once instead of entering the guest.
+
+A KVM_RUN interrupted by a signal (or by `immediate_exit`) calls the
+`on_interrupted` hook, in this vCPU's thread, before the next KVM_RUN: that is
+where the vCPU group checks whether the vCPU is halted for good and runs device
+work that other threads asked for (see vcpu_group.py). Exits never reach it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from pyvmm.machine.outcome import (
     OutcomeKind,
     RunOutcome,
     exit_limit_reached,
+    powered_off,
+    reset_requested,
     vmm_error,
 )
 from pyvmm.memory.guest_memory import GuestMemory
@@ -98,6 +105,13 @@ class VcpuLoop:
         self.device_lock = device_lock
         # Messages name the vCPU when there are several.
         self._who = "" if device_lock is None else f"vCPU {vcpu.vcpu_id}: "
+        # Called with this loop after each interrupted KVM_RUN (set by the vCPU group).
+        self.on_interrupted: Callable[[VcpuLoop], None] | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """True once the run was asked to end (`request_stop`)."""
+        return self._stop is not None
 
     def request_stop(self, outcome: RunOutcome) -> None:
         """End the run with `outcome` (the first request wins). Safe in signal handlers."""
@@ -165,6 +179,8 @@ class VcpuLoop:
                 run.immediate_exit = 0
                 if self._pause:
                     return self._paused()
+                if self.on_interrupted is not None:
+                    self.on_interrupted(self)
                 continue
             self.exit_count += 1
             outcome = dispatch(decode(run))
@@ -188,6 +204,8 @@ class VcpuLoop:
                 observer.on_interrupted(exited - entered)
                 if self._pause:
                     return self._paused()
+                if self.on_interrupted is not None:
+                    self.on_interrupted(self)
                 continue
             self.exit_count += 1
             exit = decode(run)
@@ -270,9 +288,15 @@ class VcpuLoop:
             )
         if isinstance(exit, SystemEvent):
             # A reset ends the run as under `qemu -no-reboot` (and Firecracker): status 0.
-            status = EXIT_HALTED if exit.name in ("shutdown", "reset") else EXIT_GUEST_CRASH
+            if exit.name == "shutdown":
+                return powered_off("KVM_SYSTEM_EVENT_SHUTDOWN")
+            if exit.name == "reset":
+                return reset_requested("KVM_SYSTEM_EVENT_RESET")
             return RunOutcome(
-                OutcomeKind.SYSTEM_EVENT, status, f"guest requested a system {exit.name}"
+                OutcomeKind.SYSTEM_EVENT,
+                EXIT_GUEST_CRASH,
+                f"guest reported a system {exit.name} (KVM_EXIT_SYSTEM_EVENT)",
+                self.register_dump(),
             )
         name = exit.name if isinstance(exit, Unknown) else type(exit).__name__
         unhandled = vmm_error(f"{self._who}unhandled exit {name}")

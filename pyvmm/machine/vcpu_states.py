@@ -1,14 +1,20 @@
-"""Why a run that was stopped from outside (--timeout, a signal) had not ended by itself.
+"""Whether a vCPU can ever run again, and why a stopped run had not ended.
 
-Read after the stop, from each vCPU: its multiprocessing state
-(KVM_GET_MP_STATE, KVM API doc 4.38: RUNNABLE, HALTED, UNINITIALIZED or
-INIT_RECEIVED for an application processor still waiting for INIT/SIPI...)
-and RFLAGS.IF (KVM_GET_REGS). When nothing could run, because every vCPU is
-halted or waits for INIT/SIPI, that is said; a halted vCPU 0 with IF=0 is the
-usual trap: with the in-kernel irqchip `hlt` waits for an interrupt instead
-of ending the run (without it, `hlt` exits to pyvmm and ends the run, so a
-vCPU found HALTED means the irqchip is there). Only facts read from the
-vCPUs, no guesses: a vCPU that can run gets no explanation at all.
+Read from each vCPU: its multiprocessing state (KVM_GET_MP_STATE, KVM API doc
+4.38: RUNNABLE, HALTED, UNINITIALIZED or INIT_RECEIVED for an application
+processor still waiting for INIT/SIPI...) and RFLAGS.IF (KVM_GET_REGS).
+
+With the in-kernel irqchip `hlt` does not exit to pyvmm: KVM waits for an
+interrupt itself. A vCPU is *stuck* when nothing it can receive from a device
+would make it run again: halted with IF=0 (a maskable interrupt cannot wake it,
+Intel SDM vol. 2A "HLT") or waiting for INIT/SIPI. When every vCPU is stuck the
+guest can never run again, and the run ends as halted (see vcpu_group.py). Only
+NMI, SMI and INIT wake a halted vCPU with IF=0; pyvmm's devices raise none of
+them, so they could only come from another vCPU, which is stuck too.
+
+After a run stopped from outside (--timeout, a signal), the same facts say why
+it had not ended: only facts read from the vCPUs, no guesses; a vCPU that can
+run gets no explanation at all.
 """
 
 from __future__ import annotations
@@ -40,11 +46,30 @@ class VcpuState:
     mp_state: int
     interrupts_on: bool
 
+    @property
+    def stuck(self) -> bool:
+        """True when no interrupt from a device can make this vCPU run again."""
+        if self.mp_state == lib.KVM_MP_STATE_HALTED:
+            return not self.interrupts_on
+        return self.mp_state in WAITING_FOR_SIPI
+
     def describe(self) -> str:
         what = MP_STATE_NAMES.get(self.mp_state, f"in KVM mp_state {self.mp_state}")
         if self.mp_state == lib.KVM_MP_STATE_HALTED:
             what += f", IF={int(self.interrupts_on)}"
         return what
+
+
+def read_vcpu_state(vcpu: Vcpu) -> VcpuState:
+    """One vCPU's state; call it while that vCPU is not inside KVM_RUN. Raises KvmError."""
+    mp_state = vcpu.get_mp_state()
+    # RFLAGS matters only to a halted vCPU: one ioctl, not two, for a running one.
+    interrupts_on = (
+        bool(vcpu.get_regs().rflags & RFLAGS_IF)
+        if mp_state == lib.KVM_MP_STATE_HALTED
+        else False
+    )
+    return VcpuState(vcpu.vcpu_id, mp_state, interrupts_on)
 
 
 def read_vcpu_states(vcpus: Iterable[Vcpu]) -> list[VcpuState] | None:
@@ -79,14 +104,20 @@ def explain_never_ended(states: Sequence[VcpuState]) -> str | None:
         else "the vCPU was halted"
     )
     found = f"when the run was stopped, {what} ({_summarize(states)})"
-    boot = states[0]
-    if boot.mp_state == lib.KVM_MP_STATE_HALTED and not boot.interrupts_on:
-        return (
-            f"{found}: with the in-kernel irqchip (-smp > 1 or --kernel-irqchip on), hlt "
-            "waits for an interrupt, which IF=0 masks; end the guest through the debug-exit "
-            "port (0xf4)"
-        )
-    return f"{found}: with the in-kernel irqchip, hlt waits for an interrupt"
+    if all(state.stuck for state in states):
+        # The halt watch ends such a run as halted; the stop came first.
+        return f"{found}: no vCPU could run again"
+    return (
+        f"{found}: hlt waits for an interrupt (IF=1), and none had come; unmask one at the "
+        "PIC or IOAPIC, or end the guest through the debug-exit port (0xf4)"
+    )
+
+
+def describe_halted(states: Sequence[VcpuState]) -> str:
+    """The HALTED outcome's message: `guest halted`, with each vCPU's state when several."""
+    if len(states) <= 1:
+        return "guest halted"
+    return f"guest halted ({_summarize(states)})"
 
 
 def _summarize(states: Sequence[VcpuState]) -> str:

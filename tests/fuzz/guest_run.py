@@ -38,6 +38,7 @@ from pyvmm.machine.outcome import (
     interrupted,
 )
 from pyvmm.machine.run_signals import StoppedBySignal
+from pyvmm.machine.vcpu_states import read_vcpu_states
 from pyvmm.observe.exit_stats import ExitStatistics, FanOut
 from pyvmm.observe.trace import ExitTracer
 from tests.fuzz.guest_cases import GuestCase, apply_tweaks
@@ -52,7 +53,9 @@ ALLOWED_KINDS = frozenset(OutcomeKind) - {
 STATUS_OF_KIND: dict[OutcomeKind, Callable[[int], bool]] = {
     OutcomeKind.HALTED: lambda status: status == EXIT_HALTED,
     OutcomeKind.DEBUG_EXIT: lambda status: status % 2 == 1,
-    OutcomeKind.SYSTEM_EVENT: lambda status: status in (EXIT_HALTED, EXIT_GUEST_CRASH),
+    OutcomeKind.SYSTEM_EVENT: lambda status: status == EXIT_GUEST_CRASH,
+    OutcomeKind.POWER_OFF: lambda status: status == EXIT_HALTED,
+    OutcomeKind.RESET: lambda status: status == EXIT_HALTED,
     OutcomeKind.TRIPLE_FAULT: lambda status: status == EXIT_TRIPLE_FAULT,
     OutcomeKind.FAIL_ENTRY: lambda status: status == EXIT_FAIL_ENTRY,
     OutcomeKind.INTERNAL_ERROR: lambda status: status == EXIT_INTERNAL_ERROR,
@@ -130,6 +133,7 @@ def run_case(case: GuestCase, limits: Limits) -> CaseResult:
             result.exits = sum(loop.exit_count for loop in machine.group.loops)
             if statistics is not None:
                 statistics.summary()  # what --stats prints: must format any run
+            check_halted(result, machine, irqchip=case.irqchip is not False)
         check_outcome(result, ran, limits)
     except StoppedBySignal as stop:  # SIGTERM for the fuzzer itself, while building
         result.outcome = interrupted(signal.Signals(stop.signal).name, stop.signal)
@@ -225,8 +229,8 @@ def cli_command(case: GuestCase, limits: Limits, image: str) -> list[str]:
     command = [sys.executable, "-m", "pyvmm", "boot", "--mode", case.mode.value]
     command += ["-m", f"{case.ram_size >> 10}K", "--timeout", str(limits.timeout)]
     command += ["--max-exits", str(limits.max_exits), "-smp", str(case.cpus)]
-    if case.irqchip:
-        command += ["--kernel-irqchip", "on"]
+    if case.irqchip is False:
+        command += ["--kernel-irqchip", "off"]
     if case.observer in ("text", "json", "both"):
         style = "json" if case.observer == "json" else "text"
         command += ["--trace=all", "--trace-format", style, "--trace-file", os.devnull]
@@ -260,6 +264,17 @@ def set_registers(vcpu: Any, case: GuestCase) -> None:
     regs = vcpu.get_regs()
     apply_tweaks(regs, case.regs)
     vcpu.set_regs(regs)
+
+
+def check_halted(result: CaseResult, machine: Machine, irqchip: bool) -> None:
+    """With the in-kernel irqchip, halted means no vCPU can ever run again: each is
+    halted with IF=0 or waits for INIT/SIPI (KVM_GET_MP_STATE, RFLAGS.IF)."""
+    outcome = result.outcome
+    if not irqchip or outcome is None or outcome.kind is not OutcomeKind.HALTED:
+        return
+    states = read_vcpu_states(loop.vcpu for loop in machine.group.loops)
+    if states is None or not all(state.stuck for state in states):
+        result.failure = f"ended as halted while a vCPU could still run: {states}"
 
 
 def check_outcome(result: CaseResult, ran: float, limits: Limits) -> None:

@@ -162,3 +162,13 @@ def test_help_documents_the_status_and_the_option() -> None:
     assert result.returncode == 0
     assert re.search(r"unhandled-exception\s+12\s", result.stdout), result.stdout
     assert "--vga {auto,text,none}" in result.stdout
+
+
+def test_an_irq_at_an_empty_vector_is_acknowledged_not_taken_for_an_exception() -> None:
+    """IRQ 4 arrives at vector 0x0c, #SS's too: the PIC's in-service bit says it is the IRQ."""
+    result = run_pyvmm("boot", guest("tests/irq_no_handler.bin"))
+    assert (result.returncode, result.stdout) == ((0x10 << 1) | 1, "survived the interrupt\n")
+    assert result.stderr.startswith(
+        "pyvmm: IRQ 4 (vector 0x0c), with no handler in the IVT, interrupted the guest at "
+    ), result.stderr
+    assert "sent the PIC its EOI" in result.stderr and "#SS" not in result.stderr

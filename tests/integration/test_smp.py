@@ -113,18 +113,20 @@ def test_too_many_vcpus_are_refused_in_one_line_every_time(count: str) -> None:
 def test_a_timeout_ends_a_run_with_many_vcpus(cpus: str) -> None:
     count = most_vcpus() if cpus == "ceiling" else int(cpus)
     for _ in range(3):
-        # The guest prints and halts; with the in-kernel irqchip it waits for an
-        # interrupt that never comes, and its 1..count-1 APs wait for a SIPI.
-        result = run_pyvmm("boot", "-smp", str(count), "--timeout", "0.5", guest("hello.bin"))
+        # The guest prints and waits in `sti; hlt` for an interrupt that never
+        # comes, and its 1..count-1 APs wait for a SIPI.
+        result = run_pyvmm(
+            "boot", "-smp", str(count), "--timeout", "0.5", guest("tests/wait_irq.bin")
+        )
         assert result.returncode == EXIT_TIMEOUT, result.stderr
-        assert result.stdout == "Hello, world!\n"
+        assert result.stdout == "waiting\n"
         assert result.stderr.splitlines()[0] == "pyvmm: guest did not finish within 0.5 s"
 
 
 def test_every_vcpu_thread_is_joined_after_a_run_at_the_ceiling() -> None:
     before = threading.active_count()
     config = MachineConfig(
-        image=(GUESTS / "hello.bin").read_bytes(),
+        image=(GUESTS / "tests" / "wait_irq.bin").read_bytes(),
         ram_size=16 << 20,
         console=lambda data: None,
         cpus=most_vcpus(),
@@ -133,6 +135,25 @@ def test_every_vcpu_thread_is_joined_after_a_run_at_the_ceiling() -> None:
         outcome = machine.run(timeout=0.5)
     assert outcome.kind is OutcomeKind.TIMEOUT
     assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("cpus", ["2", "ceiling"])
+def test_a_guest_halted_with_interrupts_off_ends_with_every_ap_waiting(cpus: str) -> None:
+    # Before: the in-kernel irqchip kept vCPU 0 in hlt (IF=0) until --timeout.
+    # Now the halt watch sees that no vCPU can run again (all held out of KVM_RUN
+    # while it confirms) and ends the run as halted.
+    count = most_vcpus() if cpus == "ceiling" else int(cpus)
+    config = MachineConfig(
+        image=(GUESTS / "hello.bin").read_bytes(),
+        ram_size=16 << 20,
+        console=lambda data: None,
+        cpus=count,
+    )
+    with build_machine(config) as machine:
+        outcome = machine.run(timeout=30)
+    assert (outcome.kind, outcome.exit_status) == (OutcomeKind.HALTED, 0), outcome.message
+    aps = "vCPU 1" if count == 2 else f"vCPUs 1-{count - 1}"
+    assert outcome.message == f"guest halted (vCPU 0 halted, IF=0; {aps} waiting for INIT/SIPI)"
 
 
 def test_more_vcpus_than_recommended_is_said_under_verbose_only() -> None:
@@ -144,7 +165,7 @@ def test_more_vcpus_than_recommended_is_said_under_verbose_only() -> None:
         f"pyvmm: -smp {count}: more vCPUs than this host's KVM recommends "
         f"(KVM_CAP_NR_VCPUS = {recommended}): they share its CPUs"
     )
-    args = ("-smp", str(count), "--timeout", "0.5", guest("hello.bin"))
+    args = ("-smp", str(count), "--timeout", "0.5", guest("tests/wait_irq.bin"))
     verbose = run_pyvmm("boot", "-v", *args)
     assert verbose.returncode == EXIT_TIMEOUT, verbose.stderr
     assert note in verbose.stderr.splitlines()

@@ -156,41 +156,40 @@ def test_ctrl_c_during_the_build_says_the_same_line() -> None:
 
 # --- why a stopped run had not ended ---------------------------------------------------
 
-HALTED_IF0 = (
+WAITING_IF1 = (
     "pyvmm: when the run was stopped, every vCPU was halted or waiting for INIT/SIPI "
-    "(vCPU 0 halted, IF=0; vCPU 1 waiting for INIT/SIPI): with the in-kernel irqchip "
-    "(-smp > 1 or --kernel-irqchip on), hlt waits for an interrupt, which IF=0 masks; end "
-    "the guest through the debug-exit port (0xf4)"
+    "(vCPU 0 halted, IF=1; vCPU 1 waiting for INIT/SIPI): hlt waits for an interrupt (IF=1), "
+    "and none had come; unmask one at the PIC or IOAPIC, or end the guest through the "
+    "debug-exit port (0xf4)"
 )
 
 
 def test_a_timeout_says_that_every_vcpu_was_halted() -> None:
     # Before: only "guest did not finish within 1.0 s".
-    result = run_pyvmm("boot", "-smp", "2", "--timeout", "1", guest("hello.bin"))
+    result = run_pyvmm("boot", "-smp", "2", "--timeout", "1", guest("tests/wait_irq.bin"))
     assert result.returncode == 124
     lines = result.stderr.splitlines()
-    assert lines[:2] == ["pyvmm: guest did not finish within 1.0 s", HALTED_IF0]
+    assert lines[:2] == ["pyvmm: guest did not finish within 1.0 s", WAITING_IF1]
 
 
-def test_the_in_kernel_irqchip_with_one_vcpu() -> None:
-    result = run_pyvmm("boot", "--kernel-irqchip", "on", "--timeout", "1", guest("hello.bin"))
-    assert result.returncode == 124
-    assert result.stderr.splitlines()[1] == (
-        "pyvmm: when the run was stopped, the vCPU was halted (vCPU 0 halted, IF=0): with "
-        "the in-kernel irqchip (-smp > 1 or --kernel-irqchip on), hlt waits for an interrupt, "
-        "which IF=0 masks; end the guest through the debug-exit port (0xf4)"
-    )
+def test_a_guest_halted_for_good_ends_the_run_with_the_in_kernel_irqchip() -> None:
+    # Before: with the in-kernel irqchip (-smp > 1, --kernel-irqchip on) KVM kept
+    # the vCPU in hlt with IF=0 for ever, and only --timeout ended the run.
+    for args in ([], ["--kernel-irqchip", "on"], ["-smp", "2"], ["-smp", "3"]):
+        result = run_pyvmm("boot", *args, "--timeout", "20", guest("hello.bin"))
+        assert (result.returncode, result.stdout) == (0, "Hello, world!\n"), (args, result.stderr)
+        assert result.stderr == "", args
 
 
 def test_a_signal_says_it_too() -> None:
-    process = popen("boot", "-smp", "2", guest("hello.bin"))
+    process = popen("boot", "-smp", "2", guest("tests/wait_irq.bin"))
     assert process.stdout is not None
-    assert process.stdout.readline() == "Hello, world!\n"
+    assert process.stdout.readline() == "waiting\n"
     time.sleep(1)  # two instructions from the hlt: let the guest get there
     process.send_signal(signal.SIGTERM)
     _out, err = process.communicate(timeout=30)
     assert process.returncode == -signal.SIGTERM
-    assert err.splitlines()[:2] == ["pyvmm: stopped by SIGTERM", HALTED_IF0]
+    assert err.splitlines()[:2] == ["pyvmm: stopped by SIGTERM", WAITING_IF1]
 
 
 def test_a_guest_that_runs_gets_no_explanation() -> None:

@@ -23,6 +23,7 @@ from pyvmm.devices.serial import (
     IIR_NO_INT,
     IIR_RDI,
     IIR_RLSI,
+    IIR_RX_TIMEOUT,
     IIR_THRI,
     LCR,
     LCR_DLAB,
@@ -489,6 +490,41 @@ def test_fcr_is_write_only_and_controls_the_fifo(uart: Uart) -> None:
     assert uart.inb(IIR) == IIR_NO_INT
     assert not uart.inb(LSR) & LSR_DR
     assert uart.output == b""
+
+
+@pytest.mark.parametrize("fcr, trigger", [(0x07, 1), (0x47, 4), (0x87, 8), (0xC7, 14)])
+def test_fifo_mode_data_available_at_the_trigger_level_timeout_below(
+    uart: Uart, fcr: int, trigger: int
+) -> None:
+    # PC16550D, FIFO interrupt mode: data available (0x04) from the trigger level
+    # up, the character timeout indication (0x0c) below it, both from IER.ERBFI.
+    uart.outb(FCR, fcr)
+    uart.outb(IER, IER_RDI)
+    assert uart.device.rx_trigger == trigger
+    uart.device.enqueue_input(b"x" * (trigger - 1))
+    if trigger > 1:
+        assert uart.inb(IIR) == IIR_FIFO_BITS | IIR_RX_TIMEOUT
+        assert uart.irq.high
+    uart.device.enqueue_input(b"y")
+    assert uart.inb(IIR) == IIR_FIFO_BITS | IIR_RDI
+    uart.inb(RBR)  # one below the level again: the timeout indication
+    expected = IIR_RX_TIMEOUT if trigger > 1 else IIR_NO_INT
+    assert uart.inb(IIR) == IIR_FIFO_BITS | expected
+    for _ in range(trigger - 1):
+        uart.inb(RBR)
+    assert uart.inb(IIR) == IIR_FIFO_BITS | IIR_NO_INT
+    assert not uart.irq.high
+
+
+def test_outside_fifo_mode_every_character_is_data_available(uart: Uart) -> None:
+    uart.outb(FCR, 0xC6)  # a trigger level of 14, but the FIFOs stay off
+    uart.outb(IER, IER_RDI)
+    uart.device.enqueue_input(b"a")
+    assert uart.inb(IIR) == IIR_RDI
+    uart.outb(IER, IER_THRI)  # ERBFI off masks the timeout indication too
+    uart.outb(FCR, 0xC7)
+    uart.device.enqueue_input(b"a")
+    assert uart.inb(IIR) == IIR_FIFO_BITS | IIR_THRI
 
 
 def test_wide_accesses_split_into_byte_registers(uart: Uart) -> None:

@@ -204,3 +204,109 @@ def test_an_embedding_programs_own_handler_is_left_alone() -> None:
         assert seen == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# --- the halt watch: the run ends when no vCPU can ever run again -------------
+
+
+class SimRun:
+    immediate_exit = 0
+
+
+class SimVcpu:
+    """A vCPU whose KVM_GET_MP_STATE and RFLAGS the test sets."""
+
+    def __init__(self, vcpu_id: int, mp_state: int, rflags: int = 0x2) -> None:
+        self.vcpu_id, self.mp_state, self.rflags = vcpu_id, mp_state, rflags
+        self.run_struct = SimRun()
+
+    def get_mp_state(self) -> int:
+        return self.mp_state
+
+    def get_regs(self) -> Any:
+        return type("Regs", (), {"rflags": self.rflags})()
+
+
+class SimLoop:
+    """A vCPU loop whose KVM_RUN returns only when kicked: each return calls the hook."""
+
+    def __init__(self, vcpu: SimVcpu) -> None:
+        self.vcpu = vcpu
+        self.device_lock = None
+        self.on_interrupted: Any = None
+        self.kicked = threading.Event()
+        self.outcome: RunOutcome | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.outcome is not None
+
+    def request_stop(self, outcome: RunOutcome) -> None:
+        self.outcome = outcome
+        self.kicked.set()
+
+    def interrupted(self) -> None:
+        """What VcpuLoop does after an interrupted KVM_RUN."""
+        self.vcpu.run_struct.immediate_exit = 0
+        self.on_interrupted(self)
+
+
+def test_a_vcpu_found_stuck_and_woken_since_does_not_end_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pyvmm._kvm import lib
+
+    halted, runnable, waiting = (
+        lib.KVM_MP_STATE_HALTED,
+        lib.KVM_MP_STATE_RUNNABLE,
+        lib.KVM_MP_STATE_UNINITIALIZED,
+    )
+    boot, ap = SimVcpu(0, runnable), SimVcpu(1, waiting)
+    loops = [SimLoop(boot), SimLoop(ap)]
+    group = VcpuGroup(loops, watch_halts=True)  # type: ignore[arg-type]
+    by_thread: dict[int, SimLoop] = {}
+    monkeypatch.setattr(
+        vcpu_group.signal, "pthread_kill", lambda ident, signum: by_thread[ident].kicked.set()
+    )
+
+    def ap_thread() -> None:  # the AP's KVM_RUN: back in Python at each kick
+        by_thread[group._enter(1)] = loops[1]
+        try:
+            while not loops[1].stopping:
+                if loops[1].kicked.wait(0.01):
+                    loops[1].kicked.clear()
+                    loops[1].interrupted()
+        finally:
+            group._leave(threading.get_ident(), secondary=False)
+
+    thread = threading.Thread(target=ap_thread)
+    thread.start()
+    try:
+        while not by_thread:
+            time.sleep(0.001)
+        # The AP looks at itself: waiting for INIT/SIPI, stuck.
+        group._check_due[1] = True
+        loops[1].kicked.set()
+        while 1 not in group._stuck:
+            time.sleep(0.001)
+        # The BSP sends it a SIPI (the AP now runs), then halts with IF=0 and
+        # looks at itself: both were found stuck, but the AP no longer is.
+        ap.mp_state = runnable
+        boot.mp_state = halted
+        group._check_due[0] = True
+        loops[0].interrupted()
+        assert group._first is None  # the confirmation read the AP again
+        assert not group._confirming and group._stuck == set()
+        # The AP halts too, with IF=0: now nothing can run again.
+        ap.mp_state = halted
+        group._check_due[1] = True
+        loops[1].kicked.set()
+        while 1 not in group._stuck:
+            time.sleep(0.001)
+        group._check_due[0] = True
+        loops[0].interrupted()
+        assert group._first is not None and group._first.kind is OutcomeKind.HALTED
+        assert group._first.message == "guest halted (vCPUs 0-1 halted, IF=0)"
+    finally:
+        loops[1].request_stop(HALTED)
+        thread.join()

@@ -6,7 +6,13 @@ from typing import Any
 
 from pyvmm._kvm import ffi, lib
 from pyvmm.errors import KvmError
-from pyvmm.machine.vcpu_states import VcpuState, explain_never_ended, read_vcpu_states
+from pyvmm.machine.vcpu_states import (
+    VcpuState,
+    describe_halted,
+    explain_never_ended,
+    read_vcpu_state,
+    read_vcpu_states,
+)
 
 HALTED = lib.KVM_MP_STATE_HALTED
 RUNNABLE = lib.KVM_MP_STATE_RUNNABLE
@@ -19,12 +25,11 @@ def states(*pairs: tuple[int, bool]) -> list[VcpuState]:
 
 
 def test_halted_with_interrupts_off_and_aps_never_started() -> None:
+    # The halt watch ends such a run as halted; a stop can still come first.
     why = explain_never_ended(states((HALTED, False), (UNINITIALIZED, False)))
     assert why == (
         "when the run was stopped, every vCPU was halted or waiting for INIT/SIPI "
-        "(vCPU 0 halted, IF=0; vCPU 1 waiting for INIT/SIPI): with the in-kernel irqchip "
-        "(-smp > 1 or --kernel-irqchip on), hlt waits for an interrupt, which IF=0 masks; "
-        "end the guest through the debug-exit port (0xf4)"
+        "(vCPU 0 halted, IF=0; vCPU 1 waiting for INIT/SIPI): no vCPU could run again"
     )
 
 
@@ -36,18 +41,36 @@ def test_many_vcpus_are_summarised_by_ranges() -> None:
     assert "(vCPU 0 halted, IF=0; vCPUs 1-201 waiting for INIT/SIPI)" in why
 
 
-def test_one_vcpu_halted_with_the_irqchip() -> None:
-    why = explain_never_ended(states((HALTED, False)))
-    assert why is not None
-    assert why.startswith("when the run was stopped, the vCPU was halted (vCPU 0 halted, IF=0)")
-    assert "debug-exit port (0xf4)" in why
+def test_one_vcpu_halted_waiting_for_an_interrupt() -> None:
+    why = explain_never_ended(states((HALTED, True)))
+    assert why == (
+        "when the run was stopped, the vCPU was halted (vCPU 0 halted, IF=1): hlt waits for "
+        "an interrupt (IF=1), and none had come; unmask one at the PIC or IOAPIC, or end the "
+        "guest through the debug-exit port (0xf4)"
+    )
 
 
 def test_halted_with_interrupts_on_states_facts_only() -> None:
     why = explain_never_ended(states((HALTED, True), (HALTED, False)))
-    assert why == (
+    assert why is not None
+    assert why.startswith(
         "when the run was stopped, every vCPU was halted (vCPU 0 halted, IF=1; vCPU 1 "
-        "halted, IF=0): with the in-kernel irqchip, hlt waits for an interrupt"
+        "halted, IF=0): hlt waits for an interrupt (IF=1)"
+    )
+
+
+def test_stuck_means_no_device_interrupt_can_wake_it() -> None:
+    assert VcpuState(0, HALTED, False).stuck
+    assert not VcpuState(0, HALTED, True).stuck  # an interrupt would wake it
+    assert VcpuState(1, UNINITIALIZED, False).stuck
+    assert VcpuState(1, INIT_RECEIVED, False).stuck
+    assert not VcpuState(0, RUNNABLE, False).stuck
+
+
+def test_the_halted_outcome_names_each_vcpu_when_there_are_several() -> None:
+    assert describe_halted(states((HALTED, False))) == "guest halted"
+    assert describe_halted(states((HALTED, False), (UNINITIALIZED, False))) == (
+        "guest halted (vCPU 0 halted, IF=0; vCPU 1 waiting for INIT/SIPI)"
     )
 
 
@@ -76,6 +99,13 @@ class FakeVcpu:
 def test_states_are_read_from_each_vcpu() -> None:
     vcpus = [FakeVcpu(0, HALTED, 0x2), FakeVcpu(1, HALTED, 0x202)]
     assert read_vcpu_states(vcpus) == [VcpuState(0, HALTED, False), VcpuState(1, HALTED, True)]
+
+
+def test_one_state_reads_rflags_only_for_a_halted_vcpu() -> None:
+    assert read_vcpu_state(FakeVcpu(3, HALTED, 0x202)) == VcpuState(3, HALTED, True)
+    running = FakeVcpu(1, RUNNABLE, 0x202)
+    running.get_regs = None  # type: ignore[method-assign]  # must not be called
+    assert read_vcpu_state(running) == VcpuState(1, RUNNABLE, False)
 
 
 def test_a_refused_ioctl_gives_no_states() -> None:

@@ -462,6 +462,18 @@ class BiosCall:
         )
 
 
+class IrqArrival(BiosCall):
+    """A hardware interrupt that reached a stub: unmasked at the PIC, no vector set."""
+
+    def report_line(self) -> str:
+        times = "1 time" if self.count == 1 else f"{self.count} times"
+        return (
+            f"{self.label} interrupted the guest at {self.where}, {times}: {NO_BIOS}; pyvmm "
+            f"sent the PIC its EOI and returned, as a BIOS's default handler does; set "
+            f"vector 0x{self.vector:02x} before you unmask the IRQ ({README_HINT})"
+        )
+
+
 class NoBiosTrap:
     """The device on NO_BIOS_PORT: counts calls into empty vectors, ends the run on an exception.
 
@@ -475,10 +487,14 @@ class NoBiosTrap:
         memory: GuestMemory,
         current_vcpu: Callable[[], Any],
         on_exception: Callable[[str, str], None],
+        acknowledge_irq: Callable[[int], int | None] | None = None,
     ) -> None:
         self.memory = memory
         self.current_vcpu = current_vcpu
         self.on_exception = on_exception
+        # vector -> the ISA IRQ the PICs had in service there, acknowledged; None if none
+        # (see pyvmm.arch.x86_64.pic.acknowledge_irq_vector). Without a PIC: no IRQs.
+        self.acknowledge_irq = acknowledge_irq
         self.calls: dict[tuple[int, int | None], BiosCall] = {}
         self.uncounted = 0  # calls of kinds past MAX_KINDS
 
@@ -493,6 +509,13 @@ class NoBiosTrap:
         vector = vector_of_stub(sregs.cs.selector, regs.rip & 0xFFFF)
         if vector is None or sregs.cr0 & CR0_PE:
             log.debug("write to port 0x%x not from pyvmm's stubs: ignored", NO_BIOS_PORT)
+            return
+        irq = self.acknowledge_irq(vector) if self.acknowledge_irq is not None else None
+        if irq is not None:
+            # A hardware interrupt, not an exception of the same vector: return to the
+            # guest as a BIOS's default handler does, its EOI sent.
+            cs, ip, _ = self._frame(regs, sregs)
+            self._count_irq(vector, irq, f"{cs:04x}:{ip:04x}")
             return
         try:
             cs, ip, _ = self._frame(regs, sregs)
@@ -525,6 +548,17 @@ class NoBiosTrap:
                 return
             call = self.calls[(vector, service)] = BiosCall(label, vector, where)
             log.info("guest called %s at %s: %s, it returned at once", label, where, NO_BIOS)
+        call.count += 1
+
+    def _count_irq(self, vector: int, irq: int, where: str) -> None:
+        call = self.calls.get((vector, -1 - irq))
+        if call is None:
+            if len(self.calls) >= MAX_KINDS:
+                self.uncounted += 1
+                return
+            label = f"IRQ {irq} (vector 0x{vector:02x}), with no handler in the IVT,"
+            call = self.calls[(vector, -1 - irq)] = IrqArrival(label, vector, where)
+            log.info("IRQ %d arrived at vector 0x%02x with no handler (at %s)", irq, vector, where)
         call.count += 1
 
     def _exception(self, vector: int, regs: Any, sregs: Any, cs: int, ip: int) -> None:
