@@ -15,7 +15,12 @@ here writes guest memory except `write_info`.
 The memory map is what a PC BIOS reports through e820: conventional memory up
 to the EBDA at 0x9fc00, the EBDA and the BIOS area 0xf0000..0x100000 reserved,
 then RAM from 1 MiB, and RAM above 4 GiB. The VGA/option-ROM window
-0xa0000..0xf0000 is not listed, as on real firmware.
+0xa0000..0xf0000 is not listed, as on real firmware, except the two pages
+where pyvmm's firmware keeps the ACPI tables (pyvmm.firmware.area): the FACS
+as ACPI NVS, the description tables as ACPI reclaimable memory, the types a
+BIOS gives them (ACPI 6.3, 15 "System Address Map Interfaces"). They are listed
+whether or not the machine has ACPI (--acpi off leaves them empty): the
+window is no RAM the guest could use either way.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pyvmm.firmware import area as firmware_area
 from pyvmm.memory.addr import GuestPhysAddr, align_up
 
 if TYPE_CHECKING:  # only for hints: building the information needs no compiled _kvm module
@@ -40,9 +46,13 @@ MULTIBOOT_INFO_MODS = 1 << 3  # mods_count, mods_addr
 MULTIBOOT_INFO_MEM_MAP = 1 << 6  # mmap_length, mmap_addr
 MULTIBOOT_INFO_BOOT_LOADER_NAME = 1 << 9  # boot_loader_name
 
-# Memory map entry types (3.3): 1 is available RAM, any other value is reserved.
+# Memory map entry types (3.3): 1 is available RAM, any other value is reserved;
+# 3 and 4 are ACPI's (the e820 types AddressRangeACPI and AddressRangeNVS, ACPI 6.3
+# 15 "System Address Map Interfaces"), which multiboot.h names too.
 MULTIBOOT_MEMORY_AVAILABLE = 1
 MULTIBOOT_MEMORY_RESERVED = 2
+MULTIBOOT_MEMORY_ACPI_RECLAIMABLE = 3
+MULTIBOOT_MEMORY_NVS = 4
 
 # Field offsets in the information structure (3.3).
 INFO_FLAGS = 0
@@ -70,8 +80,10 @@ EBDA_GPA = 0x9_FC00  # conventional memory ends where the extended BIOS data are
 EBDA_END = 0xA_0000
 BIOS_AREA_GPA = 0xF_0000  # the system BIOS image below 1 MiB
 HIGH_MEMORY_GPA = 0x10_0000  # "upper memory" starts at 1 MiB
-# mem_lower as QEMU reports it: the whole 640 KiB of conventional memory.
-MEM_LOWER_KIB = 640
+# mem_lower as QEMU reports it: conventional memory below the EBDA, 639 KiB. QEMU's
+# multiboot option ROM (pc-bios/optionrom/multiboot.S) stores what `int 0x12` returns,
+# and SeaBIOS's EBDA takes the last KiB of the 640. The memory map ends there too.
+MEM_LOWER_KIB = EBDA_GPA // 1024
 
 # Everything the information holds is addressed with 32 bits.
 ADDRESS_LIMIT_32 = 1 << 32
@@ -124,12 +136,27 @@ def _merged(ram_ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+# The firmware's ACPI pages, with the e820 type a BIOS gives each.
+FIRMWARE_RANGES = (
+    (firmware_area.ACPI_NVS_GPA, firmware_area.ACPI_NVS_END, MULTIBOOT_MEMORY_NVS),
+    (
+        firmware_area.ACPI_TABLES_GPA,
+        firmware_area.ACPI_TABLES_END,
+        MULTIBOOT_MEMORY_ACPI_RECLAIMABLE,
+    ),
+)
+
+
 def memory_map(ram_ranges: Sequence[tuple[int, int]]) -> list[MemoryMapEntry]:
-    """The e820-style map: RAM minus the EBDA and BIOS area, which are listed as reserved."""
+    """The e820-style map: RAM minus the EBDA and BIOS area, which are listed as reserved.
+
+    The firmware's ACPI pages below the BIOS area are listed with their ACPI types.
+    """
     entries = [
         MemoryMapEntry(EBDA_GPA, EBDA_END - EBDA_GPA, MULTIBOOT_MEMORY_RESERVED),
         MemoryMapEntry(BIOS_AREA_GPA, HIGH_MEMORY_GPA - BIOS_AREA_GPA, MULTIBOOT_MEMORY_RESERVED),
     ]
+    entries += [MemoryMapEntry(start, end - start, kind) for start, end, kind in FIRMWARE_RANGES]
     for start, end in _merged(ram_ranges):
         # Conventional memory ends at the EBDA; nothing below 1 MiB above it is RAM.
         pieces = [(start, min(end, EBDA_GPA)), (max(start, HIGH_MEMORY_GPA), end)]
@@ -151,7 +178,12 @@ def usable_ranges(ram_ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]
 
 
 def mem_upper_kib(ram_ranges: Sequence[tuple[int, int]]) -> int:
-    """KiB of RAM from 1 MiB up to the first hole (0 when there is none at 1 MiB)."""
+    """KiB of RAM from 1 MiB up to the first hole (0 when there is none at 1 MiB).
+
+    QEMU's option ROM computes it the same way, from its memory map; there
+    SeaBIOS reserves the top 128 KiB of RAM below 4 GiB for its own tables,
+    so QEMU's figure is 128 less than pyvmm's for the same -m.
+    """
     for start, end in _merged(ram_ranges):
         if start <= HIGH_MEMORY_GPA < end:
             return (end - HIGH_MEMORY_GPA) // 1024

@@ -21,6 +21,8 @@ LAYERS = [
     ("pyvmm.kvm",),
     ("pyvmm.memory",),
     ("pyvmm.devices",),
+    # Below the loaders: the multiboot memory map lists the firmware's ranges.
+    ("pyvmm.firmware",),
     ("pyvmm.loaders",),
     ("pyvmm.arch",),
     ("pyvmm.console",),
