@@ -12,13 +12,27 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from pyvmm.errors import ImageTooLarge, LoaderError
-from pyvmm.loaders.elf import EI_CLASS, ELFCLASS32, ELFCLASS64, is_elf, load_elf
-from pyvmm.loaders.entry import CpuMode, EntryPoint
-from pyvmm.loaders.flat import load_flat
-from pyvmm.loaders.multiboot import MULTIBOOT_SEARCH, find_header, load_multiboot
+from pyvmm.loaders.elf import (
+    EI_CLASS,
+    ELF_FIX,
+    ELFCLASS32,
+    ELFCLASS64,
+    is_elf,
+    load_elf,
+    plan_elf,
+)
+from pyvmm.loaders.entry import CpuMode, EntryPoint, ImageSegment
+from pyvmm.loaders.flat import FLAT_FIX, load_flat, plan_flat
+from pyvmm.loaders.multiboot import (
+    MULTIBOOT_SEARCH,
+    find_header,
+    kernel_segments,
+    load_multiboot,
+)
 from pyvmm.memory.size import format_size
 from pyvmm.shipped import build_hint
 
@@ -29,6 +43,8 @@ __all__ = [
     "MAX_IMAGE_SIZE",
     "CpuMode",
     "EntryPoint",
+    "ImagePlan",
+    "ImageSegment",
     "copied_whole",
     "describe_format",
     "find_header",
@@ -37,6 +53,7 @@ __all__ = [
     "load_flat",
     "load_image",
     "load_multiboot",
+    "plan_image",
     "read_image",
 ]
 
@@ -91,8 +108,10 @@ def read_image(path: str, ram_size: int | None = None, *, what: str = "image") -
             size = status.st_size
             limit, whole = MAX_IMAGE_SIZE, None
             if ram_size is not None:
-                whole = ("a module", 0) if what == "module" else copied_whole(
-                    os.pread(image_file.fileno(), MULTIBOOT_SEARCH, 0)
+                whole = (
+                    ("a module", 0)
+                    if what == "module"
+                    else copied_whole(os.pread(image_file.fileno(), MULTIBOOT_SEARCH, 0))
                 )
                 if whole is not None:
                     limit = min(limit, ram_size + whole[1])
@@ -227,6 +246,80 @@ def describe_format(image: bytes) -> str:
     return {ELFCLASS32: "ELF32", ELFCLASS64: "ELF64"}.get(elf_class, "ELF")
 
 
+@dataclass(frozen=True)
+class ImagePlan:
+    """Where an image will go, found before anything is written (see `plan_image`).
+
+    `segments` are the guest-physical ranges the loader will write, each
+    named for messages; `fix` says how to move one in the image's own format
+    (a flat binary's --load-addr, an ELF segment's p_paddr, a multiboot
+    header's load_addr); `entry` is guest-physical.
+    """
+
+    protocol: str  # "flat", "elf32", "elf64", "multiboot"
+    mode: CpuMode
+    entry: int
+    segments: tuple[ImageSegment, ...]
+    fix: str
+
+
+def plan_image(
+    image: bytes,
+    memory: GuestMemory,
+    *,
+    mode: CpuMode | None,
+    load_gpa: int | None,
+    default_flat_gpa: Callable[[CpuMode], int],
+    force_multiboot: bool = False,
+    modules: Sequence[tuple[str, bytes]] = (),
+    append: str | None = None,
+) -> ImagePlan:
+    """Check `image` and the options as `load_image` does, and say where it will go.
+
+    Nothing is written: the caller can place what else it writes (pyvmm's GDT,
+    stack and page tables) clear of the segments, then load. Raises the same
+    LoaderError `load_image` would for the image itself; the modules and the
+    command line are judged by `load_image`.
+    """
+    if force_multiboot or find_header(image) is not None:
+        if load_gpa is not None:
+            raise LoaderError(
+                "--load-addr applies to flat binaries only; "
+                "a multiboot kernel is loaded where its header or ELF program headers say"
+            )
+        if mode is not None and mode is not CpuMode.PROTECTED:
+            raise LoaderError(
+                f"a multiboot kernel starts in 32-bit protected mode, not in {mode.value} mode"
+            )
+        kernel, entry, fix = kernel_segments(image, memory)
+        segments = tuple(segment.described("kernel segment") for segment in kernel)
+        return ImagePlan("multiboot", CpuMode.PROTECTED, entry, segments, fix)
+    if modules:
+        raise LoaderError(
+            "modules (--initrd) need a multiboot kernel: "
+            "the image has no multiboot header in its first 8 KiB"
+        )
+    if append:
+        raise LoaderError(
+            "a kernel command line (--append) needs a multiboot kernel: "
+            "the image has no multiboot header in its first 8 KiB"
+        )
+    if is_elf(image):
+        if load_gpa is not None:
+            raise LoaderError(
+                "--load-addr applies to flat binaries only; "
+                "an ELF image is loaded at its own addresses"
+            )
+        elf_mode, elf_segments, entry = plan_elf(image, memory, mode)
+        protocol = "elf64" if elf_mode.is_64bit else "elf32"
+        segments = tuple(segment.described() for segment in elf_segments)
+        return ImagePlan(protocol, elf_mode, entry, segments, ELF_FIX)
+    flat_mode = CpuMode.REAL if mode is None else mode
+    flat_gpa = default_flat_gpa(flat_mode) if load_gpa is None else load_gpa
+    segment = plan_flat(image, memory, flat_mode, flat_gpa)
+    return ImagePlan("flat", flat_mode, flat_gpa, (segment,), FLAT_FIX)
+
+
 def load_image(
     image: bytes,
     memory: GuestMemory,
@@ -247,38 +340,25 @@ def load_image(
     refuses any image without a multiboot header. `append` is what the user
     asked to append to the command line (--append), None when nothing: like
     `modules`, it is a LoaderError for an image that is not a multiboot kernel,
-    which has no command line to receive it. `reserved` lists the (start, end,
-    what) ranges the VMM writes for a 32-bit entry; a multiboot kernel, its
-    modules and its information must stay clear of them.
+    which has no command line to receive it. `reserved` lists the (start,
+    end, what) ranges the machine writes itself (pyvmm's entry-state
+    structures where they were placed, firmware tables): each segment of
+    the image must stay clear of them (ReservedOverlap names the segment,
+    the range and how to move the segment in that format), and a multiboot
+    kernel's modules and information are placed clear of them.
     """
-    if force_multiboot or find_header(image) is not None:
-        if load_gpa is not None:
-            raise LoaderError(
-                "--load-addr applies to flat binaries only; "
-                "a multiboot kernel is loaded where its header or ELF program headers say"
-            )
-        if mode is not None and mode is not CpuMode.PROTECTED:
-            raise LoaderError(
-                f"a multiboot kernel starts in 32-bit protected mode, not in {mode.value} mode"
-            )
+    plan = plan_image(
+        image,
+        memory,
+        mode=mode,
+        load_gpa=load_gpa,
+        default_flat_gpa=default_flat_gpa,
+        force_multiboot=force_multiboot,
+        modules=modules,
+        append=append,
+    )
+    if plan.protocol == "multiboot":
         return load_multiboot(image, memory, cmdline, modules, reserved=reserved)
-    if modules:
-        raise LoaderError(
-            "modules (--initrd) need a multiboot kernel: "
-            "the image has no multiboot header in its first 8 KiB"
-        )
-    if append:
-        raise LoaderError(
-            "a kernel command line (--append) needs a multiboot kernel: "
-            "the image has no multiboot header in its first 8 KiB"
-        )
-    if is_elf(image):
-        if load_gpa is not None:
-            raise LoaderError(
-                "--load-addr applies to flat binaries only; "
-                "an ELF image is loaded at its own addresses"
-            )
-        return load_elf(image, memory, mode)
-    flat_mode = CpuMode.REAL if mode is None else mode
-    flat_gpa = default_flat_gpa(flat_mode) if load_gpa is None else load_gpa
-    return load_flat(image, memory, flat_mode, flat_gpa)
+    if plan.protocol != "flat":
+        return load_elf(image, memory, plan.mode, reserved=reserved)
+    return load_flat(image, memory, plan.mode, plan.entry, reserved=reserved)

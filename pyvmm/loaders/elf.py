@@ -1,20 +1,24 @@
 """ELF32/ELF64 x86 executables: PT_LOAD segments copied to their physical addresses.
 
-Like rust-vmm's linux-loader, a segment goes to p_paddr and the entry is e_entry.
-The whole file is validated before a byte is written to guest memory, so a bad
-image leaves RAM untouched. Field names follow the System V ABI (elf(5)).
+Like rust-vmm's linux-loader, a segment goes to p_paddr. The entry is e_entry,
+taken as GRUB 2 and QEMU take it: a virtual address inside a segment's
+p_vaddr range is entered at the same offset in its p_paddr range (see
+`entry_address`). The whole file is validated before a byte is written to guest
+memory, so a bad image leaves RAM untouched. Field names follow the System V
+ABI (elf(5)).
 """
 
 from __future__ import annotations
 
 import itertools
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyvmm.errors import BadElf, BadEntryPoint, ImageTooLarge, UnsupportedElf
-from pyvmm.loaders.entry import CpuMode, EntryPoint
-from pyvmm.loaders.flat import check_reachable, describe_ram_at, format_size
+from pyvmm.loaders.entry import CpuMode, EntryPoint, ImageSegment
+from pyvmm.loaders.flat import check_clear, check_reachable, describe_ram_at, format_size
 from pyvmm.memory.addr import ADDRESS_LIMIT, GuestPhysAddr
 
 if TYPE_CHECKING:  # only for hints: importing the loaders needs no compiled _kvm module
@@ -35,6 +39,9 @@ ET_NAMES = {
 }
 EM_386, EM_X86_64 = 3, 62
 PT_LOAD = 1
+
+# How to move an ELF segment: pyvmm loads it where its program header says.
+ELF_FIX = "link that segment at another physical address (its p_paddr)"
 
 # Zero bss in bounded chunks: a large p_memsz must not become one large allocation.
 _ZERO_CHUNK = bytes(1 << 20)
@@ -80,10 +87,14 @@ class _Segment:
     paddr: int
     filesz: int
     memsz: int
+    vaddr: int | None = None  # p_vaddr; None for a multiboot a.out-kludge kernel
 
     @property
     def end(self) -> int:
         return self.paddr + self.memsz
+
+    def described(self, name: str = "segment") -> ImageSegment:
+        return ImageSegment(self.paddr, self.end, f"{name} {self.index}")
 
 
 def is_elf(image: bytes) -> bool:
@@ -148,9 +159,9 @@ def _parse_segments(
     for index in range(phnum):
         fields = elf_class.phdr.unpack_from(image, phoff + index * phentsize)
         if elf_class is _ELF64:
-            p_type, _flags, offset, _vaddr, paddr, filesz, memsz, _align = fields
+            p_type, _flags, offset, vaddr, paddr, filesz, memsz, _align = fields
         else:
-            p_type, offset, _vaddr, paddr, filesz, memsz, _flags, _align = fields
+            p_type, offset, vaddr, paddr, filesz, memsz, _flags, _align = fields
         if p_type != PT_LOAD:
             continue
         if filesz > memsz:
@@ -169,14 +180,45 @@ def _parse_segments(
                 f"segment {index} at 0x{paddr:x} with size 0x{memsz:x} "
                 "runs past the 64-bit address space"
             )
-        segments.append(_Segment(index, offset, paddr, filesz, memsz))
+        segments.append(_Segment(index, offset, paddr, filesz, memsz, vaddr))
     if not segments:
         raise BadElf("no PT_LOAD segment: the ELF image has nothing to load")
     return segments
 
 
-def _check_placement(segments: list[_Segment], memory: GuestMemory, entry: int) -> None:
-    """Every segment in RAM, no two overlapping, and the entry inside one of them."""
+def entry_address(segments: list[_Segment], e_entry: int) -> int:
+    """The guest-physical address pyvmm enters an image at, from e_entry.
+
+    e_entry is an address the image was linked for. When it lies in a
+    segment's virtual range [p_vaddr, p_vaddr + p_memsz), the first such
+    segment in program-header order decides: e_entry - p_vaddr + p_paddr, the
+    same instruction where the segment is loaded. That is GRUB 2's rule for
+    multiboot ELF kernels (grub-core/loader/multiboot_elfxx.c, the loop after
+    the segments are loaded), and QEMU's (include/hw/elf_ops.h, load_elf:
+    an executable segment whose p_vaddr differs from its p_paddr), and it is
+    how a higher-half kernel (p_vaddr 0xc0100000, p_paddr 0x100000) is
+    entered at all with paging off. Otherwise e_entry must lie in a
+    segment's physical range and is entered as it is; else BadEntryPoint.
+    """
+    for segment in segments:
+        if segment.vaddr is not None and segment.vaddr <= e_entry < segment.vaddr + segment.memsz:
+            return e_entry - segment.vaddr + segment.paddr
+    if any(segment.paddr <= e_entry < segment.end for segment in segments):
+        return e_entry
+    ordered = sorted(segments, key=lambda segment: segment.paddr)
+    ranges = ", ".join(f"0x{s.paddr:x}..0x{s.end:x}" for s in ordered[:4])
+    ranges += ", ..." if len(ordered) > 4 else ""
+    virtual = [s for s in segments if s.vaddr is not None and s.vaddr != s.paddr]
+    if virtual:  # a linked-elsewhere image: its virtual ranges are what e_entry missed
+        ranges += "; at p_vaddr " + ", ".join(
+            f"0x{s.vaddr:x}..0x{s.vaddr + s.memsz:x}" for s in virtual[:4]
+        )
+        ranges += ", ..." if len(virtual) > 4 else ""
+    raise BadEntryPoint(f"entry point 0x{e_entry:x} is not inside any loaded segment ({ranges})")
+
+
+def _check_placement(segments: list[_Segment], memory: GuestMemory) -> None:
+    """Every segment in RAM, and no two overlapping."""
     for segment in segments:
         # contains() is a bisect, so an absurd p_memsz costs nothing here.
         if not memory.contains(segment.paddr, segment.memsz):
@@ -193,12 +235,6 @@ def _check_placement(segments: list[_Segment], memory: GuestMemory, entry: int) 
                 f"{current.index} (0x{current.paddr:x}..0x{current.end:x}) overlap "
                 "in physical memory"
             )
-    if not any(segment.paddr <= entry < segment.end for segment in segments):
-        ranges = ", ".join(f"0x{s.paddr:x}..0x{s.end:x}" for s in ordered[:4])
-        more = ", ..." if len(ordered) > 4 else ""
-        raise BadEntryPoint(
-            f"entry point 0x{entry:x} is not inside any loaded segment ({ranges}{more})"
-        )
 
 
 def _write_segment(image: bytes, memory: GuestMemory, segment: _Segment) -> None:
@@ -213,7 +249,8 @@ def _write_segment(image: bytes, memory: GuestMemory, segment: _Segment) -> None
 def parse_executable(image: bytes, memory: GuestMemory) -> tuple[_ElfClass, list[_Segment], int]:
     """Validate an x86 ET_EXEC file and its PT_LOAD segments; return class, segments, entry.
 
-    Shared by the ELF and multiboot loaders; nothing is written to memory.
+    The entry is guest-physical (`entry_address`). Shared by the ELF and
+    multiboot loaders; nothing is written to memory.
     """
     elf_class = _parse_class(image)
     fields = elf_class.header.unpack_from(image, EI_NIDENT)
@@ -228,23 +265,46 @@ def parse_executable(image: bytes, memory: GuestMemory) -> tuple[_ElfClass, list
             f"not {elf_class.machine_name} ({elf_class.machine})"
         )
     segments = _parse_segments(image, elf_class, e_phoff, e_phentsize, e_phnum)
-    _check_placement(segments, memory, e_entry)
-    return elf_class, segments, e_entry
+    _check_placement(segments, memory)
+    return elf_class, segments, entry_address(segments, e_entry)
 
 
-def load_elf(image: bytes, memory: GuestMemory, mode: CpuMode | None = None) -> EntryPoint:
-    """Validate an x86 ELF executable, copy its PT_LOAD segments and describe its entry."""
-    elf_class, segments, e_entry = parse_executable(image, memory)
+def plan_elf(
+    image: bytes, memory: GuestMemory, mode: CpuMode | None = None
+) -> tuple[CpuMode, list[_Segment], int]:
+    """Validate an x86 ELF executable for `mode` (None: its class's): mode, segments, entry.
+
+    Nothing is written; `load_elf` writes what this accepts.
+    """
+    elf_class, segments, entry = parse_executable(image, memory)
     cpu_mode = _choose_mode(elf_class, mode)
     image_start = min(segment.paddr for segment in segments)
     image_end = max(segment.end for segment in segments)
     check_reachable(cpu_mode, image_start, image_end, f"{elf_class.name} image")
+    return cpu_mode, segments, entry
+
+
+def load_elf(
+    image: bytes,
+    memory: GuestMemory,
+    mode: CpuMode | None = None,
+    reserved: Sequence[tuple[int, int, str]] = (),
+) -> EntryPoint:
+    """Validate an x86 ELF executable, copy its PT_LOAD segments and describe its entry.
+
+    `reserved`: (start, end, what) no segment may overlap (ReservedOverlap).
+    """
+    elf_class = _parse_class(image)
+    cpu_mode, segments, entry = plan_elf(image, memory, mode)
+    described = tuple(segment.described() for segment in segments)
+    check_clear(described, reserved, ELF_FIX)
     for segment in segments:
         _write_segment(image, memory, segment)
     return EntryPoint(
-        entry=GuestPhysAddr(e_entry),
+        entry=GuestPhysAddr(entry),
         mode=cpu_mode,
         protocol=elf_class.protocol,
-        image_start=GuestPhysAddr(image_start),
-        image_end=GuestPhysAddr(image_end),
+        image_start=GuestPhysAddr(min(segment.paddr for segment in segments)),
+        image_end=GuestPhysAddr(max(segment.end for segment in segments)),
+        segments=described,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pyvmm.memory.addr import GuestPhysAddr
 
@@ -22,20 +23,37 @@ class CpuMode(enum.Enum):
         return self in (CpuMode.LONG, CpuMode.USER)
 
 
+class ImageSegment(NamedTuple):
+    """One guest-physical range a loader writes: [start, end), and its name in messages.
+
+    The name says where the range comes from in the image's own terms:
+    "image" (a flat binary), "segment 1" (an ELF program header, numbered as
+    `readelf -l` does), "kernel segment 0" (a multiboot kernel).
+    """
+
+    start: int
+    end: int
+    name: str
+
+
 @dataclass(frozen=True)
 class EntryPoint:
     """The result of loading an image: the loader describes, the arch code executes.
 
     `entry` is the first instruction's address (an offset within CS=0 in real
     mode; a linear address otherwise, identity-mapped by the VMM).
-    `image_start`/`image_end` bound what the loader wrote (guest-physical).
+    `image_start`/`image_end` bound what the loader wrote (guest-physical);
+    `segments` are the pieces themselves, which may lie far apart (an ELF
+    segment of headers at 0 and the kernel at 1 MiB): what lies between them
+    is not the image's.
     """
 
     entry: GuestPhysAddr
     mode: CpuMode
-    protocol: str  # "flat", "elf32", "elf64"
+    protocol: str  # "flat", "elf32", "elf64", "multiboot"
     image_start: GuestPhysAddr
     image_end: GuestPhysAddr
     # General registers the boot protocol defines at entry, e.g. multiboot's
     # (("rax", 0x2BADB002), ("rbx", info_gpa)); everything else starts at zero.
     registers: tuple[tuple[str, int], ...] = ()
+    segments: tuple[ImageSegment, ...] = ()

@@ -1,15 +1,17 @@
 """Flat binaries: raw bytes copied to one guest-physical address and entered at its start.
 
 Also home of the small checks every loader shares: does a range fit in guest RAM,
-and can the chosen CPU mode reach it.
+can the chosen CPU mode reach it, and is each piece clear of what the machine
+writes itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pyvmm.errors import ImageTooLarge, LoaderError
-from pyvmm.loaders.entry import CpuMode, EntryPoint
+from pyvmm.loaders.entry import CpuMode, EntryPoint, ImageSegment
 from pyvmm.memory.addr import GuestPhysAddr
 from pyvmm.memory.size import format_size
 
@@ -24,8 +26,34 @@ REAL_MODE_MAX_ENTRY = 0xFFFF
 PROTECTED_MODE_LIMIT = 1 << 32
 
 
+# How to move a flat binary: the one format whose address the command line sets.
+FLAT_FIX = "load it elsewhere with --load-addr"
+
+
 class UnreachableImage(LoaderError):
     """The image lies where the chosen CPU mode cannot address it."""
+
+
+class ReservedOverlap(LoaderError):
+    """A piece of the image lies where the machine writes something of its own."""
+
+
+def check_clear(
+    segments: Sequence[ImageSegment], reserved: Sequence[tuple[int, int, str]], fix: str
+) -> None:
+    """Refuse the first segment that overlaps a (start, end, what) of `reserved`.
+
+    The message names the segment, the structure and `fix`, the way to move
+    the segment in the image's own format (its p_paddr, its load_addr, or
+    --load-addr for a flat binary).
+    """
+    for start, end, name in segments:
+        for reserved_start, reserved_end, what in reserved:
+            if start < reserved_end and reserved_start < end:
+                raise ReservedOverlap(
+                    f"{name} at 0x{start:x}..0x{end:x} overlaps {what} at "
+                    f"0x{reserved_start:x}..0x{reserved_end:x}; {fix}"
+                )
 
 
 def describe_ram_at(memory: GuestMemory, gpa: int) -> str:
@@ -57,8 +85,8 @@ def check_reachable(mode: CpuMode, start: int, end: int, what: str) -> None:
         )
 
 
-def load_flat(image: bytes, memory: GuestMemory, mode: CpuMode, load_gpa: int) -> EntryPoint:
-    """Copy `image` to `load_gpa` and describe an entry at its first byte."""
+def plan_flat(image: bytes, memory: GuestMemory, mode: CpuMode, load_gpa: int) -> ImageSegment:
+    """Check that `image` can go to `load_gpa` and be entered there: the range it takes."""
     if not image:
         raise LoaderError("image is empty")
     if load_gpa < 0:
@@ -76,11 +104,28 @@ def load_flat(image: bytes, memory: GuestMemory, mode: CpuMode, load_gpa: int) -
             f"real-mode entry 0x{load_gpa:x} is not reachable with CS=0 "
             f"(the load address must be at most 0x{REAL_MODE_MAX_ENTRY:x})"
         )
+    return ImageSegment(load_gpa, end, "image")
+
+
+def load_flat(
+    image: bytes,
+    memory: GuestMemory,
+    mode: CpuMode,
+    load_gpa: int,
+    reserved: Sequence[tuple[int, int, str]] = (),
+) -> EntryPoint:
+    """Copy `image` to `load_gpa` and describe an entry at its first byte.
+
+    `reserved`: (start, end, what) the image must stay clear of (ReservedOverlap).
+    """
+    segment = plan_flat(image, memory, mode, load_gpa)
+    check_clear([segment], reserved, FLAT_FIX)
     memory.write(load_gpa, image)
     return EntryPoint(
         entry=GuestPhysAddr(load_gpa),
         mode=mode,
         protocol="flat",
         image_start=GuestPhysAddr(load_gpa),
-        image_end=GuestPhysAddr(end),
+        image_end=GuestPhysAddr(segment.end),
+        segments=(segment,),
     )

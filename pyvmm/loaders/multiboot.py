@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING
 from pyvmm.errors import BadEntryPoint, ImageTooLarge, LoaderError
 from pyvmm.loaders.elf import (
     _ELF64,
+    ELF_FIX,
     _Segment,
     _write_segment,
     is_elf,
     parse_executable,
 )
-from pyvmm.loaders.entry import CpuMode, EntryPoint
-from pyvmm.loaders.flat import check_reachable, describe_ram_at, format_size
+from pyvmm.loaders.entry import CpuMode, EntryPoint, ImageSegment
+from pyvmm.loaders.flat import check_clear, check_reachable, describe_ram_at, format_size
 from pyvmm.loaders.multiboot_info import (
     ADDRESS_LIMIT_32,
     MULTIBOOT_BOOTLOADER_MAGIC,
@@ -57,6 +58,8 @@ MULTIBOOT_VIDEO_MODE = 1 << 2  # a preferred video mode: accepted, ignored (no v
 MULTIBOOT_AOUT_KLUDGE = 1 << 16  # the address fields are valid
 REQUIRED_FLAGS_MASK = 0xFFFF
 KNOWN_REQUIRED_FLAGS = MULTIBOOT_PAGE_ALIGN | MULTIBOOT_MEMORY_INFO | MULTIBOOT_VIDEO_MODE
+# How to move an a.out-kludge kernel: its header's address fields say where it goes.
+AOUT_FIX = "move the kernel (the multiboot header's load_addr)"
 
 
 class BadMultiboot(LoaderError):
@@ -104,6 +107,10 @@ class MultibootPlan:
     @property
     def kernel_end(self) -> int:
         return max(segment.end for segment in self.segments)
+
+    @property
+    def described(self) -> tuple[ImageSegment, ...]:
+        return tuple(segment.described("kernel segment") for segment in self.segments)
 
 
 def _bit_list(bits: int) -> str:
@@ -216,19 +223,38 @@ def _elf_kernel(image: bytes, memory: GuestMemory) -> tuple[list[_Segment], int]
             "the multiboot header has no address fields (flag bit 16) and the image is not "
             "ELF: pyvmm cannot tell where to load it"
         )
-    elf_class, segments, e_entry = parse_executable(image, memory)
-    if elf_class is _ELF64 and e_entry >= ADDRESS_LIMIT_32:
+    elf_class, segments, entry = parse_executable(image, memory)
+    if elf_class is _ELF64 and entry >= ADDRESS_LIMIT_32:
         raise BadEntryPoint(
-            f"entry point 0x{e_entry:x} is above 4 GiB: a multiboot kernel starts "
+            f"entry point 0x{entry:x} is above 4 GiB: a multiboot kernel starts "
             "in 32-bit protected mode"
         )
-    return segments, e_entry
+    return segments, entry
 
 
-def _check_kernel(
-    segments: Sequence[_Segment], memory: GuestMemory, reserved: Sequence[tuple[int, int, str]]
-) -> None:
-    """Each segment in RAM, below 4 GiB, and clear of what the VMM writes itself."""
+def kernel_segments(image: bytes, memory: GuestMemory) -> tuple[list[_Segment], int, str]:
+    """The kernel's segments, its guest-physical entry and how to move a segment.
+
+    Everything about the kernel itself is checked (LoaderError); nothing is
+    written, and the command line and modules are not looked at.
+    """
+    _header, segments, entry, fix = _kernel(image, memory)
+    return segments, entry, fix
+
+
+def _kernel(image: bytes, memory: GuestMemory) -> tuple[MultibootHeader, list[_Segment], int, str]:
+    header = find_header(image)
+    if header is None:
+        raise BadMultiboot(
+            "no multiboot header: magic 0x1BADB002 with a valid checksum is not in "
+            "the first 8 KiB of the image"
+        )
+    if header.addresses is not None:
+        segments, entry = _aout_kernel(image, header, header.addresses)
+        fix = AOUT_FIX
+    else:
+        segments, entry = _elf_kernel(image, memory)
+        fix = ELF_FIX
     for segment in segments:
         what = f"kernel segment {segment.index} at 0x{segment.paddr:x}..0x{segment.end:x}"
         if not memory.contains(segment.paddr, segment.memsz):
@@ -237,9 +263,7 @@ def _check_kernel(
                 f"({describe_ram_at(memory, segment.paddr)})"
             )
         check_reachable(CpuMode.PROTECTED, segment.paddr, segment.end, "multiboot kernel")
-        for start, end, name in reserved:
-            if segment.paddr < end and start < segment.end:
-                raise BadMultiboot(f"{what} overlaps {name} at 0x{start:x}..0x{end:x}")
+    return header, segments, entry, fix
 
 
 def _find_space(
@@ -279,15 +303,12 @@ def plan_multiboot(
 ) -> MultibootPlan:
     """Validate the kernel and decide where the kernel, modules and information go.
 
-    `reserved` lists (start, end, what) of RAM the VMM writes itself for the
-    32-bit entry (its GDT, its stack): nothing may be placed there.
+    `reserved` lists (start, end, what) of RAM the machine writes itself
+    (pyvmm's GDT and stack for the 32-bit entry, firmware tables): no kernel
+    segment may overlap one (ReservedOverlap, naming both), and the modules
+    and the information are placed clear of them.
     """
-    header = find_header(image)
-    if header is None:
-        raise BadMultiboot(
-            "no multiboot header: magic 0x1BADB002 with a valid checksum is not in "
-            "the first 8 KiB of the image"
-        )
+    header, segments, entry, fix = _kernel(image, memory)
     for name, text in [("command line", cmdline)] + [
         (f"module {index} string", string) for index, (string, _data) in enumerate(modules)
     ]:
@@ -302,11 +323,7 @@ def plan_multiboot(
                 f"the multiboot {name} {text!r} is not valid UTF-8 "
                 "(a file name or argument in another encoding?)"
             ) from None
-    if header.addresses is not None:
-        segments, entry = _aout_kernel(image, header, header.addresses)
-    else:
-        segments, entry = _elf_kernel(image, memory)
-    _check_kernel(segments, memory, reserved)
+    check_clear([segment.described("kernel segment") for segment in segments], reserved, fix)
 
     ram = [(region.gpa, region.size) for region in memory.regions]
     usable = [
@@ -378,6 +395,7 @@ def load_multiboot(
         image_start=GuestPhysAddr(plan.kernel_start),
         image_end=GuestPhysAddr(plan.kernel_end),
         registers=(("rax", MULTIBOOT_BOOTLOADER_MAGIC), ("rbx", plan.info.gpa)),
+        segments=plan.described,
     )
 
 
@@ -388,6 +406,7 @@ __all__ = [
     "MultibootPlan",
     "UnsupportedMultiboot",
     "find_header",
+    "kernel_segments",
     "load_multiboot",
     "plan_multiboot",
 ]

@@ -45,7 +45,7 @@ class MapEntry:
 
 
 def machine_memory_map(machine: Machine) -> list[MapEntry]:
-    """RAM slots and holes, then the VMM's structures and the image inside RAM."""
+    """RAM slots and holes, then the VMM's structures, the firmware tables and the image."""
     entries = ram_and_holes(machine.memory)
     entries.append(
         MapEntry(
@@ -55,18 +55,32 @@ def machine_memory_map(machine: Machine) -> list[MapEntry]:
             "KVM's identity-map page and TSS (for VT-x real mode)",
         )
     )
-    for start, end, what in layout.vmm_placements(machine.entry.mode.value):
+    # Where this run put them: an image that occupies a default place moves a structure.
+    mode = machine.entry.mode.value
+    placed = layout.vmm_placements(mode, machine.vmm_places)
+    for (start, end, what), (usual, _, _) in zip(placed, layout.vmm_placements(mode), strict=True):
+        what += " (moved: the image occupies its usual place)" if start != usual else ""
         entries.append(MapEntry(start, end, "vmm", what, _hva(machine, start)))
+    # The firmware's MP and ACPI structures, as a BIOS would have left them.
+    for item in machine.firmware.placed if machine.firmware is not None else ():
+        entries.append(MapEntry(item.gpa, item.end, "vmm", item.what, _hva(machine, item.gpa)))
     entry = machine.entry
-    entries.append(
-        MapEntry(
-            entry.image_start,
-            entry.image_end,
-            "image",
-            f"{entry.protocol} image, entry 0x{entry.entry:x} ({entry.mode.value} mode)",
-            _hva(machine, entry.image_start),
+    described = f"{entry.protocol} image, entry 0x{entry.entry:x} ({entry.mode.value} mode)"
+    # An image in pieces (ELF headers at 0, a trampoline, the kernel at 1 MiB) gets a
+    # row per piece: what lies between them is not the image's.
+    pieces = entry.segments if len(entry.segments) > 1 else ()
+    if not pieces:
+        entries.append(
+            MapEntry(
+                entry.image_start,
+                entry.image_end,
+                "image",
+                described,
+                _hva(machine, entry.image_start),
+            )
         )
-    )
+    for start, end, name in pieces:
+        entries.append(MapEntry(start, end, "image", f"{described}: {name}", _hva(machine, start)))
     for bus_range in machine.mmio_bus.ranges:
         entries.append(MapEntry(bus_range.base, bus_range.end, "device", bus_range.name))
     return sorted(entries, key=lambda item: (item.start, item.kind != "ram"))

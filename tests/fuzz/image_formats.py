@@ -22,10 +22,10 @@ ELF_FIELDS = {
          "e_phentsize": (54, 2), "e_phnum": (56, 2)},
 }  # fmt: skip
 PHDR_FIELDS = {
-    32: {"p_type": (0, 4), "p_offset": (4, 4), "p_paddr": (12, 4), "p_filesz": (16, 4),
-         "p_memsz": (20, 4)},
-    64: {"p_type": (0, 4), "p_offset": (8, 8), "p_paddr": (24, 8), "p_filesz": (32, 8),
-         "p_memsz": (40, 8)},
+    32: {"p_type": (0, 4), "p_offset": (4, 4), "p_vaddr": (8, 4), "p_paddr": (12, 4),
+         "p_filesz": (16, 4), "p_memsz": (20, 4)},
+    64: {"p_type": (0, 4), "p_offset": (8, 8), "p_vaddr": (16, 8), "p_paddr": (24, 8),
+         "p_filesz": (32, 8), "p_memsz": (40, 8)},
 }  # fmt: skip
 
 MB_MAGIC = 0x1BADB002

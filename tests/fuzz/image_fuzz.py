@@ -33,14 +33,13 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.cpu import default_load_gpa
-from pyvmm.arch.x86_64.placement import check_entry_placement
+from pyvmm.arch.x86_64.placement import Placement, check_entry_placement, plan_placement
 from pyvmm.errors import LoaderError
 from pyvmm.loaders import EntryPoint, load_image, read_image
 from pyvmm.memory.guest_memory import GuestMemory
 from tests.fuzz.image_cases import RAM_CONFIGS, Case, make_case
-from tests.fuzz.image_oracle import check_loaded, check_rejected, note_on
+from tests.fuzz.image_oracle import MACHINE_RANGES, check_loaded, check_rejected, note_on
 
 MIB = 1 << 20
 # Beyond these a case is a failure: a loader must refuse a huge image before allocating.
@@ -81,10 +80,24 @@ def read_back(image: bytes) -> bytes:
     return data
 
 
-def load_case(case: Case, memory: GuestMemory) -> EntryPoint:
-    """Load as `pyvmm boot` does (through this module's `load_image`: tests replace it)."""
-    return load_image(
-        read_back(case.image) if case.via_file else case.image,
+def load_case(case: Case, memory: GuestMemory) -> tuple[EntryPoint, Placement]:
+    """Load as `pyvmm boot` does (through this module's `load_image`: tests replace it).
+
+    First the placement of pyvmm's own structures and the list of what the
+    machine writes (its firmware tables too), then the load with that list.
+    """
+    image = read_back(case.image) if case.via_file else case.image
+    placement = plan_placement(
+        image,
+        memory,
+        mode=case.mode,
+        load_gpa=case.load_gpa,
+        force_multiboot=case.force_multiboot,
+        modules=case.modules,
+        machine_ranges=MACHINE_RANGES,
+    )
+    entry = load_image(
+        image,
         memory,
         mode=case.mode,
         load_gpa=case.load_gpa,
@@ -92,8 +105,9 @@ def load_case(case: Case, memory: GuestMemory) -> EntryPoint:
         force_multiboot=case.force_multiboot,
         cmdline=case.cmdline,
         modules=case.modules,
-        reserved=layout.reserved_ranges(True),
+        reserved=placement.reserved,
     )
+    return entry, placement
 
 
 def blank_numbers(text: str) -> str:
@@ -131,7 +145,7 @@ def run_case(case: Case) -> Outcome:
     kind, detail, note = "failed", "", ""
     with GuestMemory.from_ranges(RAM_CONFIGS[case.ram]) as memory:
         try:
-            entry = load_case(case, memory)
+            entry, placement = load_case(case, memory)
         except LoaderError as error:
             kind, detail = "rejected", message_kind(error)
             problems = check_rejected(error)
@@ -148,14 +162,14 @@ def run_case(case: Case) -> Outcome:
             kind, detail, note = "loaded", entry.protocol, note_on(entry)
             try:
                 # As `pyvmm boot` does next: can pyvmm's own CPU set-up start it?
-                check_entry_placement(entry)
+                check_entry_placement(entry, placement.reserved, placement.image.fix)
             except LoaderError as error:  # rejected after loading: the VM is discarded
                 kind, detail, note = "rejected", message_kind(error), ""
                 problems = check_rejected(error)
         if kind == "loaded":
             try:
                 # pyvmm's placement checks refuse these now; one that loads is a regression.
-                problems = [note] if note else check_loaded(case, memory, entry)
+                problems = [note] if note else check_loaded(case, memory, entry, placement)
             except Exception as error:  # the oracle could not read what was loaded
                 problems = [f"oracle failed on a loaded image: {type(error).__name__}: {error}"]
     seconds = time.perf_counter() - started
@@ -264,11 +278,12 @@ def replay(seed: int, index: int) -> int:
     print(case.describe())
     with GuestMemory.from_ranges(RAM_CONFIGS[case.ram]) as memory:
         try:
-            entry = load_case(case, memory)
+            entry, placement = load_case(case, memory)
         except LoaderError as error:
             print(f"rejected: {type(error).__name__}: {error}")
         else:
             print(f"loaded: {entry}")
+            print(f"pyvmm's structures: {placement.places}")
     outcome = run_case(case)
     print(f"verdict: {outcome.kind}: {outcome.detail}")
     return 1 if outcome.kind == "failed" else 0

@@ -2,7 +2,9 @@
 
 It reads the ELF program headers or the multiboot header independently of
 the loaders and checks the loaded pieces, entry, mode and multiboot
-information against guest memory; a rejection must be one line, status 2.
+information against guest memory, and where pyvmm put its own GDT, page
+tables, TSS and boot stack (the rules of arch/x86_64/placement.py, restated
+here); a rejection must be one line, status 2.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import itertools
 import struct
 
-from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.cpu import default_load_gpa
+from pyvmm.arch.x86_64.placement import Placement
 from pyvmm.errors import LoaderError
+from pyvmm.firmware.tables import firmware_ranges
 from pyvmm.loaders import EntryPoint
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.memory.guest_memory import GuestMemory
@@ -34,9 +37,34 @@ SAMPLE = 4096  # bytes of each segment's data and bss compared after a load
 # (file offset, gpa, filesz, memsz) of one piece the loader must have copied.
 Piece = tuple[int, int, int, int]
 
+MIB = 1 << 20
+# pyvmm's own structures: (VmmPlaces field, size, alignment, default start, limit of
+# the RAM it may be moved to), per entry mode; the stack's field is its top.
+GDT = ("gdt", 3 * 8, 8, 0x500, MIB)
+USER_GDT = ("gdt", 7 * 8, 8, 0x500, MIB)
+TABLES_32 = ("page_tables", 0x1000, 0x1000, 0x1000, 1 << 32)
+TABLES_64 = ("page_tables", 0x6000, 0x1000, 0x1000, 1 << 32)
+TSS = ("tss", 104 + 8192 + 1, 0x1000, 0x7000, MIB)
+STACK = ("stack_top", 0x1_0000, 16, 0x7_0000, MIB)
+STRUCTURES = {
+    CpuMode.REAL: [],
+    CpuMode.PROTECTED: [GDT, STACK],
+    CpuMode.PAGED: [GDT, TABLES_32, STACK],
+    CpuMode.LONG: [GDT, TABLES_64, STACK],
+    CpuMode.USER: [USER_GDT, TABLES_64, TSS, STACK],
+}
+EBDA = 0x9_FC00  # nothing of pyvmm's is moved into 0x9fc00-0xfffff
+# What `pyvmm boot` writes besides its entry state, by default (the firmware's MP and
+# ACPI tables): the fuzzer passes the same list, and nothing may overlap it.
+MACHINE_RANGES = firmware_ranges(interrupt_controllers=True, acpi=True)
+
 
 def elf_pieces(image: bytes) -> tuple[int, list[Piece]]:
-    """e_entry and the non-empty PT_LOAD segments, read independently of the loader."""
+    """The entry and the non-empty PT_LOAD segments, read independently of the loader.
+
+    The entry is e_entry moved by the first segment whose virtual range holds
+    it, from p_vaddr to p_paddr (GRUB 2's and QEMU's rule), else e_entry.
+    """
     bits = elf_bits(image)
     if bits is None:
         raise struct.error("not an ELF32/ELF64 image")
@@ -44,6 +72,7 @@ def elf_pieces(image: bytes) -> tuple[int, list[Piece]]:
         name: read_field(image, off, width) for name, (off, width) in ELF_FIELDS[bits].items()
     }
     pieces = []
+    entry = None
     for index in range(header["e_phnum"]):
         base = header["e_phoff"] + index * header["e_phentsize"]
         phdr = {
@@ -51,7 +80,10 @@ def elf_pieces(image: bytes) -> tuple[int, list[Piece]]:
         }
         if phdr["p_type"] == PT_LOAD and phdr["p_memsz"]:
             pieces.append((phdr["p_offset"], phdr["p_paddr"], phdr["p_filesz"], phdr["p_memsz"]))
-    return header["e_entry"], pieces
+            virtual = phdr["p_vaddr"]
+            if entry is None and virtual <= header["e_entry"] < virtual + phdr["p_memsz"]:
+                entry = header["e_entry"] - virtual + phdr["p_paddr"]
+    return header["e_entry"] if entry is None else entry, pieces
 
 
 def multiboot_pieces(image: bytes) -> tuple[int, list[Piece]]:
@@ -137,7 +169,9 @@ def check_flat(case: Case, memory: GuestMemory, entry: EntryPoint) -> list[str]:
     return []
 
 
-def check_multiboot(case: Case, memory: GuestMemory, entry: EntryPoint) -> list[str]:
+def check_multiboot(
+    case: Case, memory: GuestMemory, entry: EntryPoint, reserved: list[tuple[int, int]]
+) -> list[str]:
     registers = dict(entry.registers)
     if entry.mode is not CpuMode.PROTECTED or registers.get("rax") != MB_BOOTLOADER_MAGIC:
         return ["a multiboot kernel must start in protected mode with EAX=0x2BADB002"]
@@ -146,8 +180,7 @@ def check_multiboot(case: Case, memory: GuestMemory, entry: EntryPoint) -> list[
         return [f"multiboot information at 0x{info:x} is not in RAM below 4 GiB"]
     expected_entry, pieces = multiboot_pieces(case.image)
     problems = check_pieces(case.image, memory, pieces, entry, expected_entry)
-    taken = [(gpa, gpa + memsz) for _, gpa, _, memsz in pieces]
-    taken += [(start, end) for start, end, _ in layout.reserved_ranges(True)]
+    taken = [(gpa, gpa + memsz) for _, gpa, _, memsz in pieces] + reserved
     if any(info < end and start < info + MB_INFO_SIZE for start, end in taken):
         problems.append(f"multiboot information at 0x{info:x} overlaps the kernel or the VMM")
     if memory.read_u32(info + 20) != len(case.modules):
@@ -166,15 +199,73 @@ def check_multiboot(case: Case, memory: GuestMemory, entry: EntryPoint) -> list[
     return problems
 
 
-def check_loaded(case: Case, memory: GuestMemory, entry: EntryPoint) -> list[str]:
+def placed_structures(entry: EntryPoint, placement: Placement) -> list[tuple[int, int, int, int]]:
+    """(start, end, alignment, default start) of each of pyvmm's structures for `entry`."""
+    placed = []
+    for field, size, align, default, _limit in STRUCTURES[entry.mode]:
+        value = getattr(placement.places, field)
+        start = value - size if field == "stack_top" else value
+        placed.append((start, start + size, align, default))
+    return placed
+
+
+def check_placement(
+    case: Case, memory: GuestMemory, entry: EntryPoint, placement: Placement
+) -> list[str]:
+    """pyvmm's structures: in free RAM, aligned, apart, and moved only when they had to be.
+
+    Free means clear of every loaded piece (read from the image, or the flat
+    image's range), the multiboot information and modules, and what the
+    machine writes (the firmware ranges the fuzzer passed).
+    """
+    if entry.protocol == "flat":
+        gpa = entry.entry
+        taken = [(gpa, gpa + len(case.image))]
+    else:
+        reader = multiboot_pieces if entry.protocol == "multiboot" else elf_pieces
+        taken = [(gpa, gpa + memsz) for _, gpa, _, memsz in reader(case.image)[1]]
+    blockers = taken + [(start, end) for start, end, _ in MACHINE_RANGES]
+    taken = list(blockers)
+    registers = dict(entry.registers)
+    if entry.protocol == "multiboot":
+        info = registers["rbx"]
+        taken.append((info, info + MB_INFO_SIZE))
+        mods_addr = memory.read_u32(info + 24)
+        for index in range(len(case.modules)):
+            start, end = (memory.read_u32(mods_addr + 16 * index + k) for k in (0, 4))
+            taken.append((start, end))
+    problems = []
+    limits = [limit for *_, limit in STRUCTURES[entry.mode]]
+    placed = placed_structures(entry, placement)
+    for (start, end, align, default), limit in zip(placed, limits, strict=True):
+        what = f"pyvmm's structure at 0x{start:x}..0x{end:x}"
+        if start % align or not memory.contains(start, end - start) or end > limit:
+            problems.append(f"{what} is misaligned, not RAM or above 0x{limit:x}")
+        elif limit == MIB and end > EBDA:
+            problems.append(f"{what} lies in the EBDA or the BIOS area")
+        if any(start < e and s < end for s, e in taken):
+            problems.append(f"{what} overlaps the image, the multiboot data or a machine range")
+        if start != default and not any(
+            default < e and s < default + (end - start) for s, e in blockers
+        ):
+            problems.append(f"{what} was moved from its free default place 0x{default:x}")
+        taken.append((start, end))
+    return problems
+
+
+def check_loaded(
+    case: Case, memory: GuestMemory, entry: EntryPoint, placement: Placement
+) -> list[str]:
     """What is wrong with a successful load (nothing, for a correct loader)."""
     problems = check_mode(case, entry)
     if not memory.contains(entry.entry):
         problems.append(f"entry 0x{entry.entry:x} is not in RAM")
+    problems += check_placement(case, memory, entry, placement)
     if entry.protocol == "flat":
         return problems + check_flat(case, memory, entry)
     if entry.protocol == "multiboot":
-        return problems + check_multiboot(case, memory, entry)
+        reserved = [(start, end) for start, end, _ in placement.reserved]
+        return problems + check_multiboot(case, memory, entry, reserved)
     bits = elf_bits(case.image)
     if entry.protocol != f"elf{bits}":
         return [*problems, f"protocol {entry.protocol!r} for an image of ELF class {bits}"]

@@ -59,6 +59,7 @@ class Seg:
     p_type: int = PT_LOAD
     offset: int | None = None
     filesz: int | None = None
+    vaddr: int | None = None  # p_vaddr; None: the same as p_paddr
 
 
 def build_elf(
@@ -82,10 +83,11 @@ def build_elf(
         body += seg.data
         filesz = len(seg.data) if seg.filesz is None else seg.filesz
         memsz = filesz if seg.memsz is None else seg.memsz
+        vaddr = seg.paddr if seg.vaddr is None else seg.vaddr
         if bits == 64:
-            fields = (seg.p_type, 5, offset, seg.paddr, seg.paddr, filesz, memsz, 0x1000)
+            fields = (seg.p_type, 5, offset, vaddr, seg.paddr, filesz, memsz, 0x1000)
         else:
-            fields = (seg.p_type, offset, seg.paddr, seg.paddr, filesz, memsz, 5, 0x1000)
+            fields = (seg.p_type, offset, vaddr, seg.paddr, filesz, memsz, 5, 0x1000)
         entries.append(phdr.pack(*fields))
     ident = b"\x7fELF" + bytes([1 if bits == 32 else 2, 1, 1]) + bytes(9)
     head = header.pack(
@@ -162,10 +164,22 @@ class SeedImage:
 
 SOUND_SEEDS = {
     *(f"elf{bits}/{name}" for bits in (32, 64) for name in
-      ("good", "good-note-and-empty-load", "entry-in-bss", "many-segments", "outside-small-ram")),
+      ("good", "good-note-and-empty-load", "entry-in-bss", "many-segments", "outside-small-ram",
+       "low-segment", "headers-at-0", "trampoline-8000", "over-vmm-defaults", "higher-half")),
     *(f"multiboot/{name}" for name in
-      ("aout", "aout-bss", "aout-header-offset", "elf32", "elf64", "elf-with-address-fields")),
+      ("aout", "aout-bss", "aout-header-offset", "elf32", "elf64", "elf-with-address-fields",
+       "aout-low", "aout-on-boot-stack", "elf32-trampoline", "elf32-headers-at-0",
+       "elf32-higher-half")),
 }  # fmt: skip
+
+# Where a higher-half kernel is linked: p_vaddr - p_paddr.
+HIGHER_HALF = {32: 0xC000_0000, 64: 0xFFFF_FFFF_8000_0000}
+
+
+def headers_segment(bits: int, count: int) -> Seg:
+    """A PT_LOAD at 0 holding the file's own ELF and `count` program headers."""
+    size = ELF_HEADER[bits].size + ELF_PHDR[bits].size * count
+    return Seg(0, offset=0, filesz=size)
 
 
 def _elf_seeds(bits: int) -> dict[str, bytes]:
@@ -181,7 +195,24 @@ def _elf_seeds(bits: int) -> dict[str, bytes]:
         "many-segments": build_elf(
             bits, [Seg(KERNEL_GPA + index * 0x100, CODE[:16]) for index in range(200)], KERNEL_GPA
         ),
-        "low-segment-on-vmm-area": build_elf(bits, [Seg(0x1000, CODE)], 0x1000),
+        "low-segment": build_elf(bits, [Seg(0x1000, CODE)], 0x1000),
+        "headers-at-0": build_elf(bits, [headers_segment(bits, 3), *good], KERNEL_GPA),
+        "trampoline-8000": build_elf(bits, [Seg(0x8000, CODE[:16]), *good], KERNEL_GPA),
+        # Over the default GDT, page tables and boot stack: pyvmm moves them.
+        "over-vmm-defaults": build_elf(bits, [Seg(0x400, CODE, memsz=0x8_0000 - 0x400)], 0x400),
+        "higher-half": build_elf(
+            bits,
+            [Seg(KERNEL_GPA, CODE, vaddr=KERNEL_GPA + HIGHER_HALF[bits]), good[1]],
+            KERNEL_GPA + HIGHER_HALF[bits],
+        ),
+        "higher-half-entry-outside": build_elf(
+            bits,
+            [Seg(KERNEL_GPA, CODE, vaddr=KERNEL_GPA + HIGHER_HALF[bits]), good[1]],
+            KERNEL_GPA + HIGHER_HALF[bits] + 0x1000,
+        ),
+        "on-firmware-tables": build_elf(bits, [Seg(0xE_1000, CODE)], 0xE_1000),
+        # No free conventional memory left for pyvmm's GDT and boot stack.
+        "fills-low-memory": build_elf(bits, [Seg(0, CODE, memsz=0x9_FC00)], 0),
         "overlap": build_elf(bits, [Seg(KERNEL_GPA, CODE, memsz=0x2000), good[1]], KERNEL_GPA),
         "overlap-same-start": build_elf(bits, [good[0], Seg(KERNEL_GPA, DATA)], KERNEL_GPA),
         "outside-small-ram": build_elf(bits, [Seg(0x300_0000, CODE)], 0x300_0000),
@@ -227,6 +258,14 @@ def _elf_with_address_fields() -> bytes:
     return image
 
 
+def _multiboot_higher_half() -> bytes:
+    """A multiboot ELF32 kernel linked at 0xc0100000, loaded at 1 MiB, e_entry virtual."""
+    head = multiboot_header(MB_MEMORY_INFO | MB_PAGE_ALIGN)
+    vaddr = KERNEL_GPA + HIGHER_HALF[32]
+    segments = [Seg(KERNEL_GPA, head + CODE, vaddr=vaddr), Seg(DATA_GPA, DATA, memsz=0x2000)]
+    return build_elf(32, segments, vaddr + len(head))
+
+
 def _multiboot_seeds() -> dict[str, bytes]:
     aout = MB_AOUT_KLUDGE | MB_MEMORY_INFO | MB_PAGE_ALIGN
     end = KERNEL_GPA + 32 + len(CODE + DATA)
@@ -248,8 +287,10 @@ def _multiboot_seeds() -> dict[str, bytes]:
         "aout-header-beyond-8k": padded,
         "aout-fields-truncated": build_aout(body=b"")[:-8],
         "aout-unknown-required-flag": build_aout(flags=aout | 1 << 5),
-        "aout-on-vmm-area": build_aout(load_addr=0x1000),
+        "aout-low": build_aout(load_addr=0x1000),
         "aout-on-boot-stack": build_aout(load_addr=0x7_0000),
+        "aout-on-firmware-tables": build_aout(load_addr=0xE_0000),
+        "aout-fills-low-memory": build_aout(load_addr=0x500, bss_end_addr=0x9_FC00),
         "aout-crosses-4g": build_aout(load_addr=0xFFFF_FF00),
         "no-address-fields-not-elf": multiboot_header(MB_MEMORY_INFO) + CODE,
         "elf32": build_multiboot_elf(32),
@@ -258,7 +299,9 @@ def _multiboot_seeds() -> dict[str, bytes]:
         "elf32-overlap": build_multiboot_elf(32, [Seg(DATA_GPA + 0x100, CODE)]),
         "elf32-huge-memsz": build_multiboot_elf(32, [Seg(0x20_0000, CODE, memsz=0xFFFF_F000)]),
         "elf32-entry-outside": build_multiboot_elf(32, entry=0x30_0000),
-        "elf32-on-vmm-area": build_multiboot_elf(32, [Seg(0x6000, CODE)]),
+        "elf32-trampoline": build_multiboot_elf(32, [Seg(0x8000, CODE[:16])]),
+        "elf32-headers-at-0": build_multiboot_elf(32, [headers_segment(32, 3)]),
+        "elf32-higher-half": _multiboot_higher_half(),
         "elf-with-address-fields": _elf_with_address_fields(),
     }  # fmt: skip
 

@@ -69,8 +69,9 @@ CASES: list[tuple[str, bytes, list[str], str]] = [
      "program headers at 0x34 run past the end of the"),
     ("elf-phentsize-wrong", build_elf(64, GOOD, KERNEL_GPA, phentsize=16), [],
      "program header entries of 16 bytes are smaller than the 56-byte ELF64 program header"),
-    ("elf-on-the-vmm-page-tables", build_elf(64, [Seg(0x1000, CODE)], 0x1000), [],
-     "overlaps the VMM's GDT, TSS and page tables at 0x500..0x9100"),
+    ("elf-on-the-firmware-tables", build_elf(64, [Seg(0xE_1000, CODE)], 0xE_1000), [],
+     "segment 0 at 0xe1000..0xe1040 overlaps the firmware's ACPI tables at 0xe1000..0xe2000; "
+     "link that segment at another physical address (its p_paddr)"),
     ("multiboot-bad-checksum", build_aout(checksum=0x1234_5678), ["--multiboot"],
      "no multiboot header: magic 0x1BADB002 with a valid checksum is not in the first 8 KiB"),
     ("multiboot-load-end-below-load", build_aout(load_end_addr=KERNEL_GPA - 0x1000), [],

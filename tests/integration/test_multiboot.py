@@ -12,17 +12,21 @@ from tests.integration.helpers import GUESTS, guest, run_pyvmm
 
 # The memory map and mem_* for -m 128M: RAM from 0 to 128 MiB, as a PC BIOS reports it.
 MEMORY_128M = [
-    "mem_lower=640KiB mem_upper=130048KiB",
+    "mem_lower=639KiB mem_upper=130048KiB",
     "mmap: base=0x0000000000000000 len=0x000000000009fc00 type=1",
     "mmap: base=0x000000000009fc00 len=0x0000000000000400 type=2",
+    "mmap: base=0x00000000000e0000 len=0x0000000000001000 type=4",
+    "mmap: base=0x00000000000e1000 len=0x0000000000001000 type=3",
     "mmap: base=0x00000000000f0000 len=0x0000000000010000 type=2",
     "mmap: base=0x0000000000100000 len=0x0000000007f00000 type=1",
 ]
 # -m 5G: RAM stops at the 32-bit MMIO gap (0xd0000000) and the rest lies above 4 GiB.
 MEMORY_5G = [
-    "mem_lower=640KiB mem_upper=3406848KiB",
+    "mem_lower=639KiB mem_upper=3406848KiB",
     "mmap: base=0x0000000000000000 len=0x000000000009fc00 type=1",
     "mmap: base=0x000000000009fc00 len=0x0000000000000400 type=2",
+    "mmap: base=0x00000000000e0000 len=0x0000000000001000 type=4",
+    "mmap: base=0x00000000000e1000 len=0x0000000000001000 type=3",
     "mmap: base=0x00000000000f0000 len=0x0000000000010000 type=2",
     "mmap: base=0x0000000000100000 len=0x00000000cff00000 type=1",
     "mmap: base=0x0000000100000000 len=0x0000000070000000 type=1",

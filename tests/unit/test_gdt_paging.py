@@ -141,3 +141,21 @@ def test_user_identity_map_sets_us_at_every_level(memory: GuestMemory) -> None:
     build_identity_map_64(memory, 0x1000, user=True)
     for gpa in (0x1000, 0x2000, 0x3000):
         assert memory.read_u64(gpa) & 0b100
+
+
+def test_tables_built_elsewhere_fill_exactly_the_reserved_sizes(memory: GuestMemory) -> None:
+    """pyvmm may move its tables (placement.py): they fill what layout reserves, no more."""
+    from pyvmm.arch.x86_64 import layout
+    from pyvmm.arch.x86_64.gdt import user_mode_gdt
+
+    memory.fill(0, 2 << 20, 0xAA)
+    base = 0x12_3000
+    assert build_identity_map_64(memory, base) == base
+    size = layout.LONG_MODE_TABLES_SIZE
+    assert memory.read(base + size, 16) == b"\xaa" * 16
+    assert memory.read(base + size - 8, 8) != b"\xaa" * 8  # the last PD's last entry
+    build_identity_map_32(memory, 0x18_0000)
+    end = 0x18_0000 + layout.PAGE_DIRECTORY_32_SIZE
+    assert memory.read(end, 16) == b"\xaa" * 16 and memory.read(end - 4, 4) != b"\xaa" * 4
+    assert 8 * len(flat_gdt(long_mode=True)) == layout.GDT_SIZE
+    assert 8 * len(user_mode_gdt(0x9_1000)) == layout.USER_GDT_SIZE

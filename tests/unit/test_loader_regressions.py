@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 
 import pyvmm.loaders as loaders
-from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64.placement import reserved_ranges
 from pyvmm.errors import ImageTooLarge, LoaderError
 from pyvmm.loaders import EntryPoint, load_image, read_image
+from pyvmm.loaders.entry import CpuMode
 from pyvmm.loaders.multiboot import BadMultiboot
 from pyvmm.memory.guest_memory import GuestMemory
 
@@ -63,7 +64,7 @@ def load_multiboot_kernel(memory: GuestMemory, cmdline: str, modules: Any = ()) 
         default_flat_gpa=lambda mode: 0x7C00,
         cmdline=cmdline,
         modules=modules,
-        reserved=layout.reserved_ranges(True),
+        reserved=reserved_ranges(CpuMode.PROTECTED),
     )
 
 

@@ -24,7 +24,7 @@ from pyvmm.errors import BadElf, BadEntryPoint, ImageTooLarge, LoaderError, Unsu
 from pyvmm.loaders import describe_format, load_image, read_image
 from pyvmm.loaders.elf import is_elf, load_elf
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.loaders.flat import UnreachableImage, format_size, load_flat
+from pyvmm.loaders.flat import ReservedOverlap, UnreachableImage, format_size, load_flat
 from pyvmm.memory.guest_memory import GuestMemory
 
 MIB = 1 << 20
@@ -729,3 +729,130 @@ def test_a_missing_image_with_its_sources_beside_it_says_how_to_build_it(
     assert str(error.value) == (
         "image 'os/kernel.bin' is not built: run `make -C os` (its sources are in os)"
     )
+
+
+# --- where segments go and where the entry is -----------------------------------------
+
+HIGHER_HALF = {32: 0xC000_0000, 64: 0xFFFF_FFFF_8000_0000}
+
+
+def higher_half_elf(layout: Layout, entry_offset: int = 8) -> bytearray:
+    """Code linked at HIGHER_HALF + 1 MiB (p_vaddr), loaded at 1 MiB (p_paddr), e_entry virtual."""
+    offset = HIGHER_HALF[layout.bits]
+    image = build_elf(layout, [Seg(CODE_GPA, CODE), Seg(DATA_GPA, DATA)], offset + CODE_GPA)
+    patch_phdr(image, layout, 0, "p_vaddr", offset + CODE_GPA)
+    patch_phdr(image, layout, 1, "p_vaddr", offset + DATA_GPA)
+    patch_header(image, layout, "e_entry", offset + CODE_GPA + entry_offset)
+    return image
+
+
+@pytest.mark.parametrize("layout", [ELF32, ELF64], ids=["elf32", "elf64"])
+def test_a_higher_half_elf_is_entered_at_the_physical_address_of_e_entry(
+    memory: GuestMemory, layout: Layout
+) -> None:
+    """e_entry - p_vaddr + p_paddr, as GRUB 2 and QEMU enter it (paging is off or identity)."""
+    entry = load_elf(bytes(higher_half_elf(layout)), memory)
+    assert entry.entry == CODE_GPA + 8
+    assert memory.read(CODE_GPA, len(CODE)) == CODE  # loaded at p_paddr, not p_vaddr
+
+
+@pytest.mark.parametrize("layout", [ELF32, ELF64], ids=["elf32", "elf64"])
+def test_an_entry_inside_no_virtual_range_is_taken_as_physical(
+    memory: GuestMemory, layout: Layout
+) -> None:
+    image = higher_half_elf(layout)
+    patch_header(image, layout, "e_entry", DATA_GPA + 4)  # a physical address, in segment 1
+    assert load_elf(bytes(image), memory).entry == DATA_GPA + 4
+
+
+def test_an_entry_in_neither_range_names_both() -> None:
+    image = higher_half_elf(ELF32)
+    patch_header(image, ELF32, "e_entry", 0xC020_0000)
+    with GuestMemory.from_ranges([(0, RAM_SIZE)]) as memory, pytest.raises(BadEntryPoint) as error:
+        load_elf(bytes(image), memory)
+    assert str(error.value) == (
+        "entry point 0xc0200000 is not inside any loaded segment (0x100000..0x100040, "
+        "0x101000..0x101020; at p_vaddr 0xc0100000..0xc0100040, 0xc0101000..0xc0101020)"
+    )
+
+
+def test_the_first_segment_whose_virtual_range_holds_e_entry_decides(memory: GuestMemory) -> None:
+    """GRUB 2's loop: the first PT_LOAD in program-header order, not the physical match."""
+    image = build_elf(ELF32, [Seg(CODE_GPA, CODE), Seg(DATA_GPA, DATA)], CODE_GPA + 8)
+    patch_phdr(image, ELF32, 1, "p_vaddr", CODE_GPA)  # segment 1's virtual range holds it too
+    assert load_elf(bytes(image), memory).entry == CODE_GPA + 8  # segment 1 comes second
+
+
+RESERVED = [(0x500, 0x518, "pyvmm's GDT"), (0x7_0000, 0x8_0000, "pyvmm's boot stack")]
+
+
+def test_each_elf_segment_is_checked_alone_not_their_span(memory: GuestMemory) -> None:
+    """Headers at 0 and code at 1 MiB: the GDT and the stack lie between, untouched."""
+    image = build_elf(ELF32, [Seg(0, b"\x7fELF" * 8), Seg(CODE_GPA, CODE)], CODE_GPA)
+    entry = load_elf(bytes(image), memory, reserved=RESERVED)
+    assert [tuple(segment) for segment in entry.segments] == [
+        (0, 32, "segment 0"),
+        (CODE_GPA, CODE_GPA + len(CODE), "segment 1"),
+    ]
+    assert (entry.image_start, entry.image_end) == (0, CODE_GPA + len(CODE))
+    assert memory.read(0x500, 0x18) == bytes([FILL]) * 0x18
+
+
+def test_an_elf_segment_on_a_reserved_range_names_both_and_p_paddr(memory: GuestMemory) -> None:
+    image = build_elf(ELF64, [Seg(0x7_FF00, CODE * 8), Seg(CODE_GPA, CODE)], CODE_GPA)
+    with pytest.raises(ReservedOverlap) as error:
+        load_elf(bytes(image), memory, reserved=RESERVED)
+    assert str(error.value) == (
+        "segment 0 at 0x7ff00..0x80100 overlaps pyvmm's boot stack at 0x70000..0x80000; "
+        "link that segment at another physical address (its p_paddr)"
+    )
+    assert error.value.exit_status == 2
+    assert untouched(memory)
+
+
+def test_a_flat_image_on_a_reserved_range_suggests_load_addr(memory: GuestMemory) -> None:
+    with pytest.raises(ReservedOverlap) as error:
+        load_flat(b"\x90" * 0x100, memory, CpuMode.PROTECTED, 0x480, reserved=RESERVED)
+    assert str(error.value) == (
+        "image at 0x480..0x580 overlaps pyvmm's GDT at 0x500..0x518; "
+        "load it elsewhere with --load-addr"
+    )
+    assert untouched(memory)
+
+
+@pytest.mark.parametrize(
+    ("image", "mode", "load_gpa", "protocol", "segments", "fix"),
+    [
+        (b"\xf4" * 16, None, None, "flat", [(0x7C00, 0x7C10, "image")], "--load-addr"),
+        (b"\xf4" * 16, CpuMode.LONG, 0x2000, "flat", [(0x2000, 0x2010, "image")], "--load-addr"),
+        (bytes(good_elf(ELF64)), None, None, "elf64",
+         [(CODE_GPA, CODE_GPA + 64, "segment 1"),
+          (DATA_GPA, DATA_GPA + 32 + BSS_SIZE, "segment 3")],
+         "p_paddr"),
+    ],
+)  # fmt: skip
+def test_plan_image_says_where_each_segment_goes_and_writes_nothing(
+    memory: GuestMemory,
+    image: bytes,
+    mode: CpuMode | None,
+    load_gpa: int | None,
+    protocol: str,
+    segments: list[tuple[int, int, str]],
+    fix: str,
+) -> None:
+    plan = loaders.plan_image(
+        image, memory, mode=mode, load_gpa=load_gpa, default_flat_gpa=default_flat_gpa
+    )
+    assert plan.protocol == protocol
+    assert [tuple(segment) for segment in plan.segments] == segments
+    assert fix in plan.fix
+    assert untouched(memory)
+
+
+def test_no_elf_hint_names_load_addr() -> None:
+    """--load-addr is refused for ELF and multiboot images: no hint may suggest it."""
+    from pyvmm.loaders.elf import ELF_FIX
+    from pyvmm.loaders.multiboot import AOUT_FIX
+
+    assert "--load-addr" not in ELF_FIX and "--load-addr" not in AOUT_FIX
+    assert "--" not in ELF_FIX + AOUT_FIX

@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64.placement import reserved_ranges
 from pyvmm.errors import BadEntryPoint, ImageTooLarge, LoaderError, UnsupportedElf
 from pyvmm.loaders import load_image
 from pyvmm.loaders.entry import CpuMode
-from pyvmm.loaders.flat import UnreachableImage
+from pyvmm.loaders.flat import ReservedOverlap, UnreachableImage
 from pyvmm.loaders.multiboot import (
     AddressFields,
     BadMultiboot,
@@ -45,8 +46,9 @@ KIB = 1 << 10
 MIB = 1 << 20
 GIB = 1 << 30
 
-# What pyvmm writes itself for a 32-bit entry: the builder passes the same ranges.
-VMM_RESERVED = layout.reserved_ranges(True)
+# What pyvmm writes itself for a 32-bit entry, at the default places (the builder
+# passes these, or where it moved them, and the firmware's ranges).
+VMM_RESERVED = reserved_ranges(CpuMode.PROTECTED)
 
 
 def load_multiboot(*args: Any, **kwargs: Any) -> Any:
@@ -84,9 +86,14 @@ BSS = 0x1800  # the kernel ends at 0x101840: modules start on the next page
 
 
 def elf_kernel(
-    bits: int = 32, entry: int = ENTRY, e_type: int = 2, paddr: int = KERNEL_GPA
+    bits: int = 32,
+    entry: int = ENTRY,
+    e_type: int = 2,
+    paddr: int = KERNEL_GPA,
+    vaddr: int | None = None,
 ) -> bytes:
-    """An ET_EXEC with one PT_LOAD (CODE, then BSS bytes of bss) at `paddr`."""
+    """An ET_EXEC with one PT_LOAD (CODE, then BSS bytes of bss) at `paddr` (p_vaddr `vaddr`)."""
+    vaddr = paddr if vaddr is None else vaddr
     if bits == 32:
         ehdr = struct.Struct("<16sHHIIIIIHHHHHH")
         phdr = struct.Struct("<IIIIIIII")
@@ -99,9 +106,9 @@ def elf_kernel(
     head = ehdr.pack(ident, e_type, machine, 1, entry, ehdr.size, 0, 0, ehdr.size,
                      phdr.size, 1, 0, 0, 0)  # fmt: skip
     if bits == 32:
-        ph = phdr.pack(1, offset, paddr, paddr, len(CODE), len(CODE) + BSS, 5, 4)
+        ph = phdr.pack(1, offset, vaddr, paddr, len(CODE), len(CODE) + BSS, 5, 4)
     else:
-        ph = phdr.pack(1, 5, offset, paddr, paddr, len(CODE), len(CODE) + BSS, 4)
+        ph = phdr.pack(1, 5, offset, vaddr, paddr, len(CODE), len(CODE) + BSS, 4)
     return head + ph + CODE
 
 
@@ -243,6 +250,8 @@ def test_memory_map_of_128_mib() -> None:
     assert [(e.base, e.length, e.type) for e in memory_map(RAM_128M)] == [
         (0, 0x9FC00, 1),
         (0x9FC00, 0x400, 2),
+        (0xE0000, 0x1000, 4),  # the firmware's FACS: ACPI NVS
+        (0xE1000, 0x1000, 3),  # its ACPI tables: ACPI reclaimable
         (0xF0000, 0x10000, 2),
         (0x100000, 128 * MIB - 0x100000, 1),
     ]
@@ -254,6 +263,8 @@ def test_memory_map_of_5_gib_lists_ram_above_4_gib() -> None:
     assert [(e.base, e.length, e.type) for e in memory_map(RAM_5G)] == [
         (0, 0x9FC00, 1),
         (0x9FC00, 0x400, 2),
+        (0xE0000, 0x1000, 4),  # the firmware's FACS: ACPI NVS
+        (0xE1000, 0x1000, 3),  # its ACPI tables: ACPI reclaimable
         (0xF0000, 0x10000, 2),
         (0x100000, below - 0x100000, 1),
         (4 * GIB, 5 * GIB - below, 1),
@@ -283,7 +294,7 @@ def test_info_layout_byte_by_byte() -> None:
         return data[start : data.index(b"\0", start)]
 
     assert field(0) == info.flags == 1 << 0 | 1 << 2 | 1 << 3 | 1 << 6 | 1 << 9
-    assert (field(4), field(8)) == (640, mem_upper_kib(RAM_5G))
+    assert (field(4), field(8)) == (639, mem_upper_kib(RAM_5G))  # mem_lower: 0x9fc00 / 1024
     assert field(12) == 0  # boot_device: not given
     assert string(field(16)) == b"kernel a b"
     assert field(20) == 2
@@ -296,7 +307,7 @@ def test_info_layout_byte_by_byte() -> None:
     assert string(struct.unpack_from("<I", data, mods - gpa + 24)[0]) == b""
     assert data[28:44] == bytes(16)  # no symbols
     mmap_length, mmap_addr = field(44), field(48)
-    assert mmap_addr == gpa + 120 and mmap_length == 5 * 24
+    assert mmap_addr == gpa + 120 and mmap_length == 7 * 24
     entries = [
         struct.unpack_from("<IQQI", data, mmap_addr - gpa + offset)
         for offset in range(0, mmap_length, 24)
@@ -365,7 +376,7 @@ def test_elf_kernel_with_modules(memory: GuestMemory, bits: int) -> None:
     assert c_string_at(memory, u32(memory, mods + 24)) == "mod1"
     assert c_string_at(memory, u32(memory, info + 16)) == "kernel.elf a b"
     assert c_string_at(memory, u32(memory, info + 64)) == "pyvmm"
-    assert (u32(memory, info + 4), u32(memory, info + 8)) == (640, 3 * 1024)
+    assert (u32(memory, info + 4), u32(memory, info + 8)) == (639, 3 * 1024)
 
 
 def test_plan_describes_without_writing(memory: GuestMemory) -> None:
@@ -494,14 +505,15 @@ BAD_AOUT: dict[str, tuple[Callable[[], bytes], type[LoaderError], str]] = {
         lambda: aout_kernel(
             load_addr=0x6_FF80, header_addr=0x6_FFC0, bss_end_addr=0, entry_addr=0x6_FFE0
         ),
-        BadMultiboot,
-        "kernel segment 0 at 0x6ff80..0x70080 overlaps the boot stack at 0x70000..0x80000",
+        ReservedOverlap,
+        "kernel segment 0 at 0x6ff80..0x70080 overlaps pyvmm's boot stack at 0x70000..0x80000; "
+        "move the kernel (the multiboot header's load_addr)",
     ),
     "kernel over the GDT": (
         lambda: aout_kernel(load_addr=0x480, header_addr=0x4C0, bss_end_addr=0, entry_addr=0x4E0),
-        BadMultiboot,
-        "kernel segment 0 at 0x480..0x580 overlaps the VMM's GDT, TSS and page tables "
-        "at 0x500..0x9100",
+        ReservedOverlap,
+        "kernel segment 0 at 0x480..0x580 overlaps pyvmm's GDT at 0x500..0x518; "
+        "move the kernel (the multiboot header's load_addr)",
     ),
     "kernel past RAM": (
         lambda: aout_kernel(bss_end_addr=RAM_SIZE + 1),
@@ -534,8 +546,9 @@ BAD_AOUT: dict[str, tuple[Callable[[], bytes], type[LoaderError], str]] = {
     ),
     "ELF over the boot stack": (
         lambda: elf_kernel(paddr=0x7_F000, entry=0x7_F000),
-        BadMultiboot,
-        "kernel segment 0 at 0x7f000..0x80840 overlaps the boot stack at 0x70000..0x80000",
+        ReservedOverlap,
+        "kernel segment 0 at 0x7f000..0x80840 overlaps pyvmm's boot stack at 0x70000..0x80000; "
+        "link that segment at another physical address (its p_paddr)",
     ),
 }
 
@@ -599,7 +612,7 @@ def test_no_room_for_the_info(memory: GuestMemory) -> None:
     with pytest.raises(ImageTooLarge) as error:
         load_multiboot(image, memory, "")
     assert str(error.value) == (
-        "the multiboot information (223 bytes) does not fit in available RAM below 4 GiB "
+        "the multiboot information (271 bytes) does not fit in available RAM below 4 GiB "
         "after 0x3fff00"
     )
     assert untouched(memory)
@@ -608,11 +621,11 @@ def test_no_room_for_the_info(memory: GuestMemory) -> None:
 @pytest.mark.parametrize(
     ("hint", "message"),
     [
-        (0x10_1000, "multiboot information at 0x101000..0x1010df overlaps kernel segment 0 "
+        (0x10_1000, "multiboot information at 0x101000..0x10110f overlaps kernel segment 0 "
                     "at 0x100000..0x101840"),
-        (0x7_0000, "multiboot information at 0x70000..0x700df overlaps the boot stack "
+        (0x7_0000, "multiboot information at 0x70000..0x7010f overlaps pyvmm's boot stack "
                    "at 0x70000..0x80000"),
-        (0xA_0000, "multiboot information at 0xa0000..0xa00df is not inside available RAM "
+        (0xA_0000, "multiboot information at 0xa0000..0xa010f is not inside available RAM "
                    "below 4 GiB"),
     ],
 )  # fmt: skip
@@ -727,3 +740,62 @@ def test_guest_header_asks_for_modules_and_memory_without_address_fields() -> No
         plan = plan_multiboot(image, memory, "guests/multiboot.elf a b", [("m", b"x")])
     assert plan.kernel_start == 0x10_0000
     assert plan.modules[0].start == plan.kernel_end + (-plan.kernel_end % PAGE)
+
+
+# --- kernels laid out as real ones are ------------------------------------------------
+
+
+@pytest.mark.parametrize(("bits", "vma"), [(32, 0xC000_0000), (64, 0xFFFF_FFFF_8000_0000)])
+def test_a_higher_half_kernel_is_entered_at_the_physical_address(
+    memory: GuestMemory, bits: int, vma: int
+) -> None:
+    """p_vaddr 0xc0100000, p_paddr 0x100000, e_entry 0xc010000c: entered at 0x10000c.
+
+    GRUB 2 (grub-core/loader/multiboot_elfxx.c) and QEMU (include/hw/elf_ops.h,
+    used by hw/i386/multiboot.c) both move e_entry from p_vaddr to p_paddr.
+    """
+    image = elf_kernel(bits, entry=vma + ENTRY, vaddr=vma + KERNEL_GPA)
+    entry = load_multiboot(image, memory, "kernel")
+    assert entry.entry == ENTRY == 0x10_000C
+    assert memory.read(KERNEL_GPA, len(CODE)) == CODE
+
+
+def test_a_higher_half_entry_outside_every_segment_is_refused(memory: GuestMemory) -> None:
+    image = elf_kernel(entry=0xC020_0000, vaddr=0xC010_0000)
+    with pytest.raises(BadEntryPoint) as error:
+        load_multiboot(image, memory, "kernel")
+    assert str(error.value) == (
+        "entry point 0xc0200000 is not inside any loaded segment (0x100000..0x101840; "
+        "at p_vaddr 0xc0100000..0xc0101840)"
+    )
+    assert untouched(memory)
+
+
+LAYOUT_GUESTS = {
+    # guest: (where each segment starts, the entry, a word the image put somewhere, where)
+    "mb_headers_at_0": ([0, 0x2_0000], 0x2_000C, 0x464C_457F, 0),
+    "mb_trampoline_8000": ([0x8000, 0x2_0000], 0x2_000C, 0xEBF4_FCFA, 0x8000),
+    "mb_trampoline_10000": ([0x1_0000, 0x8_0000], 0x8_000C, 0xEBF4_FCFA, 0x1_0000),
+    "mb_higher_half": ([0x10_0000], 0x10_000C, MAGIC, 0x10_0000),
+    "mb_low_kernel": ([0x8000], 0x800C, MAGIC, 0x8000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_GUESTS))
+def test_layout_guests_load_segment_by_segment_clear_of_pyvmm(name: str) -> None:
+    """Each committed guest loads with pyvmm's default structures where they are.
+
+    Before, the span of all segments was compared with them (headers at 0 and
+    code at 0x20000 "overlapped" the GDT), 0x500-0x9100 was reserved whole,
+    and a higher-half e_entry was refused.
+    """
+    segments, entry_gpa, word, where = LAYOUT_GUESTS[name]
+    image = (GUESTS / "tests" / f"{name}.elf").read_bytes()
+    with GuestMemory.from_ranges(layout.ram_ranges(128 * MIB)) as memory:
+        entry = load_multiboot(image, memory, name)
+        assert [start for start, _, _ in entry.segments] == segments
+        assert [what for *_, what in entry.segments] == [
+            f"kernel segment {index}" for index in range(len(segments))
+        ]
+        assert entry.entry == entry_gpa
+        assert memory.read_u32(where) == word

@@ -39,6 +39,7 @@ from pyvmm.kvm.host import kvm_backend
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.loaders.entry import CpuMode, EntryPoint
+from pyvmm.memory.addr import GuestPhysAddr
 from pyvmm.memory.guest_memory import GuestMemory
 
 
@@ -95,8 +96,18 @@ def physical_address_bits(cpuid: Any) -> int:
     return DEFAULT_PHYSICAL_ADDRESS_BITS
 
 
-def setup_vcpu(vcpu: Vcpu, entry: EntryPoint, memory: GuestMemory) -> None:
-    """Build the tables `entry.mode` needs in guest memory, then load the registers."""
+def setup_vcpu(
+    vcpu: Vcpu,
+    entry: EntryPoint,
+    memory: GuestMemory,
+    places: layout.VmmPlaces = layout.DEFAULT_PLACES,
+) -> None:
+    """Build the tables `entry.mode` needs in guest memory, then load the registers.
+
+    `places` says where the GDT, page tables, TSS and boot stack go (their
+    defaults, or where `placement.place_vmm_structures` moved them): GDTR,
+    CR3, TR's base, the TSS's RSP0 and RSP point there.
+    """
     sregs = vcpu.get_sregs()
     regs = vcpu.get_regs()
     # kvm_regs is zeroed except what we set: a clean, reproducible start.
@@ -111,21 +122,22 @@ def setup_vcpu(vcpu: Vcpu, entry: EntryPoint, memory: GuestMemory) -> None:
         _enter_real_mode(sregs)
         regs.rsp = layout.REAL_MODE_STACK_TOP
     else:
-        _enter_protected_mode(sregs, memory, long_mode=entry.mode.is_64bit)
+        _enter_protected_mode(sregs, memory, places.gdt, long_mode=entry.mode.is_64bit)
         if entry.mode is CpuMode.PAGED:
-            sregs.cr3 = build_identity_map_32(memory, layout.PAGE_TABLES_GPA)
+            sregs.cr3 = build_identity_map_32(memory, GuestPhysAddr(places.page_tables))
             sregs.cr4 |= CR4_PSE
             sregs.cr0 |= CR0_PG
         elif entry.mode.is_64bit:
             user = entry.mode is CpuMode.USER
-            sregs.cr3 = build_identity_map_64(memory, layout.PAGE_TABLES_GPA, user=user)
+            tables = GuestPhysAddr(places.page_tables)
+            sregs.cr3 = build_identity_map_64(memory, tables, user=user)
             sregs.cr4 |= CR4_PAE
             sregs.efer |= EFER_LME | EFER_LMA
             sregs.cr0 |= CR0_PG
             if user:
-                _drop_to_user_mode(sregs, memory)
+                _drop_to_user_mode(sregs, memory, places)
                 regs.rflags |= RFLAGS_IOPL3
-        regs.rsp = layout.BOOT_STACK_TOP
+        regs.rsp = places.stack_top
         _reset_fpu(vcpu)
 
     vcpu.set_sregs(sregs)
@@ -159,10 +171,10 @@ def _enter_real_mode(sregs: Any) -> None:
     sregs.cr0 &= ~(CR0_PE | CR0_PG)
 
 
-def _enter_protected_mode(sregs: Any, memory: GuestMemory, long_mode: bool) -> None:
+def _enter_protected_mode(sregs: Any, memory: GuestMemory, gdt_gpa: int, long_mode: bool) -> None:
     entries = flat_gdt(long_mode)
-    memory.write(layout.GDT_GPA, gdt_bytes(entries))
-    sregs.gdt.base = layout.GDT_GPA
+    memory.write(gdt_gpa, gdt_bytes(entries))
+    sregs.gdt.base = gdt_gpa
     sregs.gdt.limit = 8 * len(entries) - 1
     # No IDT: an exception before the guest installs its own ends in a triple
     # fault, which the VMM reports with registers (kvm-hello-world does the same).
@@ -177,11 +189,11 @@ def _enter_protected_mode(sregs: Any, memory: GuestMemory, long_mode: bool) -> N
     sregs.cr0 |= CR0_PE | CR0_ET
 
 
-def _drop_to_user_mode(sregs: Any, memory: GuestMemory) -> None:
+def _drop_to_user_mode(sregs: Any, memory: GuestMemory, places: layout.VmmPlaces) -> None:
     """CPL3 segments, a TSS for ring-0 entries, and the GDT that holds them both."""
-    entries = user_mode_gdt(layout.TSS_GPA)
-    memory.write(layout.GDT_GPA, gdt_bytes(entries))
-    memory.write(layout.TSS_GPA, tss_bytes(rsp0=layout.KERNEL_STACK_TOP))
+    entries = user_mode_gdt(places.tss)
+    memory.write(places.gdt, gdt_bytes(entries))
+    memory.write(places.tss, tss_bytes(rsp0=places.kernel_stack_top))
     sregs.gdt.limit = 8 * len(entries) - 1
     code = decode_descriptor(entries[USER_CODE_SELECTOR >> 3], USER_CODE_SELECTOR)
     data = decode_descriptor(entries[USER_DATA_SELECTOR >> 3], USER_DATA_SELECTOR)

@@ -1,13 +1,21 @@
 """Every guest-physical address the VMM itself chooses, one constant each.
 
 The low megabyte follows the PC convention (IVT, BDA, boot sector at 0x7c00);
-what the VMM builds for the non-real entry states sits between 0x500 and
-0x7000, clear of a boot sector. RAM stops below the 32-bit PCI hole, as on a
-real PC, and resumes at 4 GiB.
+what the VMM builds for the non-real entry states sits by default between
+0x500 and 0x9069 (the boot stack below 0x80000), and moves elsewhere in
+conventional memory when an image occupies it (placement.py). RAM stops
+below the 32-bit PCI hole, as on a real PC, and resumes at 4 GiB.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+# Defined with the firmware, below this layer: the multiboot memory map lists them too.
+from pyvmm.firmware.area import ACPI_NVS_GPA as ACPI_NVS_GPA
+from pyvmm.firmware.area import ACPI_TABLES_END as ACPI_TABLES_END
+from pyvmm.firmware.area import BIOS_TABLES_END as BIOS_TABLES_END
+from pyvmm.firmware.area import BIOS_TABLES_GPA as BIOS_TABLES_GPA
 from pyvmm.memory.addr import GuestPhysAddr
 
 KIB = 1 << 10
@@ -19,23 +27,35 @@ BOOT_SECTOR_GPA = GuestPhysAddr(0x7C00)
 # Where flat protected/long-mode images and kernels are loaded by default.
 HIGH_LOAD_GPA = GuestPhysAddr(0x10_0000)
 
-# Global descriptor table, built by the VMM for the non-real entry states.
+# The default places of what the VMM builds for the non-real entry states; an image
+# that occupies one gets the structure moved (arch/x86_64/placement.py, VmmPlaces).
+# Global descriptor table: 3 descriptors, 7 in user mode (gdt.py).
 GDT_GPA = GuestPhysAddr(0x500)
+GDT_SIZE = 3 * 8
+USER_GDT_SIZE = 7 * 8
 # Page tables: the 32-bit page directory, or PML4, PDPT and four PDs for long mode.
 PAGE_TABLES_GPA = GuestPhysAddr(0x1000)
-PAGE_TABLES_END = GuestPhysAddr(0x7000)
+PAGE_DIRECTORY_32_SIZE = 0x1000
+LONG_MODE_TABLES_SIZE = 0x6000
+PAGE_TABLES_END = GuestPhysAddr(PAGE_TABLES_GPA + LONG_MODE_TABLES_SIZE)
 # Those tables map the low 4 GiB one to one: a paged entry point must be below.
 IDENTITY_MAP_END = 1 << 32
-# The 64-bit TSS of the user-mode entry state, with its 8 KiB I/O bitmap.
+# The 64-bit TSS of the user-mode entry state: 104 bytes, then an I/O bitmap of one
+# bit per port and its 0xff terminator (Intel SDM vol. 3A, 8.7 and 19.5.2; gdt.py).
 TSS_GPA = GuestPhysAddr(0x7000)
-TSS_END = GuestPhysAddr(0x9100)
-# Everything the VMM may write for a non-real entry state lies in [GDT_GPA, VMM_AREA_END).
-VMM_AREA_END = TSS_END
+TSS_SIZE = 104 + 65536 // 8 + 1
+TSS_END = GuestPhysAddr(TSS_GPA + TSS_SIZE)
 # Stack pointer handed to non-real-mode guests (grows down towards 0x70000).
 BOOT_STACK_TOP = GuestPhysAddr(0x8_0000)
 BOOT_STACK_SIZE = 0x1_0000
 # In user mode the upper half of that area is the CPL3 stack, the lower the ring-0 one.
 KERNEL_STACK_TOP = GuestPhysAddr(BOOT_STACK_TOP - BOOT_STACK_SIZE // 2)
+# Where a structure an image displaces may go instead: conventional memory above the
+# IVT and the BIOS data area (0x400-0x4ff) and below the EBDA, as a BIOS reports it;
+# the page tables may also go to RAM above 1 MiB, below 4 GiB.
+LOW_RAM_START = GuestPhysAddr(0x500)
+LOW_RAM_END = GuestPhysAddr(0x9_FC00)
+HIGH_RAM_START = GuestPhysAddr(0x10_0000)
 # Real mode: SS:SP just below the boot sector, as most BIOSes leave it.
 REAL_MODE_STACK_TOP = 0x7C00
 
@@ -53,6 +73,10 @@ NO_BIOS_STUBS_GPA = GuestPhysAddr(NO_BIOS_STUBS_SEGMENT << 4)
 # watches the one page that holds the screen with KVM's dirty-page log.
 VGA_TEXT_GPA = GuestPhysAddr(0xB8000)
 VGA_TEXT_WATCHED_SIZE = 0x1000
+# The firmware's tables, imported above: ACPI NVS (the FACS) and ACPI tables in
+# ACPI_NVS_GPA..ACPI_TABLES_END (0xe0000-0xe1fff); the MP floating pointer, the RSDP
+# and the MP configuration table in BIOS_TABLES_GPA..BIOS_TABLES_END (0xf1000-0xf2fff),
+# in the BIOS area above the no-BIOS stubs.
 
 # The 32-bit hole for MMIO devices: RAM never lives in [start, 4 GiB).
 MMIO_GAP_START = GuestPhysAddr(0xD000_0000)
@@ -75,18 +99,38 @@ def ram_ranges(ram_size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def reserved_ranges(needs_tables: bool) -> list[tuple[int, int, str]]:
-    """(start, end, what) of RAM the VMM writes before the guest starts."""
-    if not needs_tables:
-        return []
-    return [
-        (GDT_GPA, VMM_AREA_END, "the VMM's GDT, TSS and page tables"),
-        (BOOT_STACK_TOP - BOOT_STACK_SIZE, BOOT_STACK_TOP, "the boot stack"),
-    ]
+@dataclass(frozen=True)
+class VmmPlaces:
+    """Where the VMM puts its own entry-state structures for one run (guest-physical).
+
+    The defaults are the constants above; `placement.place_vmm_structures`
+    moves a structure the image occupies. `stack_top` is the initial
+    stack pointer; the stack is the BOOT_STACK_SIZE bytes below it.
+    """
+
+    gdt: int = GDT_GPA
+    page_tables: int = PAGE_TABLES_GPA
+    tss: int = TSS_GPA
+    stack_top: int = BOOT_STACK_TOP
+
+    @property
+    def kernel_stack_top(self) -> int:
+        """User mode: the ring-0 stack (the TSS's RSP0), the lower half of the stack area."""
+        return self.stack_top - BOOT_STACK_SIZE // 2
 
 
-def vmm_placements(mode_value: str) -> list[tuple[int, int, str]]:
-    """(start, end, what) of each structure the VMM writes for an entry mode."""
+DEFAULT_PLACES = VmmPlaces()
+
+
+def vmm_placements(
+    mode_value: str, places: VmmPlaces = DEFAULT_PLACES
+) -> list[tuple[int, int, str]]:
+    """(start, end, what) of each structure the VMM writes for an entry mode, at `places`.
+
+    Real mode: the IVT and the no-BIOS stubs, which fill only what the image
+    left empty (no_bios.py). The other modes: the GDT, the page tables
+    (paged, long, user), the TSS (user) and the boot stack.
+    """
     if mode_value == "real":
         return [
             (
@@ -100,20 +144,29 @@ def vmm_placements(mode_value: str) -> list[tuple[int, int, str]]:
                 "no-BIOS stubs: out 0xe5 (tells pyvmm the vector), iret",
             ),
         ]
-    placements = [(GDT_GPA, GDT_GPA + 3 * 8, "GDT: null, code 0x08, data 0x10")]
+    gdt = places.gdt
+    placements = [(gdt, gdt + GDT_SIZE, "GDT: null, code 0x08, data 0x10")]
+    tables = places.page_tables
     if mode_value == "paged":
         placements.append(
-            (PAGE_TABLES_GPA, PAGE_TABLES_GPA + 0x1000, "page directory: 4 MiB identity pages")
+            (tables, tables + PAGE_DIRECTORY_32_SIZE, "page directory: 4 MiB identity pages")
         )
     elif mode_value == "long":
         placements.append(
-            (PAGE_TABLES_GPA, PAGE_TABLES_END, "PML4, PDPT, 4 PDs: 2 MiB identity pages")
+            (tables, tables + LONG_MODE_TABLES_SIZE, "PML4, PDPT, 4 PDs: 2 MiB identity pages")
         )
     elif mode_value == "user":
-        placements[0] = (GDT_GPA, GDT_GPA + 7 * 8, "GDT: kernel 0x08/0x10, user 0x1b/0x23, TSS")
-        placements.append((TSS_GPA, TSS_END, "64-bit TSS: RSP0, I/O bitmap allowing every port"))
+        placements[0] = (gdt, gdt + USER_GDT_SIZE, "GDT: kernel 0x08/0x10, user 0x1b/0x23, TSS")
         placements.append(
-            (PAGE_TABLES_GPA, PAGE_TABLES_END, "PML4, PDPT, 4 PDs: 2 MiB identity pages, user")
+            (places.tss, places.tss + TSS_SIZE, "64-bit TSS: RSP0, I/O bitmap allowing every port")
         )
-    placements.append((BOOT_STACK_TOP - BOOT_STACK_SIZE, BOOT_STACK_TOP, "boot stack"))
+        placements.append(
+            (
+                tables,
+                tables + LONG_MODE_TABLES_SIZE,
+                "PML4, PDPT, 4 PDs: 2 MiB identity pages, user",
+            )
+        )
+    stack = places.stack_top
+    placements.append((stack - BOOT_STACK_SIZE, stack, "boot stack"))
     return placements
