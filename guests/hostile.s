@@ -8,30 +8,40 @@
 #   (b) reads physical addresses with nothing behind them: 0xfffff000 (top of
 #       the 32-bit space) and 0x100000000 (above 4 GiB; the VMM's identity map
 #       stops at 4 GiB, so the guest maps it with its own page-directory entry);
-#   (c) reprograms legacy PC ports it was not given: the PIC (0x20/0x21), the
-#       PIT (0x43/0x40), CMOS (0x70/0x71), and resets through the keyboard
-#       controller (0x64 <- 0xfe), port 0x92 and port 0xcf9;
+#   (c) reprograms the legacy PC devices a PC kernel finds at fixed ports, and
+#       reads each back: it initialises the PIC (0x20/0x21) with IRQ 0 alone
+#       unmasked, sets the PIT's channel 0 (0x43/0x40) to its fastest rate
+#       (mode 2, divisor 2: 596,591 Hz) and reads its status back (bits 5-0:
+#       OUT and NULL COUNT change with time), reads the PIC's IRR until the
+#       timer's IRQ 0 is pending there (IF stays 0, so it is never delivered),
+#       and sets the year of its RTC (CMOS 0x70/0x71, register B's SET bit
+#       held meanwhile) to 99;
 #   (d) floods the console with 20000 bytes (250 lines of 79 '#' + newline);
 #   (e) spins forever without halting (`jmp .`).
+# Resetting the machine, the last thing a guest can do to its legacy devices,
+# would end the run before (d) and (e): guests/hostile_reset.s does that.
 #
-# Every (c) line states how many port writes and reads it makes, so the VMM's
-# counters of unassigned port accesses can be checked against the guest's own
-# account: 14 writes and 3 reads in all.
+# Every (c) line states how many port writes and reads it makes, so that the
+# VMM's exit counts per port (--stats) can be checked against the guest's own
+# account: 17 writes and N + 3 reads in all, N the IRR reads the tick took.
 #
-# Expected output, with nothing assigned to those addresses and ports:
+# Expected output on a machine with the PC's devices (pyvmm's default: the
+# PIC and PIT in KVM, the RTC in pyvmm; N varies with the host's speed):
 #   hostile: (a) write 0x5a5a5a5a to GPA 0xc0000000, beyond RAM
 #   hostile: (a) read back 0xffffffff
 #   hostile: (b) read GPA 0xfffff000: 0xffffffffffffffff
 #   hostile: (b) map GPA 0x100000000 in its own page tables, read: 0xffffffffffffffff
-#   hostile: (c) program the PIC 0x20/0x21 (5 writes, 1 read): mask 0xff
-#   hostile: (c) program the PIT 0x43/0x40 to divisor 1 (3 writes)
-#   hostile: (c) set CMOS 0x70/0x71 shutdown status (3 writes, 1 read): 0xff
-#   hostile: (c) reset via keyboard controller 0x64, 0x92, 0xcf9 (3 writes, 1 read): 0xff
-#   hostile: (c) still running after the resets
+#   hostile: (c) PIC 0x20/0x21: initialise it, unmask IRQ 0 only (5 writes, 1 read): mask 0xfe
+#   hostile: (c) PIT 0x43/0x40: channel 0 at divisor 2, its fastest rate (4 writes, 1 read): status 0x34
+#   hostile: (c) PIC 0x20: wait for IRQ 0 from the PIT (1 write, N reads): IRR 0x01
+#   hostile: (c) CMOS 0x70/0x71: set its clock's year to 99 (7 writes, 1 read): year 0x99
 #   hostile: (d) flood the console with 20000 bytes
 #   ... 250 lines of '#' ...
 #   hostile: (d) flood done
 #   hostile: (e) jmp . forever, no hlt
+# With no PIC and PIT (`--kernel-irqchip off`) their reads give 0xff (the
+# status line shows 0x3f, its bits 5-0) and the IRR wait ends at its first
+# read ("1 write, 1 read"); with a PIT that never ticks, after 1048576 reads.
 	.code64
 	.text
 	.globl	_start
@@ -48,6 +58,9 @@
 
 	.equ	FLOOD_LINES, 250
 	.equ	FLOOD_WIDTH, 79
+
+	.equ	PIT_DIVISOR, 2		# mode 2's smallest count: 596,591 Hz
+	.equ	IRR_READS_MAX, 0x100000
 
 _start:
 	cli
@@ -94,7 +107,8 @@ _start:
 	call	puthex
 	call	newline
 
-	# (c) reprogram ports the VMM did not assign.
+	# (c) reprogram its legacy PC devices: the PIC and PIT (KVM's, in the
+	# kernel) and the RTC/CMOS (pyvmm's), then read each back.
 	lea	msg_c_pic(%rip), %rsi
 	call	puts
 	mov	$0x11, %al		# ICW1: edge, cascade, ICW4 follows
@@ -105,7 +119,7 @@ _start:
 	out	%al, $0x21
 	mov	$0x01, %al		# ICW4: 8086 mode
 	out	%al, $0x21
-	xor	%al, %al		# OCW1: unmask every IRQ
+	mov	$0xfe, %al		# OCW1: unmask IRQ 0, the timer, alone
 	out	%al, $0x21
 	in	$0x21, %al		# read the mask back
 	mov	$2, %ecx
@@ -116,39 +130,63 @@ _start:
 	call	puts
 	mov	$0x34, %al		# channel 0, lo/hi byte, mode 2 (rate generator)
 	out	%al, $0x43
-	mov	$0x01, %al		# divisor 1: the fastest timer interrupt there is
+	mov	$PIT_DIVISOR, %al
 	out	%al, $0x40
 	xor	%al, %al
 	out	%al, $0x40
+	mov	$0xe2, %al		# read-back: latch channel 0's status, not its count
+	out	%al, $0x43
+	in	$0x40, %al
+	and	$0x3f, %al		# OUT and NULL COUNT change with time
+	mov	$2, %ecx
+	call	puthex
+	call	newline
+
+	# Wait for the timer's first tick in the PIC's IRR (IF=0: it stays pending).
+	lea	msg_c_irr(%rip), %rsi
+	call	puts
+	mov	$0x0a, %al		# OCW3: reads of port 0x20 return the IRR
+	out	%al, $0x20
+	xor	%ebx, %ebx
+1:	inc	%ebx
+	in	$0x20, %al
+	test	$0x01, %al
+	jnz	2f
+	cmp	$IRR_READS_MAX, %ebx
+	jb	1b
+2:	mov	%eax, %ebp
+	mov	%ebx, %eax
+	call	putdec
+	lea	msg_c_irr_value(%rip), %rsi
+	cmp	$1, %ebx
+	jne	3f
+	lea	msg_c_irr_value1(%rip), %rsi
+3:	call	puts
+	mov	%ebp, %eax
+	mov	$2, %ecx
+	call	puthex
+	call	newline
 
 	lea	msg_c_cmos(%rip), %rsi
 	call	puts
-	mov	$0x8f, %al		# NMI off, select register 0x0f (shutdown status)
+	mov	$0x0b, %al		# register B
 	out	%al, $0x70
-	mov	$0x0a, %al		# "jump via 40:67 on reset"
+	mov	$0x82, %al		# SET (hold the clock), 24-hour, BCD
 	out	%al, $0x71
-	mov	$0x8f, %al
+	mov	$0x09, %al		# the year
+	out	%al, $0x70
+	mov	$0x99, %al
+	out	%al, $0x71
+	mov	$0x0b, %al
+	out	%al, $0x70
+	mov	$0x02, %al		# let the clock run again
+	out	%al, $0x71
+	mov	$0x09, %al
 	out	%al, $0x70
 	in	$0x71, %al
 	mov	$2, %ecx
 	call	puthex
 	call	newline
-
-	lea	msg_c_reset(%rip), %rsi
-	call	puts
-	mov	$0xfe, %al		# keyboard controller: pulse the CPU reset line
-	out	%al, $0x64
-	mov	$0x01, %al		# port 0x92 (system control A): fast reset
-	out	%al, $0x92
-	mov	$0x06, %al		# port 0xcf9 (reset control): hard reset
-	mov	$0xcf9, %dx
-	out	%al, %dx
-	in	$0x64, %al		# keyboard controller status
-	mov	$2, %ecx
-	call	puthex
-	call	newline
-	lea	msg_c_alive(%rip), %rsi
-	call	puts
 
 	# (d) flood the console.
 	lea	msg_d_flood(%rip), %rsi
@@ -174,15 +212,34 @@ newline:
 	mov	$'\n', %al
 	jmp	putc
 
+# putdec: write %eax in decimal.  Clobbers %rax, %rcx, %rdx.
+putdec:
+	push	%rbx
+	mov	$10, %ebx
+	xor	%ecx, %ecx
+1:	xor	%edx, %edx
+	div	%ebx
+	push	%rdx			# digits come out lowest first
+	inc	%ecx
+	test	%eax, %eax
+	jnz	1b
+2:	pop	%rax
+	add	$'0', %al
+	call	putc
+	loop	2b
+	pop	%rbx
+	ret
+
 msg_a_write: .asciz "hostile: (a) write 0x5a5a5a5a to GPA 0xc0000000, beyond RAM\n"
 msg_a_read:  .asciz "hostile: (a) read back 0x"
 msg_b_top:   .asciz "hostile: (b) read GPA 0xfffff000: 0x"
 msg_b_high:  .asciz "hostile: (b) map GPA 0x100000000 in its own page tables, read: 0x"
-msg_c_pic:   .asciz "hostile: (c) program the PIC 0x20/0x21 (5 writes, 1 read): mask 0x"
-msg_c_pit:   .asciz "hostile: (c) program the PIT 0x43/0x40 to divisor 1 (3 writes)\n"
-msg_c_cmos:  .asciz "hostile: (c) set CMOS 0x70/0x71 shutdown status (3 writes, 1 read): 0x"
-msg_c_reset: .asciz "hostile: (c) reset via keyboard controller 0x64, 0x92, 0xcf9 (3 writes, 1 read): 0x"
-msg_c_alive: .asciz "hostile: (c) still running after the resets\n"
+msg_c_pic:   .asciz "hostile: (c) PIC 0x20/0x21: initialise it, unmask IRQ 0 only (5 writes, 1 read): mask 0x"
+msg_c_pit:   .asciz "hostile: (c) PIT 0x43/0x40: channel 0 at divisor 2, its fastest rate (4 writes, 1 read): status 0x"
+msg_c_irr:   .asciz "hostile: (c) PIC 0x20: wait for IRQ 0 from the PIT (1 write, "
+msg_c_irr_value: .asciz " reads): IRR 0x"
+msg_c_irr_value1: .asciz " read): IRR 0x"
+msg_c_cmos:  .asciz "hostile: (c) CMOS 0x70/0x71: set its clock's year to 99 (7 writes, 1 read): year 0x"
 msg_d_flood: .asciz "hostile: (d) flood the console with 20000 bytes\n"
 msg_d_done:  .asciz "hostile: (d) flood done\n"
 msg_e_spin:  .asciz "hostile: (e) jmp . forever, no hlt\n"

@@ -19,7 +19,7 @@
 # Parameter block at PARAMS_GPA: u64 kernel index, u64 n, u64 base (a GPA).
 
 	.set	PARAMS_GPA, 0x90000
-	.set	RESULT_PORT, 0x600
+	.set	RESULT_PORT, 0xe00
 	.set	DEBUG_EXIT_PORT, 0xf4
 	.set	TABLE_VERSION, 1
 	.set	ENTRY_SIZE, 24

@@ -118,19 +118,31 @@ class GuestRun:
 
 def run_guest(
     image: bytes,
-    mode: CpuMode,
+    mode: CpuMode | None,
     ram_size: int = DEMO_RAM_SIZE,
     timeout: float = GUEST_RUN_LIMIT,
     results: Sequence[tuple[int, int]] = (),
+    cmdline: str = "",
+    append: str | None = None,
 ) -> tuple[GuestRun, list[bytes]]:
     """Boot `image` in a new VM, run it to its end, return what happened.
 
-    `results` lists (gpa, size) ranges of guest RAM to read back after the run.
+    `mode` None: as the image's format says (see pyvmm.loaders). `results`
+    lists (gpa, size) ranges of guest RAM to read back after the run.
+    `cmdline` and `append` are a multiboot kernel's command line, as
+    MachineConfig has them (`append` given: the image must be one).
     """
     from pyvmm.machine.builder import MachineConfig, build_machine
 
     console = bytearray()
-    config = MachineConfig(image=image, ram_size=ram_size, console=console.extend, mode=mode)
+    config = MachineConfig(
+        image=image,
+        ram_size=ram_size,
+        console=console.extend,
+        mode=mode,
+        cmdline=cmdline,
+        append=append,
+    )
     with build_machine(config) as machine:
         start = time.perf_counter()
         outcome = machine.run(timeout=timeout)

@@ -50,7 +50,7 @@ KERNELS_IMAGE = "benchmarks/kernels/kernels.bin"
 
 # The guest-side protocol; entry.s holds the same values.
 PARAMS_GPA = 0x9_0000  # u64 kernel index, u64 n, u64 base (clear of the VMM's 0x500..0x80000)
-RESULT_PORT = 0x600  # two 32-bit `out`s: low half at +0, high half at +4
+RESULT_PORT = 0xE00  # two 32-bit `out`s at +0 (low half), +4 (high): clear of ACPI PM at 0x600
 RESULT_PORT_SIZE = 8
 RESULT_STATUS = 1  # the stub writes 0 to the debug-exit port: status (0 << 1) | 1
 BAD_INDEX_STATUS = 3  # ... and 1 (status 3) for a kernel index past the table

@@ -12,11 +12,15 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from pyvmm.kvm.host import kvm_backend
 from pyvmm.machine.outcome import EXIT_TIMEOUT, EXIT_VMM_ERROR
-from tests.integration.helpers import guest, run_pyvmm
+from tests.integration.helpers import REPO, guest, run_pyvmm
+from tests.integration.qemu import run_qemu
 
 DEMO_TIMEOUT = 120
 
@@ -89,14 +93,29 @@ def test_isolation_contains_the_hostile_guest(tmp_path: Path) -> None:
     assert "NOT CONTAINED" not in out
     assert "read back 0xffffffff" in out
     assert "read GPA 0xfffff000" in out and "0xffffffffffffffff" in out
-    assert "VMM counted unassigned: 14 writes, 3 reads" in out
+    # (c): its own PIC and PIT answered from KVM, its own RTC from pyvmm.
+    assert re.search(r"mask 0xfe, IRR 0x01: its own, in KVM \(0 of \d+ accesses exited\)", out)
+    assert "status 0x34: its own, in KVM (0 of 5 accesses exited)" in out
+    assert "year 0x99: its own, in pyvmm (8 of 8 accesses exited)" in out
+    assert "pyvmm counted 0 accesses to ports with no device" in out
     assert "20,000 bytes captured" in out
     assert f"stopped by --timeout 5: exit status {EXIT_TIMEOUT}" in out
-    assert re.search(r"= [\d,]+ console bytes \+ 17 port accesses \+ 4 accesses outside RAM", out)
+    assert re.search(
+        r"= [\d,]+ console bytes \+ 8 RTC accesses \+ 4 accesses outside RAM$", out, re.M
+    )
+    assert re.search(r"not exits: \d+ PIC and PIT accesses, \d+ KVM_RUN calls cut short", out)
+    # Each reset ended its own VM; each fresh VM's clock is the host's, not the hostile's 99.
+    year = time.gmtime().tm_year
+    for register in ("0x64 <- 0xfe", "0x92 <- 0x01", "0xcf9 <- 0x06"):
+        row = (
+            rf"^{re.escape(register)} .*\s+reset, status 0\s+"
+            rf"0x{year % 100:02d} \(the host's: {year}\)\s+still running$"
+        )
+        assert re.search(row, out, re.M), out
     assert "0x746a5a2920 = 500,000,500,000 (correct)" in out
     assert re.search(r"^exit status\s+85 ", out, re.M), out
     assert re.search(r"^hostile VM still running when it finished\s+yes", out, re.M), out
-    assert "verdict: every attempt was contained" in out
+    assert "verdict: every attempt was contained in its own VM" in out
 
 
 def test_isolation_cannot_run_when_the_hostile_vm_does_not_start(tmp_path: Path) -> None:
@@ -113,15 +132,94 @@ def test_isolation_cannot_run_when_the_hostile_vm_does_not_start(tmp_path: Path)
     assert "NOT CONTAINED" not in result.stdout and "verdict" not in result.stdout
 
 
-def test_hostile_guest_alone() -> None:
-    """hostile.bin under plain `pyvmm boot`: every attempt reported, then the timeout."""
+def hostile_alone(*options: str) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    """hostile.bin under `pyvmm boot -v --stats`, and its (c) values ("mask" -> "fe", ...)."""
     result = run_pyvmm(
-        "boot", "-m", "64M", "--mode", "long", "--timeout", "2", "-v", guest("hostile.bin")
-    )
-    assert result.returncode == 124
+        "boot", "-m", "64M", "--mode", "long", "--timeout", "2", "-v", "--stats", *options,
+        guest("hostile.bin"),
+    )  # fmt: skip
+    values = dict(re.findall(r"^hostile: \(c\) .*: (\w+) 0x([0-9a-f]+)$", result.stdout, re.M))
+    return result, values
+
+
+def stats_of(stderr: str) -> tuple[int, dict[int, int], dict[str, int]]:
+    """--stats: (exits, exits by port, exits by reason)."""
+    total = re.search(r"^exits: (\d+) ", stderr, re.M)
+    assert total, stderr
+    ports = {
+        int(port, 16): int(n) for port, n in re.findall(r"^  port 0x(\w+) +(\d+)$", stderr, re.M)
+    }
+    reasons = {name: int(n) for name, n in re.findall(r"^  (KVM_EXIT_\w+) +(\d+)$", stderr, re.M)}
+    return int(total[1]), ports, reasons
+
+
+def test_hostile_guest_alone() -> None:
+    """hostile.bin under plain `pyvmm boot`: its own devices answer, every exit is accounted for."""
+    result, values = hostile_alone()
+    assert result.returncode == EXIT_TIMEOUT, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("hostile:")]
     assert lines[1] == "hostile: (a) read back 0xffffffff"
     assert lines[-1] == "hostile: (e) jmp . forever, no hlt"
     assert result.stdout.count("#" * 79 + "\n") == 250
-    assert "unassigned port accesses: 3 reads, 14 writes" in result.stderr
+    # Its PIC kept its mask and got the PIT's tick, its RTC its year: nothing reset it.
+    assert values == {"mask": "fe", "status": "34", "IRR": "01", "year": "99"}
+    assert "unassigned port accesses: 0 reads, 0 writes" in result.stderr
     assert "guest did not finish within 2.0 s" in result.stderr
+    exits, ports, reasons = stats_of(result.stderr)
+    # The PIC (0x20/0x21) and PIT (0x40-0x43) are KVM's: no exit. The RTC's 8 accesses exit.
+    assert not {0x20, 0x21, 0x40, 0x41, 0x42, 0x43} & set(ports)
+    assert ports == {0x70: 4, 0x71: 4, 0x3F8: len(result.stdout)}
+    assert reasons["KVM_EXIT_MMIO"] == 4
+    assert f"timeout after {exits} exits" in result.stderr
+    assert exits == len(result.stdout) + 8 + 4
+
+
+def test_hostile_guest_without_the_in_kernel_devices() -> None:
+    """--kernel-irqchip off: no PIC or PIT, so the same accesses reach pyvmm and no device."""
+    result, values = hostile_alone("--kernel-irqchip", "off")
+    assert result.returncode == EXIT_TIMEOUT, result.stderr
+    assert values == {"mask": "ff", "status": "3f", "IRR": "ff", "year": "99"}
+    assert "(1 write, 1 read): IRR 0xff" in result.stdout
+    # The guest's own account: PIC 6 writes, 2 reads; PIT 4 writes, 1 read.
+    assert "unassigned port accesses: 3 reads, 10 writes" in result.stderr
+    exits, ports, _ = stats_of(result.stderr)
+    assert (ports[0x20], ports[0x21], ports[0x40], ports[0x43]) == (3, 5, 3, 2)
+    assert exits == len(result.stdout) + 8 + 13 + 4
+
+
+RESET_GUEST = "hostile_reset.elf"
+
+
+@pytest.mark.parametrize(
+    ("argument", "how"),
+    [
+        ("kbd", "command 0xfe (pulse reset) to the keyboard controller, port 0x64"),
+        ("port92", "0x01 to port 0x92, System Control Port A (bit 0: fast reset)"),
+        ("cf9", "0x06 to port 0xcf9, the Reset Control Register (hard reset)"),
+        ("", "command 0xfe (pulse reset) to the keyboard controller, port 0x64"),
+    ],
+)
+def test_hostile_reset_ends_its_run_as_qemu_does(argument: str, how: str) -> None:
+    """hostile_reset.elf resets through the register named: the run ends, status 0, like QEMU's."""
+    append = ["-append", argument] if argument else []
+    qemu = run_qemu(REPO / "guests" / RESET_GUEST, *append)
+    result = run_pyvmm("boot", guest(RESET_GUEST), *append)
+    year = time.gmtime().tm_year % 100
+    assert result.stdout.splitlines()[0] == f"hostile_reset: its clock's year: 0x{year:02d}"
+    assert "still running" not in result.stdout
+    assert (result.returncode, result.stdout) == (0, qemu.stdout.decode())
+    assert qemu.returncode == 0  # -no-reboot
+    assert result.stderr == (
+        f"pyvmm: guest reset the machine: {how}: the run ends, as with qemu -no-reboot "
+        "(--reboot restarts the machine)\n"
+    )
+
+
+def test_hostile_reset_refuses_an_unknown_reset() -> None:
+    qemu = run_qemu(REPO / "guests" / RESET_GUEST, "-append", "floppy")
+    result = run_pyvmm("boot", guest(RESET_GUEST), "-append", "floppy")
+    assert result.stdout.splitlines()[1:] == [
+        "hostile_reset: unknown reset 'floppy': give kbd, port92 or cf9"
+    ]
+    assert (result.returncode, result.stdout) == (qemu.returncode, qemu.stdout.decode())
+    assert result.returncode == 3  # debug-exit 1

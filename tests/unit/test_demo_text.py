@@ -31,6 +31,7 @@ from pyvmm.demos.native import (
     native_cpuid,
     time_native_sum,
 )
+from pyvmm.machine.outcome import OutcomeKind, RunOutcome
 
 GUESTS = Path(__file__).resolve().parents[2] / "guests"
 BINUTILS = ("as", "objcopy")
@@ -179,8 +180,11 @@ def test_paragraph_wraps_and_indents() -> None:
 
 HOSTILE_CONSOLE = (
     b"hostile: (a) read back 0xffffffff\n"
-    b"hostile: (c) program the PIC 0x20/0x21 (5 writes, 1 read): mask 0xff\n"
-    b"hostile: (c) program the PIT 0x43/0x40 to divisor 1 (3 writes)\n"
+    b"hostile: (c) PIC 0x20/0x21: initialise it, unmask IRQ 0 only (5 writes, 1 read): mask 0xfe\n"
+    b"hostile: (c) PIT 0x43/0x40: channel 0 at divisor 2, its fastest rate "
+    b"(4 writes, 1 read): status 0x34\n"
+    b"hostile: (c) PIC 0x20: wait for IRQ 0 from the PIT (1 write, 12 reads): IRR 0x01\n"
+    b"hostile: (c) CMOS 0x70/0x71: set its clock's year to 99 (7 writes, 1 read): year 0x99\n"
     b"hostile: (d) flood the console with 20000 bytes\n"
     + b"#" * 20000
     + b"hostile: (d) flood done\n"
@@ -188,6 +192,14 @@ HOSTILE_CONSOLE = (
 HOSTILE_LOG = (
     "pyvmm: timeout after 20692 exits; unassigned port accesses: 1 reads, 8 writes\n"
     "pyvmm: guest did not finish within 5.0 s\n"
+    "exits: 20692 (45 KVM_RUN calls interrupted by signals)\n"
+    "  KVM_EXIT_IO                     20688\n"
+    "  KVM_EXIT_MMIO                       4\n"
+    "  port 0x0070                         4\n"
+    "  port 0x0071                         4\n"
+    "  port 0x03f8                     20680\n"
+    "  MMIO 0xc0000000                     2\n"
+    "time: 4.97 s, 4.77 s inside KVM_RUN (96.1 %), 0.19 s in pyvmm (3.9 %)\n"
 )
 
 
@@ -195,23 +207,104 @@ def test_hostile_run_parsing() -> None:
     run = HostileRun(HOSTILE_CONSOLE, HOSTILE_LOG, 1, 5.0)
     assert run.value_after(b"(a) read back ") == "ffffffff"
     assert run.value_after(b"(b) nothing ") is None
-    assert run.attempted_port_accesses == (8, 1)
+    attempts = run.device_attempts
+    assert list(attempts) == ["PIC", "PIT", "CMOS"]
+    pic = attempts["PIC"]
+    assert (pic.ports, pic.writes, pic.reads, pic.accesses) == ({0x20, 0x21}, 6, 13, 19)
+    assert (pic.value("mask"), pic.value("IRR"), pic.value("year")) == ("fe", "01", None)
+    assert attempts["PIT"].ports == {0x40, 0x43}
+    assert attempts["CMOS"].read_back == (("year", "99"),)
     assert run.unassigned_port_accesses == (8, 1)
     assert run.ending == ("timeout", 20692)
+    assert run.exits_by_port == {0x70: 4, 0x71: 4, 0x3F8: 20680}
+    assert run.exits_by_reason == {"KVM_EXIT_IO": 20688, "KVM_EXIT_MMIO": 4}
+    assert run.exits_at(frozenset({0x20, 0x21})) == 0
+    assert run.exits_at(attempts["CMOS"].ports) == 8
+    assert run.interrupted_runs == 45
     assert len(run.flood) == 20000
-    assert HostileRun(b"", "", 1, 0.0).unassigned_port_accesses is None
+    empty = HostileRun(b"", "", 1, 0.0)
+    assert empty.unassigned_port_accesses is None and empty.interrupted_runs is None
+    assert empty.device_attempts == {}
+
+
+def device_report(console: bytes, log: str) -> dict[str, tuple[str, bool]]:
+    rows = isolation.device_rows(HostileRun(console, log, 124, 5.0))
+    return {did.split(":")[0]: (got, ok) for _, did, got, ok in rows}
+
+
+def test_device_rows_want_the_pic_and_pit_in_kvm_and_the_rtc_in_pyvmm() -> None:
+    clean = HOSTILE_LOG.replace("1 reads, 8 writes", "0 reads, 0 writes")
+    rows = device_report(HOSTILE_CONSOLE, clean)
+    assert all(ok for _, ok in rows.values()), rows
+    assert rows["PIC"][0] == "mask 0xfe, IRR 0x01: its own, in KVM (0 of 19 accesses exited)"
+    assert rows["RTC"][0] == "year 0x99: its own, in pyvmm (8 of 8 accesses exited)"
+    # A PIC access that exited to pyvmm, an RTC access that did not, an unassigned port.
+    exited = clean.replace("  port 0x0070                         4\n", "  port 0x0021    1\n")
+    rows = device_report(HOSTILE_CONSOLE, exited)
+    assert not rows["PIC"][1] and not rows["RTC"][1] and rows["PIT"][1]
+    assert not device_report(HOSTILE_CONSOLE, HOSTILE_LOG)["any other port"][1]
+    # What the guest read back must be what it wrote.
+    wrong = HOSTILE_CONSOLE.replace(b"year 0x99", b"year 0xff")
+    assert not device_report(wrong, clean)["RTC"][1]
+    # A device line that never came.
+    missing = HOSTILE_CONSOLE.replace(b"(c) PIT", b"(c) XYZ")
+    assert device_report(missing, clean)["PIT 0x43/0x40"] == ("nothing printed", False)
+
+
+def reset_run(kind: OutcomeKind, console: bytes, hostile_running: bool) -> isolation.ResetRun:
+    outcome = RunOutcome(kind, 0 if kind is OutcomeKind.RESET else 3, "guest reset the machine")
+    run = common.GuestRun(console, outcome, 2, 0.01, 0, 0, 0, 0)
+    return isolation.ResetRun("kbd", "0x64 <- 0xfe", run, hostile_running)
+
+
+def test_a_reset_must_end_its_own_vm_alone() -> None:
+    said = b"hostile_reset: its clock's year: 0x26\nhostile_reset: reset its machine: ...\n"
+    assert reset_run(OutcomeKind.RESET, said, True).reset_only_its_vm
+    assert reset_run(OutcomeKind.RESET, said, True).year == "26"
+    assert not reset_run(OutcomeKind.RESET, said, False).reset_only_its_vm  # the other VM ended
+    assert not reset_run(OutcomeKind.DEBUG_EXIT, said, True).reset_only_its_vm
+    ignored = said + b"hostile_reset: still running after the reset\n"
+    assert not reset_run(OutcomeKind.RESET, ignored, True).reset_only_its_vm
+    assert reset_run(OutcomeKind.RESET, b"", True).year is None
+
+
+def port_accesses(source: str) -> tuple[int, int]:
+    """The `out` and `in` instructions of a guest's source, without its comments."""
+    code = [line.split("#")[0].split() for line in source.splitlines()]
+    return (
+        sum(1 for words in code if words[:1] == ["out"]),
+        sum(1 for words in code if words[:1] == ["in"]),
+    )
 
 
 def test_hostile_source_announces_every_port_access() -> None:
-    """The counts in hostile.s's (c) messages match its own `out` and `in` instructions."""
+    """The counts in hostile.s's (c) messages match its own `out` and `in` instructions.
+
+    One `in` is the IRR wait's, which the guest counts as it goes: its message
+    leaves the count to the run ("(1 write, " ... " reads)").
+    """
     source = (GUESTS / "hostile.s").read_text()
-    code = [line.split("#")[0].split() for line in source.splitlines()]
     # Console output goes through print64.inc, so every out/in here is an attempt (c).
-    outs = sum(1 for words in code if words[:1] == ["out"])
-    ins = sum(1 for words in code if words[:1] == ["in"])
-    messages = "\n".join(re.findall(r'\.asciz "(.*)"', source)).encode()
-    run = HostileRun(messages, "", 0, 0.0)
-    assert run.attempted_port_accesses == (outs, ins) == (14, 3)
+    outs, ins = port_accesses(source)
+    messages = dict(re.findall(r'^(msg_\w+):\s+\.asciz "(.*)"$', source, re.M))
+    # Each (c) line as printed, with a count of 1 for the wait and a value after "0x".
+    irr_wait = messages.pop("msg_c_irr") + "1" + messages.pop("msg_c_irr_value")
+    del messages["msg_c_irr_value1"]  # the same line, for a count of 1
+    lines = [text for text in messages.values() if text.startswith("hostile: (c)")]
+    printed = "".join(f"{line}00\n" for line in [*lines, irr_wait]).encode()
+    announced = HostileRun(printed, "", 0, 0.0).device_attempts.values()
+    assert len(lines) == 3
+    assert (sum(a.writes for a in announced), sum(a.reads for a in announced)) == (outs, ins)
+    assert (outs, ins) == (17, 4)
+
+
+def test_hostile_reset_source_offers_the_demos_resets() -> None:
+    source = (GUESTS / "hostile_reset.s").read_text()
+    words = re.findall(r'^w_\w+:\s+\.asciz\s+"(\w+)"', source, re.M)
+    assert words == [method for method, _ in isolation.RESETS]
+    for _, register in isolation.RESETS:
+        port, value = register.split()[0], register.split()[2]
+        assert f"{value} to " in source and port in source
 
 
 def test_demo_list_and_cli_choices_agree() -> None:
