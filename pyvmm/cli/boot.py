@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pyvmm.cli.report import (
@@ -24,6 +27,7 @@ from pyvmm.memory.size import parse_ram_size
 
 if TYPE_CHECKING:
     from pyvmm.console.input import InputBuffer
+    from pyvmm.console.output import ConsoleWriter
     from pyvmm.machine.builder import Machine
     from pyvmm.machine.outcome import RunOutcome
 
@@ -70,6 +74,8 @@ def build_from_args(
         force_multiboot=args.multiboot,
         irqchip=None if args.kernel_irqchip is None else args.kernel_irqchip == "on",
         vga_text=getattr(args, "vga", "none") != "none",  # only `boot` shows the screen
+        acpi=args.acpi == "on",
+        testdev=args.testdev,
         # Lets tests (and odd hosts) point pyvmm at another KVM device node.
         kvm_path=os.environ.get("PYVMM_KVM_PATH", DEFAULT_KVM_PATH),
     )
@@ -130,17 +136,123 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
             outcome = server.serve(
                 stop_at_start=args.gdb_stop, timeout=args.timeout, observer=observer
             )
+        elif args.reboot:
+            machine, outcome = run_rebooting(
+                machine, args, observer, lambda new: retarget_tracers(observers, new)
+            )
+            files.callback(machine.close)  # the last machine; run_rebooting closed the others
         else:
             outcome = machine.run(timeout=args.timeout, observer=observer)
         notes = stop_notes(machine, outcome)
         log_run_summary(machine, outcome)
         legacy_pc = collect_legacy_pc(machine, args.vga)
     report_end(outcome, machine.console, args.verbose, notes)
+    report_reset(outcome, machine.console)
     report_legacy_pc(legacy_pc, console=machine.console)
     if statistics is not None:
         finish_guest_line(machine.console)
         print(statistics.summary(), file=sys.stderr)
     return outcome
+
+
+def run_rebooting(
+    machine: Machine,
+    args: argparse.Namespace,
+    observer: Any,
+    on_reboot: Callable[[Machine], None],
+) -> tuple[Machine, RunOutcome]:
+    """--reboot: run `machine`; each time the guest resets it, build it again and run the new one.
+
+    A reboot is a cold boot: a new machine from the same MachineConfig (the
+    image as read at the start, the same console and input), RAM zeroed and
+    every device at its power-on state, vCPU 0 at the entry point again.
+    The limits hold for the whole session, not for each boot: --timeout
+    counts from the first boot, --max-exits counts each vCPU's exits over
+    every boot, so a guest that resets in a loop still ends by them (or by
+    Ctrl-C). Returns the last machine, open, and how the session ended; the
+    machines before it are closed. `on_reboot(new)` is called before a new
+    machine runs.
+    """
+    import time
+
+    from pyvmm.console.output import ConsoleWriter
+    from pyvmm.machine.builder import build_machine
+    from pyvmm.machine.outcome import OutcomeKind, exit_limit_reached, timed_out
+
+    log = logging.getLogger("pyvmm")
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    exits = [0] * len(machine.group.loops)  # each vCPU's exits in the boots so far
+    boots = 1
+    left = args.timeout
+    while True:
+        outcome = machine.run(timeout=left, observer=observer)
+        if outcome.kind is not OutcomeKind.RESET:
+            break
+        for index, loop in enumerate(machine.group.loops):
+            exits[index] += loop.exit_count
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            outcome = timed_out(args.timeout)
+            break
+        config = machine.config
+        assert config is not None  # set by build_machine
+        log.info("%s: rebooting (--reboot), boot %d", outcome.message, boots + 1)
+        machine.close()
+        machine = build_machine(config)
+        try:
+            writer = config.console
+            if isinstance(writer, ConsoleWriter):
+                writer.on_reader_gone = _stop_on_closed_console(machine, writer)
+            if args.max_exits is not None:
+                for index, loop in enumerate(machine.group.loops):
+                    loop.max_exits = args.max_exits - exits[index]
+            on_reboot(machine)
+        except BaseException:
+            machine.close()
+            raise
+        boots += 1
+    if boots > 1:
+        message = outcome.message
+        if outcome.kind is OutcomeKind.TIMEOUT:
+            message = timed_out(args.timeout).message  # the session's, not the last boot's
+        elif outcome.kind is OutcomeKind.EXIT_LIMIT and args.max_exits is not None:
+            message = exit_limit_reached(args.max_exits).message
+        times = "once" if boots == 2 else f"{boots - 1} times"
+        restarted = f"boot {boots}: --reboot restarted the machine {times}"
+        outcome = replace(outcome, message=f"{message} ({restarted})")
+    return machine, outcome
+
+
+def _stop_on_closed_console(machine: Machine, writer: ConsoleWriter) -> Callable[[], None]:
+    return lambda: machine.group.request_stop(closed_console_outcome(writer))
+
+
+def retarget_tracers(observers: list[Any], machine: Machine) -> None:
+    """After a reboot, the exit trace reads the new machine's vCPU and memory."""
+    from pyvmm.observe.trace import ExitTracer
+
+    for each in observers:
+        if isinstance(each, ExitTracer):
+            each.vcpu, each.memory = machine.vcpu, machine.memory
+            each.max_phys_bits = machine.max_phys_bits
+
+
+def report_reset(outcome: RunOutcome, console: object) -> None:
+    """A reset (no --reboot) or a power-off ended the run: say how, once, on stderr.
+
+    Both are normal ends (no register dump), but not a silent one like `hlt`:
+    the line says which register the guest used.
+    """
+    from pyvmm.machine.outcome import OutcomeKind
+
+    if outcome.kind is OutcomeKind.RESET:
+        ending = "the run ends, as with qemu -no-reboot (--reboot restarts the machine)"
+    elif outcome.kind is OutcomeKind.POWER_OFF:
+        ending = "the run ends, as QEMU exits when its guest powers off"
+    else:
+        return
+    finish_guest_line(console)
+    print(f"pyvmm: {outcome.message}: {ending}", file=sys.stderr)
 
 
 def open_console_input(resources: contextlib.ExitStack, capacity: int) -> InputBuffer | None:

@@ -31,10 +31,16 @@ its segments are loaded).
 
 BOOT_EPILOG = """\
 how a run ends (outcome: exit status); odd statuses belong to debug-exit alone:
-  halted          0     the guest executed HLT (with no in-kernel irqchip to
-                        wait on)
-  system-event    0|10  the guest asked KVM for a shutdown or a reset (0, as
-                        qemu -no-reboot), or reported a crash (10)
+  halted          0     no vCPU can run again: each executed HLT with
+                        interrupts off (IF=0) or waits for INIT/SIPI (with
+                        --kernel-irqchip off: the guest executed HLT)
+  power-off       0     the guest turned the machine off (ACPI S5 through
+                        PM1a_CNT, or KVM's shutdown event), as QEMU exits 0
+  system-event    10    the guest reported a crash to KVM
+                        (KVM_EXIT_SYSTEM_EVENT)
+  reset           0     the guest reset the machine: keyboard controller (0xfe
+                        to port 0x64), port 0x92 or port 0xcf9 (0, as qemu
+                        -no-reboot exits; --reboot restarts the machine)
   debug-exit      N     the guest wrote v to the debug-exit port 0xf4:
                         N = (v << 1) | 1, as QEMU's isa-debug-exit (always odd;
                         a write of 0 gives 1, which harnesses read as PASS)
@@ -199,6 +205,13 @@ def build_parser() -> _Parser:
         "(default) if the guest wrote to it, text always, none never (and not watched)",
     )
     boot.add_argument(
+        "--reboot",
+        action="store_true",
+        help="when the guest resets the machine, start it again (a new machine, RAM zeroed, "
+        "as at power-on) instead of ending the run: the opposite of qemu -no-reboot; "
+        "--timeout and --max-exits count the whole session",
+    )
+    boot.add_argument(
         "--gdb",
         metavar="tcp::PORT",
         help="wait for gdb on 127.0.0.1:PORT (tcp:HOST:PORT: on HOST) and let it drive the "
@@ -332,15 +345,30 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="number of vCPUs (default 1; 1 to 255, the xAPIC limit, and at most what "
-        "this host's KVM allows, KVM_CAP_MAX_VCPUS); more than one adds the in-kernel "
-        "APICs and PIT",
+        "this host's KVM allows, KVM_CAP_MAX_VCPUS; more than one needs the in-kernel "
+        "irqchip)",
     )
     parser.add_argument(
         "--kernel-irqchip",
         choices=["on", "off"],
-        help="in-kernel interrupt controllers and PIT (default: on with -smp > 1, where off is "
-        "an error; without them a single vCPU's hlt ends the run, with them hlt waits for an "
-        "interrupt)",
+        help="KVM's in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and PIT (default: "
+        "on, as QEMU's kernel_irqchip=on; hlt then waits for an interrupt, and the run ends "
+        "as halted once no vCPU can run again: each halted with IF=0 or waiting for "
+        "INIT/SIPI). off: no interrupts at all, hlt ends the run at once; one vCPU only",
+    )
+    parser.add_argument(
+        "--testdev",
+        action="store_true",
+        help="add QEMU's pc-testdev (qemu -device pc-testdev), the test device of "
+        "kvm-unit-tests: a scratch register at port 0xe0, a page flush at 0xe4, GSI 0-23 "
+        "levels at ports 0x2000-0x2017, 64 KiB of MMIO memory at 0xff000000",
+    )
+    parser.add_argument(
+        "--acpi",
+        choices=["on", "off"],
+        default="on",
+        help="ACPI tables (RSDP, XSDT, FADT, MADT, DSDT...) and the PM timer and PM1 ports at "
+        "0x600 (default on, as QEMU's; off: none, as -machine acpi=off; the MP tables stay)",
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="say what the VMM does (-vv: more)"
@@ -372,6 +400,12 @@ def check_combinations(args: argparse.Namespace) -> None:
         if (args.gdb or args.gdb_default) and args.smp > 1:
             # The stub drives vCPU 0 alone (no gdb threads): the others would run unseen.
             raise UsageError(f"{prog}: the gdb stub debugs one vCPU: drop -smp {args.smp}")
+        if (args.gdb or args.gdb_default) and args.reboot:
+            # A reboot builds a new machine; the stub holds the first one's vCPU.
+            raise UsageError(
+                f"{prog}: the gdb stub debugs one machine, and --reboot builds a new one at "
+                "each reset: give one of --reboot and --gdb"
+            )
         if args.trace is None and args.trace_file is not None:
             args.trace = "all"  # a trace file asks for a trace
         if args.trace_format is not None and args.trace is None:

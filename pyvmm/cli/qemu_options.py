@@ -139,6 +139,17 @@ def _irqchip(name: str, value: str, context: CommandContext) -> list[str]:
     return translated(name, "--kernel-irqchip", value, context)
 
 
+def _acpi(name: str, value: str, context: CommandContext) -> list[str]:
+    if value not in ("on", "off"):
+        raise refuse(context, name, f"acpi={value} is not available: pyvmm takes on or off")
+    # Every command that takes QEMU's options builds a machine, and has --acpi.
+    return ["--acpi", value]
+
+
+def _no_acpi(name: str, value: str | None, context: CommandContext) -> list[str]:
+    return ["--acpi", "off"]
+
+
 def _machine(name: str, value: str | None, context: CommandContext) -> list[str]:
     assert value is not None
     kind, properties = split_properties(value)
@@ -156,6 +167,8 @@ def _machine(name: str, value: str | None, context: CommandContext) -> list[str]
                 raise refuse(context, f"{name} accel={setting}", KVM_ONLY)
         elif key == "kernel-irqchip":
             result += _irqchip(f"{name} {value}", setting, context)
+        elif key == "acpi":
+            result += _acpi(f"{name} {value}", setting, context)
         else:
             raise refuse(context, f"{name} {value}", f"pyvmm's machine has no property '{key}'")
     return result
@@ -212,6 +225,7 @@ def _vga(name: str, value: str | None, context: CommandContext) -> list[str]:
 DEBUG_EXIT_IOBASE = 0xF4  # pyvmm.devices.debug_exit: fixed port and size
 DEBUG_EXIT_IOSIZE = 4
 DEBUG_EXIT_DEVICE = "isa-debug-exit,iobase=0xf4,iosize=0x04"
+TESTDEV_DEVICE = "pc-testdev"  # pyvmm.devices.testdev, at QEMU's fixed places
 
 
 def _number(text: str) -> int | None:
@@ -226,11 +240,20 @@ def _number(text: str) -> int | None:
 def _device(name: str, value: str | None, context: CommandContext) -> list[str]:
     assert value is not None
     driver, properties = split_properties(value)
+    if driver == TESTDEV_DEVICE:
+        unknown = sorted(set(properties) - {"id"})  # id= names any -device in QEMU
+        if unknown:
+            raise refuse(
+                context, f"{name} {value}", f"pc-testdev has no property '{unknown[0]}'"
+            )
+        # Every command that takes QEMU's options builds a machine, and has --testdev.
+        return ["--testdev"]
     if driver != "isa-debug-exit":
         raise refuse(
             context,
             f"{name} {driver or value}",
-            f"pyvmm's devices are fixed; the only -device it takes is {DEBUG_EXIT_DEVICE}",
+            f"pyvmm's devices are fixed; the only -device it takes is {DEBUG_EXIT_DEVICE} "
+            f"or {TESTDEV_DEVICE}",
         )
     fixed = "pyvmm's isa-debug-exit is fixed at iobase=0xf4, iosize=0x04"
     for key in properties:
@@ -254,6 +277,28 @@ def _device(name: str, value: str | None, context: CommandContext) -> list[str]:
 
 def _gdb(name: str, value: str | None, context: CommandContext) -> list[str]:
     return translated(name, "--gdb", value, context)
+
+
+# QEMU's defaults, which are what pyvmm's RTC does (pyvmm.devices.rtc): the
+# host's clock, in UTC, periodic ticks a guest misses are not made up.
+RTC_PROPERTIES = {"base": "utc", "clock": "host", "driftfix": "none"}
+RTC_IS = "pyvmm's RTC keeps the host's time in UTC (base=utc,clock=host,driftfix=none)"
+
+
+def _rtc(name: str, value: str | None, context: CommandContext) -> list[str]:
+    assert value is not None
+    kind, properties = split_properties(value)
+    if kind is not None:
+        raise refuse(context, f"{name} {value}", f"{RTC_IS}; -rtc takes only those properties")
+    for key, setting in properties.items():
+        if key not in RTC_PROPERTIES:
+            raise refuse(context, f"{name} {value}", f"{RTC_IS}; -rtc has no property '{key}'")
+        if setting != RTC_PROPERTIES[key]:
+            why = RTC_IS
+            if key == "base":  # localtime, or a start date
+                why += ": a guest that wants another time sets the clock itself (register B's SET)"
+            raise refuse(context, f"{name} {value}", why)
+    return []
 
 
 NO_DISKS = "pyvmm has no disks: the guest gets IMAGE (and --initrd modules) in RAM"
@@ -305,9 +350,11 @@ TABLE: tuple[QemuOption, ...] = (
         "[TYPE][,PROP=VALUE...]",
         _machine,
         accepts="-machine accel=kvm",
-        becomes="-machine kernel_irqchip=on|off -> --kernel-irqchip on|off",
+        becomes="-machine kernel_irqchip=on|off -> --kernel-irqchip on|off; "
+        "-machine acpi=on|off -> --acpi on|off",
         otherwise="a machine type or other property: pyvmm has one machine",
     ),
+    _entry("-no-acpi", None, _no_acpi, becomes="-no-acpi -> --acpi off"),
     _entry(
         "-cpu",
         "MODEL",
@@ -370,6 +417,7 @@ TABLE: tuple[QemuOption, ...] = (
         "DRIVER[,PROP=VALUE...]",
         _device,
         accepts=f"-device {DEBUG_EXIT_DEVICE}",
+        becomes=f"-device {TESTDEV_DEVICE} -> --testdev",
         otherwise="other devices, or isa-debug-exit elsewhere: pyvmm's devices are fixed",
     ),
     _entry(
@@ -411,6 +459,14 @@ TABLE: tuple[QemuOption, ...] = (
         otherwise="see --trace",
     ),
     _entry("-gdb", "DEV", _gdb, becomes="-gdb DEV -> --gdb DEV"),
+    _entry(
+        "-rtc",
+        "[base=utc][,clock=host][,driftfix=none]",
+        _rtc,
+        accepts="-rtc base=utc,clock=host,driftfix=none (QEMU's defaults: pyvmm's RTC)",
+        otherwise="base=localtime or a date, clock=rt|vm, driftfix=slew: pyvmm's RTC "
+        "keeps the host's time in UTC",
+    ),
     _entry(
         "-net -nic",
         "SPEC",

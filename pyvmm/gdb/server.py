@@ -217,7 +217,13 @@ class GdbServer:
             ended = (
                 Exited(outcome.exit_status)
                 if outcome.kind
-                in (OutcomeKind.HALTED, OutcomeKind.DEBUG_EXIT, OutcomeKind.SYSTEM_EVENT)
+                in (
+                    OutcomeKind.HALTED,
+                    OutcomeKind.DEBUG_EXIT,
+                    OutcomeKind.POWER_OFF,
+                    OutcomeKind.RESET,
+                    OutcomeKind.SYSTEM_EVENT,
+                )
                 else Killed()
             )
             if self.session.state is SessionState.RUNNING:

@@ -24,7 +24,8 @@ from pyvmm.arch.x86_64.cpu import (
 from pyvmm.arch.x86_64.host_support import keeps_32bit_paging
 from pyvmm.arch.x86_64.no_bios import NoBiosTrap
 from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters, list_mappings
-from pyvmm.arch.x86_64.placement import check_entry_placement
+from pyvmm.arch.x86_64.pic import acknowledge_irq_vector, set_bios_pic_state
+from pyvmm.arch.x86_64.placement import check_entry_placement, plan_placement
 from pyvmm.arch.x86_64.registers import Registers
 from pyvmm.arch.x86_64.virtual_memory import read_virtual, write_virtual
 from pyvmm.closing import ClosesOnExit
@@ -36,16 +37,21 @@ from pyvmm.devices.irq import IrqLine
 from pyvmm.devices.pci_absent import PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PciAbsent
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.sink import POST_PORT, IgnoredPort
+from pyvmm.devices.testdev import attach_pc_testdev
 from pyvmm.errors import PyvmmError, UsageError
+from pyvmm.firmware.tables import FirmwareTables
 from pyvmm.kvm.system import DEFAULT_KVM_PATH, Kvm, open_kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.loaders import describe_format, load_image
 from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.machine.device_ranges import check_mmio_range, check_pio_range
+from pyvmm.machine.firmware import attach_firmware, firmware_ranges
 from pyvmm.machine.interrupts import InterruptLines
 from pyvmm.machine.legacy_pc import VgaTextWatch, attach_memory_watching_vga, attach_no_bios
 from pyvmm.machine.outcome import OutcomeKind, RunOutcome
+from pyvmm.machine.reset import attach_reset_sources
+from pyvmm.machine.rtc_timer import attach_rtc
 from pyvmm.machine.run_signals import stop_on_signals, stop_signals_raise
 from pyvmm.machine.vcpu_group import VcpuGroup
 from pyvmm.machine.vcpu_loop import ExitObserver, VcpuLoop
@@ -88,15 +94,20 @@ class MachineConfig:
     max_exits: int | None = None
     # Host input for COM1 (see console_input.py); None: the guest gets none.
     console_input: InputBuffer | None = None
-    # In-kernel PIC/IOAPIC/LAPICs and PIT. None: only with several vCPUs, so that
-    # a single-vCPU guest's `hlt` still reaches pyvmm and ends the run.
+    # In-kernel PIC/IOAPIC/LAPICs and PIT, as QEMU (kernel_irqchip=on) and
+    # Firecracker have them. None: on. False: none, and `hlt` exits to pyvmm
+    # (one vCPU only: INIT/SIPI need the LAPICs).
     irqchip: bool | None = None
     # Watch the VGA text buffer (0xb8000) with KVM's dirty-page log (see legacy_pc.py).
     vga_text: bool = False
+    # QEMU's pc-testdev (--testdev): the test device of kvm-unit-tests (devices/testdev.py).
+    testdev: bool = False
+    # ACPI tables and the PM1a/PM timer blocks (--acpi on|off; QEMU's -machine acpi=).
+    acpi: bool = True
 
     @property
     def wants_irqchip(self) -> bool:
-        return self.cpus > 1 if self.irqchip is None else self.irqchip
+        return self.irqchip is not False
 
 
 class Machine(ClosesOnExit):
@@ -145,6 +156,12 @@ class Machine(ClosesOnExit):
         self.vga_text: VgaTextWatch | None = None
         # Set by build_machine: which device drives which GSI (see interrupts.py).
         self.interrupts: InterruptLines | None = None
+        # Set by build_machine: what it was built from (`pyvmm boot --reboot` builds it again).
+        self.config: MachineConfig | None = None
+        # Set by build_machine: the MP and ACPI tables written into RAM (see firmware.py).
+        self.firmware: FirmwareTables | None = None
+        # Set by build_machine: where pyvmm put its GDT, page tables, TSS and stack.
+        self.vmm_places = layout.DEFAULT_PLACES
 
     def run(self, timeout: float | None = None, observer: ExitObserver | None = None) -> RunOutcome:
         """Run every vCPU (KVM_RUN, KVM API doc 4.10) until the run ends; how it ended.
@@ -252,7 +269,8 @@ class Machine(ClosesOnExit):
         several vCPUs one device access runs at a time. Raises BusError for a
         range outside the 64 KiB I/O space or an empty one, BusOverlap for a
         range another device has (COM1 0x3f8-0x3ff, debug-exit 0xf4-0xf7,
-        POST 0x80, fw_cfg 0x510-0x511, PCI 0xcf8 and 0xcfc-0xcff).
+        POST 0x80, fw_cfg 0x510-0x511, PCI 0xcf8 and 0xcfc-0xcff, the keyboard
+        controller 0x60 and 0x64, reset controls 0x92 and 0xcf9).
         """
         label = name or type(device).__name__
         check_pio_range(port, length, label)
@@ -354,6 +372,25 @@ def build_machine(config: MachineConfig) -> Machine:
         if not config.vga_text:
             attach_memory(vm, memory)
 
+        # What the machine writes into RAM besides pyvmm's entry-state structures
+        # (start, end, what), e.g. firmware tables: the image and those structures
+        # stay clear of it. The placement composes the one list every writer is in.
+        machine_ranges: list[tuple[int, int, str]] = []
+        machine_ranges += firmware_ranges(
+            interrupt_controllers=config.wants_irqchip, acpi=config.acpi
+        )
+        placement = plan_placement(
+            config.image,
+            memory,
+            mode=config.mode,
+            load_gpa=config.load_gpa,
+            force_multiboot=config.force_multiboot,
+            modules=config.modules,
+            append=config.append,
+            machine_ranges=machine_ranges,
+        )
+        for what, default, moved_to in placement.moved():
+            log.info("moved %s from 0x%x to 0x%x: the image occupies it", what, default, moved_to)
         entry = load_image(
             config.image,
             memory,
@@ -364,9 +401,9 @@ def build_machine(config: MachineConfig) -> Machine:
             cmdline=config.cmdline,
             modules=config.modules,
             append=config.append,
-            reserved=layout.reserved_ranges(True),
+            reserved=placement.reserved,
         )
-        check_entry_placement(entry)
+        check_entry_placement(entry, placement.reserved, placement.image.fix)
         log.info(
             "loaded %s: 0x%x..0x%x, entry 0x%x in %s mode",
             describe_format(config.image),
@@ -382,12 +419,14 @@ def build_machine(config: MachineConfig) -> Machine:
             # INIT/SIPI and IPIs need the in-kernel LAPICs; the PIT comes with them.
             vm.create_irqchip()
             vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
+            if entry.mode is CpuMode.REAL:
+                set_bios_pic_state(vm)  # vector bases 0x08/0x70, as a BIOS leaves them
         vcpus = [resources.enter_context(vm.create_vcpu(index)) for index in range(config.cpus)]
         for index, each in enumerate(vcpus):
             max_phys_bits = setup_cpuid(kvm, each, apic_id=index, cpus=config.cpus)
         vcpu = vcpus[0]
         # Only the boot CPU starts at the entry point; the others wait for INIT/SIPI.
-        setup_vcpu(vcpu, entry, memory)
+        setup_vcpu(vcpu, entry, memory, placement.places)
 
         pio_bus = Bus("port I/O bus")
         mmio_bus = Bus("MMIO bus")
@@ -406,17 +445,38 @@ def build_machine(config: MachineConfig) -> Machine:
             for each in vcpus
         ]
         loop = loops[0]
-        group = VcpuGroup(loops)
+        group = VcpuGroup(loops, watch_halts=config.wants_irqchip)
+        resources.callback(group.close)  # its watchdog stops before the vCPUs close
         interrupts = InterruptLines(vm, config.wants_irqchip)
         serial = attach_serial(
-            pio_bus, config.console, config.console_input, interrupts.line(COM1_GSI, "COM1")
+            pio_bus,
+            config.console,
+            config.console_input,
+            interrupts.line(COM1_GSI, "COM1"),
+            group.post,
         )
         attach_debug_exit(pio_bus, group.request_stop)
         pio_bus.insert(IgnoredPort(), POST_PORT, 1, "POST port")
         attach_qemu_board(pio_bus, config)
+        attach_reset_sources(pio_bus, interrupts, group.request_stop)  # 0x60/0x64, 0x92, 0xcf9
+        attach_rtc(pio_bus, interrupts, config.ram_size, config.cpus, group.post, resources)
         no_bios = None
         if entry.mode is CpuMode.REAL:
-            no_bios = attach_no_bios(pio_bus, memory, group.request_stop)
+            no_bios = attach_no_bios(
+                pio_bus,
+                memory,
+                group.request_stop,
+                acknowledge_irq=(
+                    functools.partial(acknowledge_irq_vector, vm) if config.wants_irqchip else None
+                ),
+            )
+        if config.testdev:  # after the no-BIOS trap, which keeps port 0xe5
+            attach_pc_testdev(pio_bus, mmio_bus, memory, interrupts)
+        # After the devices: the tables describe what is on the bus.
+        firmware = attach_firmware(
+            kvm, memory, pio_bus, group.request_stop,
+            cpus=config.cpus, interrupt_controllers=config.wants_irqchip, acpi=config.acpi,
+        )  # fmt: skip
         if vga_text is not None:
             vga_text.mark_start()
 
@@ -435,7 +495,10 @@ def build_machine(config: MachineConfig) -> Machine:
             group,
         )
         machine.console = config.console
+        machine.config = config
+        machine.vmm_places = placement.places
         machine.interrupts = interrupts
+        machine.firmware = firmware
         machine.no_bios, machine.vga_text = no_bios, vga_text
     return machine
 
@@ -459,10 +522,18 @@ def attach_serial(
     console: Callable[[bytes], None],
     host_input: InputBuffer | None = None,
     irq: IrqLine | None = None,
+    post: Callable[[Callable[[], None]], None] | None = None,
 ) -> Serial16550:
-    """COM1: a 16550A at 0x3f8, its INTR on `irq` (ISA IRQ 4 on a PC)."""
+    """COM1: a 16550A at 0x3f8, its INTR on `irq` (ISA IRQ 4 on a PC).
+
+    `post` runs device work in a vCPU thread (VcpuGroup.post): host input is
+    pushed into the UART through it as it arrives, so that its receive
+    interrupt reaches a guest waiting in `hlt`.
+    """
     serial = Serial16550(console, irq)
-    device = serial if host_input is None else SerialWithInput(serial, host_input)
+    device: BusDevice = serial
+    if host_input is not None:
+        device = SerialWithInput(serial, host_input, post)
     pio_bus.insert(device, COM1_PORT, COM1_SIZE, "COM1 16550A")
     return serial
 
@@ -489,7 +560,7 @@ def attach_qemu_board(pio_bus: Bus, config: MachineConfig) -> None:
     pio_bus.insert(fw_cfg, FW_CFG_PORT_SEL, FW_CFG_PORT_SIZE, "fw_cfg")
     pci = PciAbsent()
     # CONFIG_ADDRESS is a dword register at 0xcf8 (a byte at 0xcf9 is reset control,
-    # left unassigned); CONFIG_DATA is 0xcfc-0xcff.
+    # see pyvmm.machine.reset); CONFIG_DATA is 0xcfc-0xcff.
     pio_bus.insert(pci, PCI_CONFIG_ADDRESS_PORT, 1, "PCI CONFIG_ADDRESS (empty bus)")
     pio_bus.insert(Shifted(pci, 4), PCI_CONFIG_DATA_PORT, 4, "PCI CONFIG_DATA (empty bus)")
 

@@ -41,6 +41,8 @@ def create_machine(
     cmdline: str = "",
     modules: Sequence[str | os.PathLike[str] | tuple[str, bytes]] = (),
     irqchip: bool | None = None,
+    acpi: bool = True,
+    testdev: bool = False,
     kvm_path: str = DEFAULT_KVM_PATH,
 ) -> Machine:
     """Build a VM for `image`, ready to `run`; use it in a `with` block (or `close` it).
@@ -65,15 +67,18 @@ def create_machine(
     - `mode`: the CPU state to enter a flat image in, a CpuMode or its
       value ("real", "protected", "paged", "long", "user").
     - `load_gpa`: where a flat image goes (guest-physical address).
-    - `cpus`: vCPUs (with KVM's in-kernel irqchip when more than one).
+    - `cpus`: vCPUs.
     - `max_exits`: each vCPU's run ends with OutcomeKind.EXIT_LIMIT after
       this many VM exits (`--max-exits`); None for no limit.
     - `cmdline`, `modules`: a multiboot kernel's whole command line (QEMU
       passes "<kernel path> <-append text>") and its modules, each a path
       (its string is the path) or a (string, bytes) pair.
-    - `irqchip`: force KVM's in-kernel PIC/IOAPIC/LAPIC/PIT on or off; None
-      has it only with several vCPUs, so that a single vCPU's `hlt` ends the
-      run (OutcomeKind.HALTED).
+    - `irqchip`: KVM's in-kernel PIC/IOAPIC/LAPIC/PIT; None or True: on (the
+      run ends as OutcomeKind.HALTED once every vCPU is halted with IF=0 or
+      waits for INIT/SIPI); False: off, one vCPU only, and its first `hlt`
+      ends the run.
+    - `acpi`: the ACPI tables and PM ports (`--acpi`); the MP tables come
+      with the irqchip. `testdev`: QEMU's pc-testdev (`--testdev`).
 
     Raises UsageError (a bad size, mode or vCPU count; the message quotes
     `ram_size` as given), LoaderError and its subclasses (unreadable, empty,
@@ -96,6 +101,8 @@ def create_machine(
         max_exits=max_exits,
         console_input=_input_buffer(console_input),
         irqchip=irqchip,
+        acpi=acpi,
+        testdev=testdev,
     )
     return build_machine(config)
 

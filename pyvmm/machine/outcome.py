@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-EXIT_HALTED = 0  # hlt, or a shutdown or reset the guest asked for
+EXIT_HALTED = 0  # hlt, or a power-off or reset the guest asked for
 EXIT_USAGE = 2  # bad usage or bad input: nothing ran
 EXIT_TRIPLE_FAULT = 4  # KVM_EXIT_SHUTDOWN: a fault while delivering a double fault
 EXIT_INTERNAL_ERROR = 6  # KVM_EXIT_INTERNAL_ERROR: KVM could not go on (emulation failure)
@@ -34,12 +34,16 @@ class OutcomeKind(enum.Enum):
     structure"): KVM_EXIT_HLT, KVM_EXIT_SHUTDOWN (a triple fault, Intel SDM
     vol. 3A, 6.15 "Interrupt 8 - Double Fault Exception"), KVM_EXIT_SYSTEM_EVENT,
     KVM_EXIT_FAIL_ENTRY, KVM_EXIT_INTERNAL_ERROR. `is_abnormal` is true for
-    every kind but HALTED, DEBUG_EXIT and DEBUG.
+    every kind but HALTED, DEBUG_EXIT, POWER_OFF, RESET and DEBUG.
     """
 
     HALTED = "halted"  # HLT with nothing left to wake the vCPU
     DEBUG_EXIT = "debug-exit"  # the guest wrote to the debug-exit port
-    SYSTEM_EVENT = "system-event"  # KVM_EXIT_SYSTEM_EVENT (shutdown, reset, crash)
+    # The guest turned the machine off: ACPI S5 through PM1a_CNT, or KVM's shutdown event.
+    POWER_OFF = "power-off"
+    SYSTEM_EVENT = "system-event"  # KVM_EXIT_SYSTEM_EVENT other than shutdown/reset: a crash
+    # The guest pulsed the reset line: keyboard controller 0xfe, port 0x92 or 0xcf9.
+    RESET = "reset"
     TRIPLE_FAULT = "triple-fault"  # KVM_EXIT_SHUTDOWN
     FAIL_ENTRY = "fail-entry"  # the hardware refused to enter the guest
     INTERNAL_ERROR = "internal-error"  # KVM could not go on (e.g. emulation failure)
@@ -54,7 +58,13 @@ class OutcomeKind(enum.Enum):
 
     @property
     def is_abnormal(self) -> bool:
-        return self not in (OutcomeKind.HALTED, OutcomeKind.DEBUG_EXIT, OutcomeKind.DEBUG)
+        return self not in (
+            OutcomeKind.HALTED,
+            OutcomeKind.DEBUG_EXIT,
+            OutcomeKind.POWER_OFF,
+            OutcomeKind.RESET,
+            OutcomeKind.DEBUG,
+        )
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,17 @@ def interrupted(signal_name: str, signum: int, message: str | None = None) -> Ru
         message or f"stopped by {signal_name}",
         signal=signum,
     )
+
+
+def powered_off(how: str) -> RunOutcome:
+    """The guest turned the machine off; `how` says through what. Status 0, as QEMU exits."""
+    return RunOutcome(OutcomeKind.POWER_OFF, EXIT_HALTED, f"guest powered the machine off: {how}")
+
+
+def reset_requested(how: str) -> RunOutcome:
+    """The guest reset the machine; `how` names the register it used (see pyvmm.machine.reset)."""
+    # Status 0, as `qemu -no-reboot` exits when the guest resets.
+    return RunOutcome(OutcomeKind.RESET, EXIT_HALTED, f"guest reset the machine: {how}")
 
 
 def unhandled_exception(message: str, registers: str | None = None) -> RunOutcome:

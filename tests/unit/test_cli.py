@@ -251,4 +251,7 @@ def test_every_see_in_a_help_names_a_section_of_that_help(
 
 def test_boot_help_says_when_hlt_ends_the_run(capsys: pytest.CaptureFixture[str]) -> None:
     text = " ".join(help_text(["boot"], capsys).split())
-    assert "halted 0 the guest executed HLT (with no in-kernel irqchip to wait on)" in text
+    assert (
+        "halted 0 no vCPU can run again: each executed HLT with interrupts off (IF=0) or "
+        "waits for INIT/SIPI (with --kernel-irqchip off: the guest executed HLT)"
+    ) in text

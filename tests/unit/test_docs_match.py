@@ -25,7 +25,9 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 # The status each outcome is documented with, from the code's constants.
 STATUS_TEXT = {
     "halted": str(outcome.EXIT_HALTED),
-    "system-event": f"{outcome.EXIT_HALTED} or {outcome.EXIT_GUEST_CRASH}",
+    "system-event": str(outcome.EXIT_GUEST_CRASH),
+    "power-off": str(outcome.EXIT_HALTED),
+    "reset": str(outcome.EXIT_HALTED),
     "triple-fault": str(outcome.EXIT_TRIPLE_FAULT),
     "internal-error": str(outcome.EXIT_INTERNAL_ERROR),
     "fail-entry": str(outcome.EXIT_FAIL_ENTRY),

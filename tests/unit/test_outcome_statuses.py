@@ -28,6 +28,7 @@ from pyvmm.machine.outcome import (
     timed_out,
     vmm_error,
 )
+from pyvmm.machine.reset import attach_reset_sources
 from pyvmm.memory.guest_memory import GuestMemory
 from tests.unit.test_vcpu_loop import make_loop, reason
 
@@ -69,6 +70,16 @@ def unhandled_exception_outcome() -> RunOutcome:
     return ended[0]
 
 
+def reset_outcomes() -> list[RunOutcome]:
+    """The guest resetting the machine each way a PC can: 0x64 <- 0xfe, port 0x92, 0xcf9."""
+    seen: list[RunOutcome] = []
+    bus = Bus("pio")
+    attach_reset_sources(bus, None, seen.append)
+    for port, value in ((0x64, 0xFE), (0x92, 0x01), (0xCF9, 0x06)):
+        bus.write(port, 1, value)
+    return seen
+
+
 def every_ending() -> list[RunOutcome]:
     endings = [
         loop_outcome(reason(lib.KVM_EXIT_HLT)),
@@ -86,6 +97,7 @@ def every_ending() -> list[RunOutcome]:
             )
         ),
         *debug_exit_outcomes(),
+        *reset_outcomes(),
         unhandled_exception_outcome(),
         timed_out(1.0),
         exit_limit_reached(10),
@@ -144,4 +156,18 @@ def test_system_events() -> None:
         )
     )
     assert (shutdown.exit_status, reset.exit_status) == (0, 0)  # as qemu -no-reboot
+    assert (shutdown.kind, reset.kind) == (OutcomeKind.POWER_OFF, OutcomeKind.RESET)
+    assert not shutdown.kind.is_abnormal and not reset.kind.is_abnormal
     assert crash.exit_status == unknown.exit_status == 10
+    assert crash.kind is unknown.kind is OutcomeKind.SYSTEM_EVENT and crash.kind.is_abnormal
+
+
+def test_a_guest_reset_ends_the_run_with_status_0_as_qemu_no_reboot() -> None:
+    outcomes = reset_outcomes()
+    assert [outcome.kind for outcome in outcomes] == [OutcomeKind.RESET] * 3
+    assert [outcome.exit_status for outcome in outcomes] == [0, 0, 0]
+    assert [outcome.message.split(": ", 1)[0] for outcome in outcomes] == [
+        "guest reset the machine"
+    ] * 3
+    assert "0x64" in outcomes[0].message and "0x92" in outcomes[1].message
+    assert "0xcf9" in outcomes[2].message
