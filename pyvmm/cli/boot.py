@@ -238,21 +238,24 @@ def retarget_tracers(observers: list[Any], machine: Machine) -> None:
 
 
 def report_reset(outcome: RunOutcome, console: object) -> None:
-    """A reset (no --reboot) or a power-off ended the run: say how, once, on stderr.
+    """A reset (no --reboot), a power-off or a hopeless `hlt` ended the run: say so, once.
 
     Both are normal ends (no register dump), but not a silent one like `hlt`:
     the line says which register the guest used.
     """
     from pyvmm.machine.outcome import OutcomeKind
+    from pyvmm.machine.vcpu_loop import HALTED_WAITING
 
     if outcome.kind is OutcomeKind.RESET:
-        ending = "the run ends, as with qemu -no-reboot (--reboot restarts the machine)"
+        ending = ": the run ends, as with qemu -no-reboot (--reboot restarts the machine)"
     elif outcome.kind is OutcomeKind.POWER_OFF:
-        ending = "the run ends, as QEMU exits when its guest powers off"
+        ending = ": the run ends, as QEMU exits when its guest powers off"
+    elif outcome.kind is OutcomeKind.HALTED and outcome.message == HALTED_WAITING:
+        ending = ""  # a normal end, but not what a guest that enabled interrupts wanted
     else:
         return
     finish_guest_line(console)
-    print(f"pyvmm: {outcome.message}: {ending}", file=sys.stderr)
+    print(f"pyvmm: {outcome.message}{ending}", file=sys.stderr)
 
 
 def open_console_input(resources: contextlib.ExitStack, capacity: int) -> InputBuffer | None:

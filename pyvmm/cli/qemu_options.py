@@ -8,10 +8,10 @@ three things, decided by its value:
 - **accepted**: its meaning is already what pyvmm does (`-enable-kvm`,
   `-serial stdio`, `-no-reboot`...): it is dropped, silently;
 - **translated**: it becomes the pyvmm option that means the same
-  (`-gdb DEV` is `--gdb DEV`, `-machine kernel_irqchip=off` is
-  `--kernel-irqchip off`; `-nographic` and `-display none` are `--vga none`,
-  no screen, and `-display curses` is `--vga text`: the VGA text screen, shown
-  at the end of the run);
+  (`-gdb DEV` is `--gdb DEV`, `-machine acpi=off` is `--acpi off`;
+  `-nographic` and `-display none` are `--vga none`, no screen, and
+  `-display curses` is `--vga text`: the VGA text screen, shown at the end of
+  the run);
 - **refused**: one line says what to do instead, or that pyvmm lacks it, and
   the command ends with status 2 before anything runs (`-kernel IMAGE`,
   `-hda`, `-bios`...).
@@ -132,11 +132,20 @@ KVM_ONLY = "pyvmm runs on KVM only"
 
 
 def _irqchip(name: str, value: str, context: CommandContext) -> list[str]:
-    if value not in ("on", "off"):
+    if value == "on":
+        return translated(name, "--kernel-irqchip", value, context)
+    if value in ("off", "split"):
+        # QEMU's `off` and `split` move the PIC, IOAPIC and PIT into QEMU itself: the
+        # guest still has them. pyvmm has no userspace irqchip, and its
+        # --kernel-irqchip off removes them: translating would change the machine.
         raise refuse(
-            context, name, f"kernel-irqchip={value} is not available: pyvmm takes on or off"
+            context,
+            name,
+            f"kernel-irqchip={value} gives the guest QEMU's userspace PIC, IOAPIC and PIT; "
+            "pyvmm has none: its interrupt controllers are KVM's (leave the option out), and "
+            "pyvmm's own --kernel-irqchip off removes them altogether",
         )
-    return translated(name, "--kernel-irqchip", value, context)
+    raise refuse(context, name, f"kernel-irqchip={value} is not available: pyvmm takes on")
 
 
 def _acpi(name: str, value: str, context: CommandContext) -> list[str]:
@@ -153,12 +162,13 @@ def _no_acpi(name: str, value: str | None, context: CommandContext) -> list[str]
 def _machine(name: str, value: str | None, context: CommandContext) -> list[str]:
     assert value is not None
     kind, properties = split_properties(value)
-    if kind is not None:
+    if kind is not None and not _is_pc(kind):
         raise refuse(
             context,
             f"{name} {kind}",
-            "pyvmm has one machine, a bare PC without firmware, PCI devices or "
-            "disks: leave out the machine type",
+            "pyvmm has one machine, a PC (QEMU's pc or q35, as a kernel sees them: the same "
+            "legacy ports, MP and ACPI tables) with no BIOS, PCI devices or disks: "
+            "leave out the machine type, or give pc or q35",
         )
     result: list[str] = []
     for key, setting in properties.items():
@@ -172,6 +182,11 @@ def _machine(name: str, value: str | None, context: CommandContext) -> list[str]
         else:
             raise refuse(context, f"{name} {value}", f"pyvmm's machine has no property '{key}'")
     return result
+
+
+def _is_pc(kind: str) -> bool:
+    """QEMU's x86 PC machine types: pc, q35 and their versioned names (pc-i440fx-7.2...)."""
+    return kind in ("pc", "q35") or kind.startswith(("pc-i440fx-", "pc-q35-"))
 
 
 def _accel(name: str, value: str | None, context: CommandContext) -> list[str]:
@@ -341,18 +356,21 @@ TABLE: tuple[QemuOption, ...] = (
         "ACCEL[,PROP=VALUE...]",
         _accel,
         accepts="-accel kvm",
-        becomes="-accel kvm,kernel-irqchip=on|off -> --kernel-irqchip on|off",
-        otherwise="pyvmm runs on KVM only",
+        becomes="-accel kvm,kernel-irqchip=on -> --kernel-irqchip on",
+        otherwise="another accelerator (pyvmm runs on KVM only), kernel-irqchip=off|split "
+        "(QEMU's userspace irqchip: pyvmm has none)",
     ),
     _entry("-no-kvm", None, refused(KVM_ONLY), otherwise="pyvmm runs on KVM only"),
     _entry(
         "-machine -M",
         "[TYPE][,PROP=VALUE...]",
         _machine,
-        accepts="-machine accel=kvm",
-        becomes="-machine kernel_irqchip=on|off -> --kernel-irqchip on|off; "
+        accepts="-machine pc; -machine q35 (and their versions: pyvmm's PC has what a kernel "
+        "finds on both); -machine accel=kvm",
+        becomes="-machine kernel_irqchip=on -> --kernel-irqchip on; "
         "-machine acpi=on|off -> --acpi on|off",
-        otherwise="a machine type or other property: pyvmm has one machine",
+        otherwise="another machine type, kernel_irqchip=off|split (QEMU's userspace "
+        "irqchip: pyvmm has none) or another property: pyvmm has one machine",
     ),
     _entry("-no-acpi", None, _no_acpi, becomes="-no-acpi -> --acpi off"),
     _entry(

@@ -20,6 +20,7 @@ from typing import Protocol
 from pyvmm.arch.x86_64.emulation_failure import describe_internal_error
 from pyvmm.arch.x86_64.pio import handle_io_in, handle_io_out
 from pyvmm.arch.x86_64.register_dump import format_registers
+from pyvmm.arch.x86_64.registers import RFLAGS_IF
 from pyvmm.arch.x86_64.triple_fault import explain_triple_fault
 from pyvmm.devices.bus import Bus
 from pyvmm.errors import PyvmmError
@@ -64,6 +65,13 @@ def running_vcpu() -> Vcpu | None:
     """The vCPU whose exits this thread is serving, or None outside a run."""
     loop = getattr(_running, "loop", None)
     return loop.vcpu if loop is not None else None
+
+
+# The halted outcome of a guest that enabled interrupts on a machine with no irqchip.
+HALTED_WAITING = (
+    "guest halted with interrupts enabled (IF=1), waiting for one, but this machine has no "
+    "interrupt controllers (--kernel-irqchip off): nothing can wake it"
+)
 
 
 class ExitObserver(Protocol):
@@ -265,7 +273,10 @@ class VcpuLoop:
     def _final_outcome(self, exit: VcpuExit) -> RunOutcome:
         if isinstance(exit, Debug):
             return RunOutcome(OutcomeKind.DEBUG, EXIT_HALTED, "debug trap", debug=exit)
-        if isinstance(exit, Hlt):
+        if isinstance(exit, Hlt):  # only without the in-kernel irqchip: KVM serves it then
+            if self.vcpu.get_regs().rflags & RFLAGS_IF:
+                # The guest waits for an interrupt no controller can deliver: say so.
+                return RunOutcome(OutcomeKind.HALTED, EXIT_HALTED, HALTED_WAITING)
             return RunOutcome(OutcomeKind.HALTED, EXIT_HALTED, "guest halted")
         if isinstance(exit, Shutdown):
             return self._triple_fault()

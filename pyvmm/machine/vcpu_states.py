@@ -107,9 +107,12 @@ def explain_never_ended(states: Sequence[VcpuState]) -> str | None:
     if all(state.stuck for state in states):
         # The halt watch ends such a run as halted; the stop came first.
         return f"{found}: no vCPU could run again"
+    # Halted with IF=1 is an idle loop: it may well be taking interrupts (a timer tick)
+    # between its hlts, and would go on for ever; pyvmm cannot tell none will come.
     return (
-        f"{found}: hlt waits for an interrupt (IF=1), and none had come; unmask one at the "
-        "PIC or IOAPIC, or end the guest through the debug-exit port (0xf4)"
+        f"{found}: idle, waiting in hlt with interrupts enabled (IF=1) for the next one, as "
+        "an operating system's idle loop does for ever; a guest that should end does so "
+        "through the debug-exit port (0xf4) or an ACPI power-off"
     )
 
 

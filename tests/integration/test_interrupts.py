@@ -11,7 +11,7 @@ import time
 from pyvmm._kvm import lib
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.machine.builder import MachineConfig, build_machine
-from tests.integration.helpers import GUESTS, REPO, guest
+from tests.integration.helpers import GUESTS, REPO, guest, run_pyvmm
 from tests.integration.qemu import QEMU_BASE, require_qemu
 
 SERIAL_IRQ = GUESTS / "tests" / "serial_irq.elf"
@@ -87,9 +87,11 @@ def test_serial_interrupts_and_host_input_as_under_qemu() -> None:
         [require_qemu(), *QEMU_BASE, "-m", "128M", "-kernel", str(SERIAL_IRQ)]
     )
     assert (qemu_status, qemu_out) == (status, out), qemu_err
-    # Without the irqchip no interrupt reaches the guest: its first hlt ends the run.
+    # Without the irqchip no interrupt reaches the guest: its first hlt ends the run,
+    # and one line says why.
     off = converse(pyvmm("--kernel-irqchip", "off", guest("tests/serial_irq.elf")))
-    assert off == (0, b"", b"")
+    assert off[:2] == (0, b"")
+    assert off[2].count(b"\n") == 1 and b"nothing can wake it" in off[2]
 
 
 def run_boot_sector(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -135,3 +137,13 @@ def test_the_bios_pic_state_is_read_back_from_kvm() -> None:
     assert pics(None, b"\xf4") == [(0x08, 0xFB, 1), (0x70, 0xFF, 1)]  # real mode
     # Other entry modes: KVM's reset state, for the operating system to program.
     assert pics(CpuMode.PROTECTED, b"\xf4") == [(0, 0, 0), (0, 0, 0)]
+
+
+def test_hlt_with_interrupts_enabled_and_no_irqchip_says_nothing_can_wake_it() -> None:
+    """--kernel-irqchip off: a guest that enabled interrupts and halts waits in vain; say so."""
+    result = run_pyvmm("boot", "--kernel-irqchip", "off", guest("tests/wait_irq.bin"))
+    assert (result.returncode, result.stdout) == (0, "waiting\n")
+    assert result.stderr == (
+        "pyvmm: guest halted with interrupts enabled (IF=1), waiting for one, but this machine "
+        "has no interrupt controllers (--kernel-irqchip off): nothing can wake it\n"
+    )

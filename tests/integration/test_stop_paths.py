@@ -158,9 +158,10 @@ def test_ctrl_c_during_the_build_says_the_same_line() -> None:
 
 WAITING_IF1 = (
     "pyvmm: when the run was stopped, every vCPU was halted or waiting for INIT/SIPI "
-    "(vCPU 0 halted, IF=1; vCPU 1 waiting for INIT/SIPI): hlt waits for an interrupt (IF=1), "
-    "and none had come; unmask one at the PIC or IOAPIC, or end the guest through the "
-    "debug-exit port (0xf4)"
+    "(vCPU 0 halted, IF=1; vCPU 1 waiting for INIT/SIPI): idle, waiting in hlt with "
+    "interrupts enabled (IF=1) for the next one, as an operating system's idle loop does for "
+    "ever; a guest that should end does so through the debug-exit port (0xf4) or an ACPI "
+    "power-off"
 )
 
 

@@ -103,7 +103,7 @@ def test_serial_stdio_is_not_read_as_dash_s() -> None:
     ("habit", "attribute", "value"),
     [
         (["-gdb", "tcp::4321"], "gdb", "tcp::4321"),
-        (["-machine", "kernel_irqchip=off"], "kernel_irqchip", "off"),
+        (["-machine", "kernel_irqchip=on"], "kernel_irqchip", "on"),
         (["-M", "accel=kvm,kernel-irqchip=on"], "kernel_irqchip", "on"),
         (["-accel", "kvm,kernel-irqchip=on"], "kernel_irqchip", "on"),
         (["-append", "console=ttyS0"], "append", "console=ttyS0"),
@@ -142,9 +142,12 @@ def test_display_curses_becomes_vga_text_where_the_option_exists() -> None:
         (["-drive", "file=d.img,format=raw", HELLO], "pyvmm has no disks"),
         (["-cdrom", "x.iso", HELLO], "pyvmm has no disks"),
         (["-bios", "bios.bin", HELLO], "pyvmm has no firmware"),
-        (["-machine", "q35", HELLO], "cannot use -machine q35: pyvmm has one machine"),
-        (["-M", "pc,accel=kvm", HELLO], "cannot use -M pc: pyvmm has one machine"),
-        (["-machine", "kernel_irqchip=split", HELLO], "kernel-irqchip=split is not available"),
+        (["-machine", "isapc", HELLO], "cannot use -machine isapc: pyvmm has one machine"),
+        (["-M", "microvm,accel=kvm", HELLO], "cannot use -M microvm: pyvmm has one machine"),
+        # QEMU's off/split move the irqchip into QEMU; pyvmm's --kernel-irqchip off removes it.
+        (["-machine", "kernel_irqchip=split", HELLO], "QEMU's userspace PIC, IOAPIC and PIT"),
+        (["-machine", "kernel_irqchip=off", HELLO], "pyvmm has none: its interrupt controllers"),
+        (["-accel", "kvm,kernel-irqchip=off", HELLO], "--kernel-irqchip off removes them"),
         (["-accel", "tcg", HELLO], "pyvmm runs on KVM only"),
         (["-machine", "accel=tcg", HELLO], "pyvmm runs on KVM only"),
         (["-cpu", "qemu64", HELLO], "pyvmm has no CPU models"),
@@ -457,3 +460,12 @@ def test_open_kvm_refused_gives_the_hint(node: Path, monkeypatch: pytest.MonkeyP
         f"cannot open {node}: EACCES (Permission denied); it is root:root, mode 0600: run as root"
     )
     assert stat.S_IMODE(node.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    "machine", ["pc", "q35", "pc-i440fx-7.2", "pc-q35-7.2", "pc,accel=kvm", "q35,acpi=off"]
+)
+def test_qemu_pc_machine_types_are_pyvmm_s_machine(machine: str) -> None:
+    """Hobby Makefiles pass -M pc or -machine q35: pyvmm's PC is what a kernel finds on both."""
+    args = parse("boot", "-M", machine, HELLO)
+    assert args.acpi == ("off" if "acpi=off" in machine else "on")

@@ -44,9 +44,10 @@ def test_many_vcpus_are_summarised_by_ranges() -> None:
 def test_one_vcpu_halted_waiting_for_an_interrupt() -> None:
     why = explain_never_ended(states((HALTED, True)))
     assert why == (
-        "when the run was stopped, the vCPU was halted (vCPU 0 halted, IF=1): hlt waits for "
-        "an interrupt (IF=1), and none had come; unmask one at the PIC or IOAPIC, or end the "
-        "guest through the debug-exit port (0xf4)"
+        "when the run was stopped, the vCPU was halted (vCPU 0 halted, IF=1): idle, waiting "
+        "in hlt with interrupts enabled (IF=1) for the next one, as an operating system's idle "
+        "loop does for ever; a guest that should end does so through the debug-exit port "
+        "(0xf4) or an ACPI power-off"
     )
 
 
@@ -55,7 +56,7 @@ def test_halted_with_interrupts_on_states_facts_only() -> None:
     assert why is not None
     assert why.startswith(
         "when the run was stopped, every vCPU was halted (vCPU 0 halted, IF=1; vCPU 1 "
-        "halted, IF=0): hlt waits for an interrupt (IF=1)"
+        "halted, IF=0): idle, waiting in hlt with interrupts enabled (IF=1)"
     )
 
 
