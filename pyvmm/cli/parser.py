@@ -214,8 +214,8 @@ def build_parser() -> _Parser:
     boot.add_argument(
         "--gdb",
         metavar="tcp::PORT",
-        help="wait for gdb on 127.0.0.1:PORT (tcp:HOST:PORT: on HOST) and let it drive the "
-        "guest (gdb: target remote :PORT)",
+        help="let gdb attach on 127.0.0.1:PORT (tcp:HOST:PORT: on HOST) and drive the guest "
+        "(gdb: target remote :PORT); the guest starts at once unless -S",
     )
     boot.add_argument(
         "-s", dest="gdb_default", action="store_true", help="shorthand for --gdb tcp::1234"
@@ -224,7 +224,8 @@ def build_parser() -> _Parser:
         "-S",
         dest="gdb_stop",
         action="store_true",
-        help="with --gdb or -s: stop before the first guest instruction (an error without them)",
+        help="with --gdb or -s: wait for gdb before the first guest instruction (an error "
+        "without them)",
     )
 
     memmap = commands.add_parser(

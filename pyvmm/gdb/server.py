@@ -4,6 +4,10 @@ The vCPU runs in the main thread, as without gdb. A reader thread receives
 what gdb sends and hands it over through a queue; a Ctrl-C byte also kicks
 the vCPU out of KVM_RUN with a signal. One connection; when gdb goes away
 the guest keeps running without it.
+
+As in QEMU, `-S` waits for gdb before the first instruction; without it the
+guest runs at once, and a gdb that connects later stops it where it is
+(stop reply SIGINT, as after a Ctrl-C) and takes over.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from pyvmm.errors import UsageError
 from pyvmm.gdb.packets import Interrupt, PacketReader
-from pyvmm.gdb.session import Exited, GdbSession, Killed, SessionState
+from pyvmm.gdb.session import Exited, GdbSession, Interrupted, Killed, SessionState
 from pyvmm.gdb.vcpu_target import VcpuTarget, host_reports_data_breakpoints, host_reports_int3
 from pyvmm.machine.outcome import OutcomeKind, RunOutcome, interrupted
 from pyvmm.machine.run_signals import stop_signals_raise
@@ -144,7 +148,10 @@ class GdbServer:
     def serve(
         self, stop_at_start: bool, timeout: float | None, observer: ExitObserver | None = None
     ) -> RunOutcome:
-        """Wait for gdb, then run the guest under its control until the guest ends.
+        """Run the guest under gdb's control until the guest ends.
+
+        With `stop_at_start` (-S) gdb must connect before the first instruction;
+        without it the guest starts at once and gdb may connect at any time.
 
         `observer` (--trace, --stats) sees every exit of every run, as without gdb.
         A port that cannot be listened on is a UsageError (see `listen`). A
@@ -168,18 +175,47 @@ class GdbServer:
         try:
             host, port = listener.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host  # an IPv6 address
-            log.warning("waiting for gdb on tcp:%s:%d (target remote :%d)", shown, port, port)
-            self.connection, _ = listener.accept()
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._reader, args=(self.connection,), daemon=True).start()
             if not stop_at_start:
-                self.target.pending = "continue"
+                log.warning("gdb can attach on tcp:%s:%d (target remote :%d)", shown, port, port)
+                outcome = self._run_until_attached(listener, timeout)
+                if outcome is not None:
+                    return outcome
+                return self._drive(timeout)
+            log.warning("waiting for gdb on tcp:%s:%d (target remote :%d)", shown, port, port)
+            self._attach(listener.accept()[0])
             return self._drive(timeout)
         finally:
             self._closing = True
             listener.close()
             if self.connection is not None:
                 self.connection.close()
+
+    def _attach(self, connection: socket.socket) -> None:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connection = connection
+        threading.Thread(target=self._reader, args=(connection,), daemon=True).start()
+
+    def _run_until_attached(
+        self, listener: socket.socket, timeout: float | None
+    ) -> RunOutcome | None:
+        """Run without gdb until one connects (None: stopped for it) or the guest ends."""
+        attached = threading.Event()
+
+        def accept() -> None:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # the listener closed: the run ended first
+                return
+            self._attach(connection)
+            attached.set()
+            self._kick()
+
+        threading.Thread(target=accept, daemon=True).start()
+        outcome = self.machine.run(timeout, observer=self.observer)
+        if outcome.kind is not OutcomeKind.DEBUG or not attached.is_set():
+            return outcome
+        self.session.stopped(Interrupted())  # what `?` answers, as QEMU on attach
+        return None
 
     def _drive(self, timeout: float | None) -> RunOutcome:
         target = self.target

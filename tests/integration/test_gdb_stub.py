@@ -101,7 +101,7 @@ def test_gdb_disconnect_lets_the_guest_finish(tmp_path: Path) -> None:
 def test_garbage_and_huge_packets_do_not_crash_the_stub() -> None:
     port = free_port()
     vmm = subprocess.Popen(
-        [sys.executable, "-m", "pyvmm", "boot", "--gdb", f"tcp::{port}", "guests/hello.bin"],
+        [sys.executable, "-m", "pyvmm", "boot", "-S", "--gdb", f"tcp::{port}", "guests/hello.bin"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -154,4 +154,42 @@ def test_ctrl_c_interrupts_a_running_guest_and_k_kills_it() -> None:
         client.sendall(b"+$k#6b")
     out, err = vmm.communicate(timeout=30)
     assert out == ""  # nothing more after the line read above
+    assert vmm.returncode == -signal.SIGKILL and "killed from gdb" in err, err
+
+
+def test_without_dash_S_the_guest_runs_at_once_and_gdb_may_never_come() -> None:
+    # As QEMU's -s: before, pyvmm waited for gdb even without -S.
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "pyvmm", "boot", "--gdb", f"tcp::{port}", "guests/hello.bin"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (0, "Hello, world!\n"), result.stderr
+    assert f"gdb can attach on tcp:127.0.0.1:{port}" in result.stderr
+
+
+def test_gdb_attaching_to_a_running_guest_stops_it_where_it_is() -> None:
+    port = free_port()
+    vmm = subprocess.Popen(
+        [sys.executable, "-m", "pyvmm", "boot", "--gdb", f"tcp::{port}", "guests/tests/spin.bin"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert vmm.stdout is not None and vmm.stdout.readline() == "spinning\n"  # runs unattached
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.settimeout(30)
+        client.sendall(b"$?#3f")
+        received = b""
+        while b"#" not in received.lstrip(b"+"):
+            chunk = client.recv(4096)
+            assert chunk, received
+            received += chunk
+        assert b"$S02#" in received  # stopped by the attach, as by a Ctrl-C
+        client.sendall(b"+$k#6b")
+    _, err = vmm.communicate(timeout=30)
     assert vmm.returncode == -signal.SIGKILL and "killed from gdb" in err, err
