@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pyvmm.machine.builder import Machine
     from pyvmm.machine.outcome import RunOutcome
 
+
 def build_from_args(
     args: argparse.Namespace, console: TextIO | None, console_input: InputBuffer | None = None
 ) -> Machine:
@@ -282,5 +283,3 @@ def open_trace_file(path: str | None) -> TextIO:
         return open(path, "w", buffering=1)
     except OSError as error:
         raise UsageError(f"cannot write trace file '{path}': {error.strerror}") from None
-
-

@@ -37,5 +37,3 @@ def run_memmap(args: argparse.Namespace) -> tuple[int, int | None]:
     else:
         sys.stdout.write(render_text(report))
     return 0, None
-
-

@@ -258,9 +258,7 @@ def _device(name: str, value: str | None, context: CommandContext) -> list[str]:
     if driver == TESTDEV_DEVICE:
         unknown = sorted(set(properties) - {"id"})  # id= names any -device in QEMU
         if unknown:
-            raise refuse(
-                context, f"{name} {value}", f"pc-testdev has no property '{unknown[0]}'"
-            )
+            raise refuse(context, f"{name} {value}", f"pc-testdev has no property '{unknown[0]}'")
         # Every command that takes QEMU's options builds a machine, and has --testdev.
         return ["--testdev"]
     if driver != "isa-debug-exit":

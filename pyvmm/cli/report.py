@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pyvmm.machine.outcome import RunOutcome
     from pyvmm.observe.machine_map import MapEntry
 
+
 def log_memory_map(machine: Machine) -> None:
     log = logging.getLogger("pyvmm")
     if not log.isEnabledFor(logging.INFO):

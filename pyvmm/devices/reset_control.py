@@ -63,9 +63,7 @@ class SystemControlPortA:
         rising = value & PORT92_ALT_RST and not self.value & PORT92_ALT_RST
         self.value = value
         if rising:
-            self._on_reset(
-                f"0x{value:02x} to port 0x92, System Control Port A (bit 0: fast reset)"
-            )
+            self._on_reset(f"0x{value:02x} to port 0x92, System Control Port A (bit 0: fast reset)")
 
 
 class ResetControl:

@@ -281,9 +281,7 @@ def attach_pc_testdev(
     earlier holds keep it: in a real-mode entry, pyvmm's no-BIOS trap on
     0xe5, where QEMU's pc-testdev ignores the byte writes the trap takes.
     """
-    lines = [
-        interrupts.line(gsi, "pc-testdev", shared=True) for gsi in range(TESTDEV_IRQ_LINES)
-    ]
+    lines = [interrupts.line(gsi, "pc-testdev", shared=True) for gsi in range(TESTDEV_IRQ_LINES)]
     device = PcTestdev(lines, HostPageFlush(memory))
     _insert_around(pio_bus, device.ports, TESTDEV_PORT, TESTDEV_PORTS_SIZE, "pc-testdev")
     pio_bus.insert(

@@ -330,9 +330,7 @@ def check_ram_size(ram_size: int, requested: str | None = None, *, option: str =
         )
     host = host_memory_size()
     if host is not None and ram_size > host:
-        raise UsageError(
-            f"{what} is more than this host's RAM ({format_size(host)})"
-        )
+        raise UsageError(f"{what} is more than this host's RAM ({format_size(host)})")
 
 
 def host_memory_size() -> int | None:

@@ -175,9 +175,7 @@ def _cpu_mode(mode: CpuMode | str | None) -> CpuMode | None:
         raise UsageError(f"unknown CPU mode {mode!r}: use one of {names}") from None
 
 
-def _module(
-    entry: str | os.PathLike[str] | tuple[str, bytes], ram_size: int
-) -> tuple[str, bytes]:
+def _module(entry: str | os.PathLike[str] | tuple[str, bytes], ram_size: int) -> tuple[str, bytes]:
     if isinstance(entry, tuple):
         string, data = entry
         return str(string), bytes(data)

@@ -115,9 +115,7 @@ def reset_requested(how: str) -> RunOutcome:
 
 
 def unhandled_exception(message: str, registers: str | None = None) -> RunOutcome:
-    return RunOutcome(
-        OutcomeKind.UNHANDLED_EXCEPTION, EXIT_UNHANDLED_EXCEPTION, message, registers
-    )
+    return RunOutcome(OutcomeKind.UNHANDLED_EXCEPTION, EXIT_UNHANDLED_EXCEPTION, message, registers)
 
 
 def vmm_error(message: str) -> RunOutcome:

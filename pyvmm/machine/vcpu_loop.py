@@ -314,4 +314,3 @@ class VcpuLoop:
         return RunOutcome(
             unhandled.kind, unhandled.exit_status, unhandled.message, self.register_dump()
         )
-

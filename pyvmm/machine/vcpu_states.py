@@ -65,9 +65,7 @@ def read_vcpu_state(vcpu: Vcpu) -> VcpuState:
     mp_state = vcpu.get_mp_state()
     # RFLAGS matters only to a halted vCPU: one ioctl, not two, for a running one.
     interrupts_on = (
-        bool(vcpu.get_regs().rflags & RFLAGS_IF)
-        if mp_state == lib.KVM_MP_STATE_HALTED
-        else False
+        bool(vcpu.get_regs().rflags & RFLAGS_IF) if mp_state == lib.KVM_MP_STATE_HALTED else False
     )
     return VcpuState(vcpu.vcpu_id, mp_state, interrupts_on)
 
@@ -79,9 +77,7 @@ def read_vcpu_states(vcpus: Iterable[Vcpu]) -> list[VcpuState] | None:
     """
     try:
         return [
-            VcpuState(
-                vcpu.vcpu_id, vcpu.get_mp_state(), bool(vcpu.get_regs().rflags & RFLAGS_IF)
-            )
+            VcpuState(vcpu.vcpu_id, vcpu.get_mp_state(), bool(vcpu.get_regs().rflags & RFLAGS_IF))
             for vcpu in vcpus
         ]
     except PyvmmError:

@@ -110,9 +110,7 @@ def ram_and_holes(memory: GuestMemory) -> list[MapEntry]:
     return entries
 
 
-def locate(
-    memory: GuestMemory, gpa: int, entries: Sequence[MapEntry] | None = None
-) -> MapEntry:
+def locate(memory: GuestMemory, gpa: int, entries: Sequence[MapEntry] | None = None) -> MapEntry:
     """The RAM slot or range with no RAM of `ram_and_holes` that holds `gpa`.
 
     An address past them all lies in a `PAST_RAM` entry that runs to the end

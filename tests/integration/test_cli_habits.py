@@ -88,7 +88,6 @@ def test_trace_file_alone_writes_the_trace(tmp_path: Path) -> None:
     assert reasons == ["KVM_EXIT_IO"] * 14
 
 
-
 def test_gdb_on_a_busy_port_is_a_usage_error(busy_port: int) -> None:
     result = run_pyvmm("boot", "--gdb", f"tcp::{busy_port}", guest("hello.bin"), timeout=30)
     assert (result.returncode, result.stdout) == (2, "")

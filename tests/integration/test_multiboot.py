@@ -33,7 +33,6 @@ MEMORY_5G = [
 ]
 
 
-
 def hello_size() -> int:
     return (GUESTS / "hello.bin").stat().st_size
 

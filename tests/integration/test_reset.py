@@ -102,7 +102,9 @@ def test_qemu_keeps_ram_across_its_reboot_where_pyvmm_boots_cold(image: str) -> 
     name = image.split("/")[1].removesuffix(".elf")
     assert qemu.returncode == THIRD_BOOT, qemu.stdout + qemu.stderr
     assert re.findall(rf"^{name}: boot (\d)$", qemu.stdout.decode(), re.MULTILINE) == [
-        "1", "2", "3"
+        "1",
+        "2",
+        "3",
     ]
     pyvmm = run_pyvmm("boot", "--reboot", "--timeout", "2", guest(image))
     assert pyvmm.returncode == 124, pyvmm.stderr

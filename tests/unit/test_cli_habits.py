@@ -360,7 +360,6 @@ def test_ram_beyond_the_host_is_said_in_its_own_unit(capsys: pytest.CaptureFixtu
     assert line.startswith("pyvmm boot: -m 100000 (97.6 GiB) is more than this host's RAM (")
 
 
-
 def test_gdb_port_in_use_is_a_usage_error(busy_port: int) -> None:
     with pytest.raises(UsageError) as error:
         gdb_server.listen(("127.0.0.1", busy_port))

@@ -57,6 +57,8 @@ def load_multiboot(*args: Any, **kwargs: Any) -> Any:
 
 def plan_multiboot(*args: Any, **kwargs: Any) -> Any:
     return plan_multiboot_anywhere(*args, reserved=VMM_RESERVED, **kwargs)
+
+
 PAGE = 0x1000
 RAM_SIZE = 4 * MIB
 FILL = 0xAA  # pre-fills RAM so that written and zeroed bytes are visible
