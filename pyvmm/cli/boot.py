@@ -164,9 +164,11 @@ def run_rebooting(
 ) -> tuple[Machine, RunOutcome]:
     """--reboot: run `machine`; each time the guest resets it, build it again and run the new one.
 
-    A reboot is a cold boot: a new machine from the same MachineConfig (the
+    A reboot is a reset: a new machine from the same MachineConfig (the
     image as read at the start, the same console and input), RAM zeroed and
-    every device at its power-on state, vCPU 0 at the entry point again.
+    every device at its power-on state, vCPU 0 at the entry point again,
+    except what a PC's battery keeps: the CMOS and the RTC's time, which
+    carry over as the guest left them.
     The limits hold for the whole session, not for each boot: --timeout
     counts from the first boot, --max-exits counts each vCPU's exits over
     every boot, so a guest that resets in a loop still ends by them (or by
@@ -197,6 +199,8 @@ def run_rebooting(
             break
         config = machine.config
         assert config is not None  # set by build_machine
+        if machine.rtc is not None:  # the battery keeps the CMOS and the clock
+            config = replace(config, cmos=machine.rtc.battery_backed())
         log.info("%s: rebooting (--reboot), boot %d", outcome.message, boots + 1)
         machine.close()
         machine = build_machine(config)

@@ -45,6 +45,7 @@ next due to rise (pyvmm.machine.rtc_timer has vCPU 0 call it at that time).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from pyvmm.devices.irq import IrqLine, NoIrq
 
@@ -239,6 +240,25 @@ def pc_cmos_memory(ram_below_4g: int, ram_above_4g: int, cpus: int) -> dict[int,
     }
 
 
+# What the chip's RESET pin clears in register B (datasheet, "RESET"); the
+# clock, the calendar, the rest of register B, register A and the RAM stay.
+REG_B_CLEARED_BY_RESET = REG_B_PIE | REG_B_AIE | REG_B_UIE | REG_B_SQWE
+
+
+@dataclass(frozen=True)
+class CmosContents:
+    """What the battery keeps while the machine resets: the 128 bytes and the clock.
+
+    `ram` is the chip's 128 bytes as they stood (registers A and B, the
+    alarms, the latched time while the clock is stopped, CMOS RAM);
+    `offset_ns` is the guest's time minus the host's, in nanoseconds, which
+    the guest moves by setting the clock. Made by `Mc146818Rtc.battery_backed`.
+    """
+
+    ram: bytes
+    offset_ns: int
+
+
 class Mc146818Rtc:
     """The MC146818A with the PC's 128 bytes of CMOS RAM, seen through ports 0x70 and 0x71.
 
@@ -246,36 +266,57 @@ class Mc146818Rtc:
     host's `time.time_ns` in pyvmm; a fake in tests). `irq` is the RTC's
     interrupt line (ISA IRQ 8): high while register C's IRQF is set. `cmos`
     presets bytes 0x0e-0x7f (e.g. `pc_cmos_memory`); the clock's registers
-    0x00-0x0d and the century byte come from the clock. Raises ValueError for
-    a preset outside 0x0e-0x7f or a value that is not a byte.
+    0x00-0x0d and the century byte come from the clock. `battery` (from the
+    previous machine's `battery_backed`) makes this a reset rather than a
+    power-on: the RAM and the guest's clock carry over, and only what the
+    chip's RESET pin clears is cleared (PIE, AIE, UIE, SQWE and register C's
+    flags); `cmos` is written over it as firmware rewrites it at each boot.
+    Raises ValueError for a preset outside 0x0e-0x7f or a value that is not a
+    byte, or battery contents that are not 128 bytes.
     """
 
     def __init__(
-        self, clock: Clock, irq: IrqLine | None = None, cmos: Mapping[int, int] | None = None
+        self,
+        clock: Clock,
+        irq: IrqLine | None = None,
+        cmos: Mapping[int, int] | None = None,
+        battery: CmosContents | None = None,
     ) -> None:
         self._clock = clock
         self._irq: IrqLine = irq if irq is not None else NoIrq()
         self._irq_level = False
         self._ram = bytearray(CMOS_SIZE)
+        if battery is not None and len(battery.ram) != CMOS_SIZE:
+            raise ValueError(f"CMOS contents of {len(battery.ram)} bytes, not {CMOS_SIZE}")
+        if battery is not None:
+            self._ram[:] = battery.ram
         for index, value in (cmos or {}).items():
             if not RTC_REG_D < index < CMOS_SIZE or index in (CMOS_CENTURY, CMOS_IBM_PS2_CENTURY):
                 raise ValueError(f"CMOS byte 0x{index:x} is not plain CMOS RAM (0x0e-0x7f)")
             if not 0 <= value <= 0xFF:
                 raise ValueError(f"CMOS byte 0x{index:x}: {value} is not a byte")
             self._ram[index] = value
-        self._ram[RTC_REG_A] = RESET_REG_A
-        self._ram[RTC_REG_B] = RESET_REG_B
+        if battery is None:
+            self._ram[RTC_REG_A] = RESET_REG_A
+            self._ram[RTC_REG_B] = RESET_REG_B
+        else:
+            self._ram[RTC_REG_B] &= ~REG_B_CLEARED_BY_RESET
+        self._ram[RTC_REG_C] = 0
         self._ram[RTC_REG_D] = REG_D_VRT
         self._index = 0
         self._nmi_disabled = False
         self._flags = 0  # PF, AF, UF of register C
         now = clock()
         # While the divider runs, the guest's time in ns is the clock's plus this.
-        self._offset_ns = 0
+        self._offset_ns = 0 if battery is None else battery.offset_ns
         self._last_ns = now  # time has passed in the device up to here
         # Counts the changes that can move the next interrupt (see `schedule_changes`).
         self._schedule_changes = 0
         self._registers_cache: tuple[tuple[int, int] | None, dict[int, int]] = (None, {})
+
+    def battery_backed(self) -> CmosContents:
+        """What survives a machine reset (see `CmosContents`), as of now."""
+        return CmosContents(bytes(self._ram), self._offset_ns)
 
     # -- the bus interface -------------------------------------------------
 

@@ -35,6 +35,7 @@ from pyvmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit
 from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FW_CFG_PORT_SIZE, FwCfg
 from pyvmm.devices.irq import IrqLine
 from pyvmm.devices.pci_absent import PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PciAbsent
+from pyvmm.devices.rtc import CmosContents, Mc146818Rtc
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.sink import POST_PORT, IgnoredPort
 from pyvmm.devices.testdev import attach_pc_testdev
@@ -104,6 +105,9 @@ class MachineConfig:
     testdev: bool = False
     # ACPI tables and the PM1a/PM timer blocks (--acpi on|off; QEMU's -machine acpi=).
     acpi: bool = True
+    # The RTC's battery-backed CMOS and clock from the machine a guest reset
+    # (`pyvmm boot --reboot`); None: a power-on.
+    cmos: CmosContents | None = None
 
     @property
     def wants_irqchip(self) -> bool:
@@ -160,6 +164,8 @@ class Machine(ClosesOnExit):
         self.config: MachineConfig | None = None
         # Set by build_machine: the MP and ACPI tables written into RAM (see firmware.py).
         self.firmware: FirmwareTables | None = None
+        # Set by build_machine: the RTC and CMOS (a reboot carries its contents over).
+        self.rtc: Mc146818Rtc | None = None
         # Set by build_machine: where pyvmm put its GDT, page tables, TSS and stack.
         self.vmm_places = layout.DEFAULT_PLACES
 
@@ -457,7 +463,9 @@ def build_machine(config: MachineConfig) -> Machine:
         pio_bus.insert(IgnoredPort(), POST_PORT, 1, "POST port")
         attach_qemu_board(pio_bus, config)
         attach_reset_sources(pio_bus, interrupts, group.request_stop)  # 0x60/0x64, 0x92, 0xcf9
-        attach_rtc(pio_bus, interrupts, config.ram_size, config.cpus, group.post, resources)
+        rtc = attach_rtc(
+            pio_bus, interrupts, config.ram_size, config.cpus, group.post, resources, config.cmos
+        )
         no_bios = None
         if entry.mode is CpuMode.REAL:
             no_bios = attach_no_bios(
@@ -497,6 +505,7 @@ def build_machine(config: MachineConfig) -> Machine:
         machine.vmm_places = placement.places
         machine.interrupts = interrupts
         machine.firmware = firmware
+        machine.rtc = rtc
         machine.no_bios, machine.vga_text = no_bios, vga_text
     return machine
 

@@ -42,6 +42,7 @@ from pyvmm.devices.rtc import (
     RTC_PORT,
     RTC_PORT_SIZE,
     Clock,
+    CmosContents,
     Mc146818Rtc,
     pc_cmos_memory,
 )
@@ -167,6 +168,7 @@ def attach_rtc(
     cpus: int,
     post: Post,
     resources: ExitStack,
+    battery: CmosContents | None = None,
 ) -> Mc146818Rtc:
     """The PC's RTC and CMOS at ports 0x70-0x71 on GSI 8, its CMOS holding the machine's sizes.
 
@@ -174,7 +176,8 @@ def attach_rtc(
     default `-rtc base=utc,clock=host`. With an in-kernel irqchip the device
     gets a timer (`post` is `VcpuGroup.post`; the timer stops when
     `resources` closes, before the VM); without one its line goes nowhere and
-    nothing else is needed: time passes at each access.
+    nothing else is needed: time passes at each access. `battery` carries the
+    CMOS and the guest's clock over from the machine before a reset.
     """
     below_4g = above_4g = 0
     for gpa, size in layout.ram_ranges(ram_size):
@@ -184,7 +187,10 @@ def attach_rtc(
             above_4g += size
     clock = time.time_ns
     rtc = Mc146818Rtc(
-        clock, interrupts.line(RTC_GSI, "RTC"), cmos=pc_cmos_memory(below_4g, above_4g, cpus)
+        clock,
+        interrupts.line(RTC_GSI, "RTC"),
+        cmos=pc_cmos_memory(below_4g, above_4g, cpus),
+        battery=battery,
     )
     device: Mc146818Rtc | RtcPorts = rtc
     if interrupts.irqchip:

@@ -62,6 +62,9 @@ def test_reboot_restarts_a_cold_machine_until_the_session_timeout() -> None:
     assert result.returncode == 124, result.stderr
     boots = re.findall(r"^reset_kbd: boot (\d)$", result.stdout, re.MULTILINE)
     assert len(boots) >= 2 and set(boots) == {"1"}  # RAM zeroed at every boot
+    # The CMOS, battery-backed, counts every boot (a byte: it wraps after 255).
+    cmos = re.findall(r"^reset_kbd: CMOS boot 0x([0-9a-f]{2})$", result.stdout, re.MULTILINE)
+    assert [int(count, 16) for count in cmos] == [n % 256 for n in range(1, len(boots) + 1)]
     match = re.search(
         r"^pyvmm: guest did not finish within 3\.0 s \(boot (\d+): --reboot restarted the "
         r"machine (once|\d+ times)\)$",
@@ -91,7 +94,7 @@ def test_reboot_counts_max_exits_over_the_whole_session() -> None:
 
 @pytest.mark.parametrize("image", sorted(RESET_GUESTS))
 def test_qemu_keeps_ram_across_its_reboot_where_pyvmm_boots_cold(image: str) -> None:
-    """QEMU without -no-reboot: the guest's RAM counter goes up; pyvmm --reboot: always 1."""
+    """QEMU without -no-reboot: the RAM counter goes up; pyvmm --reboot: always 1; CMOS: both."""
     command = [require_qemu(), *(a for a in QEMU_BASE if a != "-no-reboot")]
     qemu = subprocess.run(
         [*command, "-m", "128M", "-kernel", str(GUESTS / image)],
@@ -110,6 +113,12 @@ def test_qemu_keeps_ram_across_its_reboot_where_pyvmm_boots_cold(image: str) -> 
     assert pyvmm.returncode == 124, pyvmm.stderr
     boots = re.findall(rf"^{name}: boot (\d)$", pyvmm.stdout, re.MULTILINE)
     assert len(boots) >= 3 and set(boots) == {"1"}, pyvmm.stdout[-500:]
+    # What the RTC's battery keeps, both keep: the CMOS count goes up in each.
+    cmos_pattern = rf"^{name}: CMOS boot 0x([0-9a-f]{{2}})$"
+    qemu_cmos = re.findall(cmos_pattern, qemu.stdout.decode(), re.MULTILINE)
+    assert qemu_cmos == ["01", "02", "03"]
+    pyvmm_cmos = re.findall(cmos_pattern, pyvmm.stdout, re.MULTILINE)
+    assert pyvmm_cmos[:3] == qemu_cmos
 
 
 def test_reboot_changes_nothing_for_a_guest_that_does_not_reset() -> None:

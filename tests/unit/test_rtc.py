@@ -719,3 +719,31 @@ def test_other_qemu_rtc_settings_are_refused_in_one_line(
     assert captured.out == "" and captured.err.count("\n") == 1
     assert captured.err.startswith(f"pyvmm boot: cannot use -rtc {value}: pyvmm's RTC")
     assert says in captured.err
+
+
+def test_a_reset_keeps_what_the_battery_keeps_and_clears_what_the_reset_pin_clears() -> None:
+    """`--reboot`: the guest's clock, CMOS RAM, register A and the data mode survive."""
+    rtc, clock, _ = make(utc(2026, 11, 30, 7, 0, 0))
+    linux_set_time(rtc, utc(1999, 12, 31, 23, 59, 50))
+    cmos_write(rtc, 0x4F, 0x2A)
+    cmos_write(rtc, RTC_REG_A, RTC_REF_CLCK_32KHZ | 0x03)  # 8192 Hz periodic rate
+    cmos_write(rtc, RTC_REG_B, REG_B_24H | REG_B_DM | REG_B_PIE | REG_B_UIE)
+    clock.advance(5 * NS_PER_S)
+    contents = rtc.battery_backed()
+    clock.advance(10 * NS_PER_S)  # the reboot takes time; the clock goes on
+    line = RecordingLine()
+    after = Mc146818Rtc(clock, line, cmos={0x15: 0x80}, battery=contents)
+    assert linux_get_time(after, clock) == utc(2000, 1, 1, 0, 0, 5)
+    assert cmos_read(after, 0x4F) == 0x2A
+    assert cmos_read(after, 0x15) == 0x80  # what firmware writes at each boot
+    assert cmos_read(after, RTC_REG_A) & ~REG_A_UIP == RTC_REF_CLCK_32KHZ | 0x03
+    assert cmos_read(after, RTC_REG_B) == REG_B_24H | REG_B_DM  # PIE and UIE cleared
+    assert cmos_read(after, RTC_REG_C) == 0 and not line.high
+    assert cmos_read(after, RTC_REG_D) & 0x80  # VRT: the battery is good
+
+
+def test_battery_contents_of_the_wrong_size_are_refused() -> None:
+    from pyvmm.devices.rtc import CmosContents
+
+    with pytest.raises(ValueError, match="64 bytes, not 128"):
+        make(utc(2026, 1, 1), battery=CmosContents(bytes(64), 0))
