@@ -86,3 +86,24 @@ def test_the_reported_address_is_where_the_guest_stopped() -> None:
     assert match, first
     rip = next(line for line in stderr if line.startswith("RIP="))
     assert int(rip.split()[0].removeprefix("RIP="), 16) == int(match.group(1), 16)
+
+
+def test_kernel_iret_either_runs_or_gets_the_replacement_that_does() -> None:
+    """VT-x/AMD-V run a CPL 0 iret; a KVM that emulates kernel code may not. Either
+    way the replacement pyvmm suggests runs, and the failure line names it."""
+    result = run_pyvmm(
+        "boot", "--mode", "protected", "--timeout", "20", guest("tests/kernel_iret.bin")
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0] == "kernel_iret: popf; ret $8: back", result.stderr
+    if result.returncode == EXIT_INTERNAL_ERROR:
+        first = result.stderr.splitlines()[0]
+        assert first.startswith("pyvmm: KVM could not emulate 'iretd' (cf) at 0008:"), first
+        assert first.endswith(
+            "this host's KVM emulates kernel (CPL 0) code and cannot run iret there; return "
+            "to the same privilege level without it: `push 8(%esp); popf; ret $8` (EFLAGS "
+            "from the frame, then EIP, dropping CS and EFLAGS)"
+        ), first
+        assert lines == ["kernel_iret: popf; ret $8: back"]
+    else:
+        assert (result.returncode, lines[1:]) == (67, ["kernel_iret: iret: back"]), result.stderr

@@ -226,3 +226,43 @@ def test_other_suberrors_are_named(suberror: int, name: str) -> None:
     assert text.startswith(f"KVM internal error {name}")
     assert "at 0000:0000 (linear 0x0) in 16-bit code" in text
     assert "data" not in text
+
+
+# --- what to do instead, where the instruction is one kernels can replace ---------------
+
+IRETD = b"\xcf"
+IRETQ = b"\x48\xcf"
+INT_0X30 = b"\xcd\x30"
+
+
+def test_a_kernel_iret_gets_the_32bit_replacement() -> None:
+    text = describe_internal_error(emulation_failure(IRETD), regs_at(0x100), protected_mode(), None)
+    assert text.endswith(
+        "(KVM_INTERNAL_ERROR_EMULATION): this host's KVM emulates kernel (CPL 0) code and "
+        "cannot run iret there; return to the same privilege level without it: "
+        "`push 8(%esp); popf; ret $8` (EFLAGS from the frame, then EIP, dropping CS and EFLAGS)"
+    )
+
+
+def test_a_64bit_kernel_iretq_gets_the_64bit_replacement() -> None:
+    text = describe_internal_error(emulation_failure(IRETQ), regs_at(0x100), long_mode(), None)
+    assert "'iretq' (48 cf)" in text
+    assert text.endswith(
+        "restore RFLAGS with popfq and RSP from the frame, then jump to the saved RIP"
+    )
+
+
+def test_a_kernel_int_n_gets_the_call_replacement() -> None:
+    text = describe_internal_error(emulation_failure(INT_0X30), regs_at(0), protected_mode(), None)
+    assert "'int 0x30' (cd 30)" in text
+    assert "call the handler instead (`pushf; push %cs; call handler`" in text
+
+
+def test_no_replacement_in_real_mode_or_at_cpl3() -> None:
+    assert describe_internal_error(
+        emulation_failure(IRETD), regs_at(0), real_mode(), None
+    ).endswith("(KVM_INTERNAL_ERROR_EMULATION)")
+    user = protected_mode()
+    user.cs.selector = 0x1B
+    text = describe_internal_error(emulation_failure(IRETD), regs_at(0), user, None)
+    assert text.endswith("(KVM_INTERNAL_ERROR_EMULATION)")

@@ -102,8 +102,46 @@ def _describe_emulation_failure(
             code, bits, linear, source, ram_ends=len(code) < MAX_INSTRUCTION_SIZE
         )
     text = f"KVM could not emulate {what} at {where} ({name})"
-    hint = sse_off_hint(instruction.text, sregs) if instruction is not None else None
+    hint = None
+    if instruction is not None:
+        hint = sse_off_hint(instruction.text, sregs) or kernel_gate_hint(instruction.text, sregs)
     return f"{text}: {hint}" if hint else text
+
+
+# A host without VT-x/AMD-V (a software KVM backend) emulates CPL0 code, and its
+# emulator may not do the protected-mode gate transfers: `int n` through the IDT
+# and `iret`. Hardware interrupts are delivered all the same. The replacements
+# keep to what such an emulator runs: popf, call and ret.
+_IRET_32 = (
+    "return to the same privilege level without it: `push 8(%esp); popf; ret $8` "
+    "(EFLAGS from the frame, then EIP, dropping CS and EFLAGS)"
+)
+_IRET_64 = (
+    "return to the same privilege level without it: restore RFLAGS with popfq and "
+    "RSP from the frame, then jump to the saved RIP"
+)
+
+
+def kernel_gate_hint(text: str, sregs: Any) -> str | None:
+    """What to do when KVM could not emulate `iret` or `int n` in protected-mode kernel code.
+
+    Only KVM's instruction emulator runs such code where it fails (a host that
+    emulates CPL0 code instead of running it on VT-x/AMD-V), so the failure
+    itself is the probe. `text` is the disassembly; None for other cases.
+    """
+    mnemonic = text.split(" ", 1)[0]
+    if not sregs.cr0 & 1 or sregs.cs.selector & 3:
+        return None  # real mode, or user mode: not the case this explains
+    emulator = "this host's KVM emulates kernel (CPL 0) code and cannot run"
+    if mnemonic in ("iret", "iretd", "iretq"):
+        return f"{emulator} iret there; {_IRET_64 if sregs.cs.l else _IRET_32}"
+    if mnemonic in ("int", "int1", "into"):
+        return (
+            f"{emulator} a software interrupt there; call the handler instead "
+            "(`pushf; push %cs; call handler`, as the gate would), and have it return "
+            "without iret"
+        )
+    return None
 
 
 def _describe_code(
