@@ -102,7 +102,7 @@ def test_stats_and_trace_see_a_run_under_gdb(tmp_path: Path) -> None:
     """--stats and --trace used to be dropped silently when --gdb drove the run."""
     trace = tmp_path / "trace.txt"
     _, status, out, err = run_with_gdb(
-        ["--stats", "--trace=io", "--trace-file", str(trace), guest("hello.bin")],
+        ["-S", "--stats", "--trace=io", "--trace-file", str(trace), guest("hello.bin")],
         ["continue"],
         tmp_path,
     )
