@@ -60,6 +60,10 @@ class BusError(PyvmmError):
     """A device range that cannot be inserted on a bus."""
 
 
+class DeviceError(PyvmmError):
+    """A device broke the bus's contract (see devices.bus.BusDevice): the run ends as vmm-error."""
+
+
 class BusOverlap(BusError):
     """The new range overlaps a device already on the bus."""
 

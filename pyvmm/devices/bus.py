@@ -9,10 +9,11 @@ reported.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from pyvmm.errors import BusError, BusOverlap
+from pyvmm.errors import BusError, BusOverlap, DeviceError
 
 ADDRESS_LIMIT = 1 << 64
 
@@ -66,8 +67,19 @@ class BusRange:
         return self.base + self.length
 
 
+# A route: the device's read and write methods and the base their offsets are from.
+Route = tuple[Callable[[int, int], int], Callable[[int, int, int], None], int]
+# Routes remembered per bus before the cache starts again (MMIO addresses are many).
+ROUTE_CACHE_LIMIT = 4096
+
+
 class Bus:
-    """Sorted, non-overlapping device ranges; lookup is a bisect on the bases."""
+    """Sorted, non-overlapping device ranges; lookup is a bisect on the bases.
+
+    `routes` caches, per address already accessed, the device's two methods
+    and base (see `route`), so that the exit loop reaches a device with one
+    dict lookup; `insert` empties it.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -75,6 +87,7 @@ class Bus:
         self._bases: list[int] = []
         self.unmapped_reads = 0
         self.unmapped_writes = 0
+        self.routes: dict[int, Route] = {}
 
     @property
     def ranges(self) -> tuple[BusRange, ...]:
@@ -96,6 +109,7 @@ class Bus:
                 )
         self._ranges.insert(index, new)
         self._bases.insert(index, base)
+        self.routes.clear()
 
     def find(self, address: int) -> BusRange | None:
         index = bisect.bisect_right(self._bases, address) - 1
@@ -103,6 +117,39 @@ class Bus:
             return None
         found = self._ranges[index]
         return found if address < found.end else None
+
+    def route(self, address: int) -> Route:
+        """(read, write, base) for `address`, remembered in `routes`.
+
+        The device at `address` is called as read(address - base, size) and
+        write(address - base, size, value), exactly as `read` and `write` call
+        it; an address nobody claims gets the floating bus's methods (base 0).
+        """
+        found = self.find(address)
+        if found is None:
+            route: Route = (self._unmapped_read, self._unmapped_write, 0)
+        else:
+            route = (found.device.read, found.device.write, found.base)
+        if len(self.routes) >= ROUTE_CACHE_LIMIT:
+            self.routes.clear()
+        self.routes[address] = route
+        return route
+
+    def _unmapped_read(self, address: int, size: int) -> int:
+        self.unmapped_reads += 1
+        return (1 << (8 * size)) - 1
+
+    def _unmapped_write(self, address: int, size: int, value: int) -> None:
+        self.unmapped_writes += 1
+
+    def read_too_wide(self, address: int, size: int, value: int) -> DeviceError:
+        """The error for a device whose read answer does not fit the access's `size` bytes."""
+        found = self.find(address)
+        who = found.name if found is not None else "nothing"
+        return DeviceError(
+            f"{self.name}: {who} answered {hex(value)} to a {size}-byte read at "
+            f"0x{address:x}: more than {8 * size} bits"
+        )
 
     def read(self, address: int, size: int) -> int:
         found = self.find(address)

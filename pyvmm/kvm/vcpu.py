@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import Any
 
 from pyvmm._kvm import ffi, lib
@@ -35,6 +36,15 @@ class Vcpu(ClosesOnExit):
         if ret in _INTERRUPTED:
             return False
         raise KvmError("KVM_RUN", -ret)
+
+    def fast_run_call(self) -> tuple[Callable[[int, Any, int, int, Any], int], int, Any]:
+        """(function, fd, run_struct) for the exit loop's fast path.
+
+        The function is `lib.pyvmm_run_fast(fd, run_struct, complete, value,
+        out)` (see _kvm_build.py): KVM_RUN with the previous read completed,
+        the common exits decoded into one integer, -errno on failure.
+        """
+        return lib.pyvmm_run_fast, self.fd, self.run_struct
 
     def get_regs(self) -> Any:
         regs = ffi.new("struct kvm_regs *")

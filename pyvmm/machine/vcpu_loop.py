@@ -12,18 +12,20 @@ work that other threads asked for (see vcpu_group.py). Exits never reach it.
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
+from pyvmm._kvm import ffi, lib
 from pyvmm.arch.x86_64.emulation_failure import describe_internal_error
 from pyvmm.arch.x86_64.pio import handle_io_in, handle_io_out
 from pyvmm.arch.x86_64.register_dump import format_registers
 from pyvmm.arch.x86_64.registers import RFLAGS_IF
 from pyvmm.arch.x86_64.triple_fault import explain_triple_fault
 from pyvmm.devices.bus import Bus
-from pyvmm.errors import PyvmmError
+from pyvmm.errors import DeviceError, KvmError, PyvmmError
 from pyvmm.kvm.exits import (
     Debug,
     FailEntry,
@@ -55,6 +57,14 @@ from pyvmm.machine.outcome import (
     vmm_error,
 )
 from pyvmm.memory.guest_memory import GuestMemory
+
+# pyvmm_run_fast's answers (_kvm_build.py), as locals' speed wants plain ints.
+_IO_OUT = lib.PYVMM_FAST_IO_OUT
+_IO_IN = lib.PYVMM_FAST_IO_IN
+_MMIO_WRITE = lib.PYVMM_FAST_MMIO_WRITE
+_BAD_VALUE = lib.PYVMM_FAST_BAD_VALUE
+# KVM_RUN answering one of these means "a signal arrived, look and run again".
+_INTERRUPTED = (-errno.EINTR, -errno.EAGAIN)
 
 # The loop each thread is running, for the rare device that needs its vCPU's
 # registers (the no-BIOS trap); set once per run, never per exit.
@@ -178,25 +188,99 @@ class VcpuLoop:
         return RunOutcome(outcome.kind, outcome.exit_status, outcome.message, registers)
 
     def _run_plain(self) -> RunOutcome:
-        vcpu = self.vcpu
-        run = vcpu.run_struct
-        dispatch = self._dispatch if self.device_lock is None else self._dispatch_locked
-        while self._stop is None:
-            if not vcpu.run():
-                # A signal: its handler (already run) may have asked to stop.
+        """The exit path without tracing: no Python object made per common exit.
+
+        `pyvmm_run_fast` (see _kvm_build.py) runs KVM_RUN and decodes port
+        I/O of one unit and MMIO up to 8 bytes into one integer; the device's
+        method gets plain integers through the bus's route cache, and a
+        read's answer goes back to KVM in the next call, before KVM_RUN.
+        Every other exit (string I/O included) is decoded into its dataclass
+        and served by `_dispatch`, as in the observed loop.
+        """
+        if self._stop is not None:
+            return self._stop
+        run_fast, fd, run = self.vcpu.fast_run_call()
+        out = ffi.new("uint64_t[1]")
+        pio, mmio = self.pio_bus, self.mmio_bus
+        pio_routes, mmio_routes = pio.routes, mmio.routes
+        lock = self.device_lock
+        dispatch = self._dispatch if lock is None else self._dispatch_locked
+        limit = self.max_exits
+        count = self.exit_count
+        complete = value = address = size = what = 0
+        io_out, io_in, mmio_write = _IO_OUT, _IO_IN, _MMIO_WRITE  # locals: faster than globals
+        try:
+            while True:
+                try:
+                    answer = run_fast(fd, run, complete, value, out)
+                except OverflowError:  # a read answered with a negative or huge number
+                    raise self._bad_read(value, what, address, size) from None
+                if answer > 0:
+                    count += 1
+                    what = answer & 7
+                    size = (answer >> 3) & 15
+                    if lock is not None:
+                        lock.acquire()
+                    try:
+                        if what == io_out:
+                            address = (answer >> 8) & 0xFFFF
+                            route = pio_routes.get(address) or pio.route(address)
+                            route[1](address - route[2], size, answer >> 24)
+                            complete = 0
+                        elif what == io_in:
+                            address = (answer >> 8) & 0xFFFF
+                            route = pio_routes.get(address) or pio.route(address)
+                            value = route[0](address - route[2], size)
+                            complete = 1
+                        elif what == mmio_write:
+                            address = answer >> 8
+                            route = mmio_routes.get(address) or mmio.route(address)
+                            route[1](address - route[2], size, out[0])
+                            complete = 0
+                        else:
+                            address = answer >> 8
+                            route = mmio_routes.get(address) or mmio.route(address)
+                            value = route[0](address - route[2], size)
+                            complete = 1
+                    finally:
+                        if lock is not None:
+                            lock.release()
+                    if count >= limit:
+                        self._complete_read(complete, value, what, address, size)
+                        return self._limit_reached(count)
+                    continue
+                complete = 0
+                if answer == 0:
+                    count += 1
+                    outcome = dispatch(decode(run))
+                    if outcome is not None:
+                        return outcome
+                    if count >= limit:
+                        return self._limit_reached(count)
+                    continue
+                if answer == _BAD_VALUE:
+                    raise self._bad_read(value, what, address, size)
+                if answer not in _INTERRUPTED:
+                    raise KvmError("KVM_RUN", -answer)
+                # A signal, or immediate_exit: its handler (already run) may have asked to stop.
                 run.immediate_exit = 0
+                if self._stop is not None:
+                    return self._stop
                 if self._pause:
                     return self._paused()
                 if self.on_interrupted is not None:
                     self.on_interrupted(self)
-                continue
-            self.exit_count += 1
-            outcome = dispatch(decode(run))
-            if outcome is not None:
-                return outcome
-            if self.exit_count >= self.max_exits:
-                return self._limit_reached()
-        return self._stop
+        finally:
+            self.exit_count = count
+
+    def _complete_read(self, complete: int, value: int, what: int, address: int, size: int) -> None:
+        """Give KVM a read's answer now: the loop ends before the next KVM_RUN would."""
+        if complete and lib.pyvmm_complete_read(self.vcpu.run_struct, value) < 0:
+            raise self._bad_read(value, what, address, size)
+
+    def _bad_read(self, value: int, what: int, address: int, size: int) -> DeviceError:
+        bus = self.pio_bus if what == _IO_IN else self.mmio_bus
+        return bus.read_too_wide(address, size, value)
 
     def _run_observed(self, observer: ExitObserver) -> RunOutcome:
         # A separate loop, so that the plain one pays nothing for tracing.
@@ -226,8 +310,8 @@ class VcpuLoop:
                 return self._limit_reached()
         return self._stop
 
-    def _limit_reached(self) -> RunOutcome:
-        limit = exit_limit_reached(self.exit_count)
+    def _limit_reached(self, count: int | None = None) -> RunOutcome:
+        limit = exit_limit_reached(self.exit_count if count is None else count)
         return RunOutcome(
             limit.kind, limit.exit_status, f"{self._who}{limit.message}", self.register_dump()
         )
@@ -251,7 +335,10 @@ class VcpuLoop:
             case MmioWrite(gpa=gpa, size=size, data=data):
                 self.mmio_bus.write(gpa, size, int.from_bytes(data, "little"))
             case MmioRead(gpa=gpa, size=size, buffer=buffer):
-                buffer[0:size] = self.mmio_bus.read(gpa, size).to_bytes(size, "little")
+                value = self.mmio_bus.read(gpa, size)
+                if value >> (8 * size) or value < 0:
+                    raise self.mmio_bus.read_too_wide(gpa, size, value)
+                buffer[0:size] = value.to_bytes(size, "little")
             case final:
                 return self._final_outcome(final)
         return None

@@ -17,7 +17,11 @@ def handle_io_out(exit: IoOut, bus: Bus) -> None:
 
 
 def handle_io_in(exit: IoIn, bus: Bus) -> None:
+    """Fill the exit's buffer from the bus; DeviceError for an answer wider than `size`."""
     size = exit.size
     buffer = exit.buffer
     for start in range(0, exit.count * size, size):
-        buffer[start : start + size] = bus.read(exit.port, size).to_bytes(size, "little")
+        value = bus.read(exit.port, size)
+        if value >> (8 * size) or value < 0:
+            raise bus.read_too_wide(exit.port, size, value)
+        buffer[start : start + size] = value.to_bytes(size, "little")
