@@ -18,18 +18,18 @@ in a directory that holds no `pyvmm` (a fresh temporary directory).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
-import re
-import site
 import sys
 from dataclasses import dataclass
-from importlib.machinery import PathFinder
-from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from pyvmm.errors import PyvmmError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+if TYPE_CHECKING:
+    from pathlib import Path
+
 SHIPPED_DIR_NAME = "_shipped"
 # The repository directories a wheel carries. setup.py copies the same ones.
 SHIPPED_DIRECTORIES = ("guests", "benchmarks/kernels")
@@ -40,24 +40,47 @@ class ShippedFileMissing(PyvmmError):
     """A file pyvmm ships (a guest, the benchmark kernels) is not where it belongs."""
 
 
-def data_root(package_dir: Path = PACKAGE_DIR) -> Path:
+# PACKAGE_DIR, the package's directory, is computed on first use (the module's
+# `__getattr__`): `pyvmm boot IMAGE` with IMAGE in the current directory needs no pathlib.
+@functools.cache
+def _package_dir() -> Path:
+    """PACKAGE_DIR: the directory of this package, with symbolic links resolved."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent
+
+
+def __getattr__(name: str) -> object:
+    if name == "PACKAGE_DIR":
+        return _package_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "PACKAGE_DIR"})
+
+
+def data_root(package_dir: Path | None = None) -> Path:
     """The directory that holds the shipped files at their repository-relative paths.
 
     `package_dir/_shipped` in an installed wheel, else the directory above
     the package: the checkout, whether pyvmm runs from it directly or
     through an editable install.
     """
+    package_dir = _package_dir() if package_dir is None else package_dir
     shipped = package_dir / SHIPPED_DIR_NAME
     return shipped if shipped.is_dir() else package_dir.parent
 
 
-def shipped_file(name: str, package_dir: Path = PACKAGE_DIR) -> Path:
+def shipped_file(name: str, package_dir: Path | None = None) -> Path:
     """The path of the shipped file `name`, given as in the repository ("guests/hello.bin").
 
     Only files under SHIPPED_DIRECTORIES are shipped. Raises
     ShippedFileMissing when `name` is not one of them or is not there
     (a partial installation).
     """
+    from pathlib import PurePosixPath
+
     parts = PurePosixPath(name).parts
     relative = "/".join(parts)
     if (
@@ -76,7 +99,7 @@ def shipped_file(name: str, package_dir: Path = PACKAGE_DIR) -> Path:
     return path
 
 
-def resolve_image(path: str, package_dir: Path = PACKAGE_DIR) -> str:
+def resolve_image(path: str, package_dir: Path | None = None) -> str:
     """`path` itself, unless it does not exist here but names a shipped guest.
 
     `pyvmm boot guests/hello.bin` then boots the shipped hello.bin from any
@@ -108,7 +131,7 @@ class BuildHint:
     sources: str
 
 
-def build_hint(path: str, package_dir: Path = PACKAGE_DIR) -> BuildHint | None:
+def build_hint(path: str, package_dir: Path | None = None) -> BuildHint | None:
     """How to build the missing file `path` from sources that lie beside it, or None.
 
     `path` is buildable when the Makefile in its directory, or in the
@@ -122,6 +145,8 @@ def build_hint(path: str, package_dir: Path = PACKAGE_DIR) -> BuildHint | None:
     the file is built where `path` names it, and the installation is not
     written to).
     """
+    from pathlib import Path
+
     local = _makefile_naming(Path(path))
     if local is not None:
         directory = os.path.normpath(local)
@@ -140,6 +165,8 @@ def build_hint(path: str, package_dir: Path = PACKAGE_DIR) -> BuildHint | None:
 
 def _makefile_naming(target: Path) -> Path | None:
     """The directory, target's own or the one above, whose Makefile names `target`."""
+    import re
+
     for directory in dict.fromkeys((target.parent, target.parent.parent)):
         makefile = directory / "Makefile"
         try:
@@ -176,7 +203,7 @@ def pyvmm_child(*args: str, cwd: Path) -> PyvmmChild:
     if (cwd / "pyvmm").exists():
         raise ValueError(f"a child started in {cwd} would import {cwd / 'pyvmm'}")
     env = dict(os.environ)
-    parent = PACKAGE_DIR.parent
+    parent = _package_dir().parent
     if parent not in _site_directories():
         env["PYTHONPATH"] = os.pathsep.join(
             entry for entry in (str(parent), env.get("PYTHONPATH")) if entry
@@ -185,6 +212,9 @@ def pyvmm_child(*args: str, cwd: Path) -> PyvmmChild:
 
 
 def _site_directories() -> set[Path]:
+    import site
+    from pathlib import Path
+
     directories = [*site.getsitepackages(), site.getusersitepackages()]
     return {Path(directory).resolve() for directory in directories}
 
@@ -201,6 +231,9 @@ def run_installed_if_shadowed(module: str) -> None:
     """
     if sys.flags.isolated or importlib.util.find_spec("pyvmm._kvm") is not None:
         return
+    import site
+    from importlib.machinery import PathFinder
+
     installed = PathFinder.find_spec("pyvmm", site.getsitepackages())
     locations = installed.submodule_search_locations if installed else None
     if not locations or PathFinder.find_spec("pyvmm._kvm", list(locations)) is None:

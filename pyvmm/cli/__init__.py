@@ -9,18 +9,22 @@ script running pyvmm stops on Ctrl-C too).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import TYPE_CHECKING
 
-from pyvmm.errors import PyvmmError, UsageError
-from pyvmm.machine.outcome import EXIT_SIGNAL_BASE, EXIT_VMM_ERROR, RunOutcome
+from pyvmm.errors import DEBUG, INFO, WARNING, Log, PyvmmError, UsageError, configure_logging
+from pyvmm.machine.outcome import EXIT_SIGNAL_BASE, EXIT_VMM_ERROR
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
+    from typing import NoReturn
+
+    from pyvmm.machine.outcome import RunOutcome
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,8 @@ def _run_command(argv: Sequence[str] | None) -> Ending:
         command = args.command
         check_combinations(args)
         verbose = args.verbose
-        logging.basicConfig(
-            level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        configure_logging(  # logging itself is imported once something is logged
+            level=DEBUG if verbose > 1 else INFO if verbose else WARNING,
             format="pyvmm: %(message)s",
             stream=sys.stderr,
         )
@@ -114,7 +118,7 @@ def _run_command(argv: Sequence[str] | None) -> Ending:
         return Ending(stop.exit_status, stop.signal)
     except PyvmmError as error:
         if verbose:
-            logging.getLogger("pyvmm").debug("details", exc_info=True)
+            Log("pyvmm").debug("details", exc_info=True)
         message = str(error)
         if not message.startswith("pyvmm"):
             # A usage error names its command, wherever it was found (parser or run).
@@ -132,7 +136,7 @@ def _run_command(argv: Sequence[str] | None) -> Ending:
         return Ending(EXIT_SIGNAL_BASE + signal.SIGPIPE, signal.SIGPIPE)
     except Exception as error:  # a bug in pyvmm: one line, a status, no traceback
         if verbose:
-            logging.getLogger("pyvmm").error("details", exc_info=True)
+            Log("pyvmm").error("details", exc_info=True)
         print(f"pyvmm: internal error: {type(error).__name__}: {error}", file=sys.stderr)
         return Ending(EXIT_VMM_ERROR)
 

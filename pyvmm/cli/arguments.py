@@ -16,13 +16,15 @@ other option. `normalize_arguments` walks the arguments once, before argparse:
 
 from __future__ import annotations
 
-import argparse
 import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pyvmm.cli.qemu_options import QEMU_OPTIONS, CommandContext
 from pyvmm.errors import UsageError
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ def normalize_arguments(
 
 def _refuse_missing_command(arguments: Sequence[str]) -> None:
     """`pyvmm -kernel x` or `pyvmm x.bin`: say that a command comes first."""
+    from pyvmm.cli.qemu_options import QEMU_OPTIONS
+
     first = arguments[0] if arguments else ""
     if first in QEMU_OPTIONS or (not first.startswith("-") and os.path.isfile(first)):
         raise UsageError("pyvmm: a command comes first: pyvmm boot [OPTIONS] IMAGE")
@@ -76,7 +80,6 @@ def _refuse_missing_command(arguments: Sequence[str]) -> None:
 def _normalize_command(
     command: CommandOptions, others: Mapping[str, str], arguments: Sequence[str]
 ) -> list[str]:
-    context = CommandContext(command.prog, frozenset(command.takes_value))
     result: list[str] = []
     index = 0
     while index < len(arguments):
@@ -108,9 +111,13 @@ def _normalize_command(
                 f"{command.prog}: {name} is an option of pyvmm {others[name]}, not of this "
                 f"command (see {command.prog} --help)"
             )
+        # The table of QEMU's options is imported for a token that may be one of them only.
+        from pyvmm.cli.qemu_options import QEMU_OPTIONS, CommandContext
+
         qemu_name = token[1:] if token.startswith("--") else token
         entry = QEMU_OPTIONS.get(qemu_name) if command.builds_machine else None
         if entry is not None:
+            context = CommandContext(command.prog, frozenset(command.takes_value))
             value = None
             if entry.value is not None:
                 if index >= len(arguments):

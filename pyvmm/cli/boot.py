@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import logging
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pyvmm.cli.report import (
@@ -21,11 +17,14 @@ from pyvmm.cli.report import (
     report_legacy_pc,
     stop_notes,
 )
-from pyvmm.errors import UsageError
+from pyvmm.errors import Log, UsageError
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.memory.size import parse_ram_size
 
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
     from pyvmm.console.input import InputBuffer
     from pyvmm.console.output import ConsoleWriter
     from pyvmm.machine.builder import Machine
@@ -95,10 +94,11 @@ def _stream_name(stream: TextIO) -> str:
 
 
 def run_boot(args: argparse.Namespace) -> RunOutcome:
-    from pyvmm.observe.exit_stats import ExitStatistics, FanOut
-    from pyvmm.observe.trace import ExitTracer, parse_categories
+    categories = None
+    if args.trace:
+        from pyvmm.observe.trace import parse_categories
 
-    categories = parse_categories(args.trace) if args.trace else None
+        categories = parse_categories(args.trace)
     gdb_spec = args.gdb or ("tcp::1234" if args.gdb_default else None)
     gdb_address: tuple[str, int] | None = None
     if gdb_spec is not None:
@@ -111,6 +111,8 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
         log_memory_map(machine)
         observers: list[Any] = []
         if categories is not None:
+            from pyvmm.observe.trace import ExitTracer
+
             stream = files.enter_context(open_trace_file(args.trace_file))
             observers.append(
                 ExitTracer(
@@ -122,12 +124,13 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
                     max_phys_bits=machine.max_phys_bits,
                 )
             )
-        statistics = ExitStatistics() if args.stats else None
-        if statistics is not None:
+        statistics = None
+        if args.stats:
+            from pyvmm.observe.exit_stats import ExitStatistics
+
+            statistics = ExitStatistics()
             observers.append(statistics)
-        observer = (
-            observers[0] if len(observers) == 1 else FanOut(*observers) if observers else None
-        )
+        observer = fan_out(observers)
         if gdb_address is not None:
             from pyvmm.gdb.server import GdbServer
             from pyvmm.kvm.system import DEFAULT_KVM_PATH
@@ -156,6 +159,15 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
     return outcome
 
 
+def fan_out(observers: list[Any]) -> Any:
+    """The one observer that shows each exit to every one of `observers` (None: no one)."""
+    if len(observers) <= 1:
+        return observers[0] if observers else None
+    from pyvmm.observe.exit_stats import FanOut
+
+    return FanOut(*observers)
+
+
 def run_rebooting(
     machine: Machine,
     args: argparse.Namespace,
@@ -177,12 +189,13 @@ def run_rebooting(
     machine runs.
     """
     import time
+    from dataclasses import replace
 
     from pyvmm.console.output import ConsoleWriter
     from pyvmm.machine.builder import build_machine
     from pyvmm.machine.outcome import OutcomeKind, exit_limit_reached, timed_out
 
-    log = logging.getLogger("pyvmm")
+    log = Log("pyvmm")
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     exits = [0] * len(machine.group.loops)  # each vCPU's exits in the boots so far
     boots = 1

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyvmm import __version__
-from pyvmm.cli.qemu_options import describe as describe_qemu_options
 from pyvmm.errors import UsageError
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.memory.size import format_size, parse_byte_count, parse_ram_size
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
 DEFAULT_MEMORY = "128M"  # QEMU's default
+UNWRAPPED_WIDTH = 80  # the width of formatters that wrap no text (see _Parser)
 
 # Both commands that build a machine read IMAGE the same way: both --help texts say how.
 IMAGE_FORMATS = """\
@@ -100,18 +101,60 @@ The demos' guests and kernels ship with pyvmm: they run from any directory.
 """
 
 
+def _boot_epilog() -> str:
+    from pyvmm.cli.qemu_options import describe as describe_qemu_options
+
+    return BOOT_EPILOG.replace("{image_formats}", IMAGE_FORMATS).replace(
+        "{qemu_options}", describe_qemu_options()
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line and exit status 2, and no abbreviations.
 
     An abbreviation would make `-s` (gdb) mean `-smp` where a command has no `-s`,
     and make a new option change what an old abbreviation means. `commands` maps
     each command name to its parser (`pyvmm.cli.arguments` reads their options).
+    `epilog` may be a function that returns the text: it is called for --help only
+    (pyvmm boot's renders the QEMU options' table, which a run does not need).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.commands: dict[str, argparse.ArgumentParser] = {}
+
+    def format_help(self) -> str:
+        epilog: str | Callable[[], str] | None = self.epilog
+        if callable(epilog):
+            self.epilog = epilog()
+        return super().format_help()
+
+    # argparse makes a formatter for each add_argument (to check the metavar) and
+    # for add_subparsers (to name the commands' prog); a formatter asks shutil for
+    # the terminal's width, and shutil imports the compression modules. No text
+    # is wrapped there: those formatters get a fixed width, the others (--help,
+    # --version) the terminal's.
+    _unwrapped = False
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        if self._unwrapped:
+            return self.formatter_class(prog=self.prog, width=UNWRAPPED_WIDTH)
+        return super()._get_formatter()
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        self._unwrapped = True
+        try:
+            return super().add_argument(*args, **kwargs)
+        finally:
+            self._unwrapped = False
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        self._unwrapped = True
+        try:
+            return super().add_subparsers(**kwargs)
+        finally:
+            self._unwrapped = False
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
@@ -161,9 +204,7 @@ def build_parser() -> _Parser:
         help="boot a guest image",
         description="Boot IMAGE in a new VM with one vCPU (-smp N: N vCPUs); its serial\n"
         "port, COM1, is this terminal.",
-        epilog=BOOT_EPILOG.replace("{image_formats}", IMAGE_FORMATS).replace(
-            "{qemu_options}", describe_qemu_options()
-        ),
+        epilog=_boot_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_machine_arguments(boot)
@@ -503,6 +544,8 @@ MAX_TIMEOUT = 2**63 // 10**9
 
 
 def _parse_timeout(text: str) -> float:
+    import math
+
     try:
         value = float(text)
     except ValueError:

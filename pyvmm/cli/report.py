@@ -3,15 +3,17 @@ the BIOS services a guest called without a BIOS, and the VGA text screen."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
+from pyvmm.errors import INFO, Log
+
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from pyvmm.console.output import ConsoleWriter
     from pyvmm.machine.builder import Machine
     from pyvmm.machine.outcome import RunOutcome
@@ -19,8 +21,8 @@ if TYPE_CHECKING:
 
 
 def log_memory_map(machine: Machine) -> None:
-    log = logging.getLogger("pyvmm")
-    if not log.isEnabledFor(logging.INFO):
+    log = Log("pyvmm")
+    if not log.isEnabledFor(INFO):
         return
     from pyvmm.observe.machine_map import machine_memory_map
 
@@ -65,8 +67,8 @@ def _split_vga_slots(machine: Machine, entries: list[MapEntry]) -> list[MapEntry
 
 
 def log_run_summary(machine: Machine, outcome: RunOutcome) -> None:
-    log = logging.getLogger("pyvmm")
-    if not log.isEnabledFor(logging.INFO):
+    log = Log("pyvmm")
+    if not log.isEnabledFor(INFO):
         return
     finish_guest_line(machine.console)
     log.info(
@@ -206,7 +208,7 @@ def collect_legacy_pc(machine: Machine, vga: str) -> LegacyPcReport:
     from pyvmm.arch.x86_64.no_bios import MAX_KINDS
     from pyvmm.errors import PyvmmError
 
-    log = logging.getLogger("pyvmm")
+    log = Log("pyvmm")
     lines: list[str] = []
     trap = machine.no_bios
     if trap is not None:

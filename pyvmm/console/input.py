@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import termios
 import threading
 from collections.abc import Callable, Iterator
 
@@ -193,6 +192,11 @@ def guest_terminal(fd: int) -> Iterator[None]:
     ISIG stays on, so Ctrl-C still reaches pyvmm as SIGINT and ends the run.
     Not a terminal (a pipe, /dev/null): nothing to change.
     """
+    if not os.isatty(fd):  # what tcgetattr would say (ENOTTY), without importing termios
+        yield
+        return
+    import termios
+
     try:
         saved = termios.tcgetattr(fd)
     except (termios.error, OSError):

@@ -26,10 +26,11 @@ but nothing is wired to GSI 9.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
-log = logging.getLogger(__name__)
+from pyvmm.errors import Log
+
+log = Log(__name__)
 
 # The block's place in the port space and its registers' offsets (see the docstring).
 PM_BASE_PORT = 0x600

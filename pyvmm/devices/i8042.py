@@ -52,14 +52,14 @@ all ones above it, as the neighbouring ports are not the controller's.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
 
 from pyvmm.devices.irq import IrqLine, NoIrq
+from pyvmm.errors import Log
 
-log = logging.getLogger(__name__)
+log = Log(__name__)
 
 I8042_DATA_PORT = 0x60
 I8042_COMMAND_PORT = 0x64  # the status register when read

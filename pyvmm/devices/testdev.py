@@ -50,7 +50,6 @@ page flush as a callable taking a guest-physical address.
 from __future__ import annotations
 
 import ctypes
-import logging
 import mmap
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -59,12 +58,13 @@ from typing import TYPE_CHECKING
 
 from pyvmm.devices.bus import Bus, Shifted
 from pyvmm.devices.irq import IrqLine, NoIrq
+from pyvmm.errors import Log
 from pyvmm.memory.guest_memory import GuestMemory
 
 if TYPE_CHECKING:
     from pyvmm.machine.interrupts import InterruptLines
 
-log = logging.getLogger(__name__)
+log = Log(__name__)
 
 # Where QEMU's testdev_realizefn puts the regions.
 TESTDEV_PORT = 0xE0  # scratch 0xe0, flush-page 0xe4, scratch again (byte-wise) 0xe8

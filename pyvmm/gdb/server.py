@@ -13,14 +13,13 @@ guest runs at once, and a gdb that connects later stops it where it is
 from __future__ import annotations
 
 import errno
-import logging
 import queue
 import signal
 import socket
 import threading
 from typing import TYPE_CHECKING
 
-from pyvmm.errors import UsageError
+from pyvmm.errors import Log, UsageError
 from pyvmm.gdb.packets import Interrupt, PacketReader
 from pyvmm.gdb.session import Exited, GdbSession, Interrupted, Killed, SessionState
 from pyvmm.gdb.vcpu_target import VcpuTarget, host_reports_data_breakpoints, host_reports_int3
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
     from pyvmm.machine.builder import Machine
     from pyvmm.machine.vcpu_loop import ExitObserver
 
-log = logging.getLogger(__name__)
+log = Log(__name__)
 KICK_SIGNAL = signal.SIGUSR1
 _DISCONNECTED = object()
 

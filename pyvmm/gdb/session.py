@@ -40,13 +40,12 @@ vCPU, and the VMM sends the returned bytes before letting it run.
 from __future__ import annotations
 
 import enum
-import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from pyvmm.errors import PyvmmError
+from pyvmm.errors import Log, PyvmmError
 from pyvmm.gdb import GdbError, MemoryAccessError, NoFreeDebugRegister
 from pyvmm.gdb.packets import (
     PACKET_SIZE_LIMIT,
@@ -72,7 +71,7 @@ from pyvmm.gdb.registers import (
 )
 from pyvmm.gdb.target_xml import ANNEX, read_chunk, render_target_xml
 
-logger = logging.getLogger(__name__)
+logger = Log(__name__)
 
 ERROR_INVALID = b"E22"
 ERROR_FAULT = b"E14"

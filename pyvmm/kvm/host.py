@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # Modules that provide KVM, most specific first; kvm_pvm runs guests without
 # hardware virtualization (ring-0 guest code is emulated).
@@ -13,9 +17,9 @@ _BACKENDS = (
 )
 
 
-def kvm_backend(sys_module: Path = Path("/sys/module")) -> str:
+def kvm_backend(sys_module: Path | str = "/sys/module") -> str:
     """A short description of the loaded KVM backend, or 'unknown'."""
     for module, description in _BACKENDS:
-        if (sys_module / module).exists():
+        if os.path.exists(os.path.join(sys_module, module)):
             return description
     return "unknown"

@@ -11,32 +11,24 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from pyvmm.errors import ImageTooLarge, LoaderError
-from pyvmm.loaders.elf import (
-    EI_CLASS,
-    ELF_FIX,
-    ELFCLASS32,
-    ELFCLASS64,
-    is_elf,
-    load_elf,
-    plan_elf,
-)
 from pyvmm.loaders.entry import CpuMode, EntryPoint, ImageSegment
 from pyvmm.loaders.flat import FLAT_FIX, load_flat, plan_flat
-from pyvmm.loaders.multiboot import (
-    MULTIBOOT_SEARCH,
-    find_header,
-    kernel_segments,
-    load_multiboot,
-)
+from pyvmm.loaders.magic import EI_CLASS, ELFCLASS32, ELFCLASS64, MULTIBOOT_SEARCH, is_elf
+from pyvmm.loaders.magic import may_be_multiboot as _may_be_multiboot
 from pyvmm.memory.size import format_size
-from pyvmm.shipped import build_hint
 
 if TYPE_CHECKING:  # only for hints: importing the loaders needs no compiled _kvm module
+    from collections.abc import Callable, Sequence
+    from typing import BinaryIO
+
+    from pyvmm.loaders.elf import load_elf as load_elf
+    from pyvmm.loaders.multiboot import MultibootHeader
+    from pyvmm.loaders.multiboot import find_header as find_header
+    from pyvmm.loaders.multiboot import load_multiboot as load_multiboot
     from pyvmm.memory.guest_memory import GuestMemory
 
 __all__ = [
@@ -56,6 +48,37 @@ __all__ = [
     "plan_image",
     "read_image",
 ]
+
+# Names of the ELF and multiboot loaders, imported on first use (PEP 562): a flat
+# binary needs neither (see loaders/magic.py).
+_LAZY = {
+    "find_header": "pyvmm.loaders.multiboot",
+    "load_elf": "pyvmm.loaders.elf",
+    "load_multiboot": "pyvmm.loaders.multiboot",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+def _multiboot_header(image: bytes) -> MultibootHeader | None:
+    """`multiboot.find_header(image)`, with the multiboot loader imported only if needed."""
+    if not _may_be_multiboot(image):
+        return None
+    from pyvmm.loaders.multiboot import find_header
+
+    return find_header(image)
+
 
 # A sanity cap on image files, checked before reading so a huge file costs nothing.
 MAX_IMAGE_SIZE = 4 << 30
@@ -144,7 +167,7 @@ def copied_whole(head: bytes) -> tuple[str, int] | None:
     or when the multiboot header is unusable: the loader says why.
     """
     try:
-        header = find_header(head)
+        header = _multiboot_header(head)
     except LoaderError:
         return None
     if header is not None and header.addresses is not None:
@@ -209,6 +232,8 @@ def _cannot_stat(path: str, what: str, error: OSError) -> LoaderError:
                 f"cannot read {what} {path!r}: it is a symbolic link to {target!r}, "
                 "which does not exist"
             )
+        from pyvmm.shipped import build_hint
+
         hint = build_hint(path)
         if hint is not None:
             return LoaderError(
@@ -281,7 +306,9 @@ def plan_image(
     LoaderError `load_image` would for the image itself; the modules and the
     command line are judged by `load_image`.
     """
-    if force_multiboot or find_header(image) is not None:
+    if force_multiboot or _multiboot_header(image) is not None:
+        from pyvmm.loaders.multiboot import kernel_segments
+
         if load_gpa is not None:
             raise LoaderError(
                 "--load-addr applies to flat binaries only; "
@@ -305,6 +332,8 @@ def plan_image(
             "the image has no multiboot header in its first 8 KiB"
         )
     if is_elf(image):
+        from pyvmm.loaders.elf import ELF_FIX, plan_elf
+
         if load_gpa is not None:
             raise LoaderError(
                 "--load-addr applies to flat binaries only; "
@@ -358,7 +387,11 @@ def load_image(
         append=append,
     )
     if plan.protocol == "multiboot":
+        from pyvmm.loaders.multiboot import load_multiboot
+
         return load_multiboot(image, memory, cmdline, modules, reserved=reserved)
     if plan.protocol != "flat":
+        from pyvmm.loaders.elf import load_elf
+
         return load_elf(image, memory, plan.mode, reserved=reserved)
     return load_flat(image, memory, plan.mode, plan.entry, reserved=reserved)

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING
 from pyvmm.errors import BadElf, BadEntryPoint, ImageTooLarge, UnsupportedElf
 from pyvmm.loaders.entry import CpuMode, EntryPoint, ImageSegment
 from pyvmm.loaders.flat import check_clear, check_reachable, describe_ram_at, format_size
+from pyvmm.loaders.magic import EI_CLASS, ELFCLASS32, ELFCLASS64, is_elf
+from pyvmm.loaders.magic import ELF_MAGIC as ELF_MAGIC
 from pyvmm.memory.addr import ADDRESS_LIMIT, GuestPhysAddr
 
 if TYPE_CHECKING:  # only for hints: importing the loaders needs no compiled _kvm module
     from pyvmm.memory.guest_memory import GuestMemory
 
-ELF_MAGIC = b"\x7fELF"
 EI_NIDENT = 16
-EI_CLASS, EI_DATA, EI_VERSION = 4, 5, 6
-ELFCLASS32, ELFCLASS64 = 1, 2
+EI_DATA, EI_VERSION = 5, 6  # EI_CLASS (4), the magic and the classes: loaders/magic.py
 ELFDATA2LSB, ELFDATA2MSB = 1, 2
 EV_CURRENT = 1
 ET_EXEC = 2
@@ -95,10 +95,6 @@ class _Segment:
 
     def described(self, name: str = "segment") -> ImageSegment:
         return ImageSegment(self.paddr, self.end, f"{name} {self.index}")
-
-
-def is_elf(image: bytes) -> bool:
-    return image[:4] == ELF_MAGIC
 
 
 def _parse_class(image: bytes) -> _ElfClass:

@@ -30,6 +30,7 @@ from pyvmm.loaders.elf import (
 )
 from pyvmm.loaders.entry import CpuMode, EntryPoint, ImageSegment
 from pyvmm.loaders.flat import check_clear, check_reachable, describe_ram_at, format_size
+from pyvmm.loaders.magic import MULTIBOOT_HEADER_MAGIC, MULTIBOOT_SEARCH
 from pyvmm.loaders.multiboot_info import (
     ADDRESS_LIMIT_32,
     MULTIBOOT_BOOTLOADER_MAGIC,
@@ -45,9 +46,7 @@ from pyvmm.memory.addr import PAGE_SIZE, GuestPhysAddr, align_up
 if TYPE_CHECKING:  # only for hints: importing the loaders needs no compiled _kvm module
     from pyvmm.memory.guest_memory import GuestMemory
 
-# The header (3.1.1, 3.1.2).
-MULTIBOOT_HEADER_MAGIC = 0x1BADB002
-MULTIBOOT_SEARCH = 8192  # the header lies completely within the first 8 KiB
+# The header (3.1.1, 3.1.2); its magic and where it lies: loaders/magic.py.
 MULTIBOOT_HEADER_ALIGN = 4
 MAGIC_FIELDS = struct.Struct("<III")  # magic, flags, checksum
 ADDRESS_FIELDS = struct.Struct("<IIIII")  # header_addr .. entry_addr, at offset 12

@@ -7,11 +7,10 @@ import time and there is no global device table.
 from __future__ import annotations
 
 import functools
-import logging
 import threading
-from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pyvmm._kvm import lib
 from pyvmm.arch.x86_64 import layout
@@ -22,31 +21,21 @@ from pyvmm.arch.x86_64.cpu import (
     setup_vcpu,
 )
 from pyvmm.arch.x86_64.host_support import keeps_32bit_paging
-from pyvmm.arch.x86_64.no_bios import NoBiosTrap
-from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters, list_mappings
 from pyvmm.arch.x86_64.pic import acknowledge_irq_vector, set_bios_pic_state
 from pyvmm.arch.x86_64.placement import check_entry_placement, plan_placement
 from pyvmm.arch.x86_64.registers import Registers
-from pyvmm.arch.x86_64.virtual_memory import read_virtual, write_virtual
 from pyvmm.closing import ClosesOnExit
-from pyvmm.console.input import InputBuffer, SerialWithInput
 from pyvmm.devices.bus import Bus, BusDevice, Shifted
 from pyvmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit, debug_exit_status
 from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FW_CFG_PORT_SIZE, FwCfg
-from pyvmm.devices.irq import IrqLine
 from pyvmm.devices.pci_absent import PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PciAbsent
-from pyvmm.devices.rtc import CmosContents, Mc146818Rtc
+from pyvmm.devices.rtc import Mc146818Rtc
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.sink import POST_PORT, IgnoredPort
-from pyvmm.devices.testdev import attach_pc_testdev
-from pyvmm.errors import PyvmmError, UsageError
-from pyvmm.firmware.tables import FirmwareTables
+from pyvmm.errors import Log, PyvmmError, UsageError
 from pyvmm.kvm.system import DEFAULT_KVM_PATH, Kvm, open_kvm
-from pyvmm.kvm.vcpu import Vcpu
-from pyvmm.kvm.vm import Vm
 from pyvmm.loaders import describe_format, load_image
 from pyvmm.loaders.entry import CpuMode, EntryPoint
-from pyvmm.machine.device_ranges import check_mmio_range, check_pio_range
 from pyvmm.machine.firmware import attach_firmware, firmware_ranges
 from pyvmm.machine.interrupts import InterruptLines
 from pyvmm.machine.legacy_pc import VgaTextWatch, attach_memory_watching_vga, attach_no_bios
@@ -55,12 +44,27 @@ from pyvmm.machine.reset import attach_reset_sources
 from pyvmm.machine.rtc_timer import attach_rtc
 from pyvmm.machine.run_signals import stop_on_signals, stop_signals_raise
 from pyvmm.machine.vcpu_group import VcpuGroup
-from pyvmm.machine.vcpu_loop import ExitObserver, VcpuLoop
+from pyvmm.machine.vcpu_loop import VcpuLoop
 from pyvmm.memory.guest_memory import GuestMemory
 from pyvmm.memory.size import RAM_GRANULE, format_size
-from pyvmm.observe.translation import Translation, paging_registers, translate
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    # What a run does not need is imported where it is used: the exit trace, the
+    # page walks, the test device (see tests/integration/test_startup_imports.py).
+    from collections.abc import Callable
+
+    from pyvmm.arch.x86_64.no_bios import NoBiosTrap
+    from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters
+    from pyvmm.console.input import InputBuffer
+    from pyvmm.devices.irq import IrqLine
+    from pyvmm.devices.rtc import CmosContents
+    from pyvmm.firmware.tables import FirmwareTables
+    from pyvmm.kvm.vcpu import Vcpu
+    from pyvmm.kvm.vm import Vm
+    from pyvmm.machine.vcpu_loop import ExitObserver
+    from pyvmm.observe.translation import Translation
+
+log = Log(__name__)
 
 COM1_PORT = 0x3F8
 COM1_SIZE = 8
@@ -185,6 +189,8 @@ class Machine(ClosesOnExit):
         with stop_on_signals(self.group.request_stop, timeout):
             outcome = self.group.run(observer)
         if outcome.kind.is_abnormal and outcome.registers is None:
+            from dataclasses import replace
+
             # Stopped from outside (timeout, signal): show where vCPU 0 was.
             outcome = replace(outcome, registers=self._registers_or_none())
         return outcome
@@ -205,14 +211,20 @@ class Machine(ClosesOnExit):
         that stops early says why in `Translation.problem`: no exception for
         an unmapped address. Raises KvmError if KVM refuses the ioctls.
         """
+        from pyvmm.observe.translation import translate
+
         return translate(self.memory, self.vcpu, gva, self.max_phys_bits)
 
     def paging_registers(self) -> PagingRegisters:
         """vCPU 0's CR0, CR3, CR4 and EFER: what decides its paging (KVM_GET_SREGS, 4.13)."""
+        from pyvmm.observe.translation import paging_registers
+
         return paging_registers(self.vcpu)
 
     def mappings(self) -> list[Mapping]:
         """Every virtual range the guest's current page tables map."""
+        from pyvmm.arch.x86_64.page_walk import list_mappings
+
         return list_mappings(self.memory, self.paging_registers(), self.max_phys_bits)
 
     def registers(self, cpu: int = 0) -> Registers:
@@ -251,6 +263,9 @@ class Machine(ClosesOnExit):
         not translate, GuestMemoryError when it maps onto something that is
         not RAM, ValueError for a negative size or an address outside 64 bits.
         """
+        from pyvmm.arch.x86_64.virtual_memory import read_virtual
+        from pyvmm.observe.translation import paging_registers
+
         paging = paging_registers(self._vcpu(cpu))
         return read_virtual(self.memory, paging, gva, size, self.max_phys_bits)
 
@@ -261,6 +276,9 @@ class Machine(ClosesOnExit):
         writes nothing. The pages' permissions are not checked: the VMM
         writes, not the guest, as a debugger does.
         """
+        from pyvmm.arch.x86_64.virtual_memory import write_virtual
+        from pyvmm.observe.translation import paging_registers
+
         paging = paging_registers(self._vcpu(cpu))
         write_virtual(self.memory, paging, gva, data, self.max_phys_bits)
 
@@ -278,6 +296,8 @@ class Machine(ClosesOnExit):
         POST 0x80, fw_cfg 0x510-0x511, PCI 0xcf8 and 0xcfc-0xcff, the keyboard
         controller 0x60 and 0x64, reset controls 0x92 and 0xcf9).
         """
+        from pyvmm.machine.device_ranges import check_pio_range
+
         label = name or type(device).__name__
         check_pio_range(port, length, label)
         self.pio_bus.insert(device, port, length, label)
@@ -296,6 +316,8 @@ class Machine(ClosesOnExit):
         RAM, over the pages given to KVM or beyond MAXPHYADDR, BusOverlap for
         a range another device has.
         """
+        from pyvmm.machine.device_ranges import check_mmio_range
+
         label = name or type(device).__name__
         check_mmio_range(self.memory, gpa, length, self.max_phys_bits, label)
         self.mmio_bus.insert(device, gpa, length, label)
@@ -477,6 +499,8 @@ def build_machine(config: MachineConfig) -> Machine:
                 ),
             )
         if config.testdev:  # after the no-BIOS trap, which keeps port 0xe5
+            from pyvmm.devices.testdev import attach_pc_testdev
+
             attach_pc_testdev(pio_bus, mmio_bus, memory, interrupts)
         # After the devices: the tables describe what is on the bus.
         firmware = attach_firmware(
@@ -540,6 +564,8 @@ def attach_serial(
     serial = Serial16550(console, irq)
     device: BusDevice = serial
     if host_input is not None:
+        from pyvmm.console.input import SerialWithInput
+
         device = SerialWithInput(serial, host_input, post)
     pio_bus.insert(device, COM1_PORT, COM1_SIZE, "COM1 16550A")
     return serial

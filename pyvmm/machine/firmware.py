@@ -10,12 +10,12 @@ ACPI soft-off ends the run as a system-event shutdown, status 0.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
 from pyvmm.devices import acpi_pm
 from pyvmm.devices.bus import Bus
+from pyvmm.errors import Log
 from pyvmm.firmware import tables
 from pyvmm.firmware.acpi.fadt import RESET_CONTROL_PORT
 from pyvmm.firmware.mptable import CpuIdentity
@@ -23,7 +23,7 @@ from pyvmm.kvm.system import Kvm
 from pyvmm.machine.outcome import RunOutcome, powered_off
 from pyvmm.memory.guest_memory import GuestMemory
 
-log = logging.getLogger(__name__)
+log = Log(__name__)
 
 CPUID_VERSION_INFORMATION = 1  # leaf 1: EAX the signature, EDX the feature flags
 RTC_PORT = 0x70

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import errno
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -24,13 +23,13 @@ from pyvmm._kvm import ffi, lib
 from pyvmm.arch.x86_64 import layout, no_bios
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.vga_text import SCREEN_SIZE
-from pyvmm.errors import KvmError
+from pyvmm.errors import KvmError, Log
 from pyvmm.kvm.vm import Vm
 from pyvmm.machine.outcome import RunOutcome, unhandled_exception
 from pyvmm.machine.vcpu_loop import running_vcpu
 from pyvmm.memory.guest_memory import GuestMemory
 
-log = logging.getLogger(__name__)
+log = Log(__name__)
 
 
 def attach_no_bios(

@@ -6,23 +6,9 @@ GDT and page tables into guest memory and loads registers accordingly.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyvmm.arch.x86_64 import layout
-from pyvmm.arch.x86_64.gdt import (
-    CODE_SELECTOR,
-    DATA_SELECTOR,
-    TSS_SELECTOR,
-    USER_CODE_SELECTOR,
-    USER_DATA_SELECTOR,
-    Segment,
-    decode_descriptor,
-    flat_gdt,
-    gdt_bytes,
-    tss_bytes,
-    user_mode_gdt,
-)
-from pyvmm.arch.x86_64.paging import build_identity_map_32, build_identity_map_64
 from pyvmm.arch.x86_64.registers import (
     CR0_ET,
     CR0_PE,
@@ -36,11 +22,17 @@ from pyvmm.arch.x86_64.registers import (
 )
 from pyvmm.errors import PyvmmError
 from pyvmm.kvm.host import kvm_backend
-from pyvmm.kvm.system import Kvm
-from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.memory.addr import GuestPhysAddr
-from pyvmm.memory.guest_memory import GuestMemory
+
+if TYPE_CHECKING:
+    from pyvmm.arch.x86_64.gdt import Segment
+    from pyvmm.kvm.system import Kvm
+    from pyvmm.kvm.vcpu import Vcpu
+    from pyvmm.memory.guest_memory import GuestMemory
+
+# The GDT and page-table builders (gdt.py, paging.py) are imported for the modes
+# that need them: real mode, a boot sector's, needs neither.
 
 
 class UnsupportedEntryState(PyvmmError):
@@ -122,6 +114,8 @@ def setup_vcpu(
         _enter_real_mode(sregs)
         regs.rsp = layout.REAL_MODE_STACK_TOP
     else:
+        from pyvmm.arch.x86_64.paging import build_identity_map_32, build_identity_map_64
+
         _enter_protected_mode(sregs, memory, places.gdt, long_mode=entry.mode.is_64bit)
         if entry.mode is CpuMode.PAGED:
             sregs.cr3 = build_identity_map_32(memory, GuestPhysAddr(places.page_tables))
@@ -172,6 +166,14 @@ def _enter_real_mode(sregs: Any) -> None:
 
 
 def _enter_protected_mode(sregs: Any, memory: GuestMemory, gdt_gpa: int, long_mode: bool) -> None:
+    from pyvmm.arch.x86_64.gdt import (
+        CODE_SELECTOR,
+        DATA_SELECTOR,
+        decode_descriptor,
+        flat_gdt,
+        gdt_bytes,
+    )
+
     entries = flat_gdt(long_mode)
     memory.write(gdt_gpa, gdt_bytes(entries))
     sregs.gdt.base = gdt_gpa
@@ -191,6 +193,16 @@ def _enter_protected_mode(sregs: Any, memory: GuestMemory, gdt_gpa: int, long_mo
 
 def _drop_to_user_mode(sregs: Any, memory: GuestMemory, places: layout.VmmPlaces) -> None:
     """CPL3 segments, a TSS for ring-0 entries, and the GDT that holds them both."""
+    from pyvmm.arch.x86_64.gdt import (
+        TSS_SELECTOR,
+        USER_CODE_SELECTOR,
+        USER_DATA_SELECTOR,
+        decode_descriptor,
+        gdt_bytes,
+        tss_bytes,
+        user_mode_gdt,
+    )
+
     entries = user_mode_gdt(places.tss)
     memory.write(places.gdt, gdt_bytes(entries))
     memory.write(places.tss, tss_bytes(rsp0=places.kernel_stack_top))

@@ -13,21 +13,17 @@ uses SSE registers while the guest has SSE off gets what to do about it
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyvmm._kvm import lib
-from pyvmm.arch.x86_64.instruction import (
-    MAX_INSTRUCTION_SIZE,
-    Instruction,
-    code_bits,
-    disassemble_one,
-    fetch,
-    linear_address,
-)
-from pyvmm.arch.x86_64.page_walk import PagingRegisters, walk
-from pyvmm.arch.x86_64.sse_state import sse_off_hint
-from pyvmm.kvm.exits import InternalError
-from pyvmm.memory.guest_memory import GuestMemory
+
+if TYPE_CHECKING:
+    from pyvmm.arch.x86_64.instruction import Instruction
+    from pyvmm.kvm.exits import InternalError
+    from pyvmm.memory.guest_memory import GuestMemory
+
+# The instruction decoder and the page walk are imported when an error is
+# described: the exit loop imports this module for every run.
 
 # Every suberror <linux/kvm.h> defines, with the header's own comment for it.
 SUBERRORS: dict[int, tuple[str, str]] = {
@@ -74,6 +70,8 @@ def describe_internal_error(
 
 def describe_location(regs: Any, sregs: Any) -> str:
     """`CS:IP (linear 0x...) in N-bit code`: a 16-bit IP in 4 digits, others in 8 or more."""
+    from pyvmm.arch.x86_64.instruction import code_bits, linear_address
+
     bits = code_bits(sregs)
     linear = linear_address(sregs, regs.rip)
     ip = f"{regs.rip & 0xFFFF:04x}" if bits == 16 else f"{regs.rip:08x}"
@@ -88,6 +86,9 @@ def _describe_emulation_failure(
     max_phys_bits: int,
     where: str,
 ) -> str:
+    from pyvmm.arch.x86_64.instruction import MAX_INSTRUCTION_SIZE, code_bits, linear_address
+    from pyvmm.arch.x86_64.sse_state import sse_off_hint
+
     name = suberror_name(exit.suberror)
     bits = code_bits(sregs)
     linear = linear_address(sregs, regs.rip)
@@ -149,6 +150,8 @@ def _describe_code(
 ) -> tuple[str, Instruction | None]:
     """`'mnemonic operands' (bytes)` and the instruction; KVM's window holds up to 15
     bytes: keep the first instruction's."""
+    from pyvmm.arch.x86_64.instruction import disassemble_one
+
     note = f", {source}" if source else ""
     instruction = disassemble_one(code, bits, linear)
     if instruction is not None:
@@ -162,6 +165,9 @@ def _read_code(
     memory: GuestMemory | None, sregs: Any, linear: int, max_phys_bits: int
 ) -> tuple[bytes, str | None]:
     """The bytes at `linear`, or why there are none (the usual case: code outside RAM)."""
+    from pyvmm.arch.x86_64.instruction import MAX_INSTRUCTION_SIZE, fetch
+    from pyvmm.arch.x86_64.page_walk import PagingRegisters, walk
+
     if memory is None:
         return b"", "KVM gave no instruction bytes"
     paging = PagingRegisters(sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer)

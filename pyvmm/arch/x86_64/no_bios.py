@@ -26,7 +26,6 @@ for a second `int n`; the bytes cannot tell them apart.)
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,10 +34,10 @@ from typing import Any
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.register_dump import format_registers
 from pyvmm.arch.x86_64.registers import CR0_PE
-from pyvmm.errors import GuestMemoryError
+from pyvmm.errors import GuestMemoryError, Log
 from pyvmm.memory.guest_memory import GuestMemory
 
-log = logging.getLogger(__name__)
+log = Log(__name__)
 
 # The trap port: free on a PC and on QEMU's (0xe9 is QEMU's debugcon, 0xed
 # Linux's I/O delay port); below 0x100 so that `out %al, $imm8` reaches it

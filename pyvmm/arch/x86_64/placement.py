@@ -29,10 +29,8 @@ from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.cpu import default_load_gpa
 from pyvmm.errors import BadEntryPoint, LoaderError
 from pyvmm.loaders import ImagePlan, plan_image
-from pyvmm.loaders.elf import ELF_FIX
 from pyvmm.loaders.entry import CpuMode, EntryPoint, ImageSegment
 from pyvmm.loaders.flat import FLAT_FIX, check_clear
-from pyvmm.loaders.multiboot import AOUT_FIX
 from pyvmm.memory.size import format_size
 
 if TYPE_CHECKING:
@@ -259,7 +257,11 @@ def fix_for(protocol: str) -> str:
     """How to move a segment of an image loaded by `protocol`, in its format's terms."""
     if protocol == "flat":
         return FLAT_FIX
+    from pyvmm.loaders.elf import ELF_FIX
+
     if protocol == "multiboot":
+        from pyvmm.loaders.multiboot import AOUT_FIX
+
         return f"{ELF_FIX}, or for an a.out-kludge kernel {AOUT_FIX}"
     return ELF_FIX
 

@@ -18,15 +18,19 @@ Anything else gets no explanation rather than a guess.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyvmm.arch.x86_64.instruction import Instruction, instruction_at
-from pyvmm.arch.x86_64.page_walk import PagingRegisters
 from pyvmm.arch.x86_64.registers import CR0_PE, CR0_PG, EFER_LMA, EFER_LME
-from pyvmm.arch.x86_64.sse_state import sse_off_hint
 from pyvmm.errors import PyvmmError
-from pyvmm.memory.guest_memory import GuestMemory
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pyvmm.arch.x86_64.instruction import Instruction
+    from pyvmm.memory.guest_memory import GuestMemory
+
+# The instruction decoder and the page walk are imported when a triple fault is
+# explained: the exit loop imports this module for every run.
 
 _GPR32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 
@@ -43,6 +47,9 @@ def explain_triple_fault(
     kvm_regs/kvm_sregs; `keeps_32bit_paging` probes the host (asked only if needed)."""
     if not sregs.cr0 & CR0_PE:
         return None  # real mode: the IVT, whose limit some backends do not check
+    from pyvmm.arch.x86_64.instruction import instruction_at
+    from pyvmm.arch.x86_64.page_walk import PagingRegisters
+
     paging = PagingRegisters(sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer)
     try:
         instruction = instruction_at(memory, paging, sregs, regs.rip, max_phys_bits)
@@ -62,6 +69,8 @@ def _explain_no_idt(instruction: Instruction | None, sregs: Any) -> str:
     text = "with no IDT (IDTR limit 0), so any exception ends in a triple fault"
     if instruction is None:
         return text
+    from pyvmm.arch.x86_64.sse_state import sse_off_hint
+
     text += f"; at RIP: '{instruction.text}'"
     hint = sse_off_hint(instruction.text, sregs)
     return f"{text}: {hint}" if hint else text
