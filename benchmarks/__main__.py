@@ -1,9 +1,15 @@
 """`python -m benchmarks`: run every suite, print a table, write JSON and a chart.
 
     python -m benchmarks [--quick] [--suite NAME ...] [--json FILE] [--chart FILE]
+                         [--compare OLD.json [NEW.json]]
 
 Every comparison is a series of interleaved pairs (A B A B ...); the table
 shows medians and min-max of each side and the median of the pair ratios B/A.
+
+--compare OLD.json runs as usual, then prints, for every comparison in both
+runs, the old and the new ratio B/A and new/old (below 1: B got cheaper
+relative to A); --compare OLD.json NEW.json compares two saved runs and runs
+nothing (see benchmarks/compare.py).
 
 The JSON (every sample) and the chart go, unless --json and --chart say
 otherwise, to a new pair of files named after the run's start time in
@@ -25,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from benchmarks.compare import CompareError, compare_runs, load_run, render_comparison
 from benchmarks.comparison import Comparison
 from pyvmm.kvm.host import kvm_backend
 from pyvmm.shipped import run_installed_if_shadowed
@@ -180,7 +187,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chart", type=Path, metavar="FILE", help="draw the ratios here (default: see above)"
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="OLD.json: compare this run's ratios with OLD's; OLD.json NEW.json: compare "
+        "two saved runs, running nothing",
+    )
     args = parser.parse_args(argv)
+    old_run: dict[str, Any] | None = None
+    if args.compare:
+        if len(args.compare) > 2:
+            parser.error("--compare takes OLD.json, or OLD.json NEW.json")
+        try:
+            runs = [load_run(path) for path in args.compare]
+        except CompareError as error:
+            parser.error(f"--compare: {error}")
+        if len(runs) == 2:
+            if args.quick or args.suite or args.json or args.chart:
+                parser.error(
+                    "--compare OLD.json NEW.json compares two saved runs and runs nothing: "
+                    "it takes no --quick, --suite, --json or --chart"
+                )
+            result = compare_runs(runs[0], runs[1])
+            print(render_comparison(result, str(args.compare[0]), str(args.compare[1])))
+            return 0
+        old_run = runs[0]
     default_json, default_chart = default_outputs(args.quick, time.localtime())
     json_path: Path = args.json or default_json
     chart_path: Path = args.chart or default_chart
@@ -204,20 +237,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'quick' if args.quick else 'full'} run in {elapsed:.0f} s")
     for path in (json_path, chart_path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(
-        json.dumps(
-            {
-                "machine": machine,
-                "quick": args.quick,
-                "seconds": elapsed,
-                "comparisons": [item.to_json() for item in comparisons],
-            },
-            indent=2,
-        )
-    )
+    run = {
+        "machine": machine,
+        "quick": args.quick,
+        "seconds": elapsed,
+        "comparisons": [item.to_json() for item in comparisons],
+    }
+    json_path.write_text(json.dumps(run, indent=2))
     print(f"results: {json_path}")
     problem = draw_chart(comparisons, chart_path)
     print(problem or f"chart: {chart_path}")
+    if old_run is not None:
+        print()
+        print(render_comparison(compare_runs(old_run, run), str(args.compare[0]), str(json_path)))
     return 0
 
 

@@ -5,36 +5,50 @@
  * It reinvents no entry state. pyvmm builds a machine as usual, then writes
  * a state file (see benchmarks/suite_exits.py, `write_state_file`) holding
  * the raw `struct kvm_sregs`, `struct kvm_regs` and `struct kvm_fpu` pyvmm
- * loaded into its vCPU and the non-zero pages of low guest memory (GDT, page
- * tables, TSS, parameter block, image). This program does, per cycle, what
- * pyvmm's build_machine + run + close do:
+ * loaded into its vCPU, whether the machine has KVM's in-kernel irqchip, and
+ * the non-zero pages of low guest memory (GDT, page tables, TSS, parameter
+ * block, firmware tables, image). This program does, per cycle, what pyvmm's
+ * build_machine + run + close do:
  *
  *   open /dev/kvm, KVM_CREATE_VM, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR,
  *   mmap guest RAM (MAP_NORESERVE), KVM_SET_USER_MEMORY_REGION, copy the
- *   pages in, KVM_CREATE_VCPU, mmap kvm_run, KVM_SET_CPUID2 (what
- *   KVM_GET_SUPPORTED_CPUID offers), KVM_SET_SREGS, KVM_SET_REGS,
- *   KVM_SET_FPU, then the KVM_RUN loop until the guest writes to the
- *   debug-exit port 0xf4 or halts, then unmap and close everything.
+ *   pages in; with the irqchip (pyvmm's default machine): KVM_CREATE_IRQCHIP,
+ *   KVM_CREATE_PIT2 and, for a real-mode entry, both PICs loaded as a BIOS
+ *   leaves them (KVM_GET/SET_IRQCHIP, pyvmm/arch/x86_64/pic.py); then per
+ *   vCPU KVM_CREATE_VCPU, mmap kvm_run, KVM_SET_CPUID2 (what
+ *   KVM_GET_SUPPORTED_CPUID offers, with the vCPU's APIC ID); vCPU 0 gets
+ *   KVM_SET_SREGS, KVM_SET_REGS, KVM_SET_FPU, the others wait for INIT/SIPI
+ *   in KVM as pyvmm's do; then the KVM_RUN loop until the guest writes to
+ *   the debug-exit port 0xf4 or halts, then unmap and close everything.
+ *
+ * With --cpus N > 1 (needs the irqchip) each vCPU runs in a thread of its
+ * own; a vCPU's loop also ends when it writes to port 0x701 ("done", see
+ * benchmarks/smp_exit_guest.s), and the run ends when every thread has.
  *
  * The exit loop is a trivial switch: count the exit, send COM1 data bytes to
- * stdout, answer port reads with zeros, ignore everything else.
+ * stdout, answer port reads with zeros, ignore everything else. It takes no
+ * lock: it touches nothing another vCPU's thread touches but stdout.
  *
- *   ref_vmm --state FILE [--ram-size BYTES] [--cycles N] [--kvm PATH]
+ *   ref_vmm --state FILE [--ram-size BYTES] [--cycles N] [--cpus N] [--kvm PATH]
  *
  * On success it prints one line to stderr and exits 0:
- *   ref_vmm: cycles=N exits=N io_out=N io_in=N mmio_write=N mmio_read=N
- *            debug_exit=V run_ns=N total_ns=N            (one line)
+ *   ref_vmm: cycles=N cpus=N exits=N io_out=N io_in=N mmio_write=N mmio_read=N
+ *            debug_exit=V debug_exits=N done=N run_ns=N total_ns=N   (one line)
+ * debug_exit is the value last written to port 0xf4, debug_exits and done
+ * count the writes to 0xf4 and 0x701;
  * exits counts every KVM_RUN that returned an exit (as pyvmm's exit_count),
- * summed over the cycles; run_ns is the time spent in the KVM_RUN loops and
- * total_ns the time of the whole cycles (CLOCK_MONOTONIC). Exit status 1 on
- * any failure, with a message on stderr; 2 for bad usage.
+ * summed over the cycles and vCPUs; run_ns is the time spent running the
+ * vCPUs (from before the first KVM_RUN, threads started, to the end of the
+ * last loop) and total_ns the time of the whole cycles (CLOCK_MONOTONIC).
+ * Exit status 1 on any failure, with a message on stderr; 2 for bad usage.
  *
- * Build: cc -O2 -o ref_vmm ref_vmm.c (needs <linux/kvm.h>).
+ * Build: cc -O2 -pthread -o ref_vmm ref_vmm.c (needs <linux/kvm.h>).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -51,7 +65,17 @@
 #define MMIO_GAP_START 0xd0000000ULL
 #define COM1_DATA_PORT 0x3f8
 #define DEBUG_EXIT_PORT 0xf4
+#define DONE_PORT 0x701
 #define CPUID_MAX_ENTRIES 256
+#define MAX_CPUS 255
+/* The state file's flags word. */
+#define STATE_IRQCHIP 1u
+/* SeaBIOS's PIC set-up (pyvmm/arch/x86_64/pic.py): vector bases, every IRQ
+ * masked but the master's cascade (IRQ 2). */
+#define PIC_MASTER_VECTOR_BASE 0x08
+#define PIC_SLAVE_VECTOR_BASE 0x70
+#define PIC_MASTER_IMR 0xfb
+#define PIC_SLAVE_IMR 0xff
 
 static const char STATE_MAGIC[8] = {'P', 'Y', 'V', 'M', 'M', 'R', 'E', 'F'};
 
@@ -66,6 +90,7 @@ struct state {
 	struct kvm_sregs sregs;
 	struct kvm_regs regs;
 	struct kvm_fpu fpu;
+	uint32_t flags; /* STATE_IRQCHIP */
 	struct chunk *chunks;
 	size_t nchunks;
 	unsigned char *file; /* the whole file: chunk data points into it */
@@ -77,7 +102,9 @@ struct counters {
 	uint64_t io_in;
 	uint64_t mmio_write;
 	uint64_t mmio_read;
-	uint64_t debug_exit;
+	uint64_t debug_exit; /* the value last written to port 0xf4 */
+	uint64_t debug_exits; /* writes to port 0xf4 */
+	uint64_t done; /* writes to port 0x701 */
 	uint64_t run_ns;
 };
 
@@ -162,7 +189,8 @@ static uint64_t get_u64(const unsigned char *p)
 /*
  * State file, little-endian:
  *   "PYVMMREF", u32 sizeof(kvm_sregs), u32 sizeof(kvm_regs), u32 sizeof(kvm_fpu),
- *   u32 0, the three structs' raw bytes, then chunks to EOF: u64 gpa, u64 size, data.
+ *   u32 flags (bit 0: the in-kernel irqchip and PIT), the three structs' raw
+ *   bytes, then chunks to EOF: u64 gpa, u64 size, data.
  * The sizes must match this compiler's view of <linux/kvm.h>.
  */
 static void load_state(const char *path, struct state *state)
@@ -179,6 +207,9 @@ static void load_state(const char *path, struct state *state)
 		    sizeof(state->regs), sizeof(state->fpu));
 	if (size < offset + sizeof(state->sregs) + sizeof(state->regs) + sizeof(state->fpu))
 		die("%s is truncated", path);
+	state->flags = get_u32(file + 20);
+	if (state->flags & ~STATE_IRQCHIP)
+		die("%s: unknown flags 0x%x", path, state->flags);
 	memcpy(&state->sregs, file + offset, sizeof(state->sregs));
 	offset += sizeof(state->sregs);
 	memcpy(&state->regs, file + offset, sizeof(state->regs));
@@ -208,19 +239,62 @@ static void load_state(const char *path, struct state *state)
 	state->file = file;
 }
 
-static struct kvm_cpuid2 *supported_cpuid(int kvm)
+/* What KVM offers, with `apic_id` as the CPU's initial (x2)APIC ID, as pyvmm's setup_cpuid. */
+static struct kvm_cpuid2 *supported_cpuid(int kvm, unsigned apic_id)
 {
 	size_t size = sizeof(struct kvm_cpuid2) + CPUID_MAX_ENTRIES * sizeof(struct kvm_cpuid_entry2);
 	struct kvm_cpuid2 *cpuid = calloc(1, size);
+	uint32_t i;
 
 	if (!cpuid)
 		die("out of memory");
 	cpuid->nent = CPUID_MAX_ENTRIES;
 	xioctl(kvm, KVM_GET_SUPPORTED_CPUID, cpuid, "KVM_GET_SUPPORTED_CPUID");
+	for (i = 0; i < cpuid->nent; i++) {
+		struct kvm_cpuid_entry2 *entry = &cpuid->entries[i];
+
+		if (entry->function == 1)
+			entry->ebx = (entry->ebx & 0x00ffffffu) | (apic_id << 24);
+		else if (entry->function == 0xb || entry->function == 0x1f)
+			entry->edx = apic_id;
+	}
 	return cpuid;
 }
 
-/* The KVM_RUN loop: returns when the guest writes to port 0xf4 or halts. */
+/* Both in-kernel PICs as SeaBIOS's pic_setup leaves them (ICW1-4, OCW1). */
+static void set_bios_pic_state(int vm)
+{
+	static const struct {
+		uint32_t chip_id;
+		uint8_t vector_base, imr;
+	} pics[] = {
+		{KVM_IRQCHIP_PIC_MASTER, PIC_MASTER_VECTOR_BASE, PIC_MASTER_IMR},
+		{KVM_IRQCHIP_PIC_SLAVE, PIC_SLAVE_VECTOR_BASE, PIC_SLAVE_IMR},
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(pics) / sizeof(pics[0]); i++) {
+		struct kvm_irqchip chip = {.chip_id = pics[i].chip_id};
+		struct kvm_pic_state *pic = &chip.chip.pic;
+
+		xioctl(vm, KVM_GET_IRQCHIP, &chip, "KVM_GET_IRQCHIP");
+		pic->irq_base = pics[i].vector_base & 0xf8;
+		pic->imr = pics[i].imr;
+		pic->irr = pic->isr = pic->last_irr = 0;
+		pic->priority_add = 0;
+		pic->read_reg_select = 0;
+		pic->poll = 0;
+		pic->special_mask = 0;
+		pic->init_state = 0;
+		pic->init4 = 1;
+		pic->auto_eoi = 0;
+		pic->rotate_on_auto_eoi = 0;
+		pic->special_fully_nested_mode = 0;
+		xioctl(vm, KVM_SET_IRQCHIP, &chip, "KVM_SET_IRQCHIP");
+	}
+}
+
+/* The KVM_RUN loop: returns when the guest writes to port 0xf4 or 0x701, or halts. */
 static void run_loop(int vcpu, struct kvm_run *run, struct counters *counters)
 {
 	for (;;) {
@@ -238,6 +312,11 @@ static void run_loop(int vcpu, struct kvm_run *run, struct counters *counters)
 				counters->io_out++;
 				if (run->io.port == DEBUG_EXIT_PORT) {
 					counters->debug_exit = data[0];
+					counters->debug_exits++;
+					return;
+				}
+				if (run->io.port == DONE_PORT) {
+					counters->done++;
 					return;
 				}
 				if (run->io.port == COM1_DATA_PORT)
@@ -271,16 +350,52 @@ static void run_loop(int vcpu, struct kvm_run *run, struct counters *counters)
 	}
 }
 
+/* One vCPU and what its thread needs. */
+struct vcpu {
+	int fd;
+	struct kvm_run *run;
+	struct counters counters;
+	pthread_t thread;
+};
+
+static void *vcpu_thread(void *arg)
+{
+	struct vcpu *vcpu = arg;
+
+	run_loop(vcpu->fd, vcpu->run, &vcpu->counters);
+	return NULL;
+}
+
+/* Run every vCPU to the end of its loop: vCPU 0 alone in this thread, or one thread each. */
+static void run_vcpus(struct vcpu *vcpus, unsigned cpus)
+{
+	unsigned i;
+	int error;
+
+	if (cpus == 1) {
+		run_loop(vcpus[0].fd, vcpus[0].run, &vcpus[0].counters);
+		return;
+	}
+	for (i = 0; i < cpus; i++) {
+		error = pthread_create(&vcpus[i].thread, NULL, vcpu_thread, &vcpus[i]);
+		if (error)
+			die("pthread_create failed: %s", strerror(error));
+	}
+	for (i = 0; i < cpus; i++)
+		pthread_join(vcpus[i].thread, NULL);
+}
+
 /* One VM, created, run once and destroyed: pyvmm's build_machine + run + close. */
 static void cycle(const char *kvm_path, const struct state *state, uint64_t ram_size,
-		  struct counters *counters)
+		  unsigned cpus, struct counters *counters)
 {
-	int kvm, vm, vcpu, mmap_size;
+	int kvm, vm, mmap_size;
 	unsigned char *ram;
-	struct kvm_run *run;
+	struct vcpu vcpus[MAX_CPUS];
 	struct kvm_cpuid2 *cpuid;
 	struct kvm_userspace_memory_region region;
 	uint64_t identity_map = KVM_IDENTITY_MAP_GPA, started;
+	unsigned cpu;
 	size_t i;
 
 	kvm = open(kvm_path, O_RDWR | O_CLOEXEC);
@@ -313,23 +428,52 @@ static void cycle(const char *kvm_path, const struct state *state, uint64_t ram_
 		memcpy(ram + chunk->gpa, chunk->data, chunk->size);
 	}
 
-	vcpu = xioctl(vm, KVM_CREATE_VCPU, 0, "KVM_CREATE_VCPU");
-	run = mmap(NULL, mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
-	if (run == MAP_FAILED)
-		die_errno("mmap of kvm_run");
-	cpuid = supported_cpuid(kvm);
-	xioctl(vcpu, KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2");
-	free(cpuid);
-	xioctl(vcpu, KVM_SET_SREGS, (void *)&state->sregs, "KVM_SET_SREGS");
-	xioctl(vcpu, KVM_SET_REGS, (void *)&state->regs, "KVM_SET_REGS");
-	xioctl(vcpu, KVM_SET_FPU, (void *)&state->fpu, "KVM_SET_FPU");
+	if (state->flags & STATE_IRQCHIP) {
+		struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
+
+		xioctl(vm, KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP");
+		xioctl(vm, KVM_CREATE_PIT2, &pit, "KVM_CREATE_PIT2");
+		if (!(state->sregs.cr0 & 1)) /* real mode: what a BIOS leaves */
+			set_bios_pic_state(vm);
+	}
+
+	for (cpu = 0; cpu < cpus; cpu++) {
+		struct vcpu *vcpu = &vcpus[cpu];
+
+		memset(vcpu, 0, sizeof(*vcpu));
+		vcpu->fd = xioctl(vm, KVM_CREATE_VCPU, (void *)(uintptr_t)cpu, "KVM_CREATE_VCPU");
+		vcpu->run = mmap(NULL, mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu->fd, 0);
+		if (vcpu->run == MAP_FAILED)
+			die_errno("mmap of kvm_run");
+		cpuid = supported_cpuid(kvm, cpu);
+		xioctl(vcpu->fd, KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2");
+		free(cpuid);
+	}
+	/* Only the boot CPU starts at the entry point; the others wait for INIT/SIPI. */
+	xioctl(vcpus[0].fd, KVM_SET_SREGS, (void *)&state->sregs, "KVM_SET_SREGS");
+	xioctl(vcpus[0].fd, KVM_SET_REGS, (void *)&state->regs, "KVM_SET_REGS");
+	xioctl(vcpus[0].fd, KVM_SET_FPU, (void *)&state->fpu, "KVM_SET_FPU");
 
 	started = now_ns();
-	run_loop(vcpu, run, counters);
+	run_vcpus(vcpus, cpus);
 	counters->run_ns += now_ns() - started;
 
-	munmap(run, mmap_size);
-	close(vcpu);
+	for (cpu = 0; cpu < cpus; cpu++) {
+		struct counters *each = &vcpus[cpu].counters;
+
+		counters->exits += each->exits;
+		counters->io_out += each->io_out;
+		counters->io_in += each->io_in;
+		counters->mmio_write += each->mmio_write;
+		counters->mmio_read += each->mmio_read;
+		counters->done += each->done;
+		if (each->debug_exits) {
+			counters->debug_exits += each->debug_exits;
+			counters->debug_exit = each->debug_exit;
+		}
+		munmap(vcpus[cpu].run, mmap_size);
+		close(vcpus[cpu].fd);
+	}
 	close(vm);
 	munmap(ram, ram_size);
 	close(kvm);
@@ -338,7 +482,8 @@ static void cycle(const char *kvm_path, const struct state *state, uint64_t ram_
 __attribute__((noreturn))
 static void usage(void)
 {
-	fputs("usage: ref_vmm --state FILE [--ram-size BYTES] [--cycles N] [--kvm PATH]\n",
+	fputs("usage: ref_vmm --state FILE [--ram-size BYTES] [--cycles N] [--cpus N] "
+	      "[--kvm PATH]\n",
 	      stderr);
 	exit(2);
 }
@@ -358,7 +503,7 @@ static uint64_t parse_number(const char *text)
 int main(int argc, char **argv)
 {
 	const char *state_path = NULL, *kvm_path = "/dev/kvm";
-	uint64_t ram_size = 128ULL << 20, cycles = 1, i, started, total_ns;
+	uint64_t ram_size = 128ULL << 20, cycles = 1, cpus = 1, i, started, total_ns;
 	struct counters counters = {0};
 	struct state state;
 	int arg;
@@ -372,31 +517,41 @@ int main(int argc, char **argv)
 			ram_size = parse_number(argv[++arg]);
 		else if (!strcmp(argv[arg], "--cycles"))
 			cycles = parse_number(argv[++arg]);
+		else if (!strcmp(argv[arg], "--cpus"))
+			cpus = parse_number(argv[++arg]);
 		else if (!strcmp(argv[arg], "--kvm"))
 			kvm_path = argv[++arg];
 		else
 			usage();
 	}
-	if (!state_path || cycles == 0)
+	if (!state_path || cycles == 0 || cpus == 0)
 		usage();
+	if (cpus > MAX_CPUS)
+		die("--cpus %llu: at most %d", (unsigned long long)cpus, MAX_CPUS);
 	if (ram_size == 0 || ram_size > MMIO_GAP_START || ram_size % 4096)
 		die("--ram-size must be a multiple of 4 KiB up to 0x%llx (one slot below the hole)",
 		    MMIO_GAP_START);
 	load_state(state_path, &state);
+	if (cpus > 1 && !(state.flags & STATE_IRQCHIP))
+		die("--cpus %llu needs the in-kernel irqchip: INIT/SIPI go through the LAPICs",
+		    (unsigned long long)cpus);
 
 	started = now_ns();
 	for (i = 0; i < cycles; i++)
-		cycle(kvm_path, &state, ram_size, &counters);
+		cycle(kvm_path, &state, ram_size, (unsigned)cpus, &counters);
 	total_ns = now_ns() - started;
 
 	fflush(stdout);
 	fprintf(stderr,
-		"ref_vmm: cycles=%llu exits=%llu io_out=%llu io_in=%llu mmio_write=%llu "
-		"mmio_read=%llu debug_exit=%llu run_ns=%llu total_ns=%llu\n",
-		(unsigned long long)cycles, (unsigned long long)counters.exits,
+		"ref_vmm: cycles=%llu cpus=%llu exits=%llu io_out=%llu io_in=%llu mmio_write=%llu "
+		"mmio_read=%llu debug_exit=%llu debug_exits=%llu done=%llu run_ns=%llu "
+		"total_ns=%llu\n",
+		(unsigned long long)cycles, (unsigned long long)cpus,
+		(unsigned long long)counters.exits,
 		(unsigned long long)counters.io_out, (unsigned long long)counters.io_in,
 		(unsigned long long)counters.mmio_write, (unsigned long long)counters.mmio_read,
-		(unsigned long long)counters.debug_exit, (unsigned long long)counters.run_ns,
+		(unsigned long long)counters.debug_exit, (unsigned long long)counters.debug_exits,
+		(unsigned long long)counters.done, (unsigned long long)counters.run_ns,
 		(unsigned long long)total_ns);
 	free(state.chunks);
 	free(state.file);

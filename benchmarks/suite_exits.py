@@ -10,6 +10,16 @@ state file (`write_state_file`). Each sample is the run loop's time divided by
 its exit count; samples are interleaved pairs (C, pyvmm, C, pyvmm ...), and
 the ratio pyvmm/C is the price of Python per exit.
 
+One more row runs several vCPUs at once: `smp_exit_guest.bin` with
+SMP_CPUS vCPUs (`-smp 4`), the boot CPU waking the others with INIT/SIPI,
+every vCPU making `count / SMP_CPUS` port writes after a barrier. pyvmm runs
+each vCPU in a thread and serves every exit under its device lock (and the
+GIL); ref_vmm runs one thread per vCPU with no lock at all. The sample is
+the wall time of the whole run (AP start-up included, a few hundred
+instructions) divided by the exits of all vCPUs: the ratio pyvmm/C is what
+concurrency costs pyvmm beyond the single-vCPU rows. Both VMMs build the
+same machine: the in-kernel irqchip and PIT, as pyvmm's default.
+
     python -m benchmarks.suite_exits [--quick] [--json]
 """
 
@@ -43,6 +53,7 @@ from pyvmm.machine.outcome import OutcomeKind
 
 BENCHMARKS = Path(__file__).resolve().parent
 EXIT_GUEST = BENCHMARKS / "exit_guest.bin"
+SMP_EXIT_GUEST = BENCHMARKS / "smp_exit_guest.bin"
 REF_VMM_SOURCE = BENCHMARKS / "ref_vmm.c"
 
 # The guest's parameter block and exit targets (documented in exit_guest.s).
@@ -53,6 +64,9 @@ BENCH_MMIO_GPA = layout.MMIO_GAP_START
 BENCH_MMIO_SIZE = 0x1000
 # The value exit_guest writes to the debug-exit port when its loop ran.
 GUEST_DONE = 0
+# smp_exit_guest: its vCPU count, and the port each vCPU but the last writes once at its end.
+SMP_CPUS = 4
+SMP_DONE_PORT = BENCH_PORT + 1
 
 RAM_SIZE = 128 * layout.MIB  # pyvmm's (and QEMU's) default -m
 # The state file carries the non-zero pages below this: every table, stack,
@@ -60,6 +74,8 @@ RAM_SIZE = 128 * layout.MIB  # pyvmm's (and QEMU's) default -m
 SNAPSHOT_LIMIT = 2 * layout.MIB
 PAGE_SIZE = 4096
 STATE_MAGIC = b"PYVMMREF"
+# The state file's flags word: the machine has KVM's in-kernel irqchip and PIT.
+STATE_IRQCHIP = 1
 
 C_LABEL = "C reference VMM"
 PYVMM_LABEL = "pyvmm"
@@ -91,6 +107,13 @@ CASES = (
     Case("MMIO write, CPL0", CpuMode.LONG, ExitKind.MMIO_WRITE),
     Case("port I/O in, CPL3", CpuMode.USER, ExitKind.PORT_IN),
 )
+
+
+def smp_name(cpus: int) -> str:
+    return f"port I/O out, {cpus} vCPUs at once, CPL0"
+
+
+SMP_NAME = smp_name(SMP_CPUS)
 
 
 class RefVmmError(Exception):
@@ -208,7 +231,7 @@ def build_ref_vmm(directory: Path) -> Path:
         raise RefVmmError(NO_COMPILER)
     binary = directory / "ref_vmm"
     result = subprocess.run(
-        [compiler, "-O2", "-o", str(binary), str(REF_VMM_SOURCE)],
+        [compiler, "-O2", "-pthread", "-o", str(binary), str(REF_VMM_SOURCE)],
         capture_output=True,
         text=True,
     )
@@ -217,20 +240,27 @@ def build_ref_vmm(directory: Path) -> Path:
     return binary
 
 
-def write_state_file(machine: Machine, path: Path, limit: int = SNAPSHOT_LIMIT) -> int:
+def write_state_file(
+    machine: Machine, path: Path, limit: int = SNAPSHOT_LIMIT, *, irqchip: bool | None = None
+) -> int:
     """Write pyvmm's vCPU entry state and low memory for ref_vmm; returns the page count.
 
     Layout (little-endian, read by ref_vmm.c's load_state): b"PYVMMREF", the
-    sizes of struct kvm_sregs, kvm_regs and kvm_fpu as u32 and a zero u32, the
-    three structs' raw bytes, then one record per non-zero page below `limit`:
-    u64 gpa, u64 size, the bytes.
+    sizes of struct kvm_sregs, kvm_regs and kvm_fpu as u32, a u32 of flags
+    (STATE_IRQCHIP when the machine has the in-kernel irqchip and PIT, so that
+    ref_vmm creates them too), the three structs' raw bytes, then one record
+    per non-zero page below `limit`: u64 gpa, u64 size, the bytes. `irqchip`
+    overrides what the machine has (None: what it has).
     """
     structs = [
         bytes(ffi.buffer(machine.vcpu.get_sregs())),
         bytes(ffi.buffer(machine.vcpu.get_regs())),
         bytes(ffi.buffer(machine.vcpu.get_fpu())),
     ]
-    parts = [STATE_MAGIC, struct.pack("<4I", *(len(raw) for raw in structs), 0), *structs]
+    if irqchip is None:
+        irqchip = machine.config is None or machine.config.wants_irqchip
+    flags = STATE_IRQCHIP if irqchip else 0
+    parts = [STATE_MAGIC, struct.pack("<4I", *(len(raw) for raw in structs), flags), *structs]
     pages = 0
     zero = bytes(PAGE_SIZE)
     for gpa in range(0, min(limit, machine.memory.size), PAGE_SIZE):
@@ -244,15 +274,18 @@ def write_state_file(machine: Machine, path: Path, limit: int = SNAPSHOT_LIMIT) 
 
 @dataclass(frozen=True)
 class RefRun:
-    """What ref_vmm reported (counters are summed over its cycles)."""
+    """What ref_vmm reported (counters are summed over its cycles and vCPUs)."""
 
     cycles: int
+    cpus: int
     exits: int
     io_out: int
     io_in: int
     mmio_write: int
     mmio_read: int
-    debug_exit: int
+    debug_exit: int  # the value last written to the debug-exit port
+    debug_exits: int  # writes to the debug-exit port
+    done: int  # writes to SMP_DONE_PORT
     run_ns: int
     total_ns: int
     console: bytes
@@ -264,12 +297,14 @@ def run_ref_vmm(
     state: Path,
     *,
     cycles: int = 1,
+    cpus: int = 1,
     ram_size: int = RAM_SIZE,
     timeout: float = 120,
     peak_rss: bool = False,
 ) -> RefRun:
     command = [str(binary), "--state", str(state), "--ram-size", str(ram_size)]
-    result = run_measured([*command, "--cycles", str(cycles)], timeout, peak_rss=peak_rss)
+    command += ["--cycles", str(cycles), "--cpus", str(cpus)]
+    result = run_measured(command, timeout, peak_rss=peak_rss)
     lines = result.stderr.decode(errors="replace").strip().splitlines()
     if result.returncode != 0 or not lines or not lines[-1].startswith("ref_vmm: cycles="):
         raise RefVmmError(
@@ -281,12 +316,15 @@ def run_ref_vmm(
     try:
         return RefRun(
             cycles=fields["cycles"],
+            cpus=fields["cpus"],
             exits=fields["exits"],
             io_out=fields["io_out"],
             io_in=fields["io_in"],
             mmio_write=fields["mmio_write"],
             mmio_read=fields["mmio_read"],
             debug_exit=fields["debug_exit"],
+            debug_exits=fields["debug_exits"],
+            done=fields["done"],
             run_ns=fields["run_ns"],
             total_ns=fields["total_ns"],
             console=result.stdout,
@@ -368,11 +406,143 @@ def measure_c(binary: Path, state: Path, case: Case, count: int) -> tuple[float,
     return run.run_ns / 1e9, run.exits
 
 
+# --- several vCPUs at once ---------------------------------------------------------
+
+
+class PortWrites:
+    """smp_exit_guest's device: counts the writes at each offset (0: the loop, 1: done).
+
+    pyvmm calls it under its device lock (the machine has several vCPUs), so
+    the counts need no lock of their own.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.writes = [0] * size
+
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.writes[offset] += 1
+
+
+def smp_exits(per_cpu: int, cpus: int) -> int:
+    """Exits per run of smp_exit_guest: each vCPU's loop, then its done or debug-exit write."""
+    return cpus * (per_cpu + 1)
+
+
+def build_smp_machine(per_cpu: int, cpus: int) -> tuple[Machine, PortWrites]:
+    """smp_exit_guest on `cpus` vCPUs (-smp), `per_cpu` port writes each, device attached."""
+    machine = build_machine(
+        MachineConfig(
+            image=SMP_EXIT_GUEST.read_bytes(),
+            ram_size=RAM_SIZE,
+            console=lambda data: None,
+            mode=CpuMode.PROTECTED,
+            cpus=cpus,
+        )
+    )
+    device = PortWrites(BENCH_PORT_SIZE)
+    machine.pio_bus.insert(device, BENCH_PORT, BENCH_PORT_SIZE, "benchmark port")
+    machine.memory.write(PARAMS_GPA, struct.pack("<II", per_cpu, cpus))
+    return machine, device
+
+
+def measure_pyvmm_smp(per_cpu: int, cpus: int) -> tuple[float, int]:
+    """(seconds of `Machine.run()`, exits of all vCPUs) for one fresh machine."""
+    machine, device = build_smp_machine(per_cpu, cpus)
+    with machine:
+        outcomes = []
+        seconds = timed(lambda: outcomes.append(machine.run()))
+        outcome = outcomes[0]
+        if outcome.kind is not OutcomeKind.DEBUG_EXIT or outcome.exit_status != 1:
+            raise RefVmmError(f"pyvmm: smp_exit_guest ended with {outcome.message}")
+        done = SMP_DONE_PORT - BENCH_PORT
+        if (device.writes[0], device.writes[done]) != (cpus * per_cpu, cpus - 1):
+            raise RefVmmError(
+                f"pyvmm: the device saw {device.writes[0]} loop writes and "
+                f"{device.writes[done]} done writes, not {cpus * per_cpu} and {cpus - 1}"
+            )
+        return seconds, sum(loop.exit_count for loop in machine.group.loops)
+
+
+def measure_c_smp(binary: Path, state: Path, per_cpu: int, cpus: int) -> tuple[float, int]:
+    """(seconds from starting ref_vmm's vCPU threads to joining them all, exits) for one run."""
+    run = run_ref_vmm(binary, state, cpus=cpus)
+    seen = (run.cpus, run.io_out, run.done, run.debug_exits, run.debug_exit)
+    wanted = (cpus, cpus * (per_cpu + 1), cpus - 1, 1, GUEST_DONE)
+    if seen != wanted or run.io_in or run.mmio_write or run.mmio_read:
+        raise RefVmmError(
+            f"ref_vmm: (cpus, io_out, done, debug exits, debug exit) {seen}, not {wanted}"
+        )
+    return run.run_ns / 1e9, run.exits
+
+
+def compare_smp(
+    binary: Path,
+    workdir: Path,
+    count: int,
+    pairs: int,
+    progress: Progress | None,
+    cpus: int = SMP_CPUS,
+) -> Comparison:
+    """`cpus` vCPUs making `count // cpus` port writes each, at once, in both VMMs."""
+    comparison = Comparison("exits", smp_name(cpus), C_LABEL, PYVMM_LABEL, "us/exit")
+    per_cpu = max(1, count // cpus)
+    state = workdir / f"state-smp{cpus}.bin"
+    machine, _ = build_smp_machine(per_cpu, cpus)
+    with machine:
+        state_pages = write_state_file(machine, state)
+    exit_counts: dict[str, list[int]] = {C_LABEL: [], PYVMM_LABEL: []}
+    seconds: dict[str, list[float]] = {C_LABEL: [], PYVMM_LABEL: []}
+    exits = smp_exits(per_cpu, cpus)
+
+    def sample(label: str, run_seconds: float, counted: int) -> float:
+        exit_counts[label].append(counted)
+        seconds[label].append(run_seconds)
+        return run_seconds * 1e6 / exits
+
+    interleave(
+        comparison,
+        lambda: sample(C_LABEL, *measure_c_smp(binary, state, per_cpu, cpus)),
+        lambda: sample(PYVMM_LABEL, *measure_pyvmm_smp(per_cpu, cpus)),
+        pairs,
+        progress,
+    )
+    comparison.notes.update(
+        {
+            "mode": CpuMode.PROTECTED.value,
+            "cpl": 0,
+            "exit_kind": "port_out",
+            "cpus": cpus,
+            "count_per_cpu": per_cpu,
+            "exits_per_run": exits,
+            "exit_counts": exit_counts,
+            "state_file_pages": state_pages,
+            "exits_per_second": {
+                label: exits / statistics.median(values) for label, values in seconds.items()
+            },
+            "host_cpus": os.cpu_count(),
+            "timed": "pyvmm: Machine.run() (threads started, INIT/SIPI, the loops, every "
+            "thread joined); C: from starting its vCPU threads to joining them all; both "
+            "divided by the exits of all vCPUs",
+            "locks": "pyvmm serves each exit under its device lock and the GIL; "
+            "ref_vmm's threads share nothing",
+            "host_kvm": kvm_backend(),
+        }
+    )
+    return comparison
+
+
 # --- the suite --------------------------------------------------------------------
 
 
 def skipped(case: Case, reason: str) -> Comparison:
-    comparison = Comparison("exits", case.name, C_LABEL, PYVMM_LABEL, "us/exit")
+    return skipped_row(case.name, reason)
+
+
+def skipped_row(name: str, reason: str) -> Comparison:
+    comparison = Comparison("exits", name, C_LABEL, PYVMM_LABEL, "us/exit")
     comparison.notes["skipped"] = reason
     return comparison
 
@@ -427,8 +597,13 @@ def collect(
     count: int | None = None,
     pairs: int | None = None,
     cases: Sequence[Case] = CASES,
+    smp_cpus: int | None = SMP_CPUS,
 ) -> list[Comparison]:
-    """One Comparison per case; `count` and `pairs` override the quick/full defaults."""
+    """One Comparison per case, then the `smp_cpus` vCPUs row (None: no such row).
+
+    `count` (exits per run, shared by the vCPUs of the SMP row) and `pairs`
+    override the quick/full defaults.
+    """
     default_count, default_pairs = QUICK if quick else FULL
     count = default_count if count is None else count
     pairs = default_pairs if pairs is None else pairs
@@ -439,8 +614,12 @@ def collect(
         except RefVmmError as error:
             if progress is not None:
                 progress(f"exits: skipped: {error}")
-            return [skipped(case, str(error)) for case in cases]
-        return [compare_case(binary, workdir, case, count, pairs, progress) for case in cases]
+            rows = [skipped(case, str(error)) for case in cases]
+            return rows + ([skipped_row(smp_name(smp_cpus), str(error))] if smp_cpus else [])
+        rows = [compare_case(binary, workdir, case, count, pairs, progress) for case in cases]
+        if smp_cpus:
+            rows.append(compare_smp(binary, workdir, count, pairs, progress, smp_cpus))
+        return rows
 
 
 def format_comparison(comparison: Comparison) -> str:

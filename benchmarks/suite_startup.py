@@ -1,16 +1,59 @@
-"""Start-up and footprint: pyvmm against QEMU and against a minimal C VMM.
+"""Start-up and footprint: pyvmm against QEMU, a bare interpreter and a minimal C VMM.
 
-Three comparisons, all on `hello_exit.bin` (a boot sector that prints
-"Hello, world!" and ends through the debug-exit port, status 85):
+Every comparison runs `hello_exit.bin` (a real-mode boot sector, entered at
+0000:7c00, that prints "Hello, world!" to COM1 and ends through the
+debug-exit port, status 85):
 
-- whole-process time, fork to reap: `qemu-system-x86_64 -enable-kvm` booting
-  it through SeaBIOS from a 512-byte boot disk, against `python -m pyvmm boot`
-  (the pyvmm this process imported: both run in a scratch directory, which
-  no checkout in the current directory can shadow);
+- whole-process time, spawn to reap, against three anchors, each B = `python
+  -m pyvmm boot -m 128M hello_exit.bin` (the pyvmm this process imported:
+  every command runs in a scratch directory, which no checkout in the
+  current directory can shadow):
+  - QEMU's PC booting it through SeaBIOS from a 512-byte boot disk (what a
+    QEMU user types; SeaBIOS's POST takes seconds here);
+  - QEMU in its fastest configuration running the same bytes (below);
+  - `python -c pass` on the same interpreter, with the same environment: the
+    floor of any start-up written in Python;
 - VM create -> run -> destroy cycles inside one process: the C reference VMM
-  (`ref_vmm --cycles N`) against pyvmm's `build_machine` + `run` + `close`;
-- peak resident memory of one boot with 128 MiB of guest RAM (the C VMM
-  against `pyvmm boot -m 128M`), from each child's own rusage.
+  (`ref_vmm --cycles N`, with the same in-kernel irqchip, PIT and BIOS PIC
+  state as pyvmm's machine) against pyvmm's `build_machine` + `run` + `close`;
+- peak resident memory of one boot with 128 MiB of guest RAM: the C VMM, and
+  `python -c pass`, against `pyvmm boot -m 128M`. Measured with GNU time
+  (%M), not with os.wait4 from here: a child spawned by this (large) Python
+  process inherits its high-water RSS at exec (see `suite_exits.gnu_time`).
+
+QEMU's fastest configuration (`qemu_microvm_command`), chosen by timing the
+candidates in interleaved rounds on the kvm_pvm host this was written on
+(QEMU 7.2; two runs of 25 and 15 rounds: medians, and the median of each
+round's ratio to the chosen line):
+
+    -M pc, SeaBIOS, IDE boot disk (the row above)          3,324 ms   109x
+    -M pc, the 64 KiB jump ROM below                        52-56 ms   1.56-1.75x
+    -M microvm (its defaults), jump ROM                     32-36 ms   1.06-1.09x
+    -M microvm,x-option-roms=off,pit=off,pic=off,
+       isa-serial=on,rtc=off,acpi=off, jump ROM, -m 128M    30-33 ms   1 (chosen)
+    ... with -m 2M                                          30-32 ms   0.93-1.03x
+    ... and ioapic2=off,pcie=off,smm=off,graphics=off,
+        usb=off,mem-merge=off,auto-kernel-cmdline=off       32-33 ms   0.99-1.09x
+    ... -cpu host,-arch-capabilities                        31-32 ms   0.99-1.01x
+    ... -accel kvm,kernel-irqchip=off (deprecated, warns)   32 ms      0.97-1.06x
+    ... -accel kvm,kernel-irqchip=split                     32 ms      1.01-1.06x
+
+Beyond the chosen line no switch moves the time by more than the noise
+between the two runs (about 8 %), so it keeps pyvmm's 128 MiB and QEMU's
+default CPU model: `-cpu host` (and `-cpu max`) aborts on kvm_pvm, which
+refuses MSR 0x10a (IA32_ARCH_CAPABILITIES).
+
+Why a jump ROM: no firmware QEMU ships runs a boot sector on microvm here.
+Its default `bios-microvm.bin` is, on Debian, a link to qboot, which boots
+only a Linux kernel handed over by fw_cfg and otherwise halts; SeaBIOS's
+microvm build (/usr/share/seabios/bios-microvm.bin) cannot read a virtio-blk
+boot disk on kvm_pvm ("Boot failed: could not read the boot disk", as SeaBIOS
+with q35's AHCI). So `-bios` is a 64 KiB ROM of zeros whose reset vector
+(0xfffffff0) holds `ljmp $0, $0x7c00`, and `-device loader` puts
+hello_exit.bin at 0x7c00 before the CPU starts: the first instruction after
+that jump is the boot sector's, at 0000:7c00, as under pyvmm. What QEMU
+still spends (~30 ms) is its own start-up: it loads ~60 shared libraries and
+builds the machine before KVM_CREATE_VM (strace).
 
     python -m benchmarks.suite_startup [--quick] [--json]
 """
@@ -23,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +85,7 @@ from benchmarks.suite_exits import (
     run_suite_cli,
     write_state_file,
 )
+from pyvmm.arch.x86_64 import layout
 from pyvmm.kvm.host import kvm_backend
 from pyvmm.machine.builder import MachineConfig, build_machine
 from pyvmm.machine.outcome import OutcomeKind
@@ -55,27 +99,43 @@ HELLO_EXITS = len(HELLO_OUTPUT) + 1  # one `out` per character, then the debug e
 
 QEMU = "qemu-system-x86_64"
 QEMU_LABEL = "QEMU + SeaBIOS"
+MICROVM_LABEL = "QEMU microvm"
+PYTHON_LABEL = "python -c pass"
 QEMU_INSTALL = "install with: apt-get install qemu-system-x86"
 BOOT_SIGNATURE = b"\x55\xaa"
 SECTOR_SIZE = 512
+# The jump ROM: QEMU maps a -bios image so that it ends at 4 GiB, in 64 KiB units;
+# the CPU's first instruction is at its last 16 bytes (reset vector 0xfffffff0).
+ROM_SIZE = 64 * 1024
+RESET_VECTOR_OFFSET = ROM_SIZE - 16
+JUMP_TO_BOOT_SECTOR = b"\xea\x00\x7c\x00\x00"  # ljmp $0x0000, $0x7c00
+JUMP_ROM = "jump-to-7c00.rom"
 
 SUITE = "startup"
 BOOT_NAME = "boot to debug exit, whole process"
+MICROVM_BOOT_NAME = "boot to debug exit, fastest QEMU"
+PYTHON_BOOT_NAME = "boot to debug exit, vs bare interpreter"
 CYCLE_NAME = "create, run, destroy cycle, in one process"
 RSS_NAME = f"peak RSS, one boot with -m {RAM_SIZE >> 20}M"
+PYTHON_RSS_NAME = "peak RSS, boot vs bare interpreter"
 
 
 @dataclass(frozen=True)
 class Plan:
-    boot_pairs: int  # whole-process boots (QEMU takes seconds each)
+    boot_pairs: int  # whole-process boots through SeaBIOS (QEMU takes seconds each)
     cycle_pairs: int
     cycles: int  # create/run/destroy cycles per sample
     rss_pairs: int
     qemu_timeout: float
+    fast_boot_pairs: int = 3  # boots against QEMU microvm and against `python -c pass`
 
 
-QUICK = Plan(boot_pairs=1, cycle_pairs=3, cycles=10, rss_pairs=2, qemu_timeout=15)
-FULL = Plan(boot_pairs=5, cycle_pairs=10, cycles=50, rss_pairs=5, qemu_timeout=60)
+QUICK = Plan(
+    boot_pairs=1, cycle_pairs=3, cycles=10, rss_pairs=2, qemu_timeout=15, fast_boot_pairs=3
+)
+FULL = Plan(
+    boot_pairs=5, cycle_pairs=10, cycles=50, rss_pairs=5, qemu_timeout=60, fast_boot_pairs=15
+)
 
 
 class BootFailed(Exception):
@@ -121,6 +181,52 @@ def qemu_command(qemu: str, disk: Path) -> list[str]:
     ]
 
 
+def jump_rom() -> bytes:
+    """A 64 KiB firmware whose reset vector jumps to the boot sector at 0000:7c00."""
+    rom = bytearray(ROM_SIZE)
+    rom[RESET_VECTOR_OFFSET : RESET_VECTOR_OFFSET + len(JUMP_TO_BOOT_SECTOR)] = JUMP_TO_BOOT_SECTOR
+    return bytes(rom)
+
+
+def qemu_microvm_command(qemu: str, rom: Path, image: Path) -> list[str]:
+    """QEMU's fastest start for `image`: microvm, the jump ROM, the image at 0x7c00.
+
+    The machine keeps what the guest uses (COM1 on stdout, the debug exit at
+    0xf4) and drops the rest: option ROMs, the PIT, the PICs, the RTC and ACPI
+    (`-nodefaults -no-user-config` drop every default device and config
+    file). `-bios` is the jump ROM (`jump_rom`): microvm's own firmware cannot
+    boot a boot sector here (see the module's docstring), and a firmware that
+    runs nothing but a jump is the least QEMU can run before the guest.
+    `-device loader,...,force-raw=on` copies `image` to 0x7c00 at reset.
+    `-m` is pyvmm's RAM size (a smaller one is no faster); the CPU model is
+    QEMU's default (`-cpu host` aborts on kvm_pvm).
+    """
+    return [
+        qemu,
+        "-accel",
+        "kvm",
+        "-M",
+        "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=off,acpi=off",
+        "-m",
+        f"{RAM_SIZE >> 20}M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-bios",
+        str(rom),
+        "-device",
+        f"loader,file={image},addr=0x{layout.BOOT_SECTOR_GPA:x},force-raw=on",
+    ]
+
+
 def pyvmm_boot(workdir: Path) -> PyvmmChild:
     """`python -m pyvmm boot -m 128M hello_exit.bin`, run in `workdir` (which holds a copy)."""
     return pyvmm_child("boot", "-m", f"{RAM_SIZE >> 20}M", HELLO_EXIT.name, cwd=workdir)
@@ -141,13 +247,38 @@ def version_line(command: str) -> str:
     return result.stdout.splitlines()[0] if result.stdout else "unknown"
 
 
-# --- 1. whole process: QEMU against pyvmm ------------------------------------------
+# --- 1. whole process: QEMU and a bare interpreter against pyvmm -------------------
+
+
+def boot_seconds(
+    what: str,
+    command: list[str],
+    timeout: float,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+) -> float:
+    """Seconds from spawn to reap of one boot that printed the greeting and ended with 85."""
+    return check_boot(what, run_measured(command, timeout, workdir, env=env)).seconds
+
+
+def probe_qemu(
+    comparison: Comparison, label: str, command: list[str], timeout: float, workdir: Path
+) -> ProcessResult | None:
+    """One untimed boot: QEMU must work on this host before it is timed (None: skipped).
+
+    Run under GNU time when there is one, which gives QEMU's peak RSS.
+    """
+    try:
+        return check_boot(label, run_measured(command, timeout, workdir, peak_rss=True))
+    except (BootFailed, TimeoutError) as error:
+        comparison.notes["skipped"] = f"QEMU cannot boot the guest here: {error}"
+        return None
 
 
 def compare_boot(
     plan: Plan, workdir: Path, qemu: str, progress: Progress | None
 ) -> tuple[Comparison, int | None]:
-    """The whole-process comparison, and QEMU's peak RSS in KiB (None if not measured)."""
+    """QEMU + SeaBIOS against pyvmm, and QEMU's peak RSS in KiB (None if not measured)."""
     comparison = Comparison(SUITE, BOOT_NAME, QEMU_LABEL, PYVMM_LABEL, "ms")
     qemu_path = shutil.which(qemu)
     if qemu_path is None:
@@ -156,51 +287,118 @@ def compare_boot(
     disk = workdir / "hello_exit.img"
     disk.write_bytes(boot_sector(HELLO_EXIT.read_bytes()))
     pyvmm = pyvmm_boot(workdir)
+    command = qemu_command(qemu_path, disk)
     comparison.notes.update(
         {
-            "qemu_command": " ".join(qemu_command(qemu, Path("hello_exit.img"))),
+            "qemu_command": " ".join(qemu_command(qemu, Path(disk.name))),
             "qemu_version": version_line(qemu_path),
             "pyvmm_command": " ".join(["python", *pyvmm.argv[1:]]),
             "host_kvm": kvm_backend(),
         }
     )
-
-    def boot(what: str, command: list[str], timeout: float, env: dict[str, str] | None) -> float:
-        return check_boot(what, run_measured(command, timeout, workdir, env=env)).seconds
-
-    # One untimed boot of each first: QEMU must work on this host before it is timed,
-    # and this boot (under GNU time, when there is one) gives its peak RSS.
-    try:
-        probe = check_boot(
-            QEMU_LABEL,
-            run_measured(qemu_command(qemu_path, disk), plan.qemu_timeout, workdir, peak_rss=True),
-        )
-    except (BootFailed, TimeoutError) as error:
-        comparison.notes["skipped"] = f"QEMU cannot boot the guest here: {error}"
+    probe = probe_qemu(comparison, QEMU_LABEL, command, plan.qemu_timeout, workdir)
+    if probe is None:
         return comparison, None
-    boot(PYVMM_LABEL, pyvmm.argv, 60, pyvmm.env)
-    baseline: list[float] = []
-
-    def boot_pyvmm_and_bare_python() -> float:
-        baseline.append(run_measured([sys.executable, "-c", "pass"], 60, workdir).seconds * 1000)
-        return boot(PYVMM_LABEL, pyvmm.argv, 60, pyvmm.env) * 1000
-
+    boot_seconds(PYVMM_LABEL, pyvmm.argv, 60, workdir, pyvmm.env)
     interleave(
         comparison,
-        lambda: boot(QEMU_LABEL, qemu_command(qemu_path, disk), plan.qemu_timeout, None) * 1000,
-        boot_pyvmm_and_bare_python,
+        lambda: boot_seconds(QEMU_LABEL, command, plan.qemu_timeout, workdir) * 1000,
+        lambda: boot_seconds(PYVMM_LABEL, pyvmm.argv, 60, workdir, pyvmm.env) * 1000,
         plan.boot_pairs,
         progress,
     )
     comparison.notes.update(
         {
             "qemu_peak_rss_kib": probe.max_rss_kib,
-            "python_c_pass_ms_median": statistics.median(baseline),
             "timed": "spawn to exit of the whole process; each VMM printed the greeting "
             f"and exited with status {HELLO_EXIT_STATUS}",
         }
     )
     return comparison, probe.max_rss_kib
+
+
+def compare_boot_microvm(
+    plan: Plan, workdir: Path, qemu: str, progress: Progress | None
+) -> tuple[Comparison, int | None]:
+    """QEMU microvm with the jump ROM against pyvmm, and QEMU's peak RSS in KiB (or None)."""
+    comparison = Comparison(SUITE, MICROVM_BOOT_NAME, MICROVM_LABEL, PYVMM_LABEL, "ms")
+    qemu_path = shutil.which(qemu)
+    if qemu_path is None:
+        comparison.notes["skipped"] = f"{qemu} not found: {QEMU_INSTALL}"
+        return comparison, None
+    rom = workdir / JUMP_ROM
+    rom.write_bytes(jump_rom())
+    image = workdir / HELLO_EXIT.name
+    pyvmm = pyvmm_boot(workdir)
+    command = qemu_microvm_command(qemu_path, rom, image)
+    comparison.notes.update(
+        {
+            "qemu_command": " ".join(qemu_microvm_command(qemu, Path(rom.name), Path(image.name))),
+            "qemu_version": version_line(qemu_path),
+            "firmware": f"{JUMP_ROM}: {ROM_SIZE // 1024} KiB of zeros but "
+            f"{JUMP_TO_BOOT_SECTOR.hex(' ')} (ljmp $0, $0x7c00) at the reset vector",
+            "pyvmm_command": " ".join(["python", *pyvmm.argv[1:]]),
+            "host_kvm": kvm_backend(),
+        }
+    )
+    probe = probe_qemu(comparison, MICROVM_LABEL, command, plan.qemu_timeout, workdir)
+    if probe is None:
+        return comparison, None
+    boot_seconds(PYVMM_LABEL, pyvmm.argv, 60, workdir, pyvmm.env)
+    interleave(
+        comparison,
+        lambda: boot_seconds(MICROVM_LABEL, command, plan.qemu_timeout, workdir) * 1000,
+        lambda: boot_seconds(PYVMM_LABEL, pyvmm.argv, 60, workdir, pyvmm.env) * 1000,
+        plan.fast_boot_pairs,
+        progress,
+    )
+    comparison.notes.update(
+        {
+            "qemu_peak_rss_kib": probe.max_rss_kib,
+            "timed": "spawn to exit of the whole process; each VMM printed the greeting "
+            f"and exited with status {HELLO_EXIT_STATUS}",
+        }
+    )
+    return comparison, probe.max_rss_kib
+
+
+def bare_python(pyvmm: PyvmmChild) -> list[str]:
+    """`python -c pass` on the interpreter that runs pyvmm's child."""
+    return [pyvmm.argv[0], "-c", "pass"]
+
+
+def run_bare_python(pyvmm: PyvmmChild, workdir: Path, *, peak_rss: bool = False) -> ProcessResult:
+    result = run_measured(bare_python(pyvmm), 60, workdir, peak_rss=peak_rss, env=pyvmm.env)
+    if result.returncode != 0:
+        raise BootFailed(f"{PYTHON_LABEL} ended with status {result.returncode}")
+    return result
+
+
+def compare_boot_python(plan: Plan, workdir: Path, progress: Progress | None) -> Comparison:
+    """`python -c pass` (same interpreter, same environment) against pyvmm's whole boot."""
+    comparison = Comparison(SUITE, PYTHON_BOOT_NAME, PYTHON_LABEL, PYVMM_LABEL, "ms")
+    pyvmm = pyvmm_boot(workdir)
+    comparison.notes.update(
+        {
+            "python_command": " ".join(bare_python(pyvmm)),
+            "pyvmm_command": " ".join(["python", *pyvmm.argv[1:]]),
+            "python_version": sys.version.split()[0],
+            "timed": "spawn to exit of the whole process, both with pyvmm's environment; "
+            "B - A is what pyvmm adds to the interpreter's own start-up: imports, the "
+            "machine, the boot",
+        }
+    )
+    boot_seconds(PYVMM_LABEL, pyvmm.argv, 60, workdir, pyvmm.env)
+    interleave(
+        comparison,
+        lambda: run_bare_python(pyvmm, workdir).seconds * 1000,
+        lambda: boot_seconds(PYVMM_LABEL, pyvmm.argv, 60, workdir, pyvmm.env) * 1000,
+        plan.fast_boot_pairs,
+        progress,
+    )
+    added = [b - a for a, b in zip(comparison.a, comparison.b, strict=True)]
+    comparison.notes["pyvmm_added_ms_median"] = statistics.median(added)
+    return comparison
 
 
 # --- 2. create, run, destroy inside one process -------------------------------------
@@ -223,7 +421,15 @@ def pyvmm_cycles(image: bytes, cycles: int) -> tuple[float, int]:
     return seconds, exits
 
 
-def compare_cycles(plan: Plan, binary: Path, state: Path, progress: Progress | None) -> Comparison:
+def compare_cycles(
+    plan: Plan,
+    binary: Path,
+    state: Path,
+    progress: Progress | None,
+    bare_state: Path | None = None,
+) -> Comparison:
+    """ref_vmm against pyvmm; `bare_state` (the state without the irqchip flag), if given,
+    gives one more C sample for the notes: what the in-kernel irqchip and PIT cost a cycle."""
     comparison = Comparison(SUITE, CYCLE_NAME, C_LABEL, PYVMM_LABEL, "ms/cycle")
     image = HELLO_EXIT.read_bytes()
     exits: dict[str, list[int]] = {C_LABEL: [], PYVMM_LABEL: []}
@@ -231,7 +437,8 @@ def compare_cycles(plan: Plan, binary: Path, state: Path, progress: Progress | N
 
     def c_sample() -> float:
         run = run_ref_vmm(binary, state, cycles=plan.cycles)
-        if run.console != HELLO_OUTPUT * plan.cycles or run.debug_exit != HELLO_DEBUG_EXIT:
+        ended = (run.debug_exits, run.debug_exit) == (plan.cycles, HELLO_DEBUG_EXIT)
+        if run.console != HELLO_OUTPUT * plan.cycles or not ended:
             raise RefVmmError(f"ref_vmm printed {run.console[:80]!r}, debug exit {run.debug_exit}")
         exits[C_LABEL].append(run.exits // plan.cycles)
         c_run_ms.append(run.run_ns / 1e6 / plan.cycles)
@@ -244,13 +451,22 @@ def compare_cycles(plan: Plan, binary: Path, state: Path, progress: Progress | N
 
     pyvmm_cycles(image, 1)  # imports and first-use costs stay out of the samples
     interleave(comparison, c_sample, pyvmm_sample, plan.cycle_pairs, progress)
+    if bare_state is not None:
+        bare = run_ref_vmm(binary, bare_state, cycles=plan.cycles)
+        comparison.notes["c_ms_per_cycle_without_irqchip_and_pit"] = (
+            bare.total_ns / 1e6 / plan.cycles
+        )
     comparison.notes.update(
         {
             "cycles_per_sample": plan.cycles,
             "exits_per_cycle": exits,
             "ram_size_mib": RAM_SIZE >> 20,
-            "cycle": "open /dev/kvm, create VM, map RAM, load image, create vCPU, CPUID, "
-            "registers, run to the debug exit, unmap and close everything",
+            "cycle": "open /dev/kvm, create VM, map RAM, load image, in-kernel irqchip and "
+            "PIT with the PICs as a BIOS leaves them, create vCPU, CPUID, registers, run to "
+            "the debug exit, unmap and close everything",
+            "c_machine": "the same KVM objects as pyvmm's default machine (ref_vmm reads "
+            "the irqchip flag from the state file); pyvmm's devices, firmware tables and "
+            "threads are pyvmm's own cost (the tables reach ref_vmm as memory pages)",
             "c_run_loop_ms_per_cycle_median": statistics.median(c_run_ms),
             "cycles_per_second": {
                 C_LABEL: 1000 / statistics.median(comparison.a),
@@ -263,15 +479,37 @@ def compare_cycles(plan: Plan, binary: Path, state: Path, progress: Progress | N
 
 # --- 3. peak resident memory ------------------------------------------------------
 
+RSS_GUEST_RAM_NOTE = (
+    "mmap'd MAP_NORESERVE by both VMMs: only the pages the VMM or the guest touch are "
+    "resident, so these figures are each VMM's own resident memory plus a few guest "
+    "pages, not guest RAM"
+)
+RSS_MEASURED_NOTE = (
+    "GNU time's %M (the command's own ru_maxrss, forked from a small process) for one "
+    "run each; os.wait4 from this process would report at least this process's own "
+    "high-water RSS, which a spawned child inherits at exec"
+)
+
+
+def pyvmm_peak_rss(workdir: Path) -> float:
+    """KiB: the peak RSS of one `pyvmm boot -m 128M hello_exit.bin`, under GNU time."""
+    pyvmm = pyvmm_boot(workdir)
+    result = run_measured(pyvmm.argv, 60, workdir, peak_rss=True, env=pyvmm.env)
+    rss = check_boot(PYVMM_LABEL, result).max_rss_kib
+    if rss is None:
+        raise BootFailed("GNU time reported no peak RSS for pyvmm")
+    return float(rss)
+
 
 def compare_rss(
     plan: Plan,
     binary: Path,
     state: Path,
     workdir: Path,
-    qemu_rss: int | None,
+    qemu_rss: Mapping[str, int | None],
     progress: Progress | None,
 ) -> Comparison:
+    """The C VMM against pyvmm; `qemu_rss` (KiB by QEMU label) goes into the notes."""
     comparison = Comparison(SUITE, RSS_NAME, C_LABEL, PYVMM_LABEL, "KiB")
     if gnu_time() is None:
         comparison.notes["skipped"] = NO_GNU_TIME
@@ -283,26 +521,46 @@ def compare_rss(
             raise RefVmmError(f"ref_vmm printed {run.console[:80]!r}")
         return float(run.max_rss_kib)
 
-    def pyvmm_sample() -> float:
-        pyvmm = pyvmm_boot(workdir)
-        result = run_measured(pyvmm.argv, 60, workdir, peak_rss=True, env=pyvmm.env)
-        rss = check_boot(PYVMM_LABEL, result).max_rss_kib
-        if rss is None:
-            raise BootFailed("GNU time reported no peak RSS for pyvmm")
-        return float(rss)
-
-    interleave(comparison, c_sample, pyvmm_sample, plan.rss_pairs, progress)
-    bare = run_measured([sys.executable, "-c", "pass"], 60, peak_rss=True).max_rss_kib
+    interleave(comparison, c_sample, lambda: pyvmm_peak_rss(workdir), plan.rss_pairs, progress)
+    bare = run_bare_python(pyvmm_boot(workdir), workdir, peak_rss=True).max_rss_kib
     comparison.notes.update(
         {
             "guest_ram_kib": RAM_SIZE >> 10,
-            "guest_ram": "mmap'd MAP_NORESERVE by both VMMs: only the pages the VMM or the "
-            "guest touch are resident, so these figures are each VMM's own resident memory "
-            "plus a few guest pages, not guest RAM",
+            "guest_ram": RSS_GUEST_RAM_NOTE,
             "python_c_pass_peak_rss_kib": bare,
-            "qemu_peak_rss_kib": qemu_rss,
-            "measured": "GNU time's %M (the command's own ru_maxrss, forked from a small "
-            "process) for one boot each",
+            "qemu_peak_rss_kib": dict(qemu_rss),
+            "measured": RSS_MEASURED_NOTE,
+        }
+    )
+    return comparison
+
+
+def compare_rss_python(
+    plan: Plan, workdir: Path, qemu_rss: Mapping[str, int | None], progress: Progress | None
+) -> Comparison:
+    """`python -c pass` (same interpreter, same environment) against pyvmm's boot."""
+    comparison = Comparison(SUITE, PYTHON_RSS_NAME, PYTHON_LABEL, PYVMM_LABEL, "KiB")
+    if gnu_time() is None:
+        comparison.notes["skipped"] = NO_GNU_TIME
+        return comparison
+    pyvmm = pyvmm_boot(workdir)
+
+    def python_sample() -> float:
+        rss = run_bare_python(pyvmm, workdir, peak_rss=True).max_rss_kib
+        if rss is None:
+            raise BootFailed(f"GNU time reported no peak RSS for {PYTHON_LABEL}")
+        return float(rss)
+
+    interleave(comparison, python_sample, lambda: pyvmm_peak_rss(workdir), plan.rss_pairs, progress)
+    added = [b - a for a, b in zip(comparison.a, comparison.b, strict=True)]
+    comparison.notes.update(
+        {
+            "python_command": " ".join(bare_python(pyvmm)),
+            "guest_ram_kib": RAM_SIZE >> 10,
+            "guest_ram": RSS_GUEST_RAM_NOTE,
+            "pyvmm_added_kib_median": statistics.median(added),
+            "qemu_peak_rss_kib": dict(qemu_rss),
+            "measured": RSS_MEASURED_NOTE,
         }
     )
     return comparison
@@ -324,7 +582,8 @@ def collect(
     plan: Plan | None = None,
     qemu: str = QEMU,
 ) -> list[Comparison]:
-    """Whole-process boot vs QEMU, in-process cycles and peak RSS vs the C VMM.
+    """Whole-process boot vs QEMU (SeaBIOS, microvm) and a bare interpreter, in-process
+    cycles vs the C VMM, peak RSS vs the C VMM and a bare interpreter.
 
     `plan` overrides the quick/full sample counts; `qemu` names the QEMU binary.
     """
@@ -332,29 +591,32 @@ def collect(
     with tempfile.TemporaryDirectory(prefix="pyvmm-bench-") as directory:
         workdir = Path(directory)
         shutil.copyfile(HELLO_EXIT, workdir / HELLO_EXIT.name)  # what `pyvmm boot` boots
-        boot, qemu_rss = compare_boot(plan, workdir, qemu, progress)
-        if progress is not None and "skipped" in boot.notes:
-            progress(f"{SUITE}: {boot.name}: skipped: {boot.notes['skipped']}")
+        boot, seabios_rss = compare_boot(plan, workdir, qemu, progress)
+        microvm, microvm_rss = compare_boot_microvm(plan, workdir, qemu, progress)
+        for row in (boot, microvm):
+            if progress is not None and "skipped" in row.notes:
+                progress(f"{SUITE}: {row.name}: skipped: {row.notes['skipped']}")
+        qemu_rss = {QEMU_LABEL: seabios_rss, MICROVM_LABEL: microvm_rss}
+        python_boot = compare_boot_python(plan, workdir, progress)
+        python_rss = compare_rss_python(plan, workdir, qemu_rss, progress)
         try:
             binary = build_ref_vmm(workdir)
         except RefVmmError as error:
             if progress is not None:
                 progress(f"{SUITE}: C reference VMM skipped: {error}")
-            return [
-                boot,
-                skipped(CYCLE_NAME, "ms/cycle", str(error)),
-                skipped(RSS_NAME, "KiB", str(error)),
-            ]
-        state = workdir / "state-hello_exit.bin"
-        with build_machine(
-            MachineConfig(HELLO_EXIT.read_bytes(), RAM_SIZE, lambda data: None)
-        ) as machine:
-            write_state_file(machine, state)
-        return [
-            boot,
-            compare_cycles(plan, binary, state, progress),
-            compare_rss(plan, binary, state, workdir, qemu_rss, progress),
-        ]
+            cycle = skipped(CYCLE_NAME, "ms/cycle", str(error))
+            rss = skipped(RSS_NAME, "KiB", str(error))
+        else:
+            state = workdir / "state-hello_exit.bin"
+            bare_state = workdir / "state-hello_exit-no-irqchip.bin"
+            with build_machine(
+                MachineConfig(HELLO_EXIT.read_bytes(), RAM_SIZE, lambda data: None)
+            ) as machine:
+                write_state_file(machine, state)
+                write_state_file(machine, bare_state, irqchip=False)
+            cycle = compare_cycles(plan, binary, state, progress, bare_state)
+            rss = compare_rss(plan, binary, state, workdir, qemu_rss, progress)
+        return [boot, microvm, python_boot, cycle, rss, python_rss]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

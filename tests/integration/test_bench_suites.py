@@ -17,8 +17,27 @@ import pytest
 
 from benchmarks import suite_exits, suite_startup
 from benchmarks.comparison import Comparison
-from benchmarks.suite_exits import C_LABEL, CASES, PYVMM_LABEL, RefVmmError, run_ref_vmm
-from benchmarks.suite_startup import BOOT_NAME, CYCLE_NAME, RSS_NAME, Plan
+from benchmarks.suite_exits import (
+    C_LABEL,
+    CASES,
+    PYVMM_LABEL,
+    SMP_CPUS,
+    SMP_NAME,
+    RefVmmError,
+    run_ref_vmm,
+)
+from benchmarks.suite_startup import (
+    BOOT_NAME,
+    CYCLE_NAME,
+    MICROVM_BOOT_NAME,
+    MICROVM_LABEL,
+    PYTHON_BOOT_NAME,
+    PYTHON_LABEL,
+    PYTHON_RSS_NAME,
+    QEMU_LABEL,
+    RSS_NAME,
+    Plan,
+)
 
 BENCHMARKS = Path(suite_exits.__file__).resolve().parent
 TOOLS = ("make", "as", "ld", "objcopy")
@@ -50,7 +69,7 @@ def test_benchmark_guests_rebuild_to_the_committed_bytes(tmp_path: Path) -> None
     subprocess.run(
         ["make", "-s", "-C", str(BENCHMARKS), f"OUT={tmp_path}"], check=True, capture_output=True
     )
-    for image in ("exit_guest.bin", "hello_exit.bin"):
+    for image in ("exit_guest.bin", "hello_exit.bin", "smp_exit_guest.bin"):
         assert (tmp_path / image).read_bytes() == (BENCHMARKS / image).read_bytes(), (
             f"benchmarks/{image} differs from what its source builds: run make -C benchmarks"
         )
@@ -60,8 +79,10 @@ def test_benchmark_guests_rebuild_to_the_committed_bytes(tmp_path: Path) -> None
 def test_exit_suite_counts_the_same_exits_in_both_vmms() -> None:
     count, pairs = 40, 2
     comparisons = suite_exits.collect(quick=True, count=count, pairs=pairs)
-    assert [comparison.name for comparison in comparisons] == [case.name for case in CASES]
-    for comparison in comparisons:
+    names = [comparison.name for comparison in comparisons]
+    assert names == [case.name for case in CASES] + [SMP_NAME]
+    *single, smp = comparisons
+    for comparison in single:
         assert comparison.suite == "exits"
         assert comparison.unit == "us/exit"
         assert (comparison.a_label, comparison.b_label) == (C_LABEL, PYVMM_LABEL)
@@ -73,6 +94,48 @@ def test_exit_suite_counts_the_same_exits_in_both_vmms() -> None:
         }
         assert comparison.notes["count"] == count
         assert comparison.notes["cpl"] in (0, 3)
+    # every vCPU's share of the writes, then its done or debug-exit write
+    assert (smp.suite, smp.unit, smp.a_label, smp.b_label) == (
+        "exits",
+        "us/exit",
+        C_LABEL,
+        PYVMM_LABEL,
+    )
+    assert_measured(smp, pairs)
+    per_cpu = count // SMP_CPUS
+    assert smp.notes["cpus"] == SMP_CPUS and smp.notes["count_per_cpu"] == per_cpu
+    exits = SMP_CPUS * (per_cpu + 1)
+    assert smp.notes["exit_counts"] == {C_LABEL: [exits] * pairs, PYVMM_LABEL: [exits] * pairs}
+
+
+@needs_compiler
+def test_smp_row_on_two_vcpus_and_one(tmp_path: Path) -> None:
+    binary = suite_exits.build_ref_vmm(tmp_path)
+    for cpus in (1, 2):
+        machine, _ = suite_exits.build_smp_machine(7, cpus)
+        with machine:
+            suite_exits.write_state_file(machine, tmp_path / "state.bin")
+        assert suite_exits.measure_c_smp(binary, tmp_path / "state.bin", 7, cpus)[1] == 8 * cpus
+        assert suite_exits.measure_pyvmm_smp(7, cpus)[1] == 8 * cpus
+
+
+@needs_compiler
+def test_ref_vmm_refuses_several_vcpus_without_the_irqchip(tmp_path: Path) -> None:
+    binary = suite_exits.build_ref_vmm(tmp_path)
+    machine, _ = suite_exits.build_smp_machine(1, 2)
+    with machine:
+        suite_exits.write_state_file(machine, tmp_path / "state.bin", irqchip=False)
+    with pytest.raises(RefVmmError, match="needs the in-kernel irqchip"):
+        run_ref_vmm(binary, tmp_path / "state.bin", cpus=2)
+
+
+def test_state_file_says_whether_the_machine_has_the_irqchip(tmp_path: Path) -> None:
+    machine, _ = suite_exits.build_smp_machine(1, 1)
+    with machine:
+        suite_exits.write_state_file(machine, tmp_path / "on.bin")
+        suite_exits.write_state_file(machine, tmp_path / "off.bin", irqchip=False)
+    flags = {name: (tmp_path / name).read_bytes()[20:24] for name in ("on.bin", "off.bin")}
+    assert flags == {"on.bin": b"\x01\0\0\0", "off.bin": b"\0\0\0\0"}
 
 
 def test_exit_suite_without_a_compiler_is_skipped_with_a_reason(
@@ -81,7 +144,7 @@ def test_exit_suite_without_a_compiler_is_skipped_with_a_reason(
     monkeypatch.setattr(suite_exits, "find_compiler", lambda: None)
     messages: list[str] = []
     comparisons = suite_exits.collect(quick=True, progress=messages.append, count=1, pairs=1)
-    assert len(comparisons) == len(CASES)
+    assert len(comparisons) == len(CASES) + 1
     for comparison in comparisons:
         assert_skipped(comparison, "no C compiler")
     assert any("skipped" in message for message in messages)
@@ -122,19 +185,64 @@ def test_missing_qemu_is_a_note_with_the_install_command(tmp_path: Path) -> None
     )
     assert qemu_rss is None
     assert_skipped(comparison, "install with: apt-get install qemu-system-x86")
+    comparison, qemu_rss = suite_startup.compare_boot_microvm(
+        suite_startup.QUICK, tmp_path, "qemu-system-x86_64-not-installed", None
+    )
+    assert qemu_rss is None
+    assert_skipped(comparison, "install with: apt-get install qemu-system-x86")
+
+
+def test_jump_rom_jumps_to_the_boot_sector() -> None:
+    rom = suite_startup.jump_rom()
+    assert len(rom) == 64 * 1024  # QEMU takes -bios images in 64 KiB units
+    assert rom[-16:-11] == bytes.fromhex("ea 00 7c 00 00")  # ljmp $0, $0x7c00 at 0xfffffff0
+    assert rom.count(0) == len(rom) - 2  # 0xea and 0x7c
+
+
+def test_microvm_command_runs_the_image_at_0x7c00_through_the_jump_rom() -> None:
+    command = suite_startup.qemu_microvm_command("qemu", Path("j.rom"), Path("hello_exit.bin"))
+    line = " ".join(command)
+    assert "-M microvm," in line and "-bios j.rom" in line
+    assert "loader,file=hello_exit.bin,addr=0x7c00,force-raw=on" in line
+    assert "isa-serial=on" in line and "-serial stdio" in line
+    assert "isa-debug-exit,iobase=0xf4,iosize=4" in line
 
 
 def test_startup_suite_runs_every_comparison_or_says_why_not() -> None:
-    plan = Plan(boot_pairs=1, cycle_pairs=2, cycles=3, rss_pairs=1, qemu_timeout=60)
-    boot, cycle, rss = suite_startup.collect(quick=True, plan=plan)
-    assert [boot.name, cycle.name, rss.name] == [BOOT_NAME, CYCLE_NAME, RSS_NAME]
-    assert all(comparison.suite == "startup" for comparison in (boot, cycle, rss))
+    plan = Plan(
+        boot_pairs=1, cycle_pairs=2, cycles=3, rss_pairs=1, qemu_timeout=60, fast_boot_pairs=2
+    )
+    rows = suite_startup.collect(quick=True, plan=plan)
+    boot, microvm, python_boot, cycle, rss, python_rss = rows
+    assert [row.name for row in rows] == [
+        BOOT_NAME,
+        MICROVM_BOOT_NAME,
+        PYTHON_BOOT_NAME,
+        CYCLE_NAME,
+        RSS_NAME,
+        PYTHON_RSS_NAME,
+    ]
+    assert all(row.suite == "startup" for row in rows)
+    assert [row.a_label for row in (boot, microvm, python_boot, python_rss)] == [
+        QEMU_LABEL,
+        MICROVM_LABEL,
+        PYTHON_LABEL,
+        PYTHON_LABEL,
+    ]
 
-    if "skipped" in boot.notes:
-        assert_skipped(boot, "apt-get install qemu-system-x86", "QEMU cannot boot")
+    for row, pairs in ((boot, 1), (microvm, 2)):
+        if "skipped" in row.notes:
+            assert_skipped(row, "apt-get install qemu-system-x86", "QEMU cannot boot")
+        else:
+            assert_measured(row, pairs)
+            assert row.unit == "ms"
+    assert_measured(python_boot, 2)
+    assert python_boot.unit == "ms"
+    if suite_exits.gnu_time() is None:
+        assert_skipped(python_rss, "apt-get install time")
     else:
-        assert_measured(boot, 1)
-        assert boot.unit == "ms"
+        assert_measured(python_rss, 1)
+        assert python_rss.unit == "KiB"
 
     if suite_exits.find_compiler() is None:
         assert_skipped(cycle, "no C compiler")
@@ -142,6 +250,7 @@ def test_startup_suite_runs_every_comparison_or_says_why_not() -> None:
         return
     assert_measured(cycle, 2)
     assert cycle.unit == "ms/cycle"
+    assert cycle.notes["c_ms_per_cycle_without_irqchip_and_pit"] > 0
     exits = suite_startup.HELLO_EXITS
     assert cycle.notes["exits_per_cycle"] == {C_LABEL: [exits] * 2, PYVMM_LABEL: [exits] * 2}
     if suite_exits.gnu_time() is None:
