@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pyvmm.console.input import InputBuffer
     from pyvmm.console.output import ConsoleWriter
     from pyvmm.machine.builder import Machine
+    from pyvmm.machine.early_vm import EarlyVm
     from pyvmm.machine.outcome import RunOutcome
 
 
@@ -39,10 +40,10 @@ def build_from_args(
     When the console's reader goes away (EPIPE), the run ends as `interrupted`
     by SIGPIPE, as a program writing to a closed pipe ends.
     """
-    from pyvmm.console.output import ConsoleWriter
     from pyvmm.kvm.system import DEFAULT_KVM_PATH
     from pyvmm.loaders import read_image
-    from pyvmm.machine.builder import MachineConfig, build_machine, check_ram_size
+    from pyvmm.machine.early_vm import start_vm
+    from pyvmm.machine.ram_size import check_ram_size
     from pyvmm.shipped import resolve_image
 
     ram_size = parse_ram_size(args.memory)
@@ -54,6 +55,32 @@ def build_from_args(
         for entry in (args.initrd.split(",") if args.initrd else [])
         if entry.strip()
     )
+    # Lets tests (and odd hosts) point pyvmm at another KVM device node.
+    kvm_path = os.environ.get("PYVMM_KVM_PATH", DEFAULT_KVM_PATH)
+    irqchip = None if args.kernel_irqchip is None else args.kernel_irqchip == "on"
+    # The VM and its irqchip first: the host's wait after making the irqchip
+    # then passes while the rest of pyvmm is imported (see early_vm.py).
+    early = start_vm(kvm_path, irqchip is not False)
+    try:
+        return _build(args, console, console_input, ram_size, image, cmdline, modules, early)
+    except BaseException:
+        early.close()  # idempotent: build_machine may have closed it already
+        raise
+
+
+def _build(
+    args: argparse.Namespace,
+    console: TextIO | None,
+    console_input: InputBuffer | None,
+    ram_size: int,
+    image: bytes,
+    cmdline: str,
+    modules: tuple[tuple[str, bytes], ...],
+    early: EarlyVm,
+) -> Machine:
+    from pyvmm.console.output import ConsoleWriter
+    from pyvmm.machine.builder import MachineConfig, build_machine
+
     writer = ConsoleWriter(
         -1 if console is None else console.fileno(),
         rate_limit=args.console_rate,
@@ -72,14 +99,13 @@ def build_from_args(
         modules=modules,
         append=args.append,
         force_multiboot=args.multiboot,
-        irqchip=None if args.kernel_irqchip is None else args.kernel_irqchip == "on",
+        irqchip=early.irqchip if args.kernel_irqchip is None else args.kernel_irqchip == "on",
         vga_text=getattr(args, "vga", "none") != "none",  # only `boot` shows the screen
         acpi=args.acpi == "on",
         testdev=args.testdev,
-        # Lets tests (and odd hosts) point pyvmm at another KVM device node.
-        kvm_path=os.environ.get("PYVMM_KVM_PATH", DEFAULT_KVM_PATH),
+        kvm_path=early.kvm_path,
     )
-    machine = build_machine(config)
+    machine = build_machine(config, early)
     # The write fails inside a vCPU's exit dispatch, maybe in a vCPU thread:
     # request_stop is made for that (debug-exit ends runs the same way).
     writer.on_reader_gone = lambda: machine.group.request_stop(closed_console_outcome(writer))
@@ -213,7 +239,7 @@ def run_rebooting(
         config = machine.config
         assert config is not None  # set by build_machine
         if machine.rtc is not None:  # the battery keeps the CMOS and the clock
-            config = replace(config, cmos=machine.rtc.battery_backed())
+            config = config.replace(cmos=machine.rtc.battery_backed())
         log.info("%s: rebooting (--reboot), boot %d", outcome.message, boots + 1)
         machine.close()
         machine = build_machine(config)
@@ -261,8 +287,8 @@ def report_reset(outcome: RunOutcome, console: object) -> None:
     Both are normal ends (no register dump), but not a silent one like `hlt`:
     the line says which register the guest used.
     """
+    from pyvmm.machine.exit_dispatch import HALTED_WAITING
     from pyvmm.machine.outcome import OutcomeKind
-    from pyvmm.machine.vcpu_loop import HALTED_WAITING
 
     if outcome.kind is OutcomeKind.RESET:
         ending = ": the run ends, as with qemu -no-reboot (--reboot restarts the machine)"

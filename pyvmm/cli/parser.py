@@ -426,7 +426,7 @@ def check_combinations(args: argparse.Namespace) -> None:
     prog = f"pyvmm {args.command}"
     if getattr(args, "memory", None) is not None:
         # Before the command runs, so that a refused -m is the command's usage error.
-        from pyvmm.machine.builder import check_ram_size
+        from pyvmm.machine.ram_size import check_ram_size
 
         try:
             check_ram_size(parse_ram_size(args.memory), args.memory)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import functools
 import threading
 from contextlib import ExitStack
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pyvmm._kvm import lib
 from pyvmm.arch.x86_64 import layout
@@ -23,7 +21,6 @@ from pyvmm.arch.x86_64.cpu import (
 from pyvmm.arch.x86_64.host_support import keeps_32bit_paging
 from pyvmm.arch.x86_64.pic import acknowledge_irq_vector, set_bios_pic_state
 from pyvmm.arch.x86_64.placement import check_entry_placement, plan_placement
-from pyvmm.arch.x86_64.registers import Registers
 from pyvmm.closing import ClosesOnExit
 from pyvmm.devices.bus import Bus, BusDevice, Shifted
 from pyvmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit, debug_exit_status
@@ -40,14 +37,15 @@ from pyvmm.machine.firmware import attach_firmware, firmware_ranges
 from pyvmm.machine.interrupts import InterruptLines
 from pyvmm.machine.legacy_pc import VgaTextWatch, attach_memory_watching_vga, attach_no_bios
 from pyvmm.machine.outcome import OutcomeKind, RunOutcome
+from pyvmm.machine.ram_size import check_ram_size, host_memory_size  # noqa: F401 (re-exported)
 from pyvmm.machine.reset import attach_reset_sources
 from pyvmm.machine.rtc_timer import attach_rtc
 from pyvmm.machine.run_signals import stop_on_signals, stop_signals_raise
 from pyvmm.machine.vcpu_group import VcpuGroup
 from pyvmm.machine.vcpu_loop import VcpuLoop
 from pyvmm.memory.guest_memory import GuestMemory
-from pyvmm.memory.size import RAM_GRANULE, format_size
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
 if TYPE_CHECKING:
     # What a run does not need is imported where it is used: the exit trace, the
     # page walks, the test device (see tests/integration/test_startup_imports.py).
@@ -55,12 +53,14 @@ if TYPE_CHECKING:
 
     from pyvmm.arch.x86_64.no_bios import NoBiosTrap
     from pyvmm.arch.x86_64.page_walk import Mapping, PagingRegisters
+    from pyvmm.arch.x86_64.registers import Registers
     from pyvmm.console.input import InputBuffer
     from pyvmm.devices.irq import IrqLine
     from pyvmm.devices.rtc import CmosContents
     from pyvmm.firmware.tables import FirmwareTables
     from pyvmm.kvm.vcpu import Vcpu
     from pyvmm.kvm.vm import Vm
+    from pyvmm.machine.early_vm import EarlyVm
     from pyvmm.machine.vcpu_loop import ExitObserver
     from pyvmm.observe.translation import Translation
 
@@ -71,47 +71,120 @@ COM1_SIZE = 8
 COM1_GSI = 4  # ISA IRQ 4, as on every PC
 
 
-@dataclass(frozen=True)
 class MachineConfig:
-    """Everything `build_machine` needs, in the VMM's own units.
+    """Everything `build_machine` needs, in the VMM's own units (read-only once made).
 
     `image` is the whole image file (bytes; its format is found by its
     magic), `ram_size` guest RAM in bytes (a whole number of 4 KiB pages, at
     least 2 MiB), `console` the callback that receives each chunk of bytes
     the guest writes to COM1. `pyvmm.create_machine` builds one from paths,
-    size strings and files.
+    size strings and files. The other fields:
+
+    - `mode`, `load_gpa`: the entry mode and a flat image's load address (None: the default);
+    - `kvm_path`: the KVM device node; `cpus`: the vCPU count;
+    - `cmdline`, `modules`: multiboot's command line as QEMU passes it, and
+      the modules (--initrd) as (command line, bytes); `append`: what
+      --append added to cmdline (None: nothing), refused for other images;
+    - `force_multiboot`: --multiboot; `max_exits`: each vCPU stops after this many exits;
+    - `console_input`: host input for COM1 (console/input.py); None: none;
+    - `irqchip`: in-kernel PIC/IOAPIC/LAPICs and PIT, as QEMU
+      (kernel_irqchip=on) and Firecracker have them. None: on. False: none,
+      and `hlt` exits to pyvmm (one vCPU only: INIT/SIPI need the LAPICs);
+    - `vga_text`: watch the VGA text buffer with KVM's dirty-page log (legacy_pc.py);
+    - `testdev`: QEMU's pc-testdev (--testdev); `acpi`: ACPI tables and the
+      PM blocks (--acpi on|off; QEMU's -machine acpi=);
+    - `cmos`: the RTC's battery-backed CMOS and clock from the machine a
+      guest reset (`pyvmm boot --reboot`); None: a power-on.
+
+    A plain class, not a dataclass: creating a dataclass costs more at
+    start-up than the whole exit path (tests/integration/test_startup_imports.py).
     """
 
-    image: bytes
-    ram_size: int
-    console: Callable[[bytes], None]
-    mode: CpuMode | None = None
-    load_gpa: int | None = None
-    kvm_path: str = DEFAULT_KVM_PATH
-    cpus: int = 1
-    # Multiboot: the command line as QEMU passes it, and the modules (--initrd).
-    cmdline: str = ""
-    modules: tuple[tuple[str, bytes], ...] = ()
-    # What --append added to cmdline (None: nothing): refused for other images.
-    append: str | None = None
-    force_multiboot: bool = False
-    # --max-exits: each vCPU stops after this many exits.
-    max_exits: int | None = None
-    # Host input for COM1 (see console_input.py); None: the guest gets none.
-    console_input: InputBuffer | None = None
-    # In-kernel PIC/IOAPIC/LAPICs and PIT, as QEMU (kernel_irqchip=on) and
-    # Firecracker have them. None: on. False: none, and `hlt` exits to pyvmm
-    # (one vCPU only: INIT/SIPI need the LAPICs).
-    irqchip: bool | None = None
-    # Watch the VGA text buffer (0xb8000) with KVM's dirty-page log (see legacy_pc.py).
-    vga_text: bool = False
-    # QEMU's pc-testdev (--testdev): the test device of kvm-unit-tests (devices/testdev.py).
-    testdev: bool = False
-    # ACPI tables and the PM1a/PM timer blocks (--acpi on|off; QEMU's -machine acpi=).
-    acpi: bool = True
-    # The RTC's battery-backed CMOS and clock from the machine a guest reset
-    # (`pyvmm boot --reboot`); None: a power-on.
-    cmos: CmosContents | None = None
+    __slots__ = (
+        "acpi",
+        "append",
+        "cmdline",
+        "cmos",
+        "console",
+        "console_input",
+        "cpus",
+        "force_multiboot",
+        "image",
+        "irqchip",
+        "kvm_path",
+        "load_gpa",
+        "max_exits",
+        "mode",
+        "modules",
+        "ram_size",
+        "testdev",
+        "vga_text",
+    )
+
+    def __init__(
+        self,
+        image: bytes,
+        ram_size: int,
+        console: Callable[[bytes], None],
+        mode: CpuMode | None = None,
+        load_gpa: int | None = None,
+        kvm_path: str = DEFAULT_KVM_PATH,
+        cpus: int = 1,
+        cmdline: str = "",
+        modules: tuple[tuple[str, bytes], ...] = (),
+        append: str | None = None,
+        force_multiboot: bool = False,
+        max_exits: int | None = None,
+        console_input: InputBuffer | None = None,
+        irqchip: bool | None = None,
+        vga_text: bool = False,
+        testdev: bool = False,
+        acpi: bool = True,
+        cmos: CmosContents | None = None,
+    ) -> None:
+        self.image = image
+        self.ram_size = ram_size
+        self.console = console
+        self.mode = mode
+        self.load_gpa = load_gpa
+        self.kvm_path = kvm_path
+        self.cpus = cpus
+        self.cmdline = cmdline
+        self.modules = modules
+        self.append = append
+        self.force_multiboot = force_multiboot
+        self.max_exits = max_exits
+        self.console_input = console_input
+        self.irqchip = irqchip
+        self.vga_text = vga_text
+        self.testdev = testdev
+        self.acpi = acpi
+        self.cmos = cmos
+
+    def replace(self, **changes: object) -> MachineConfig:
+        """A copy with `changes` (field=value) applied, as dataclasses.replace."""
+        values = {name: getattr(self, name) for name in self.__slots__}
+        unknown = set(changes) - set(values)
+        if unknown:
+            raise TypeError(f"MachineConfig has no field {', '.join(sorted(unknown))}")
+        values.update(changes)
+        return MachineConfig(**values)  # type: ignore[arg-type]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MachineConfig):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # equal configs need not hash alike
+
+    def __repr__(self) -> str:
+        shown = (
+            f"{name}={getattr(self, name)!r}"
+            if name != "image"
+            else f"image=<{len(self.image)} bytes>"
+            for name in self.__slots__
+        )
+        return f"MachineConfig({', '.join(shown)})"
 
     @property
     def wants_irqchip(self) -> bool:
@@ -235,6 +308,8 @@ class Machine(ClosesOnExit):
         refuses.
         """
         vcpu = self._vcpu(cpu)
+        from pyvmm.arch.x86_64.registers import Registers
+
         return Registers.from_kvm(vcpu.get_regs(), vcpu.get_sregs())
 
     def read_physical(self, gpa: int, size: int) -> bytes:
@@ -333,64 +408,38 @@ class Machine(ClosesOnExit):
         self._resources.close()
 
 
-def check_ram_size(ram_size: int, requested: str | None = None, *, option: str = "-m") -> None:
-    """Refuse a guest RAM size pyvmm cannot use, with a UsageError that says why.
-
-    `requested` is the size as the user gave it, before rounding to pages,
-    and `option` what they gave it with: the message quotes both when given
-    (`-m 1K is too small...`; `create_machine` passes `option="ram_size"`
-    and the value's repr: `ram_size '1K' is too small...`), and names the
-    size otherwise. A number of plain digits (MiB for -m, bytes for
-    `ram_size`) is followed by the size it means.
-    """
-    what = f"memory size {format_size(ram_size)}" if requested is None else f"{option} {requested}"
-    if requested is not None and requested.strip().isdigit():
-        what += f" ({format_size(ram_size)})"
-    if ram_size % RAM_GRANULE:
-        raise UsageError(
-            f"memory size {ram_size} bytes is not a whole number of 4 KiB pages "
-            "(KVM maps guest RAM in pages)"
-        )
-    if ram_size < layout.MIN_RAM_SIZE:
-        raise UsageError(
-            f"{what} is too small: pyvmm needs at least "
-            f"{format_size(layout.MIN_RAM_SIZE)} of guest RAM"
-        )
-    host = host_memory_size()
-    if host is not None and ram_size > host:
-        raise UsageError(f"{what} is more than this host's RAM ({format_size(host)})")
-
-
-def host_memory_size() -> int | None:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 @stop_signals_raise()  # a SIGTERM while building unwinds what was built
-def build_machine(config: MachineConfig) -> Machine:
+def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machine:
     """Open KVM, create the VM, its RAM, devices and vCPUs, load the image: a Machine.
 
     Nothing runs yet. The image is loaded by its format (see
     `pyvmm.loaders.load_image`) and vCPU 0 is set to its entry state.
-    Raises UsageError (RAM size, vCPU count), LoaderError (an image that
-    cannot be loaded or placed), KvmUnavailable (no usable KVM device),
-    KvmError (a KVM ioctl failed); whatever was built by then is released.
+    `early` (machine/early_vm.py) is a VM made beforehand, with the irqchip
+    this config wants; the machine takes it over. Raises UsageError (RAM
+    size, vCPU count), LoaderError (an image that cannot be loaded or
+    placed), KvmUnavailable (no usable KVM device), KvmError (a KVM ioctl
+    failed), ValueError (an `early` VM that does not match the config);
+    whatever was built by then is released, `early` included.
     """
-    check_ram_size(config.ram_size)
     with ExitStack() as resources:
-        # Memory first, so that it is unmapped only after the VM that uses it is gone.
-        memory = resources.enter_context(
-            GuestMemory.from_ranges(layout.ram_ranges(config.ram_size))
-        )
-        kvm = resources.enter_context(open_kvm(config.kvm_path))
+        if early is not None:
+            resources.callback(early.close)
+            if early.irqchip != config.wants_irqchip or early.kvm_path != config.kvm_path:
+                raise ValueError("the early VM does not match the machine's configuration")
+        check_ram_size(config.ram_size)
+        memory = GuestMemory.from_ranges(layout.ram_ranges(config.ram_size))
+        if early is None:
+            # Memory first, so that it is unmapped only after the VM that uses it is gone.
+            resources.enter_context(memory)
+            kvm = resources.enter_context(open_kvm(config.kvm_path))
+            vm = resources.enter_context(kvm.create_vm())
+        else:
+            # The same order for a VM made before its memory: the VM closes first.
+            vm_first = resources.pop_all()
+            resources.enter_context(memory)
+            resources.enter_context(vm_first)
+            kvm, vm = early.kvm, early.vm
         check_vcpu_count(kvm, config.cpus)
-        vm = resources.enter_context(kvm.create_vm())
         # Needed by Intel VT-x to run real mode; harmless elsewhere.
         vm.set_tss_addr(layout.KVM_TSS_GPA)
         vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_GPA)
@@ -442,9 +491,10 @@ def build_machine(config: MachineConfig) -> Machine:
         if config.cpus > 1 and config.irqchip is False:
             raise UsageError("-smp needs the in-kernel irqchip: INIT/SIPI go through the LAPICs")
         if config.wants_irqchip:
-            # INIT/SIPI and IPIs need the in-kernel LAPICs; the PIT comes with them.
-            vm.create_irqchip()
-            vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
+            if early is None:
+                # INIT/SIPI and IPIs need the in-kernel LAPICs; the PIT comes with them.
+                vm.create_irqchip()
+                vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
             if entry.mode is CpuMode.REAL:
                 set_bios_pic_state(vm)  # vector bases 0x08/0x70, as a BIOS leaves them
         vcpus = [resources.enter_context(vm.create_vcpu(index)) for index in range(config.cpus)]

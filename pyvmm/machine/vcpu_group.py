@@ -46,8 +46,12 @@ import time
 from collections.abc import Callable
 
 from pyvmm.machine.outcome import EXIT_HALTED, OutcomeKind, RunOutcome, vmm_error
-from pyvmm.machine.vcpu_loop import ExitObserver, VcpuLoop
+from pyvmm.machine.vcpu_loop import VcpuLoop
 from pyvmm.machine.vcpu_states import describe_halted, read_vcpu_state
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from pyvmm.machine.vcpu_loop import ExitObserver
 
 KICK_SIGNAL = signal.SIGUSR1
 # A thread kicked once leaves its loop: immediate_exit was set before the kick.

@@ -16,47 +16,33 @@ import errno
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from pyvmm._kvm import ffi, lib
-from pyvmm.arch.x86_64.emulation_failure import describe_internal_error
-from pyvmm.arch.x86_64.pio import handle_io_in, handle_io_out
-from pyvmm.arch.x86_64.register_dump import format_registers
-from pyvmm.arch.x86_64.registers import RFLAGS_IF
-from pyvmm.arch.x86_64.triple_fault import explain_triple_fault
 from pyvmm.devices.bus import Bus
 from pyvmm.errors import DeviceError, KvmError, PyvmmError
-from pyvmm.kvm.exits import (
-    Debug,
-    FailEntry,
-    Hlt,
-    InternalError,
-    IoIn,
-    IoOut,
-    MmioRead,
-    MmioWrite,
-    Shutdown,
-    SystemEvent,
-    Unknown,
-    VcpuExit,
-    decode,
-)
-from pyvmm.kvm.host import kvm_backend
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.machine.outcome import (
-    EXIT_FAIL_ENTRY,
-    EXIT_GUEST_CRASH,
     EXIT_HALTED,
-    EXIT_INTERNAL_ERROR,
-    EXIT_TRIPLE_FAULT,
     OutcomeKind,
     RunOutcome,
     exit_limit_reached,
-    powered_off,
-    reset_requested,
     vmm_error,
 )
 from pyvmm.memory.guest_memory import GuestMemory
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from pyvmm.kvm.exits import VcpuExit
+
+    class ExitObserver(Protocol):
+        """Sees every exit with its timing: the trace and the statistics implement it."""
+
+        def on_exit(self, exit: VcpuExit, run_ns: int, handle_ns: int) -> None: ...
+
+        def on_interrupted(self, run_ns: int) -> None: ...
+
 
 # pyvmm_run_fast's answers (_kvm_build.py), as locals' speed wants plain ints.
 _IO_OUT = lib.PYVMM_FAST_IO_OUT
@@ -75,21 +61,6 @@ def running_vcpu() -> Vcpu | None:
     """The vCPU whose exits this thread is serving, or None outside a run."""
     loop = getattr(_running, "loop", None)
     return loop.vcpu if loop is not None else None
-
-
-# The halted outcome of a guest that enabled interrupts on a machine with no irqchip.
-HALTED_WAITING = (
-    "guest halted with interrupts enabled (IF=1), waiting for one, but this machine has no "
-    "interrupt controllers (--kernel-irqchip off): nothing can wake it"
-)
-
-
-class ExitObserver(Protocol):
-    """Sees every exit with its timing: the trace and the statistics implement it."""
-
-    def on_exit(self, exit: VcpuExit, run_ns: int, handle_ns: int) -> None: ...
-
-    def on_interrupted(self, run_ns: int) -> None: ...
 
 
 class VcpuLoop:
@@ -122,7 +93,7 @@ class VcpuLoop:
         # Shared by every vCPU of an SMP machine: one device access at a time.
         self.device_lock = device_lock
         # Messages name the vCPU when there are several.
-        self._who = "" if device_lock is None else f"vCPU {vcpu.vcpu_id}: "
+        self.who = "" if device_lock is None else f"vCPU {vcpu.vcpu_id}: "
         # Called with this loop after each interrupted KVM_RUN (set by the vCPU group).
         self.on_interrupted: Callable[[VcpuLoop], None] | None = None
 
@@ -159,6 +130,8 @@ class VcpuLoop:
             run.immediate_exit = 0
 
     def register_dump(self) -> str:
+        from pyvmm.arch.x86_64.register_dump import format_registers
+
         return format_registers(self.vcpu.get_regs(), self.vcpu.get_sregs())
 
     def run(self, observer: ExitObserver | None = None) -> RunOutcome:
@@ -184,7 +157,7 @@ class VcpuLoop:
             registers = self.register_dump()
         except PyvmmError:
             registers = None
-        outcome = vmm_error(f"{self._who}{message}")
+        outcome = vmm_error(f"{self.who}{message}")
         return RunOutcome(outcome.kind, outcome.exit_status, outcome.message, registers)
 
     def _run_plain(self) -> RunOutcome:
@@ -251,6 +224,8 @@ class VcpuLoop:
                     continue
                 complete = 0
                 if answer == 0:
+                    from pyvmm.kvm.exits import decode  # only for the rarer exits
+
                     count += 1
                     outcome = dispatch(decode(run))
                     if outcome is not None:
@@ -284,6 +259,9 @@ class VcpuLoop:
 
     def _run_observed(self, observer: ExitObserver) -> RunOutcome:
         # A separate loop, so that the plain one pays nothing for tracing.
+        from pyvmm.kvm.exits import decode
+        from pyvmm.machine.exit_dispatch import dispatch
+
         vcpu = self.vcpu
         run = vcpu.run_struct
         clock = time.perf_counter_ns
@@ -301,7 +279,7 @@ class VcpuLoop:
                 continue
             self.exit_count += 1
             exit = decode(run)
-            outcome = self._dispatch(exit)
+            outcome = dispatch(self, exit)
             handled = clock()
             observer.on_exit(exit, exited - entered, handled - exited)
             if outcome is not None:
@@ -313,7 +291,7 @@ class VcpuLoop:
     def _limit_reached(self, count: int | None = None) -> RunOutcome:
         limit = exit_limit_reached(self.exit_count if count is None else count)
         return RunOutcome(
-            limit.kind, limit.exit_status, f"{self._who}{limit.message}", self.register_dump()
+            limit.kind, limit.exit_status, f"{self.who}{limit.message}", self.register_dump()
         )
 
     def _paused(self) -> RunOutcome:
@@ -326,78 +304,7 @@ class VcpuLoop:
             return self._dispatch(exit)
 
     def _dispatch(self, exit: VcpuExit) -> RunOutcome | None:
-        """Serve one exit; an outcome when it ends the run."""
-        match exit:
-            case IoOut() as io_out:
-                handle_io_out(io_out, self.pio_bus)
-            case IoIn() as io_in:
-                handle_io_in(io_in, self.pio_bus)
-            case MmioWrite(gpa=gpa, size=size, data=data):
-                self.mmio_bus.write(gpa, size, int.from_bytes(data, "little"))
-            case MmioRead(gpa=gpa, size=size, buffer=buffer):
-                value = self.mmio_bus.read(gpa, size)
-                if value >> (8 * size) or value < 0:
-                    raise self.mmio_bus.read_too_wide(gpa, size, value)
-                buffer[0:size] = value.to_bytes(size, "little")
-            case final:
-                return self._final_outcome(final)
-        return None
+        """Serve one decoded exit; an outcome when it ends the run (see exit_dispatch.py)."""
+        from pyvmm.machine.exit_dispatch import dispatch
 
-    def _triple_fault(self) -> RunOutcome:
-        regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
-        why = None
-        if self.memory is not None and self.keeps_32bit_paging is not None:
-            why = explain_triple_fault(
-                regs, sregs, self.memory, self.keeps_32bit_paging, kvm_backend(), self.max_phys_bits
-            )
-        return RunOutcome(
-            OutcomeKind.TRIPLE_FAULT,
-            EXIT_TRIPLE_FAULT,
-            f"{self._who}guest triple-faulted (KVM_EXIT_SHUTDOWN)" + (f" {why}" if why else ""),
-            format_registers(regs, sregs),
-        )
-
-    def _final_outcome(self, exit: VcpuExit) -> RunOutcome:
-        if isinstance(exit, Debug):
-            return RunOutcome(OutcomeKind.DEBUG, EXIT_HALTED, "debug trap", debug=exit)
-        if isinstance(exit, Hlt):  # only without the in-kernel irqchip: KVM serves it then
-            if self.vcpu.get_regs().rflags & RFLAGS_IF:
-                # The guest waits for an interrupt no controller can deliver: say so.
-                return RunOutcome(OutcomeKind.HALTED, EXIT_HALTED, HALTED_WAITING)
-            return RunOutcome(OutcomeKind.HALTED, EXIT_HALTED, "guest halted")
-        if isinstance(exit, Shutdown):
-            return self._triple_fault()
-        if isinstance(exit, FailEntry):
-            return RunOutcome(
-                OutcomeKind.FAIL_ENTRY,
-                EXIT_FAIL_ENTRY,
-                "KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY): hardware reason "
-                f"0x{exit.hardware_entry_failure_reason:x} on cpu {exit.cpu}",
-                self.register_dump(),
-            )
-        if isinstance(exit, InternalError):
-            regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
-            return RunOutcome(
-                OutcomeKind.INTERNAL_ERROR,
-                EXIT_INTERNAL_ERROR,
-                self._who
-                + describe_internal_error(exit, regs, sregs, self.memory, self.max_phys_bits),
-                format_registers(regs, sregs),
-            )
-        if isinstance(exit, SystemEvent):
-            # A reset ends the run as under `qemu -no-reboot` (and Firecracker): status 0.
-            if exit.name == "shutdown":
-                return powered_off("KVM_SYSTEM_EVENT_SHUTDOWN")
-            if exit.name == "reset":
-                return reset_requested("KVM_SYSTEM_EVENT_RESET")
-            return RunOutcome(
-                OutcomeKind.SYSTEM_EVENT,
-                EXIT_GUEST_CRASH,
-                f"guest reported a system {exit.name} (KVM_EXIT_SYSTEM_EVENT)",
-                self.register_dump(),
-            )
-        name = exit.name if isinstance(exit, Unknown) else type(exit).__name__
-        unhandled = vmm_error(f"{self._who}unhandled exit {name}")
-        return RunOutcome(
-            unhandled.kind, unhandled.exit_status, unhandled.message, self.register_dump()
-        )
+        return dispatch(self, exit)
