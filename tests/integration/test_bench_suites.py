@@ -213,24 +213,27 @@ def test_startup_suite_runs_every_comparison_or_says_why_not() -> None:
         boot_pairs=1, cycle_pairs=2, cycles=3, rss_pairs=1, qemu_timeout=60, fast_boot_pairs=2
     )
     rows = suite_startup.collect(quick=True, plan=plan)
-    boot, microvm, python_boot, cycle, rss, python_rss = rows
+    boot, microvm, fastest, python_boot, cycle, rss, python_rss = rows
     assert [row.name for row in rows] == [
         BOOT_NAME,
         MICROVM_BOOT_NAME,
+        suite_startup.FASTEST_BOOT_NAME,
         PYTHON_BOOT_NAME,
         CYCLE_NAME,
         RSS_NAME,
         PYTHON_RSS_NAME,
     ]
     assert all(row.suite == "startup" for row in rows)
-    assert [row.a_label for row in (boot, microvm, python_boot, python_rss)] == [
+    assert [row.a_label for row in (boot, microvm, fastest, python_boot, python_rss)] == [
         QEMU_LABEL,
+        MICROVM_LABEL,
         MICROVM_LABEL,
         PYTHON_LABEL,
         PYTHON_LABEL,
     ]
 
-    for row, pairs in ((boot, 1), (microvm, 2)):
+    assert fastest.b_label == "pyvmm --kernel-irqchip off"
+    for row, pairs in ((boot, 1), (microvm, 2), (fastest, 2)):
         if "skipped" in row.notes:
             assert_skipped(row, "apt-get install qemu-system-x86", "QEMU cannot boot")
         else:
