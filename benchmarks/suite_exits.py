@@ -105,6 +105,8 @@ CASES = (
     Case("port I/O out, CPL0", CpuMode.LONG, ExitKind.PORT_OUT),
     Case("port I/O out, CPL3", CpuMode.USER, ExitKind.PORT_OUT),
     Case("MMIO write, CPL0", CpuMode.LONG, ExitKind.MMIO_WRITE),
+    Case("MMIO write, CPL3", CpuMode.USER, ExitKind.MMIO_WRITE),
+    Case("port I/O in, CPL0", CpuMode.LONG, ExitKind.PORT_IN),
     Case("port I/O in, CPL3", CpuMode.USER, ExitKind.PORT_IN),
 )
 
