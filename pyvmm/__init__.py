@@ -35,7 +35,7 @@ __version__ = "0.1.0"
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, `__getattr__` below
     from pyvmm import errors as errors
-    from pyvmm.arch.x86_64.registers import Registers as Registers
+    from pyvmm.arch.x86_64.register_snapshot import Registers as Registers
     from pyvmm.devices.bus import BusDevice as BusDevice
     from pyvmm.devices.debug_exit import debug_exit_status as debug_exit_status
     from pyvmm.errors import BusError as BusError
@@ -93,7 +93,7 @@ _EXPORTS: dict[str, str] = {
     "EXIT_SIGNAL_BASE": "pyvmm.machine.outcome",
     "debug_exit_status": "pyvmm.devices.debug_exit",
     # looking inside
-    "Registers": "pyvmm.arch.x86_64.registers",
+    "Registers": "pyvmm.arch.x86_64.register_snapshot",
     "Translation": "pyvmm.observe.translation",
     # devices
     "BusDevice": "pyvmm.devices.bus",

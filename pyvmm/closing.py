@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import TypeVar
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import TypeVar
 
-_T = TypeVar("_T", bound="ClosesOnExit")
+    _T = TypeVar("_T", bound="ClosesOnExit")
 
 
 class ClosesOnExit:

@@ -22,11 +22,10 @@ import functools
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pyvmm.errors import PyvmmError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -123,12 +122,26 @@ def resolve_image(path: str, package_dir: Path | None = None) -> str:
 SOURCE_SUFFIXES = (".s", ".S", ".c")
 
 
-@dataclass(frozen=True)
 class BuildHint:
-    """How to build a missing file: the `make` command to run, and where its sources are."""
+    """How to build a missing file: the `make` command to run, and where its sources are.
 
-    command: str
-    sources: str
+    Read-only once made; equal when both fields are.
+    """
+
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("command", "sources")
+
+    def __init__(self, command: str, sources: str) -> None:
+        self.command = command
+        self.sources = sources
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not BuildHint:
+            return NotImplemented
+        return (self.command, self.sources) == (other.command, other.sources)
+
+    def __repr__(self) -> str:
+        return f"BuildHint(command={self.command!r}, sources={self.sources!r})"
 
 
 def build_hint(path: str, package_dir: Path | None = None) -> BuildHint | None:
@@ -183,12 +196,15 @@ def _makefile_naming(target: Path) -> Path | None:
     return None
 
 
-@dataclass(frozen=True)
 class PyvmmChild:
-    """`python -m pyvmm ARGS` for a child that imports the parent's pyvmm package."""
+    """`python -m pyvmm ARGS` for a child that imports the parent's pyvmm package (read-only)."""
 
-    argv: list[str]
-    env: dict[str, str]
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("argv", "env")
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.argv = argv
+        self.env = env
 
 
 def pyvmm_child(*args: str, cwd: Path) -> PyvmmChild:

@@ -13,12 +13,11 @@ import contextlib
 import os
 import signal
 import sys
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pyvmm.errors import DEBUG, INFO, WARNING, Log, PyvmmError, UsageError, configure_logging
 from pyvmm.machine.outcome import EXIT_SIGNAL_BASE, EXIT_VMM_ERROR
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Sequence
@@ -27,12 +26,15 @@ if TYPE_CHECKING:
     from pyvmm.machine.outcome import RunOutcome
 
 
-@dataclass(frozen=True)
 class Ending:
     """How a command ended: its exit status, and the signal that stopped it, if one did."""
 
-    status: int
-    signal: int | None = None
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("signal", "status")
+
+    def __init__(self, status: int, signal: int | None = None) -> None:
+        self.status = status
+        self.signal = signal
 
     @classmethod
     def of(cls, outcome: RunOutcome) -> Ending:

@@ -17,23 +17,25 @@ other option. `normalize_arguments` walks the arguments once, before argparse:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pyvmm.errors import UsageError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Mapping, Sequence
 
 
-@dataclass(frozen=True)
 class CommandOptions:
     """One command's option strings, each with whether it takes a value."""
 
-    prog: str
-    takes_value: Mapping[str, bool]
-    builds_machine: bool  # boot and memmap: QEMU's options mean something there
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("builds_machine", "prog", "takes_value")
+
+    def __init__(self, prog: str, takes_value: Mapping[str, bool], builds_machine: bool) -> None:
+        self.prog = prog
+        self.takes_value = takes_value
+        self.builds_machine = builds_machine  # boot and memmap: QEMU's options mean something there
 
     @classmethod
     def of(cls, parser: argparse.ArgumentParser) -> CommandOptions:

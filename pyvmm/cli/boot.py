@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
 
 from pyvmm.cli.report import (
     closed_console_outcome,
@@ -21,9 +20,11 @@ from pyvmm.errors import Log, UsageError
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.memory.size import parse_ram_size
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
+    from typing import Any, TextIO
 
     from pyvmm.console.input import InputBuffer
     from pyvmm.console.output import ConsoleWriter
@@ -215,7 +216,6 @@ def run_rebooting(
     machine runs.
     """
     import time
-    from dataclasses import replace
 
     from pyvmm.console.output import ConsoleWriter
     from pyvmm.machine.builder import build_machine
@@ -263,7 +263,7 @@ def run_rebooting(
             message = exit_limit_reached(args.max_exits).message
         times = "once" if boots == 2 else f"{boots - 1} times"
         restarted = f"boot {boots}: --reboot restarted the machine {times}"
-        outcome = replace(outcome, message=f"{message} ({restarted})")
+        outcome = outcome.with_message(f"{message} ({restarted})")
     return machine, outcome
 
 

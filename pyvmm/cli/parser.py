@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
 
 from pyvmm import __version__
 from pyvmm.errors import UsageError
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.memory.size import format_size, parse_byte_count, parse_ram_size
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import Any
 
 DEFAULT_MEMORY = "128M"  # QEMU's default
 UNWRAPPED_WIDTH = 80  # the width of formatters that wrap no text (see _Parser)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
 
 from pyvmm.errors import INFO, Log
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import TextIO
 
     from pyvmm.console.output import ConsoleWriter
     from pyvmm.machine.builder import Machine
@@ -189,18 +189,26 @@ def _bytes(count: int) -> str:
 # The BIOS services called and the VGA text screen, taken while the machine is open.
 
 
-@dataclass(frozen=True)
 class LegacyPcReport:
     """What a guest expected of a PC's BIOS and screen, captured before the machine closes.
 
     `bios_lines`: one line per kind of call into an empty IVT vector.
     `screen`: the VGA text buffer's SCREEN_SIZE bytes to show, None for none.
-    `vga_written`: whether the guest wrote there (None: not watched).
+    `vga_written`: whether the guest wrote there (None: not watched). Read-only once made.
     """
 
-    bios_lines: tuple[str, ...] = ()
-    screen: bytes | None = None
-    vga_written: bool | None = None
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("bios_lines", "screen", "vga_written")
+
+    def __init__(
+        self,
+        bios_lines: tuple[str, ...] = (),
+        screen: bytes | None = None,
+        vga_written: bool | None = None,
+    ) -> None:
+        self.bios_lines = bios_lines
+        self.screen = screen
+        self.vga_written = vga_written
 
 
 def collect_legacy_pc(machine: Machine, vga: str) -> LegacyPcReport:

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 from pyvmm.errors import BusError, BusOverlap, DeviceError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # the protocol is for type checkers; at run time, a plain base class
 
 ADDRESS_LIMIT = 1 << 64
 
@@ -55,12 +59,17 @@ class Shifted:
         self.device.write(offset + self.shift, size, value)
 
 
-@dataclass(frozen=True)
 class BusRange:
-    base: int
-    length: int
-    device: BusDevice
-    name: str
+    """`device` at [base, base + length) on a bus, named `name` in messages (read-only)."""
+
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("base", "device", "length", "name")
+
+    def __init__(self, base: int, length: int, device: BusDevice, name: str) -> None:
+        self.base = base
+        self.length = length
+        self.device = device
+        self.name = name
 
     @property
     def end(self) -> int:

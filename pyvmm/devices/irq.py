@@ -9,7 +9,11 @@ so an implementation need not filter repeats.
 
 from __future__ import annotations
 
-from typing import Protocol
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # the protocol is for type checkers; at run time, a plain base class
 
 
 class IrqLine(Protocol):

@@ -45,7 +45,6 @@ next due to rise (pyvmm.machine.rtc_timer has vCPU 0 call it at that time).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from pyvmm.devices.irq import IrqLine, NoIrq
 
@@ -245,7 +244,6 @@ def pc_cmos_memory(ram_below_4g: int, ram_above_4g: int, cpus: int) -> dict[int,
 REG_B_CLEARED_BY_RESET = REG_B_PIE | REG_B_AIE | REG_B_UIE | REG_B_SQWE
 
 
-@dataclass(frozen=True)
 class CmosContents:
     """What the battery keeps while the machine resets: the 128 bytes and the clock.
 
@@ -253,10 +251,15 @@ class CmosContents:
     alarms, the latched time while the clock is stopped, CMOS RAM);
     `offset_ns` is the guest's time minus the host's, in nanoseconds, which
     the guest moves by setting the clock. Made by `Mc146818Rtc.battery_backed`.
+    Read-only once made.
     """
 
-    ram: bytes
-    offset_ns: int
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("offset_ns", "ram")
+
+    def __init__(self, ram: bytes, offset_ns: int) -> None:
+        self.ram = ram
+        self.offset_ns = offset_ns
 
 
 class Mc146818Rtc:

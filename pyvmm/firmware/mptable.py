@@ -20,7 +20,6 @@ kernel must start each of them.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from pyvmm.firmware import area
 from pyvmm.firmware.table import set_checksum, text_field
@@ -73,16 +72,20 @@ LINT0 = 0
 LINT1 = 1
 
 
-@dataclass(frozen=True)
 class CpuIdentity:
     """What the processor entries say about every vCPU: CPUID.1's EAX and EDX.
 
     `signature` is CPUID.1:EAX (stepping, model, family; copied whole, as
     SeaBIOS does) and `features` CPUID.1:EDX (MP Specification 4.3.1, Table 4-6).
+    Read-only once made.
     """
 
-    signature: int
-    features: int
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("features", "signature")
+
+    def __init__(self, signature: int, features: int) -> None:
+        self.signature = signature
+        self.features = features
 
 
 def isa_interrupt_routes() -> list[tuple[int, int]]:

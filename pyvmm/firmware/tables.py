@@ -20,14 +20,12 @@ What is built:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from pyvmm.devices import acpi_pm
 from pyvmm.firmware import area, mptable
 from pyvmm.firmware.acpi import dsdt, fadt, madt, rsdp, sdt
 from pyvmm.firmware.mptable import CpuIdentity
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:  # only for hints: building the tables needs no compiled _kvm module
     from pyvmm.memory.guest_memory import GuestMemory
 
@@ -46,7 +44,6 @@ __all__ = [
 TABLE_ALIGNMENT = 16
 
 
-@dataclass(frozen=True)
 class FirmwareConfig:
     """What the tables describe.
 
@@ -57,37 +54,67 @@ class FirmwareConfig:
     `i8042`, the keyboard controller at 0x60/0x64 (IAPC_BOOT_ARCH 8042,
     PNP0303 and PNP0F13); `reset_register`, port 0xcf9 (RESET_REG).
     `extra_tables`: further whole ACPI description tables (header and
-    checksum included, e.g. an HPET table) for the RSDT and XSDT.
+    checksum included, e.g. an HPET table) for the RSDT and XSDT. Read-only
+    once made.
     """
 
-    cpus: int
-    cpu: CpuIdentity
-    interrupt_controllers: bool
-    acpi: bool = True
-    rtc: bool = True
-    i8042: bool = True
-    reset_register: bool = True
-    extra_tables: tuple[bytes, ...] = ()
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = (
+        "acpi",
+        "cpu",
+        "cpus",
+        "extra_tables",
+        "i8042",
+        "interrupt_controllers",
+        "reset_register",
+        "rtc",
+    )
+
+    def __init__(
+        self,
+        cpus: int,
+        cpu: CpuIdentity,
+        interrupt_controllers: bool,
+        acpi: bool = True,
+        rtc: bool = True,
+        i8042: bool = True,
+        reset_register: bool = True,
+        extra_tables: tuple[bytes, ...] = (),
+    ) -> None:
+        self.cpus = cpus
+        self.cpu = cpu
+        self.interrupt_controllers = interrupt_controllers
+        self.acpi = acpi
+        self.rtc = rtc
+        self.i8042 = i8042
+        self.reset_register = reset_register
+        self.extra_tables = extra_tables
 
 
-@dataclass(frozen=True)
 class Placed:
-    """One structure: `data` at guest-physical `gpa`, named by `what`."""
+    """One structure: `data` at guest-physical `gpa`, named by `what` (read-only)."""
 
-    gpa: int
-    data: bytes
-    what: str
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("data", "gpa", "what")
+
+    def __init__(self, gpa: int, data: bytes, what: str) -> None:
+        self.gpa = gpa
+        self.data = data
+        self.what = what
 
     @property
     def end(self) -> int:
         return self.gpa + len(self.data)
 
 
-@dataclass(frozen=True)
 class FirmwareTables:
-    """Every structure `build_firmware` made, in address order."""
+    """Every structure `build_firmware` made, in address order (read-only)."""
 
-    placed: tuple[Placed, ...]
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("placed",)
+
+    def __init__(self, placed: tuple[Placed, ...]) -> None:
+        self.placed = placed
 
     def ranges(self) -> list[tuple[int, int, str]]:
         """(start, end, what) of each structure: what an image must stay clear of."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pyvmm._kvm import ffi, lib
 from pyvmm.errors import KvmError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def ioctl_ptr(fd: int, request: int, name: str, arg: Any) -> int:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from typing import Any
 
 from pyvmm._kvm import ffi, lib
 from pyvmm.closing import ClosesOnExit
 from pyvmm.errors import KvmError
 from pyvmm.kvm._ioctl import close_fd, ioctl_ptr
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 # KVM_RUN returning one of these means "a signal arrived, look and run again".
 _INTERRUPTED = (-errno.EINTR, -errno.EAGAIN)

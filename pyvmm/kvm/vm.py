@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pyvmm._kvm import ffi, lib
 from pyvmm.closing import ClosesOnExit
 from pyvmm.kvm._ioctl import close_fd, ioctl_int, ioctl_ptr
 from pyvmm.kvm.vcpu import Vcpu
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Vm(ClosesOnExit):

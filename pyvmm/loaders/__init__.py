@@ -11,8 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pyvmm.errors import ImageTooLarge, LoaderError
 from pyvmm.loaders.entry import CpuMode, EntryPoint, ImageSegment
@@ -21,6 +19,7 @@ from pyvmm.loaders.magic import EI_CLASS, ELFCLASS32, ELFCLASS64, MULTIBOOT_SEAR
 from pyvmm.loaders.magic import may_be_multiboot as _may_be_multiboot
 from pyvmm.memory.size import format_size
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:  # only for hints: importing the loaders needs no compiled _kvm module
     from collections.abc import Callable, Sequence
     from typing import BinaryIO
@@ -271,21 +270,26 @@ def describe_format(image: bytes) -> str:
     return {ELFCLASS32: "ELF32", ELFCLASS64: "ELF64"}.get(elf_class, "ELF")
 
 
-@dataclass(frozen=True)
 class ImagePlan:
     """Where an image will go, found before anything is written (see `plan_image`).
 
     `segments` are the guest-physical ranges the loader will write, each
     named for messages; `fix` says how to move one in the image's own format
     (a flat binary's --load-addr, an ELF segment's p_paddr, a multiboot
-    header's load_addr); `entry` is guest-physical.
+    header's load_addr); `entry` is guest-physical. Read-only once made.
     """
 
-    protocol: str  # "flat", "elf32", "elf64", "multiboot"
-    mode: CpuMode
-    entry: int
-    segments: tuple[ImageSegment, ...]
-    fix: str
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("entry", "fix", "mode", "protocol", "segments")
+
+    def __init__(
+        self, protocol: str, mode: CpuMode, entry: int, segments: tuple[ImageSegment, ...], fix: str
+    ) -> None:
+        self.protocol = protocol  # "flat", "elf32", "elf64", "multiboot"
+        self.mode = mode
+        self.entry = entry
+        self.segments = segments
+        self.fix = fix
 
 
 def plan_image(

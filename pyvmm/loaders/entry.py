@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import NamedTuple
 
 from pyvmm.memory.addr import GuestPhysAddr
 
@@ -23,20 +21,34 @@ class CpuMode(enum.Enum):
         return self in (CpuMode.LONG, CpuMode.USER)
 
 
-class ImageSegment(NamedTuple):
+class ImageSegment(tuple[int, int, str]):
     """One guest-physical range a loader writes: [start, end), and its name in messages.
 
     The name says where the range comes from in the image's own terms:
     "image" (a flat binary), "segment 1" (an ELF program header, numbered as
-    `readelf -l` does), "kernel segment 0" (a multiboot kernel).
+    `readelf -l` does), "kernel segment 0" (a multiboot kernel). A tuple
+    (start, end, name), as a (start, end, what) range is elsewhere.
     """
 
-    start: int
-    end: int
-    name: str
+    # Not a NamedTuple, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ()
+
+    def __new__(cls, start: int, end: int, name: str) -> ImageSegment:
+        return tuple.__new__(cls, (start, end, name))
+
+    @property
+    def start(self) -> int:
+        return self[0]
+
+    @property
+    def end(self) -> int:
+        return self[1]
+
+    @property
+    def name(self) -> str:
+        return self[2]
 
 
-@dataclass(frozen=True)
 class EntryPoint:
     """The result of loading an image: the loader describes, the arch code executes.
 
@@ -45,15 +57,28 @@ class EntryPoint:
     `image_start`/`image_end` bound what the loader wrote (guest-physical);
     `segments` are the pieces themselves, which may lie far apart (an ELF
     segment of headers at 0 and the kernel at 1 MiB): what lies between them
-    is not the image's.
+    is not the image's. Read-only once made.
     """
 
-    entry: GuestPhysAddr
-    mode: CpuMode
-    protocol: str  # "flat", "elf32", "elf64", "multiboot"
-    image_start: GuestPhysAddr
-    image_end: GuestPhysAddr
-    # General registers the boot protocol defines at entry, e.g. multiboot's
-    # (("rax", 0x2BADB002), ("rbx", info_gpa)); everything else starts at zero.
-    registers: tuple[tuple[str, int], ...] = ()
-    segments: tuple[ImageSegment, ...] = ()
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("entry", "image_end", "image_start", "mode", "protocol", "registers", "segments")
+
+    def __init__(
+        self,
+        entry: GuestPhysAddr,
+        mode: CpuMode,
+        protocol: str,
+        image_start: GuestPhysAddr,
+        image_end: GuestPhysAddr,
+        registers: tuple[tuple[str, int], ...] = (),
+        segments: tuple[ImageSegment, ...] = (),
+    ) -> None:
+        self.entry = entry
+        self.mode = mode
+        self.protocol = protocol  # "flat", "elf32", "elf64", "multiboot"
+        self.image_start = image_start
+        self.image_end = image_end
+        # General registers the boot protocol defines at entry, e.g. multiboot's
+        # (("rax", 0x2BADB002), ("rbx", info_gpa)); everything else starts at zero.
+        self.registers = registers
+        self.segments = segments

@@ -8,13 +8,13 @@ writes itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from pyvmm.errors import ImageTooLarge, LoaderError
 from pyvmm.loaders.entry import CpuMode, EntryPoint, ImageSegment
 from pyvmm.memory.addr import GuestPhysAddr
 from pyvmm.memory.size import format_size
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:  # only for hints: importing the loaders needs no compiled _kvm module
     from pyvmm.memory.guest_memory import GuestMemory
 

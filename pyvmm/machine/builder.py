@@ -262,10 +262,8 @@ class Machine(ClosesOnExit):
         with stop_on_signals(self.group.request_stop, timeout):
             outcome = self.group.run(observer)
         if outcome.kind.is_abnormal and outcome.registers is None:
-            from dataclasses import replace
-
             # Stopped from outside (timeout, signal): show where vCPU 0 was.
-            outcome = replace(outcome, registers=self._registers_or_none())
+            outcome = outcome.replace(registers=self._registers_or_none())
         return outcome
 
     def _registers_or_none(self) -> str | None:

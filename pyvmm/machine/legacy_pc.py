@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from typing import Any
 
 from pyvmm._kvm import ffi, lib
 from pyvmm.arch.x86_64 import layout, no_bios
@@ -28,6 +27,10 @@ from pyvmm.kvm.vm import Vm
 from pyvmm.machine.outcome import RunOutcome, unhandled_exception
 from pyvmm.machine.vcpu_loop import running_vcpu
 from pyvmm.memory.guest_memory import GuestMemory
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 log = Log(__name__)
 

@@ -12,7 +12,6 @@ CLI ends the process by the same signal (see `pyvmm.cli`).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 EXIT_HALTED = 0  # hlt, or a power-off or reset the guest asked for
 EXIT_USAGE = 2  # bad usage or bad input: nothing ran
@@ -67,7 +66,6 @@ class OutcomeKind(enum.Enum):
         )
 
 
-@dataclass(frozen=True)
 class RunOutcome:
     """How one run ended.
 
@@ -75,14 +73,47 @@ class RunOutcome:
     INTERRUPTED outcome it is what a shell shows (128 + `signal`), while the
     CLI itself ends by `signal`. `message` is one line for people;
     `registers` a multi-line register dump (abnormal ends only).
+    Read-only once made: `replace` and `with_message` make changed copies.
     """
 
-    kind: OutcomeKind
-    exit_status: int
-    message: str
-    registers: str | None = None  # a register dump for abnormal ends
-    debug: object | None = None  # the exits.Debug that stopped a DEBUG outcome
-    signal: int | None = None  # INTERRUPTED: the signal that stopped the run
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("debug", "exit_status", "kind", "message", "registers", "signal")
+
+    def __init__(
+        self,
+        kind: OutcomeKind,
+        exit_status: int,
+        message: str,
+        registers: str | None = None,
+        debug: object | None = None,
+        signal: int | None = None,
+    ) -> None:
+        self.kind = kind
+        self.exit_status = exit_status
+        self.message = message
+        self.registers = registers  # a register dump for abnormal ends
+        self.debug = debug  # the exits.Debug that stopped a DEBUG outcome
+        self.signal = signal  # INTERRUPTED: the signal that stopped the run
+
+    def replace(self, **changes: object) -> RunOutcome:
+        """A copy with `changes` (field=value) applied, as dataclasses.replace."""
+        values = {name: getattr(self, name) for name in self.__slots__}
+        unknown = set(changes) - set(values)
+        if unknown:
+            raise TypeError(f"RunOutcome has no field {', '.join(sorted(unknown))}")
+        values.update(changes)
+        return RunOutcome(**values)  # type: ignore[arg-type]
+
+    def with_message(self, message: str) -> RunOutcome:
+        """A copy that says `message` instead."""
+        return self.replace(message=message)
+
+    def __repr__(self) -> str:
+        return (
+            f"RunOutcome(kind={self.kind!r}, exit_status={self.exit_status!r}, "
+            f"message={self.message!r}, registers={self.registers!r}, "
+            f"debug={self.debug!r}, signal={self.signal!r})"
+        )
 
 
 def timed_out(timeout: float) -> RunOutcome:

@@ -19,7 +19,6 @@ it is a crash to report, not a request.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from pyvmm.devices.bus import Bus, Shifted
 from pyvmm.devices.i8042 import (
@@ -40,13 +39,18 @@ from pyvmm.machine.interrupts import InterruptLines
 from pyvmm.machine.outcome import RunOutcome, reset_requested
 
 
-@dataclass(frozen=True)
 class ResetSources:
-    """The devices `attach_reset_sources` put on the bus."""
+    """The devices `attach_reset_sources` put on the bus (read-only)."""
 
-    i8042: I8042
-    port92: SystemControlPortA
-    reset_control: ResetControl
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("i8042", "port92", "reset_control")
+
+    def __init__(
+        self, i8042: I8042, port92: SystemControlPortA, reset_control: ResetControl
+    ) -> None:
+        self.i8042 = i8042
+        self.port92 = port92
+        self.reset_control = reset_control
 
 
 def attach_reset_sources(

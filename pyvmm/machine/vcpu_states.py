@@ -20,7 +20,6 @@ run gets no explanation at all.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from pyvmm._kvm import lib
 from pyvmm.arch.x86_64.registers import RFLAGS_IF
@@ -38,13 +37,30 @@ MP_STATE_NAMES = {
 }
 
 
-@dataclass(frozen=True)
 class VcpuState:
-    """One vCPU after the stop: `mp_state` is a KVM_MP_STATE_* value, `interrupts_on` RFLAGS.IF."""
+    """One vCPU after the stop: `mp_state` is a KVM_MP_STATE_* value, `interrupts_on` RFLAGS.IF.
 
-    vcpu_id: int
-    mp_state: int
-    interrupts_on: bool
+    Read-only once made; equal when every field is.
+    """
+
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("interrupts_on", "mp_state", "vcpu_id")
+
+    def __init__(self, vcpu_id: int, mp_state: int, interrupts_on: bool) -> None:
+        self.vcpu_id = vcpu_id
+        self.mp_state = mp_state
+        self.interrupts_on = interrupts_on
+
+    def _values(self) -> tuple[int, int, bool]:
+        return (self.vcpu_id, self.mp_state, self.interrupts_on)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not VcpuState:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        return "VcpuState(vcpu_id={!r}, mp_state={!r}, interrupts_on={!r})".format(*self._values())
 
     @property
     def stuck(self) -> bool:

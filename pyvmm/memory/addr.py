@@ -7,10 +7,20 @@ goes through helpers that refuse to wrap around.
 
 from __future__ import annotations
 
-from typing import NewType
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
+if TYPE_CHECKING:
+    from typing import NewType
 
-GuestPhysAddr = NewType("GuestPhysAddr", int)
-GuestVirtAddr = NewType("GuestVirtAddr", int)
+    GuestPhysAddr = NewType("GuestPhysAddr", int)
+    GuestVirtAddr = NewType("GuestVirtAddr", int)
+else:
+    # What a NewType is at run time, without importing typing: the int itself.
+    def GuestPhysAddr(address: int) -> int:
+        return address
+
+    def GuestVirtAddr(address: int) -> int:
+        return address
+
 
 ADDRESS_LIMIT = 1 << 64
 PAGE_SIZE = 0x1000

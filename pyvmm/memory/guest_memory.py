@@ -12,7 +12,6 @@ import bisect
 import itertools
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from pyvmm.closing import ClosesOnExit
 from pyvmm.errors import GuestMemoryError
@@ -20,14 +19,17 @@ from pyvmm.memory.addr import GuestPhysAddr
 from pyvmm.memory.host_mapping import HostMapping
 
 
-@dataclass(frozen=True)
 class GuestRegion:
-    """One contiguous guest-physical range, backed at `host_offset` in the mapping."""
+    """One contiguous guest-physical range, backed at `host_offset` in the mapping (read-only)."""
 
-    slot: int
-    gpa: GuestPhysAddr
-    size: int
-    host_offset: int
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("gpa", "host_offset", "size", "slot")
+
+    def __init__(self, slot: int, gpa: GuestPhysAddr, size: int, host_offset: int) -> None:
+        self.slot = slot
+        self.gpa = gpa
+        self.size = size
+        self.host_offset = host_offset
 
     @property
     def end(self) -> GuestPhysAddr:

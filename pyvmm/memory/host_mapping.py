@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pyvmm._kvm import ffi, lib
 from pyvmm.closing import ClosesOnExit
 from pyvmm.errors import PyvmmError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class HostMapping(ClosesOnExit):

@@ -191,7 +191,10 @@ def test_a_wrong_entry_point_is_a_failure(monkeypatch: pytest.MonkeyPatch, name:
 
     def shifted(*args: Any, **kwargs: Any) -> EntryPoint:
         entry = real_load(*args, **kwargs)
-        return dataclasses.replace(entry, entry=entry.entry + 0x1000)
+        return EntryPoint(
+            entry.entry + 0x1000, entry.mode, entry.protocol, entry.image_start,
+            entry.image_end, entry.registers, entry.segments,
+        )  # fmt: skip
 
     monkeypatch.setattr(fuzz, "load_image", shifted)
     outcome = run_case(case)

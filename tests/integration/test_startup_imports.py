@@ -161,6 +161,13 @@ ABSENT = {
     "mmap",
     "socket",
     "termios",
+    # dataclasses (with inspect, ast, dis and tokenize): the classes made before the
+    # guest runs are plain ones, with __slots__ and their own __init__
+    "dataclasses",
+    "inspect",
+    # typing: `TYPE_CHECKING = False` instead (see pyvmm/__init__.py), Protocols and
+    # NewTypes for type checkers only
+    "typing",
 }
 # No pyvmm module under these is imported when the guest starts.
 ABSENT_PACKAGES = (

@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 
@@ -162,7 +161,7 @@ def test_a_run_ended_by_its_closed_console_reports_nothing(
     writer = ConsoleWriter(write_end, name="stdout")
     os.close(read_end)
     writer(b"flood")
-    outcome = replace(closed_console_outcome(writer), registers="RIP=...")
+    outcome = closed_console_outcome(writer).replace(registers="RIP=...")
     assert (outcome.kind, outcome.signal) == (OutcomeKind.INTERRUPTED, signal.SIGPIPE)
     assert outcome.exit_status == 128 + signal.SIGPIPE
     report_end(outcome, writer, verbose=0)

@@ -22,7 +22,7 @@ import pytest
 import pyvmm
 from pyvmm._kvm import ffi
 from pyvmm.arch.x86_64.page_walk import PagingRegisters
-from pyvmm.arch.x86_64.registers import Registers
+from pyvmm.arch.x86_64.register_snapshot import Registers
 from pyvmm.arch.x86_64.virtual_memory import physical_pieces, read_virtual, write_virtual
 from pyvmm.errors import (
     BusError,
@@ -181,6 +181,37 @@ def test_registers_from_kvm_structs() -> None:
 def test_registers_mode_flags_in_real_mode() -> None:
     registers = Registers.from_kvm(ffi.new("struct kvm_regs *"), ffi.new("struct kvm_sregs *"))
     assert not (registers.protected_mode or registers.paging or registers.long_mode)
+
+
+def test_registers_py_gives_the_snapshot_class_on_first_use() -> None:
+    """`pyvmm boot` imports registers.py for its bits, without the dataclass behind `Registers`."""
+    code = (
+        "import sys\n"
+        "from pyvmm.arch.x86_64 import registers\n"
+        "assert 'dataclasses' not in sys.modules\n"
+        "from pyvmm.arch.x86_64.register_snapshot import Registers\n"
+        "assert registers.Registers is Registers\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+    from pyvmm.arch.x86_64 import registers
+
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        registers.not_a_name  # noqa: B018
+
+
+# --- RunOutcome ---------------------------------------------------------------
+
+
+def test_an_outcome_is_copied_with_changes() -> None:
+    outcome = pyvmm.RunOutcome(pyvmm.OutcomeKind.TIMEOUT, pyvmm.EXIT_TIMEOUT, "timed out")
+    with_registers = outcome.replace(registers="RIP=...")
+    assert (with_registers.kind, with_registers.exit_status) == (outcome.kind, outcome.exit_status)
+    assert (with_registers.message, with_registers.registers) == ("timed out", "RIP=...")
+    assert outcome.registers is None  # the original is unchanged
+    assert outcome.with_message("later").message == "later"
+    with pytest.raises(TypeError, match="no field colour"):
+        outcome.replace(colour="red")
+    assert repr(outcome).startswith("RunOutcome(kind=<OutcomeKind.TIMEOUT: 'timeout'>, ")
 
 
 # --- guest memory through page tables ----------------------------------------

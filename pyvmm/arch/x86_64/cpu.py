@@ -6,8 +6,6 @@ GDT and page tables into guest memory and loads registers accordingly.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.registers import (
     CR0_ET,
@@ -25,7 +23,10 @@ from pyvmm.kvm.host import kvm_backend
 from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.memory.addr import GuestPhysAddr
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from pyvmm.arch.x86_64.gdt import Segment
     from pyvmm.kvm.system import Kvm
     from pyvmm.kvm.vcpu import Vcpu

@@ -13,11 +13,12 @@ uses SSE registers while the guest has SSE off gets what to do about it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from pyvmm._kvm import lib
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from pyvmm.arch.x86_64.instruction import Instruction
     from pyvmm.kvm.exits import InternalError
     from pyvmm.memory.guest_memory import GuestMemory

@@ -9,8 +9,6 @@ below the 32-bit PCI hole, as on a real PC, and resumes at 4 GiB.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 # Defined with the firmware, below this layer: the multiboot memory map lists them too.
 from pyvmm.firmware.area import ACPI_NVS_GPA as ACPI_NVS_GPA
 from pyvmm.firmware.area import ACPI_TABLES_END as ACPI_TABLES_END
@@ -99,19 +97,40 @@ def ram_ranges(ram_size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-@dataclass(frozen=True)
 class VmmPlaces:
     """Where the VMM puts its own entry-state structures for one run (guest-physical).
 
     The defaults are the constants above; `placement.place_vmm_structures`
     moves a structure the image occupies. `stack_top` is the initial
     stack pointer; the stack is the BOOT_STACK_SIZE bytes below it.
+    Read-only once made; equal when every place is.
     """
 
-    gdt: int = GDT_GPA
-    page_tables: int = PAGE_TABLES_GPA
-    tss: int = TSS_GPA
-    stack_top: int = BOOT_STACK_TOP
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("gdt", "page_tables", "stack_top", "tss")
+
+    def __init__(
+        self,
+        gdt: int = GDT_GPA,
+        page_tables: int = PAGE_TABLES_GPA,
+        tss: int = TSS_GPA,
+        stack_top: int = BOOT_STACK_TOP,
+    ) -> None:
+        self.gdt = gdt
+        self.page_tables = page_tables
+        self.tss = tss
+        self.stack_top = stack_top
+
+    def _values(self) -> tuple[int, int, int, int]:
+        return (self.gdt, self.page_tables, self.tss, self.stack_top)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not VmmPlaces:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        return "VmmPlaces(gdt={}, page_tables={}, tss={}, stack_top={})".format(*self._values())
 
     @property
     def kernel_stack_top(self) -> int:

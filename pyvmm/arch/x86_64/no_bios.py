@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.register_dump import format_registers
 from pyvmm.arch.x86_64.registers import CR0_PE
 from pyvmm.errors import GuestMemoryError, Log
 from pyvmm.memory.guest_memory import GuestMemory
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 log = Log(__name__)
 
@@ -444,14 +446,17 @@ def effective_address(modrm: int, displacement: bytes, regs: Any) -> tuple[str, 
 # --- The trap.
 
 
-@dataclass
 class BiosCall:
     """One kind of call into an empty vector: how often, and the first place."""
 
-    label: str  # e.g. "int 0x10 AH=0x0e (video teletype output)"
-    vector: int
-    where: str  # CS:IP of the first call's instruction, e.g. "0000:7c11"
-    count: int = 0
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("count", "label", "vector", "where")
+
+    def __init__(self, label: str, vector: int, where: str, count: int = 0) -> None:
+        self.label = label  # e.g. "int 0x10 AH=0x0e (video teletype output)"
+        self.vector = vector
+        self.where = where  # CS:IP of the first call's instruction, e.g. "0000:7c11"
+        self.count = count
 
     def report_line(self) -> str:
         times = "1 time" if self.count == 1 else f"{self.count} times"
@@ -463,6 +468,8 @@ class BiosCall:
 
 class IrqArrival(BiosCall):
     """A hardware interrupt that reached a stub: unmasked at the PIC, no vector set."""
+
+    __slots__ = ()
 
     def report_line(self) -> str:
         times = "1 time" if self.count == 1 else f"{self.count} times"

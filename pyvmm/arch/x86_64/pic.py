@@ -21,10 +21,12 @@ kvm_pic_state`; ICW3 has no field there, KVM wires the cascade to IRQ 2.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pyvmm._kvm import lib
 from pyvmm.kvm.vm import Vm
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 # SeaBIOS src/hw/pic.h: BIOS_HWIRQ0_VECTOR, BIOS_HWIRQ8_VECTOR.
 MASTER_VECTOR_BASE = 0x08

@@ -22,8 +22,6 @@ guest a boot stack; other parts of the machine write their own tables
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.cpu import default_load_gpa
@@ -33,6 +31,7 @@ from pyvmm.loaders.entry import CpuMode, EntryPoint, ImageSegment
 from pyvmm.loaders.flat import FLAT_FIX, check_clear
 from pyvmm.memory.size import format_size
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
     from pyvmm.memory.guest_memory import GuestMemory
 
@@ -46,17 +45,29 @@ class NoRoomForVmm(LoaderError):
     """The image occupies a structure's default place and no other free RAM can hold it."""
 
 
-@dataclass(frozen=True)
 class _Structure:
-    """One thing pyvmm writes (or hands over, the stack) for an entry state."""
+    """One thing pyvmm writes (or hands over, the stack) for an entry state (read-only)."""
 
-    attribute: str  # the VmmPlaces field
-    what: str  # its name in messages
-    size: int
-    align: int
-    default_start: int
-    below_1mib: bool  # only conventional memory; else also RAM up to 4 GiB
-    top_down: bool  # a stack is sought from the top, like the default one
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("align", "attribute", "below_1mib", "default_start", "size", "top_down", "what")
+
+    def __init__(
+        self,
+        attribute: str,
+        what: str,
+        size: int,
+        align: int,
+        default_start: int,
+        below_1mib: bool,
+        top_down: bool,
+    ) -> None:
+        self.attribute = attribute  # the VmmPlaces field
+        self.what = what  # its name in messages
+        self.size = size
+        self.align = align
+        self.default_start = default_start
+        self.below_1mib = below_1mib  # only conventional memory; else also RAM up to 4 GiB
+        self.top_down = top_down  # a stack is sought from the top, like the default one
 
     def start_of(self, places: layout.VmmPlaces) -> int:
         value: int = getattr(places, self.attribute)
@@ -204,13 +215,21 @@ def place_vmm_structures(
     return layout.VmmPlaces(**kept)
 
 
-@dataclass(frozen=True)
 class Placement:
-    """What `plan_placement` decided: the image's plan, pyvmm's places, the one list."""
+    """What `plan_placement` decided: the image's plan, pyvmm's places, the one list.
 
-    image: ImagePlan
-    places: layout.VmmPlaces
-    reserved: tuple[Range, ...]
+    Read-only once made.
+    """
+
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("image", "places", "reserved")
+
+    def __init__(
+        self, image: ImagePlan, places: layout.VmmPlaces, reserved: tuple[Range, ...]
+    ) -> None:
+        self.image = image
+        self.places = places
+        self.reserved = reserved
 
     def moved(self) -> list[tuple[str, int, int]]:
         """(what, default start, start) of each structure not at its default place."""

@@ -12,7 +12,10 @@ guessed: VEX/EVEX forms (AVX, `v...`) depend on XSAVE state instead and get no h
 from __future__ import annotations
 
 import re
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 CR0_EM = 1 << 2  # x87 emulation: SSE instructions raise #UD (Intel SDM vol. 3A, 2.5)
 CR4_OSFXSR = 1 << 9  # OS supports FXSAVE/FXRSTOR: SSE instructions allowed (vol. 3A, 2.5)

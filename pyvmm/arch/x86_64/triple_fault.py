@@ -18,13 +18,13 @@ Anything else gets no explanation rather than a guess.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from pyvmm.arch.x86_64.registers import CR0_PE, CR0_PG, EFER_LMA, EFER_LME
 from pyvmm.errors import PyvmmError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     from pyvmm.arch.x86_64.instruction import Instruction
     from pyvmm.memory.guest_memory import GuestMemory

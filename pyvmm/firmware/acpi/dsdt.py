@@ -38,8 +38,6 @@ are 64 bits (5.2.11.1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pyvmm.devices.acpi_pm import S5_SLP_TYP
 from pyvmm.firmware.acpi import aml
 from pyvmm.firmware.acpi.sdt import table
@@ -47,15 +45,25 @@ from pyvmm.firmware.acpi.sdt import table
 REVISION = 2
 
 
-@dataclass(frozen=True)
 class LegacyDevice:
     """An ISA device the OS cannot enumerate: its ACPI name, EISA ID, ports and IRQs."""
 
-    name: str
-    hid: str
-    ports: tuple[tuple[int, int], ...]  # (first port, count)
-    irqs: tuple[int, ...]
-    uid: int | None = None
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("hid", "irqs", "name", "ports", "uid")
+
+    def __init__(
+        self,
+        name: str,
+        hid: str,
+        ports: tuple[tuple[int, int], ...],
+        irqs: tuple[int, ...],
+        uid: int | None = None,
+    ) -> None:
+        self.name = name
+        self.hid = hid
+        self.ports = ports  # (first port, count)
+        self.irqs = irqs
+        self.uid = uid
 
     def aml(self) -> bytes:
         terms = [aml.name("_HID", aml.eisa_id(self.hid))]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pyvmm.firmware import area
 from pyvmm.firmware.acpi.sdt import table
@@ -47,13 +46,16 @@ LEVEL = 0x3 << 2
 SCI_IRQ = 9  # the SCI's ISA IRQ on a PIIX4 or ICH9, and its GSI
 
 
-@dataclass(frozen=True)
 class SourceOverride:
     """ISA IRQ `source` arrives on `gsi`, with MPS INTI `flags` (Table 5-51)."""
 
-    source: int
-    gsi: int
-    flags: int
+    # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
+    __slots__ = ("flags", "gsi", "source")
+
+    def __init__(self, source: int, gsi: int, flags: int) -> None:
+        self.source = source
+        self.gsi = gsi
+        self.flags = flags
 
 
 OVERRIDES = (
