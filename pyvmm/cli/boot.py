@@ -287,8 +287,7 @@ def report_reset(outcome: RunOutcome, console: object) -> None:
     Both are normal ends (no register dump), but not a silent one like `hlt`:
     the line says which register the guest used.
     """
-    from pyvmm.machine.exit_dispatch import HALTED_WAITING
-    from pyvmm.machine.outcome import OutcomeKind
+    from pyvmm.machine.outcome import HALTED_WAITING, OutcomeKind
 
     if outcome.kind is OutcomeKind.RESET:
         ending = ": the run ends, as with qemu -no-reboot (--reboot restarts the machine)"

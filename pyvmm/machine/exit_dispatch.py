@@ -35,6 +35,7 @@ from pyvmm.machine.outcome import (
     EXIT_HALTED,
     EXIT_INTERNAL_ERROR,
     EXIT_TRIPLE_FAULT,
+    HALTED_WAITING,
     OutcomeKind,
     RunOutcome,
     powered_off,
@@ -45,12 +46,6 @@ from pyvmm.machine.outcome import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pyvmm.machine.vcpu_loop import VcpuLoop
-
-# The halted outcome of a guest that enabled interrupts on a machine with no irqchip.
-HALTED_WAITING = (
-    "guest halted with interrupts enabled (IF=1), waiting for one, but this machine has no "
-    "interrupt controllers (--kernel-irqchip off): nothing can wake it"
-)
 
 
 def dispatch(loop: VcpuLoop, exit: VcpuExit) -> RunOutcome | None:

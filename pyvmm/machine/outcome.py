@@ -151,3 +151,10 @@ def unhandled_exception(message: str, registers: str | None = None) -> RunOutcom
 
 def vmm_error(message: str) -> RunOutcome:
     return RunOutcome(OutcomeKind.VMM_ERROR, EXIT_VMM_ERROR, message)
+
+
+# The halted outcome of a guest that enabled interrupts on a machine with no irqchip.
+HALTED_WAITING = (
+    "guest halted with interrupts enabled (IF=1), waiting for one, but this machine has no "
+    "interrupt controllers (--kernel-irqchip off): nothing can wake it"
+)
