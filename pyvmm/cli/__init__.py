@@ -149,9 +149,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def end_process(ending: Ending) -> NoReturn:
-    """Exit with the status, or die by the signal that stopped the run (its default action)."""
+    """Exit with the status, or die by the signal that stopped the run (its default action).
+
+    A normal exit flushes stdout and stderr and leaves with os._exit: the
+    interpreter's own teardown would only free what the process is about to
+    give back anyway.
+    """
     if ending.signal is None:
-        sys.exit(ending.status)
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:
+                    stream.flush()
+        except (OSError, ValueError):
+            sys.exit(ending.status)  # the interpreter reports a stream it cannot flush
+        if "logging" in sys.modules:  # -v: its handlers are flushed at exit
+            sys.modules["logging"].shutdown()
+        # Everything pyvmm opened is closed and the streams are flushed: skip the
+        # interpreter's teardown of every module and object (about 5 ms here).
+        os._exit(ending.status)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, gone or None
             stream.flush()

@@ -61,7 +61,8 @@ def build_from_args(
     irqchip = None if args.kernel_irqchip is None else args.kernel_irqchip == "on"
     # The VM and its irqchip first: the host's wait after making the irqchip
     # then passes while the rest of pyvmm is imported (see early_vm.py).
-    early = start_vm(kvm_path, irqchip is not False)
+    vga_text = getattr(args, "vga", "none") != "none"  # only `boot` shows the screen
+    early = start_vm(kvm_path, irqchip is not False, ram_size, vga_text)
     try:
         return _build(args, console, console_input, ram_size, image, cmdline, modules, early)
     except BaseException:
@@ -101,7 +102,7 @@ def _build(
         append=args.append,
         force_multiboot=args.multiboot,
         irqchip=early.irqchip if args.kernel_irqchip is None else args.kernel_irqchip == "on",
-        vga_text=getattr(args, "vga", "none") != "none",  # only `boot` shows the screen
+        vga_text=early.watches_vga,
         acpi=args.acpi == "on",
         testdev=args.testdev,
         kvm_path=early.kvm_path,

@@ -35,7 +35,7 @@ from pyvmm.loaders import describe_format, load_image
 from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.machine.firmware import attach_firmware, firmware_ranges
 from pyvmm.machine.interrupts import InterruptLines
-from pyvmm.machine.legacy_pc import VgaTextWatch, attach_memory_watching_vga, attach_no_bios
+from pyvmm.machine.legacy_pc import VgaTextWatch, attach_guest_memory, attach_no_bios
 from pyvmm.machine.outcome import OutcomeKind, RunOutcome
 from pyvmm.machine.ram_size import check_ram_size, host_memory_size  # noqa: F401 (re-exported)
 from pyvmm.machine.reset import attach_reset_sources
@@ -420,30 +420,27 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
     whatever was built by then is released, `early` included.
     """
     with ExitStack() as resources:
-        if early is not None:
-            resources.callback(early.close)
-            if early.irqchip != config.wants_irqchip or early.kvm_path != config.kvm_path:
-                raise ValueError("the early VM does not match the machine's configuration")
-        check_ram_size(config.ram_size)
-        memory = GuestMemory.from_ranges(layout.ram_ranges(config.ram_size))
         if early is None:
+            check_ram_size(config.ram_size)
             # Memory first, so that it is unmapped only after the VM that uses it is gone.
-            resources.enter_context(memory)
+            memory = resources.enter_context(
+                GuestMemory.from_ranges(layout.ram_ranges(config.ram_size))
+            )
             kvm = resources.enter_context(open_kvm(config.kvm_path))
             vm = resources.enter_context(kvm.create_vm())
+            # Needed by Intel VT-x to run real mode; harmless elsewhere.
+            vm.set_tss_addr(layout.KVM_TSS_GPA)
+            vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_GPA)
+            vga_text = attach_guest_memory(vm, memory, config.vga_text)
         else:
-            # The same order for a VM made before its memory: the VM closes first.
-            vm_first = resources.pop_all()
-            resources.enter_context(memory)
-            resources.enter_context(vm_first)
-            kvm, vm = early.kvm, early.vm
+            resources.callback(early.close)  # the VM, then its memory
+            wanted = (config.wants_irqchip, config.kvm_path, config.ram_size, config.vga_text)
+            made = (early.irqchip, early.kvm_path, early.ram_size, early.watches_vga)
+            if wanted != made:
+                raise ValueError("the early VM does not match the machine's configuration")
+            check_ram_size(config.ram_size)
+            memory, kvm, vm, vga_text = early.memory, early.kvm, early.vm, early.vga_text
         check_vcpu_count(kvm, config.cpus)
-        # Needed by Intel VT-x to run real mode; harmless elsewhere.
-        vm.set_tss_addr(layout.KVM_TSS_GPA)
-        vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_GPA)
-        vga_text = attach_memory_watching_vga(vm, memory) if config.vga_text else None
-        if not config.vga_text:
-            attach_memory(vm, memory)
 
         # What the machine writes into RAM besides pyvmm's entry-state structures
         # (start, end, what), e.g. firmware tables: the image and those structures
@@ -580,20 +577,6 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         machine.rtc = rtc
         machine.no_bios, machine.vga_text = no_bios, vga_text
     return machine
-
-
-def attach_memory(vm: Vm, memory: GuestMemory) -> None:
-    for region in memory:
-        vm.set_user_memory_region(
-            region.slot, 0, region.gpa, region.size, memory.mapping.hva + region.host_offset
-        )
-        log.info(
-            "slot %d: guest 0x%x..0x%x -> host 0x%x",
-            region.slot,
-            region.gpa,
-            region.end,
-            memory.mapping.hva + region.host_offset,
-        )
 
 
 def attach_serial(

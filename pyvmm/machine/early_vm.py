@@ -1,61 +1,104 @@
-"""Create the VM and its in-kernel irqchip first, while Python is still importing.
+"""Create the VM, its RAM and its in-kernel irqchip first, while Python is still importing.
 
 Creating the in-kernel irqchip (KVM_CREATE_IRQCHIP) leaves the host kernel a
-grace period to wait out, and closing the VM before it has passed waits for
-it: measured here, closing a VM 0 ms after its irqchip was made takes about
-15 ms, 20 ms after about 0.2 ms. A whole `pyvmm boot` of a small guest is
-over in less than that, so `pyvmm boot` makes the VM and its irqchip before
-it imports the machine builder, the devices and the firmware tables, and the
-wait passes during the imports instead of at the end (see
-benchmarks/suite_startup.py for the whole-process figures). `build_machine`
-takes the VM over; everything else is built as always.
+grace period to wait out, and the next memory-slot change or the VM's close
+waits for what is left of it: measured here, the first
+KVM_SET_USER_MEMORY_REGION after the irqchip takes about 7 ms, and closing a
+VM 0 ms after its irqchip was made about 15 ms, 20 ms after 0.2 ms. A whole
+`pyvmm boot` of a small guest is over in less than that. So `pyvmm boot`
+maps guest RAM, registers its slots and then makes the irqchip before it
+imports the machine builder, the devices and the firmware tables: no slot
+change comes after the irqchip, and the wait passes during the imports
+instead of at the end (see benchmarks/suite_startup.py for the
+whole-process figures). `build_machine` takes all of it over; everything
+else is built as always.
 """
 
 from __future__ import annotations
 
 from pyvmm._kvm import lib
+from pyvmm.arch.x86_64 import layout
 from pyvmm.kvm.system import Kvm, open_kvm
 from pyvmm.kvm.vm import Vm
+from pyvmm.memory.guest_memory import GuestMemory
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from pyvmm.machine.legacy_pc import VgaTextWatch
 
 
 class EarlyVm:
-    """An open /dev/kvm and a new VM, with its irqchip and PIT when `irqchip` is True.
+    """Guest RAM, an open /dev/kvm and a VM with the RAM in its slots, and with
+    its irqchip and PIT when `irqchip` is True.
 
     Made by `start_vm`; `build_machine(config, early=...)` takes ownership
-    (and closes it when the machine closes). `close` releases it otherwise.
+    (and closes it when the machine closes). `close` releases it otherwise:
+    the VM first, then its RAM. `watches_vga` says whether the slots were
+    made for a VGA text watch, `vga_text` is that watch (`attach_guest_memory`).
     """
 
-    __slots__ = ("irqchip", "kvm", "kvm_path", "vm")
+    __slots__ = (
+        "irqchip",
+        "kvm",
+        "kvm_path",
+        "memory",
+        "ram_size",
+        "vga_text",
+        "vm",
+        "watches_vga",
+    )
 
-    def __init__(self, kvm: Kvm, vm: Vm, irqchip: bool, kvm_path: str) -> None:
+    def __init__(
+        self,
+        kvm: Kvm,
+        vm: Vm,
+        memory: GuestMemory,
+        irqchip: bool,
+        kvm_path: str,
+        ram_size: int,
+        watches_vga: bool,
+        vga_text: VgaTextWatch | None,
+    ) -> None:
         self.kvm = kvm
         self.vm = vm
+        self.memory = memory
         self.irqchip = irqchip
         self.kvm_path = kvm_path
+        self.ram_size = ram_size
+        self.watches_vga = watches_vga
+        self.vga_text = vga_text
 
     def close(self) -> None:
         self.vm.close()
         self.kvm.close()
+        self.memory.close()
 
 
-def start_vm(kvm_path: str, irqchip: bool) -> EarlyVm:
-    """Open `kvm_path`, create a VM, and with `irqchip` its PIC/IOAPIC/LAPICs and PIT.
+def start_vm(kvm_path: str, irqchip: bool, ram_size: int, vga_text: bool) -> EarlyVm:
+    """Map `ram_size` bytes of guest RAM, open `kvm_path`, create a VM holding the RAM,
+    and with `irqchip` its PIC/IOAPIC/LAPICs and PIT, last.
 
-    KVM_CREATE_VM, KVM_CREATE_IRQCHIP and KVM_CREATE_PIT2 (KVM API doc 4.2,
-    4.24, 4.71), as `build_machine` would make them. Raises KvmUnavailable
-    or KvmError as `build_machine` does; nothing stays open then.
+    What `build_machine` would do first: KVM_CREATE_VM, KVM_SET_TSS_ADDR,
+    KVM_SET_IDENTITY_MAP_ADDR, KVM_SET_USER_MEMORY_REGION (with the VGA text
+    page's logged slot when `vga_text`), KVM_CREATE_IRQCHIP, KVM_CREATE_PIT2
+    (KVM API doc 4.2, 4.35, 4.24, 4.71). Raises KvmUnavailable or KvmError
+    as `build_machine` does (OSError if the RAM cannot be mapped); nothing
+    stays open then.
     """
-    kvm = open_kvm(kvm_path)
-    try:
-        vm = kvm.create_vm()
-        try:
-            if irqchip:
-                vm.create_irqchip()
-                vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
-        except BaseException:
-            vm.close()
-            raise
-    except BaseException:
-        kvm.close()
-        raise
-    return EarlyVm(kvm, vm, irqchip, kvm_path)
+    from contextlib import ExitStack
+
+    from pyvmm.machine.legacy_pc import attach_guest_memory
+
+    with ExitStack() as resources:
+        memory = resources.enter_context(GuestMemory.from_ranges(layout.ram_ranges(ram_size)))
+        kvm = resources.enter_context(open_kvm(kvm_path))
+        vm = resources.enter_context(kvm.create_vm())
+        # Needed by Intel VT-x to run real mode; harmless elsewhere.
+        vm.set_tss_addr(layout.KVM_TSS_GPA)
+        vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_GPA)
+        watch = attach_guest_memory(vm, memory, vga_text)
+        if irqchip:
+            vm.create_irqchip()
+            vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
+        resources.pop_all()
+    return EarlyVm(kvm, vm, memory, irqchip, kvm_path, ram_size, vga_text, watch)

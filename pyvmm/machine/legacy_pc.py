@@ -147,6 +147,19 @@ def attach_memory_watching_vga(vm: Vm, memory: GuestMemory) -> VgaTextWatch | No
     return watch
 
 
+def attach_guest_memory(vm: Vm, memory: GuestMemory, vga_text: bool) -> VgaTextWatch | None:
+    """Register guest RAM as KVM slots (KVM_SET_USER_MEMORY_REGION, KVM API doc 4.35).
+
+    With `vga_text` the VGA text page gets a logged slot of its own (see
+    `attach_memory_watching_vga`); otherwise each RAM region is one slot.
+    """
+    if vga_text:
+        return attach_memory_watching_vga(vm, memory)
+    for region in memory:
+        _set_slot(vm, region.slot, region.gpa, region.size, memory.mapping.hva + region.host_offset)
+    return None
+
+
 def _set_slot(vm: Vm, slot: int, gpa: int, size: int, hva: int, flags: int = 0) -> None:
     vm.set_user_memory_region(slot, flags, gpa, size, hva)
     log.info("slot %d: guest 0x%x..0x%x -> host 0x%x", slot, gpa, gpa + size, hva)

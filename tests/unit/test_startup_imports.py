@@ -26,8 +26,16 @@ REPO = Path(__file__).resolve().parents[2]
 # Runs `python -m pyvmm ARGS` in-process; writes the modules imported when the
 # machine's build opens KVM, and the exit status, to the file named by argv[1].
 CHILD = """\
+import os
 import runpy
 import sys
+
+
+def exit_here(status):  # pyvmm ends with os._exit: come back to write the report
+    raise SystemExit(status)
+
+
+os._exit = exit_here
 
 out, site_dirs, *args = sys.argv[1:]
 sys.path.extend(site_dirs.split("\\0"))
