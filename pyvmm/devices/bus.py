@@ -97,6 +97,8 @@ class Bus:
         self.unmapped_reads = 0
         self.unmapped_writes = 0
         self.routes: dict[int, Route] = {}
+        # The exit loop's own routes, by its keys (machine/vcpu_loop.py), emptied with `routes`.
+        self.exit_routes: dict[int, tuple] = {}  # type: ignore[type-arg]
 
     @property
     def ranges(self) -> tuple[BusRange, ...]:
@@ -119,6 +121,7 @@ class Bus:
         self._ranges.insert(index, new)
         self._bases.insert(index, base)
         self.routes.clear()
+        self.exit_routes.clear()
 
     def find(self, address: int) -> BusRange | None:
         index = bisect.bisect_right(self._bases, address) - 1
@@ -141,6 +144,7 @@ class Bus:
             route = (found.device.read, found.device.write, found.base)
         if len(self.routes) >= ROUTE_CACHE_LIMIT:
             self.routes.clear()
+            self.exit_routes.clear()
         self.routes[address] = route
         return route
 

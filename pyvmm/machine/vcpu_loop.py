@@ -32,7 +32,11 @@ from pyvmm.memory.guest_memory import GuestMemory
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
 if TYPE_CHECKING:
-    from typing import Protocol
+    from typing import Any, Protocol
+
+    # An exit route: the device's read or write method, the offset in the
+    # device, the access size, the address (for messages).
+    ExitRoute = tuple[Callable[..., Any], int, int, int]
 
     from pyvmm.kvm.exits import VcpuExit
 
@@ -49,8 +53,39 @@ _IO_OUT = lib.PYVMM_FAST_IO_OUT
 _IO_IN = lib.PYVMM_FAST_IO_IN
 _MMIO_WRITE = lib.PYVMM_FAST_MMIO_WRITE
 _BAD_VALUE = lib.PYVMM_FAST_BAD_VALUE
+_NO_LIMIT = 1 << 62  # more exits than any run makes
+# The bits of a port I/O answer that name the access, not the value written.
+_PORT_KEY = (1 << 24) - 1
 # KVM_RUN answering one of these means "a signal arrived, look and run again".
 _INTERRUPTED = (-errno.EINTR, -errno.EAGAIN)
+
+
+def _nothing(*args: int) -> int:
+    return 0
+
+
+def exit_route(bus: Bus, key: int, lock: threading.Lock | None) -> ExitRoute:
+    """The route of the fast exit `key` (a pyvmm_run_fast answer without a written value),
+    remembered in `bus.exit_routes`; with `lock`, the method takes the device lock."""
+    what, size, address = key & 7, (key >> 3) & 15, key >> 8
+    if what in (_IO_OUT, _IO_IN):
+        address &= 0xFFFF
+    read, write, base = bus.routes.get(address) or bus.route(address)
+    method = write if what in (_IO_OUT, _MMIO_WRITE) else read
+    if lock is not None:
+        method = _locked(method, lock)
+    entry: ExitRoute = (method, address - base, size, address)
+    bus.exit_routes[key] = entry
+    return entry
+
+
+def _locked(method: Callable[..., Any], lock: threading.Lock) -> Callable[..., Any]:
+    def call(*args: int) -> Any:
+        with lock:
+            return method(*args)
+
+    return call
+
 
 # The loop each thread is running, for the rare device that needs its vCPU's
 # registers (the no-BIOS trap); set once per run, never per exit.
@@ -164,62 +199,56 @@ class VcpuLoop:
         """The exit path without tracing: no Python object made per common exit.
 
         `pyvmm_run_fast` (see _kvm_build.py) runs KVM_RUN and decodes port
-        I/O of one unit and MMIO up to 8 bytes into one integer; the device's
-        method gets plain integers through the bus's route cache, and a
-        read's answer goes back to KVM in the next call, before KVM_RUN.
-        Every other exit (string I/O included) is decoded into its dataclass
-        and served by `_dispatch`, as in the observed loop.
+        I/O of one unit and MMIO up to 8 bytes into one integer; that integer
+        (without the value written) is the key of an exit route, kept by the
+        bus, which holds the device's method, the offset and the size: the
+        device gets plain integers after one dict lookup. A read's answer
+        goes back to KVM in the next call, before KVM_RUN. Every other exit
+        (string I/O included) is decoded into its dataclass and served by
+        `_dispatch`, as in the observed loop.
         """
         if self._stop is not None:
             return self._stop
         run_fast, fd, run = self.vcpu.fast_run_call()
         out = ffi.new("uint64_t[1]")
         pio, mmio = self.pio_bus, self.mmio_bus
-        pio_routes, mmio_routes = pio.routes, mmio.routes
+        pio_exits, mmio_exits = pio.exit_routes, mmio.exit_routes
         lock = self.device_lock
         dispatch = self._dispatch if lock is None else self._dispatch_locked
-        limit = self.max_exits
+        # An int: comparing two ints costs less than an int with infinity, every exit.
+        limit = int(min(self.max_exits, _NO_LIMIT))
         count = self.exit_count
-        complete = value = address = size = what = 0
+        complete = value = what = 0
+        entry: ExitRoute = (_nothing, 0, 0, 0)
         io_out, io_in, mmio_write = _IO_OUT, _IO_IN, _MMIO_WRITE  # locals: faster than globals
         try:
             while True:
                 try:
                     answer = run_fast(fd, run, complete, value, out)
                 except OverflowError:  # a read answered with a negative or huge number
-                    raise self._bad_read(value, what, address, size) from None
+                    raise self._bad_read(value, what, entry) from None
                 if answer > 0:
                     count += 1
                     what = answer & 7
-                    size = (answer >> 3) & 15
-                    if lock is not None:
-                        lock.acquire()
-                    try:
-                        if what == io_out:
-                            address = (answer >> 8) & 0xFFFF
-                            route = pio_routes.get(address) or pio.route(address)
-                            route[1](address - route[2], size, answer >> 24)
-                            complete = 0
-                        elif what == io_in:
-                            address = (answer >> 8) & 0xFFFF
-                            route = pio_routes.get(address) or pio.route(address)
-                            value = route[0](address - route[2], size)
-                            complete = 1
-                        elif what == mmio_write:
-                            address = answer >> 8
-                            route = mmio_routes.get(address) or mmio.route(address)
-                            route[1](address - route[2], size, out[0])
-                            complete = 0
-                        else:
-                            address = answer >> 8
-                            route = mmio_routes.get(address) or mmio.route(address)
-                            value = route[0](address - route[2], size)
-                            complete = 1
-                    finally:
-                        if lock is not None:
-                            lock.release()
+                    if what == io_out:
+                        key = answer & _PORT_KEY  # without the value written
+                        entry = pio_exits.get(key) or exit_route(pio, key, lock)
+                        entry[0](entry[1], entry[2], answer >> 24)
+                        complete = 0
+                    elif what == io_in:
+                        entry = pio_exits.get(answer) or exit_route(pio, answer, lock)
+                        value = entry[0](entry[1], entry[2])
+                        complete = 1
+                    elif what == mmio_write:
+                        entry = mmio_exits.get(answer) or exit_route(mmio, answer, lock)
+                        entry[0](entry[1], entry[2], out[0])
+                        complete = 0
+                    else:
+                        entry = mmio_exits.get(answer) or exit_route(mmio, answer, lock)
+                        value = entry[0](entry[1], entry[2])
+                        complete = 1
                     if count >= limit:
-                        self._complete_read(complete, value, what, address, size)
+                        self._complete_read(complete, value, what, entry)
                         return self._limit_reached(count)
                     continue
                 complete = 0
@@ -234,7 +263,7 @@ class VcpuLoop:
                         return self._limit_reached(count)
                     continue
                 if answer == _BAD_VALUE:
-                    raise self._bad_read(value, what, address, size)
+                    raise self._bad_read(value, what, entry)
                 if answer not in _INTERRUPTED:
                     raise KvmError("KVM_RUN", -answer)
                 # A signal, or immediate_exit: its handler (already run) may have asked to stop.
@@ -248,14 +277,14 @@ class VcpuLoop:
         finally:
             self.exit_count = count
 
-    def _complete_read(self, complete: int, value: int, what: int, address: int, size: int) -> None:
+    def _complete_read(self, complete: int, value: int, what: int, entry: ExitRoute) -> None:
         """Give KVM a read's answer now: the loop ends before the next KVM_RUN would."""
         if complete and lib.pyvmm_complete_read(self.vcpu.run_struct, value) < 0:
-            raise self._bad_read(value, what, address, size)
+            raise self._bad_read(value, what, entry)
 
-    def _bad_read(self, value: int, what: int, address: int, size: int) -> DeviceError:
+    def _bad_read(self, value: int, what: int, entry: ExitRoute) -> DeviceError:
         bus = self.pio_bus if what == _IO_IN else self.mmio_bus
-        return bus.read_too_wide(address, size, value)
+        return bus.read_too_wide(entry[3], entry[2], value)
 
     def _run_observed(self, observer: ExitObserver) -> RunOutcome:
         # A separate loop, so that the plain one pays nothing for tracing.
