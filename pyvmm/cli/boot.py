@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pyvmm.machine.builder import Machine
     from pyvmm.machine.early_vm import EarlyVm
     from pyvmm.machine.outcome import RunOutcome
+    from pyvmm.machine.virtio import Drive
 
 
 def build_from_args(
@@ -105,6 +106,10 @@ def _build(
         vga_text=early.watches_vga,
         acpi=args.acpi == "on",
         testdev=args.testdev,
+        virtio_console=getattr(args, "console", "serial") == "virtio",
+        drive=_drive(args),
+        virtio_rng=getattr(args, "virtio_rng", False),
+        balloon=getattr(args, "balloon", False),
         kvm_path=early.kvm_path,
     )
     machine = build_machine(config, early)
@@ -112,6 +117,15 @@ def _build(
     # request_stop is made for that (debug-exit ends runs the same way).
     writer.on_reader_gone = lambda: machine.group.request_stop(closed_console_outcome(writer))
     return machine
+
+
+def _drive(args: argparse.Namespace) -> Drive | None:
+    text = getattr(args, "drive", None)
+    if text is None:
+        return None
+    from pyvmm.machine.virtio import Drive
+
+    return Drive.parse(text)
 
 
 def _stream_name(stream: TextIO) -> str:

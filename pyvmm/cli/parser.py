@@ -414,6 +414,31 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         "0x600 (default on, as QEMU's; off: none, as -machine acpi=off; the MP tables stay)",
     )
     parser.add_argument(
+        "--drive",
+        metavar="file=PATH[,readonly=on]",
+        help="a raw disk image as a virtio-blk disk (QEMU's -drive spelling; format=raw and "
+        "if=virtio are the only choices): virtio-mmio at 0xfeb00200, IRQ 6",
+    )
+    parser.add_argument(
+        "--console",
+        choices=["serial", "virtio"],
+        default="serial",
+        help="virtio: also give the guest a virtio-console (virtio-mmio at 0xfeb00000, IRQ 5) "
+        "whose output goes to this terminal like COM1's (default serial: COM1 only)",
+    )
+    parser.add_argument(
+        "--virtio-rng",
+        action="store_true",
+        help="a virtio entropy device fed by the host's (qemu -device virtio-rng-device): "
+        "virtio-mmio at 0xfeb00400, IRQ 7",
+    )
+    parser.add_argument(
+        "--balloon",
+        action="store_true",
+        help="a virtio memory balloon (qemu -device virtio-balloon-device): pages the guest "
+        "inflates or reports free go back to the host; virtio-mmio at 0xfeb00600, IRQ 10",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="say what the VMM does (-vv: more)"
     )
 

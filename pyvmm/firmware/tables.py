@@ -54,8 +54,9 @@ class FirmwareConfig:
     `i8042`, the keyboard controller at 0x60/0x64 (IAPC_BOOT_ARCH 8042,
     PNP0303 and PNP0F13); `reset_register`, port 0xcf9 (RESET_REG).
     `extra_tables`: further whole ACPI description tables (header and
-    checksum included, e.g. an HPET table) for the RSDT and XSDT. Read-only
-    once made.
+    checksum included, e.g. an HPET table) for the RSDT and XSDT. `virtio`:
+    the virtio-mmio transports as (base, GSI), LNRO0005 devices in the
+    DSDT. Read-only once made.
     """
 
     # Not a dataclass, for start-up time (tests/integration/test_startup_imports.py).
@@ -68,6 +69,7 @@ class FirmwareConfig:
         "interrupt_controllers",
         "reset_register",
         "rtc",
+        "virtio",
     )
 
     def __init__(
@@ -80,6 +82,7 @@ class FirmwareConfig:
         i8042: bool = True,
         reset_register: bool = True,
         extra_tables: tuple[bytes, ...] = (),
+        virtio: tuple[tuple[int, int], ...] = (),
     ) -> None:
         self.cpus = cpus
         self.cpu = cpu
@@ -89,6 +92,7 @@ class FirmwareConfig:
         self.i8042 = i8042
         self.reset_register = reset_register
         self.extra_tables = extra_tables
+        self.virtio = virtio
 
 
 class Placed:
@@ -180,7 +184,7 @@ def _acpi_tables(config: FirmwareConfig, rsdp_gpa: int) -> list[Placed]:
     facs = nvs.place(fadt.facs(), "ACPI FACS", fadt.FACS_ALIGNMENT)
     devices = ["COM1", *(["RTC"] if config.rtc else []), *(["i8042"] if config.i8042 else [])]
     dsdt_table = tables.place(
-        dsdt.dsdt(rtc=config.rtc, i8042=config.i8042),
+        dsdt.dsdt(rtc=config.rtc, i8042=config.i8042, virtio=config.virtio),
         f"ACPI DSDT: \\_S5, {', '.join(devices)}",
     )
     fadt_table = tables.place(

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from pyvmm.kvm.vm import Vm
     from pyvmm.machine.early_vm import EarlyVm
     from pyvmm.machine.vcpu_loop import ExitObserver
+    from pyvmm.machine.virtio import Drive, VirtioSlot
     from pyvmm.observe.translation import Translation
 
 log = Log(__name__)
@@ -94,7 +95,10 @@ class MachineConfig:
     - `testdev`: QEMU's pc-testdev (--testdev); `acpi`: ACPI tables and the
       PM blocks (--acpi on|off; QEMU's -machine acpi=);
     - `cmos`: the RTC's battery-backed CMOS and clock from the machine a
-      guest reset (`pyvmm boot --reboot`); None: a power-on.
+      guest reset (`pyvmm boot --reboot`); None: a power-on;
+    - virtio devices (machine/virtio.py): `virtio_console` (the console's
+      output goes to `console` too), `drive` (a virtio-blk disk, a
+      machine.virtio.Drive), `virtio_rng` (host entropy), `balloon`.
 
     A plain class, not a dataclass: creating a dataclass costs more at
     start-up than the whole exit path (tests/integration/test_startup_imports.py).
@@ -103,11 +107,13 @@ class MachineConfig:
     __slots__ = (
         "acpi",
         "append",
+        "balloon",
         "cmdline",
         "cmos",
         "console",
         "console_input",
         "cpus",
+        "drive",
         "force_multiboot",
         "image",
         "irqchip",
@@ -119,6 +125,8 @@ class MachineConfig:
         "ram_size",
         "testdev",
         "vga_text",
+        "virtio_console",
+        "virtio_rng",
     )
 
     def __init__(
@@ -141,6 +149,10 @@ class MachineConfig:
         testdev: bool = False,
         acpi: bool = True,
         cmos: CmosContents | None = None,
+        virtio_console: bool = False,
+        drive: Drive | None = None,
+        virtio_rng: bool = False,
+        balloon: bool = False,
     ) -> None:
         self.image = image
         self.ram_size = ram_size
@@ -160,6 +172,10 @@ class MachineConfig:
         self.testdev = testdev
         self.acpi = acpi
         self.cmos = cmos
+        self.virtio_console = virtio_console
+        self.drive = drive
+        self.virtio_rng = virtio_rng
+        self.balloon = balloon
 
     def replace(self, **changes: object) -> MachineConfig:
         """A copy with `changes` (field=value) applied, as dataclasses.replace."""
@@ -241,6 +257,8 @@ class Machine(ClosesOnExit):
         self.config: MachineConfig | None = None
         # Set by build_machine: the MP and ACPI tables written into RAM (see firmware.py).
         self.firmware: FirmwareTables | None = None
+        # Set by build_machine: the virtio transports and their devices (machine/virtio.py).
+        self.virtio: list[VirtioSlot] = []
         # Set by build_machine: the RTC and CMOS (a reboot carries its contents over).
         self.rtc: Mc146818Rtc | None = None
         # Set by build_machine: where pyvmm put its GDT, page tables, TSS and stack.
@@ -547,10 +565,23 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
             from pyvmm.devices.testdev import attach_pc_testdev
 
             attach_pc_testdev(pio_bus, mmio_bus, memory, interrupts)
+        virtio: list[VirtioSlot] = []
+        if config.virtio_console or config.drive or config.virtio_rng or config.balloon:
+            from pyvmm.machine.virtio import attach_virtio
+
+            virtio = attach_virtio(
+                mmio_bus, memory, interrupts,
+                console=config.console if config.virtio_console else None,
+                drive=config.drive, entropy=config.virtio_rng, balloon=config.balloon,
+                close_later=resources.callback,
+            )  # fmt: skip
+            for slot in virtio:
+                log.info("virtio-mmio %s at 0x%x, GSI %d", slot.kind, slot.gpa, slot.gsi)
         # After the devices: the tables describe what is on the bus.
         firmware = attach_firmware(
             kvm, memory, pio_bus, group.request_stop,
             cpus=config.cpus, interrupt_controllers=config.wants_irqchip, acpi=config.acpi,
+            virtio=tuple((slot.gpa, slot.gsi) for slot in virtio),
         )  # fmt: skip
         if vga_text is not None:
             vga_text.mark_start()
@@ -575,6 +606,7 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         machine.interrupts = interrupts
         machine.firmware = firmware
         machine.rtc = rtc
+        machine.virtio = virtio
         machine.no_bios, machine.vga_text = no_bios, vga_text
     return machine
 

@@ -63,12 +63,14 @@ def attach_firmware(
     interrupt_controllers: bool,
     acpi: bool,
     clock: Callable[[], int] = time.monotonic_ns,
+    virtio: tuple[tuple[int, int], ...] = (),
 ) -> tables.FirmwareTables:
     """Write the MP and ACPI tables for this machine; with `acpi`, attach the PM device.
 
     Call it after the other devices are on `pio_bus`: the FADT and DSDT
     describe the RTC, the keyboard controller and port 0xcf9 only when they
-    are there. A soft-off calls `stop` with `power_off_outcome()`.
+    are there, and the virtio-mmio transports `virtio` lists as (base, GSI).
+    A soft-off calls `stop` with `power_off_outcome()`.
     """
     config = tables.FirmwareConfig(
         cpus=cpus,
@@ -78,6 +80,7 @@ def attach_firmware(
         rtc=pio_bus.find(RTC_PORT) is not None,
         i8042=pio_bus.find(I8042_DATA_PORT) is not None,
         reset_register=pio_bus.find(RESET_CONTROL_PORT) is not None,
+        virtio=virtio,
     )
     firmware = tables.build_firmware(config)
     tables.write_firmware(memory, firmware)

@@ -112,6 +112,18 @@ class GuestMemory(ClosesOnExit):
         offset = self._host_offset(gpa, size)
         self.mapping.view[offset : offset + size] = data
 
+    def discard(self, gpa: int, size: int) -> None:
+        """Give the guest RAM [gpa, gpa + size) back to the host: it reads zeros afterwards.
+
+        Whole 4 KiB pages inside one RAM region (a balloon's pages); raises
+        GuestMemoryError for anything else, so that a guest's request never
+        reaches host memory outside guest RAM.
+        """
+        if (gpa | size) % 4096:
+            raise GuestMemoryError(gpa, size, "is not whole 4 KiB pages")
+        offset = self._host_offset(gpa, size)
+        self.mapping.discard(offset, size)
+
     def fill(self, gpa: int, size: int, byte: int = 0) -> None:
         self.write(gpa, bytes([byte]) * size)
 

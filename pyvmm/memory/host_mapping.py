@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+PAGE_SIZE = 4096
+
+
 class HostMapping(ClosesOnExit):
     """An anonymous, private, lazily committed mmap of `size` bytes.
 
@@ -33,6 +36,18 @@ class HostMapping(ClosesOnExit):
         self.hva = int(ffi.cast("uintptr_t", pointer))
         # A writable buffer over the whole mapping; slicing it copies nothing.
         self.view = memoryview(ffi.buffer(pointer, size))
+
+    def discard(self, offset: int, size: int) -> None:
+        """Give [offset, offset + size) back to the host (madvise MADV_DONTNEED, madvise(2)).
+
+        The host frees the pages; the next read of them gives zeros, as in a
+        fresh page. `offset` and `size` are in whole pages, inside the
+        mapping (ValueError otherwise); an OSError carries madvise's errno.
+        """
+        if offset < 0 or size < 0 or offset + size > self.size or (offset | size) % PAGE_SIZE:
+            raise ValueError(f"cannot discard {size} bytes at offset 0x{offset:x}")
+        if size and lib.madvise(self._pointer + offset, size, lib.MADV_DONTNEED) < 0:
+            raise OSError(ffi.errno, "madvise(MADV_DONTNEED)")
 
     @property
     def closed(self) -> bool:

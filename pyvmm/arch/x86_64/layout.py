@@ -189,3 +189,13 @@ def vmm_placements(
     stack = places.stack_top
     placements.append((stack - BOOT_STACK_SIZE, stack, "boot stack"))
     return placements
+
+
+# virtio-mmio transports (Virtio 1.2 §4.2): windows of 0x200 bytes from
+# 0xfeb00000, QEMU microvm's base and stride, in the PC's MMIO hole below the
+# IOAPIC. Each kind of device has its slot and its ISA IRQ, so that a guest
+# finds the same device at the same place whatever else is there:
+# console 0 (IRQ 5), block 1 (IRQ 6), entropy 2 (IRQ 7), balloon 3 (IRQ 10).
+VIRTIO_MMIO_BASE = GuestPhysAddr(0xFEB00000)
+VIRTIO_MMIO_STRIDE = 0x200
+VIRTIO_SLOTS = {"console": (0, 5), "block": (1, 6), "entropy": (2, 7), "balloon": (3, 10)}

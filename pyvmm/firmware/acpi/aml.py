@@ -163,6 +163,29 @@ def irq(*irqs: int) -> bytes:
     return bytes([SMALL_IRQ << 3 | 2]) + struct.pack("<H", mask)
 
 
+# Large resource items (6.4.3): the tag byte has bit 7 set, then a 16-bit length.
+LARGE_MEMORY32_FIXED = 0x86
+LARGE_EXTENDED_INTERRUPT = 0x89
+
+
+def memory32_fixed(base: int, length: int, *, writable: bool = True) -> bytes:
+    """A 32-bit fixed memory range descriptor (6.4.3.4): [base, base + length)."""
+    if not 0 <= base <= 0xFFFF_FFFF or not 0 < length <= 0x1_0000_0000 - base:
+        raise ValueError(f"memory 0x{base:x} (+0x{length:x}) does not fit 32 bits")
+    return bytes([LARGE_MEMORY32_FIXED]) + struct.pack("<HBII", 9, int(writable), base, length)
+
+
+def extended_interrupt(gsi: int, *, level: bool, active_low: bool) -> bytes:
+    """An extended interrupt descriptor (6.4.3.6): one GSI, consumed, exclusive.
+
+    Flags: bit 0 consumer, bit 1 edge (0: level), bit 2 active low.
+    """
+    if not 0 <= gsi <= 0xFFFF_FFFF:
+        raise ValueError(f"interrupt {gsi} does not fit 32 bits")
+    flags = 1 | (0 if level else 2) | (4 if active_low else 0)
+    return bytes([LARGE_EXTENDED_INTERRUPT]) + struct.pack("<HBBI", 6, flags, 1, gsi)
+
+
 def resource_template(descriptors: Iterable[bytes]) -> bytes:
     """A Buffer of resource descriptors closed by an end tag (6.4.2.9) with checksum 0.
 

@@ -82,13 +82,36 @@ KEYBOARD = LegacyDevice("KBD", "PNP0303", ((0x60, 1), (0x64, 1)), (1,))
 MOUSE = LegacyDevice("MOU", "PNP0F13", (), (12,))
 
 
-def dsdt(*, rtc: bool = True, i8042: bool = True) -> bytes:
-    """The DSDT: \\_S5, COM1, the RTC when `rtc`, the keyboard and mouse when `i8042`."""
+# Linux's drivers/virtio/virtio_mmio.c matches this ACPI ID (as Firecracker announces it).
+VIRTIO_MMIO_HID = "LNRO0005"
+VIRTIO_MMIO_WINDOW = 0x200
+
+
+def virtio_mmio_device(index: int, base: int, gsi: int) -> bytes:
+    """Device (VRnn): a virtio-mmio transport, its window and its level-triggered interrupt."""
+    resources = [
+        aml.memory32_fixed(base, VIRTIO_MMIO_WINDOW),
+        aml.extended_interrupt(gsi, level=True, active_low=False),
+    ]
+    terms = [
+        aml.name("_HID", aml.string(VIRTIO_MMIO_HID)),
+        aml.name("_UID", aml.integer(index)),
+        aml.name("_CRS", aml.resource_template(resources)),
+    ]
+    return aml.device(f"VR{index:02d}", terms)
+
+
+def dsdt(
+    *, rtc: bool = True, i8042: bool = True, virtio: tuple[tuple[int, int], ...] = ()
+) -> bytes:
+    """The DSDT: \\_S5, COM1, the RTC when `rtc`, the keyboard and mouse when `i8042`,
+    a virtio-mmio device per (base, GSI) in `virtio`."""
     devices = [COM1.aml()]
     if rtc:
         devices.append(RTC.aml())
     if i8042:
         devices += [KEYBOARD.aml(), MOUSE.aml()]
+    devices += [virtio_mmio_device(index, base, gsi) for index, (base, gsi) in enumerate(virtio)]
     s5 = aml.package(
         [aml.integer(S5_SLP_TYP), aml.integer(S5_SLP_TYP), aml.integer(0), aml.integer(0)]
     )
