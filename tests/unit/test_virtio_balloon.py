@@ -156,3 +156,27 @@ def test_an_inflate_buffer_outside_ram_needs_a_reset() -> None:
     assert balloon.driver.read(VIRTIO_MMIO_STATUS) & DEVICE_NEEDS_RESET
     assert balloon.released == []
     assert balloon.transport.queues[INFLATE].refusals == {"BadDescriptor": 1}
+
+
+def test_a_queue_the_accepted_features_leave_out_reads_queue_num_max_0() -> None:
+    """Without the statistics queue, the reporting queue is queue 2 (as Linux numbers
+    them) and queue 3 is not there: QueueNumMax 0, so a driver does not wait on it."""
+    from pyvmm.devices.virtio.balloon import VIRTIO_BALLOON_F_STATS_VQ, VirtioBalloon
+    from pyvmm.devices.virtio.mmio import (
+        VIRTIO_MMIO_QUEUE_NUM_MAX,
+        VIRTIO_MMIO_QUEUE_SEL,
+        VirtioMmio,
+    )
+    from tests.unit.virtio_rings import FakeMemory, MmioDriver
+
+    memory = FakeMemory()
+    balloon = VirtioBalloon(lambda gpa, size: None)
+    transport = VirtioMmio(balloon, memory)
+    driver = MmioDriver(transport, memory)
+    assert driver.probe(accept=~(1 << VIRTIO_BALLOON_F_STATS_VQ) & ((1 << 64) - 1))
+    sizes = []
+    for index in range(4):
+        transport.write(VIRTIO_MMIO_QUEUE_SEL, 4, index)
+        sizes.append(transport.read(VIRTIO_MMIO_QUEUE_NUM_MAX, 4))
+    assert sizes[:3] != [0, 0, 0] and sizes[3] == 0
+    assert balloon.roles == ("inflateq", "deflateq", "reporting_vq")

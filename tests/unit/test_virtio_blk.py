@@ -248,3 +248,16 @@ def test_file_backend_on_a_real_file(tmp_path: Path) -> None:
         assert VirtioBlk(backend).capacity == 4
     finally:
         os.close(fd)
+
+
+def test_discard_offered_but_not_accepted_is_unsupported() -> None:
+    disk = Disk.__new__(Disk)
+    disk.backend = MemoryBackend()
+    disk.memory = FakeMemory()
+    disk.device = VirtioBlk(disk.backend)
+    disk.transport = VirtioMmio(disk.device, disk.memory)
+    disk.driver = MmioDriver(disk.transport, disk.memory)
+    disk.ring = disk.driver.start(accept=~feature(VIRTIO_BLK_F_DISCARD) & ((1 << 64) - 1))[0]
+    segment = struct.pack("<QII", 8, 4, 0)
+    _, status, _ = disk.submit([header(VIRTIO_BLK_T_DISCARD), segment])
+    assert status == VIRTIO_BLK_S_UNSUPP and disk.backend.discards == []

@@ -350,3 +350,16 @@ def test_a_notify_for_a_queue_that_does_not_exist_is_ignored(machine: Machine) -
     calls = len(machine.device.calls)
     machine.driver.kick(7)
     assert len(machine.device.calls) == calls and machine.transport.ignored_writes == 1
+
+
+def test_driver_ok_written_with_refused_features_does_not_start_the_device() -> None:
+    """One status write of ACK|DRIVER|FEATURES_OK|DRIVER_OK with features the device
+    refuses (no VERSION_1) used to leave DRIVER_OK set without FEATURES_OK."""
+    from pyvmm.devices.virtio.rng import VirtioRng
+
+    transport = VirtioMmio(VirtioRng(lambda size: bytes(size)), FakeMemory())
+    transport.write(VIRTIO_MMIO_STATUS, 4, ACKNOWLEDGE)
+    transport.write(VIRTIO_MMIO_STATUS, 4, ACKNOWLEDGE | DRIVER)
+    transport.write(VIRTIO_MMIO_DRIVER_FEATURES, 4, 0)
+    transport.write(VIRTIO_MMIO_STATUS, 4, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)
+    assert transport.read(VIRTIO_MMIO_STATUS, 4) == ACKNOWLEDGE | DRIVER

@@ -126,6 +126,12 @@ class VirtioBalloon(VirtioDeviceBase):
         super().ack_features(features)
         self.roles = self._queue_roles(features)
 
+    @property
+    def queue_count(self) -> int:
+        # The queues are numbered as the accepted features leave them (as Linux
+        # numbers them): a queue past those reads QueueNumMax 0, "not there".
+        return len(self.roles)
+
     # -- the host side -----------------------------------------------------
 
     def set_target(self, pages: int) -> None:

@@ -218,7 +218,9 @@ class VirtioBlk(VirtioDeviceBase):
         if request_type == VIRTIO_BLK_T_GET_ID:
             writer.write(self.serial)
             return VIRTIO_BLK_S_OK, ""
-        if request_type == VIRTIO_BLK_T_DISCARD and self.features & feature(VIRTIO_BLK_F_DISCARD):
+        if request_type == VIRTIO_BLK_T_DISCARD and self.acked_features & feature(
+            VIRTIO_BLK_F_DISCARD
+        ):
             return self._discard(reader)
         return VIRTIO_BLK_S_UNSUPP, f"request type {request_type}"
 

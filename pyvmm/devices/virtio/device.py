@@ -70,6 +70,11 @@ class VirtioDevice(Protocol):
     features: int
     queue_max_sizes: tuple[int, ...]
 
+    @property
+    def queue_count(self) -> int:
+        """How many of the queues exist with the features the driver accepted."""
+        ...
+
     def attach(self, transport: Transport) -> None: ...
 
     def ack_features(self, features: int) -> None: ...
@@ -103,6 +108,10 @@ class VirtioDeviceBase:
     def __init__(self) -> None:
         self.transport: Transport = Unattached()
         self.acked_features = 0
+
+    @property
+    def queue_count(self) -> int:
+        return len(self.queue_max_sizes)
 
     def attach(self, transport: Transport) -> None:
         self.transport = transport

@@ -250,7 +250,10 @@ class VirtioMmio:
             self.ignored_writes += 1  # §2.1.1: a driver never clears a bit, and sets them in order
             return
         if added & FEATURES_OK and not self._accept_features():
-            new &= ~FEATURES_OK  # §3.1.1 step 6: the driver reads it back and gives up
+            # §3.1.1 step 6: the driver reads FEATURES_OK back and gives up; a write
+            # that also set DRIVER_OK does not get the device going without features.
+            new &= ~(FEATURES_OK | DRIVER_OK)
+            added &= ~DRIVER_OK
         self.status = new
         if added & DRIVER_OK:
             for index in range(len(self.queues)):
@@ -269,7 +272,8 @@ class VirtioMmio:
     # -- queues --------------------------------------------------------------
 
     def _selected_queue(self) -> Virtqueue | None:
-        return self.queues[self.queue_sel] if self.queue_sel < len(self.queues) else None
+        count = min(len(self.queues), self.device.queue_count)
+        return self.queues[self.queue_sel] if self.queue_sel < count else None
 
     def _write_queue(self, offset: int, value: int) -> None:
         queue = self._selected_queue()
