@@ -17,6 +17,8 @@
  * guests/virtio/virtio.elf --append "ARGS"`), any of:
  *   console      send "hello through virtio-console\n" on the transmitq
  *   console=N    that, then N KiB of 'x' in 4 KiB buffers (a throughput demo)
+ *   serial=N     N KiB of 'x' through COM1, one `outb` per byte: the same
+ *                data the emulated way, for comparison (pyvmm demo paravirtualization)
  *   blk          read sector 0, write sector 1, flush, read it back, GET_ID
  *   rng          read 16 bytes of entropy
  *   touch=N      write to each page of N MiB from 16 MiB up first, as a guest that
@@ -878,11 +880,26 @@ static void balloon_run(struct vdev *d, uint32_t mib)
 	puts(" MiB\n");
 }
 
+/* --- the same data through the emulated UART ------------------------------- */
+
+/*
+ * N KiB of 'x' on COM1, one `outb` (one VM exit) per byte: what full
+ * virtualization costs. No LSR polling: pyvmm's UART sends at once.
+ */
+static void serial_run(uint32_t kib)
+{
+	for (uint32_t i = 0; i < kib * 1024; i++)
+		outb(COM1, 'x');
+	puts("\nserial: sent ");
+	putdec(kib);
+	puts(" KiB\n");
+}
+
 /* --- the command line ------------------------------------------------------ */
 
 static struct {
-	int console, console_bulk, blk, rng, balloon, touch;
-	uint32_t console_kib, balloon_mib, touch_mib;
+	int console, console_bulk, blk, rng, balloon, touch, serial;
+	uint32_t console_kib, balloon_mib, touch_mib, serial_kib;
 } want;
 
 /* Whether the word s[0..len) is `name`, alone or followed by '=': then *value is past the '='. */
@@ -951,6 +968,12 @@ static void parse_cmdline(const char *s)
 				want.console_bulk = n >= 0;
 				want.console_kib = (uint32_t)n;
 			}
+		} else if (word_is(word, len, "serial", &value)) {
+			n = number(value, s);
+			if (n < 0)
+				bad_argument(word, len, "serial=N wants N KiB");
+			want.serial = n >= 0;
+			want.serial_kib = (uint32_t)n;
 		} else if (word_is(word, len, "blk", &value) && !value) {
 			want.blk = 1;
 		} else if (word_is(word, len, "rng", &value) && !value) {
@@ -1060,6 +1083,8 @@ void kmain(uint32_t magic, const struct multiboot_info *info)
 
 	probe();
 
+	if (want.serial)
+		serial_run(want.serial_kib);
 	if (want.console && (d = device(ID_CONSOLE, "console")))
 		console_run(d, want.console_bulk, want.console_kib);
 	if (want.blk && (d = device(ID_BLOCK, "blk")))

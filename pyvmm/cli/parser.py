@@ -298,16 +298,17 @@ def build_parser() -> _Parser:
         "demo",
         help="show Popek & Goldberg's VMM properties on real guests",
         description="Run a teaching demo: equivalence, efficiency\n"
-        "or isolation (resource control). Without NAME, list the demos.",
+        "or isolation (resource control), or paravirtualization (virtio against the\n"
+        "emulated UART). Without NAME, list the demos.",
         epilog=DEMO_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
         "name",
         nargs="?",
-        choices=["equivalence", "efficiency", "isolation"],
+        choices=["equivalence", "efficiency", "isolation", "paravirtualization"],
         metavar="NAME",
-        help="equivalence, efficiency or isolation",
+        help="equivalence, efficiency, isolation or paravirtualization",
     )
     demo.set_defaults(verbose=0)
     parser.commands = {"boot": boot, "memmap": memmap, "demo": demo}

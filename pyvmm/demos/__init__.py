@@ -1,9 +1,12 @@
-"""Teaching demos: Popek & Goldberg's three properties of a VMM, shown on real guests.
+"""Teaching demos: Popek & Goldberg's three properties of a VMM, and paravirtualization,
+shown on real guests.
 
 Popek and Goldberg (1974) define a virtual machine monitor by three
-properties: equivalence, efficiency and resource control. Each demo runs real
-guests under pyvmm, prints the evidence as a table and says in a few
-sentences what it shows, on this host, about one property.
+properties: equivalence, efficiency and resource control. Each of those demos
+runs real guests under pyvmm, prints the evidence as a table and says in a
+few sentences what it shows, on this host, about one property. The
+paravirtualization demo measures full virtualization (an emulated UART)
+against a guest that cooperates through virtio.
 
 `pyvmm demo` lists them; `pyvmm demo NAME` runs one. A demo exits 0 when the
 evidence supports the property, 4 when it does not, 2 when it cannot run:
@@ -35,6 +38,10 @@ DEMOS: dict[str, tuple[str, str]] = {
     "isolation": (
         "pyvmm.demos.isolation",
         "a hostile guest attacks memory, ports and the console while another VM runs",
+    ),
+    "paravirtualization": (
+        "pyvmm.demos.paravirtualization",
+        "the same bytes through an emulated UART and virtio; virtio-blk; the balloon",
     ),
 }
 

@@ -38,11 +38,11 @@ def run_demo_in(directory: Path, name: str, **env: str) -> subprocess.CompletedP
     )
 
 
-def test_demo_without_name_lists_the_three_demos() -> None:
+def test_demo_without_name_lists_the_demos() -> None:
     result = run_pyvmm("demo")
     assert result.returncode == 0, result.stderr
     names = [line.split()[0] for line in result.stdout.splitlines()[1:]]
-    assert names == ["equivalence", "efficiency", "isolation"]
+    assert names == ["equivalence", "efficiency", "isolation", "paravirtualization"]
 
 
 def test_unknown_demo_is_a_usage_error() -> None:
