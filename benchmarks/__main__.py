@@ -40,6 +40,7 @@ SUITES = {
     "kernels": "benchmarks.suite_kernels",
     "exits": "benchmarks.suite_exits",
     "startup": "benchmarks.suite_startup",
+    "virtio": "benchmarks.suite_virtio",
 }
 
 
@@ -64,6 +65,11 @@ def format_value(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
+def format_ratio(ratio: float) -> str:
+    """`1.09x`; a ratio below 0.1 keeps three significant digits (`0.00408x`)."""
+    return f"{ratio:.3g}x" if ratio < 0.1 else f"{ratio:.2f}x"
+
+
 def render_table(comparisons: list[Comparison]) -> str:
     header = (
         f"{'suite':<8} {'comparison':<44} {'unit':<8} {'A':<20} {'A median (min-max)':<24} "
@@ -85,7 +91,7 @@ def render_table(comparisons: list[Comparison]) -> str:
         lines.append(
             f"{item.suite:<8} {item.name:<44} {item.unit:<8} {item.a_label:<20} "
             f"{cell(item.a):<24} {item.b_label:<20} {cell(item.b):<24} "
-            f"{'-' if ratio is None else f'{ratio:.2f}x':>8}"
+            f"{'-' if ratio is None else format_ratio(ratio):>8}"
         )
         skipped = item.notes.get("skipped")
         if skipped:
@@ -115,7 +121,7 @@ def draw_chart(comparisons: list[Comparison], path: Path) -> str | None:
     axes.set_xlabel("median of pair ratios B/A (log scale; 1 = same cost)")
     axes.invert_yaxis()
     for index, ratio in enumerate(ratios):
-        axes.text(ratio, index, f" {ratio:.2f}x", va="center", fontsize=7)
+        axes.text(ratio, index, f" {format_ratio(ratio)}", va="center", fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -261,3 +261,17 @@ def test_startup_suite_runs_every_comparison_or_says_why_not() -> None:
     else:
         assert_measured(rss, 1)
         assert rss.unit == "KiB"
+
+
+def test_virtio_suite_compares_the_two_consoles() -> None:
+    from benchmarks import suite_virtio
+
+    [row] = suite_virtio.collect(quick=True)
+    assert (row.suite, row.unit, row.a_label, row.b_label) == (
+        "virtio", "us/KiB", "16550 (COM1)", "virtio-console"
+    )  # fmt: skip
+    assert len(row.a) == len(row.b) == suite_virtio.QUICK[1]
+    assert row.ratio is not None and row.ratio < 1  # virtio costs less per KiB
+    kib = suite_virtio.QUICK[0]
+    assert min(row.notes["exits_per_run"]["serial"]) > kib * 1024  # an exit per byte
+    assert row.notes["virtio_exits_per_4k_request"] < 100
