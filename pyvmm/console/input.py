@@ -5,10 +5,11 @@ user sets (`--input-buffer`). When the buffer is full the thread stops
 reading, so a guest that never reads cannot make pyvmm hold more than that:
 the rest waits in the pipe or the terminal, and nothing is lost.
 
-The serial port takes bytes from the buffer (`SerialWithInput`), which keeps
-the 16550 itself a pure state machine: whenever the guest touches it and its
-FIFO has room, and as soon as input arrives, so that a guest waiting in `hlt`
-for its receive interrupt gets it. The reader thread never touches the UART
+The serial port takes bytes from the buffer (`SerialWithInput`), or with
+`--console virtio` the virtio-console does (`DeviceWithInput` around its
+transport), which keeps the device itself a pure state machine: whenever
+the guest touches it and it has room, and as soon as input arrives, so that a
+guest waiting in `hlt` for its receive interrupt gets it. The reader thread never touches the UART
 itself: it asks a vCPU thread to (VcpuGroup.post), because devices are only
 ever used from vCPU threads (under the device lock when there are several).
 """
@@ -23,6 +24,10 @@ from collections.abc import Callable, Iterator
 
 from pyvmm.closing import ClosesOnExit
 from pyvmm.devices.serial import Serial16550
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from pyvmm.devices.bus import BusDevice
 
 DEFAULT_INPUT_BUFFER = 64 * 1024
 READ_CHUNK = 4096
@@ -122,21 +127,27 @@ class StdinReader(ClosesOnExit):
         self._wake_write = -1
 
 
-class SerialWithInput:
-    """The 16550 on the bus, topped up from the host's input buffer.
+class DeviceWithInput:
+    """A bus device topped up from the host's input buffer (the guest's console input).
 
-    On every guest access; and, given `post` (VcpuGroup.post: run a callable
-    in a vCPU thread between two KVM_RUNs), as soon as the buffer gets bytes,
-    so that the UART raises its receive interrupt without the guest polling.
+    `space()` says how many bytes the device takes now and `enqueue(data)`
+    hands them over. On every guest access; and, given `post`
+    (VcpuGroup.post: run a callable in a vCPU thread between two KVM_RUNs),
+    as soon as the buffer gets bytes, so that the device raises its interrupt
+    without the guest polling.
     """
 
     def __init__(
         self,
-        serial: Serial16550,
+        device: BusDevice,
+        space: Callable[[], int],
+        enqueue: Callable[[bytes], object],
         buffer: InputBuffer,
         post: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
-        self.serial = serial
+        self.device = device
+        self._space = space
+        self._enqueue = enqueue
         self.buffer = buffer
         self._post = post
         self._posted = False  # a refill is already on its way: one is enough
@@ -149,22 +160,35 @@ class SerialWithInput:
             self._post(self.refill)
 
     def refill(self) -> None:
-        """Move what fits from the buffer into the UART's receive FIFO (a vCPU thread only)."""
+        """Move what fits from the buffer into the device (a vCPU thread only)."""
         self._posted = False
         self._refill()
 
     def read(self, offset: int, size: int) -> int:
         self._refill()
-        return self.serial.read(offset, size)
+        return self.device.read(offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        self.serial.write(offset, size, value)
+        self.device.write(offset, size, value)
         self._refill()
 
     def _refill(self) -> None:
-        space = self.serial.input_space
+        space = self._space()
         if space and len(self.buffer):
-            self.serial.enqueue_input(self.buffer.take(space))
+            self._enqueue(self.buffer.take(space))
+
+
+class SerialWithInput(DeviceWithInput):
+    """The 16550 on the bus, topped up from the host's input buffer into its receive FIFO."""
+
+    def __init__(
+        self,
+        serial: Serial16550,
+        buffer: InputBuffer,
+        post: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
+        self.serial = serial
+        super().__init__(serial, lambda: serial.input_space, serial.enqueue_input, buffer, post)
 
 
 def readable_input(fd: int) -> bool:

@@ -87,7 +87,8 @@ class MachineConfig:
       the modules (--initrd) as (command line, bytes); `append`: what
       --append added to cmdline (None: nothing), refused for other images;
     - `force_multiboot`: --multiboot; `max_exits`: each vCPU stops after this many exits;
-    - `console_input`: host input for COM1 (console/input.py); None: none;
+    - `console_input`: host input for COM1, or for the virtio-console with
+      `virtio_console` (console/input.py); None: none;
     - `irqchip`: in-kernel PIC/IOAPIC/LAPICs and PIT, as QEMU
       (kernel_irqchip=on) and Firecracker have them. None: on. False: none,
       and `hlt` exits to pyvmm (one vCPU only: INIT/SIPI need the LAPICs);
@@ -540,7 +541,7 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         serial = attach_serial(
             pio_bus,
             config.console,
-            config.console_input,
+            None if config.virtio_console else config.console_input,  # the terminal feeds one
             interrupts.line(COM1_GSI, "COM1"),
             group.post,
         )
@@ -574,6 +575,8 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
                 console=config.console if config.virtio_console else None,
                 drive=config.drive, entropy=config.virtio_rng, balloon=config.balloon,
                 close_later=resources.callback,
+                console_input=config.console_input if config.virtio_console else None,
+                post=group.post,
             )  # fmt: skip
             for slot in virtio:
                 log.info("virtio-mmio %s at 0x%x, GSI %d", slot.kind, slot.gpa, slot.gsi)

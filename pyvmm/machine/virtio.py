@@ -24,6 +24,9 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run ti
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from pyvmm.console.input import InputBuffer
+    from pyvmm.devices.bus import BusDevice
+    from pyvmm.devices.virtio.console import VirtioConsole
     from pyvmm.devices.virtio.device import VirtioDevice
 
 
@@ -112,13 +115,17 @@ def attach_virtio(
     entropy: bool = False,
     balloon: bool = False,
     close_later: Callable[[Callable[[], None]], object] | None = None,
+    console_input: InputBuffer | None = None,
+    post: Callable[[Callable[[], None]], None] | None = None,
 ) -> list[VirtioSlot]:
     """The virtio devices asked for, each on its transport: console output to `console`,
     a virtio-blk disk on `drive`, virtio-rng (host entropy, os.urandom) with `entropy`,
     a balloon that gives pages back to the host (madvise MADV_DONTNEED) with `balloon`.
 
     `close_later(callback)` registers what must be closed with the machine
-    (the drive's file). Raises UsageError for a drive that cannot be opened.
+    (the drive's file). `console_input` feeds the console's receiveq, through
+    `post` (VcpuGroup.post) as input arrives (console/input.py). Raises
+    UsageError for a drive that cannot be opened.
     """
     from pyvmm.devices.virtio.balloon import VirtioBalloon
     from pyvmm.devices.virtio.blk import FileBackend, VirtioBlk
@@ -141,9 +148,26 @@ def attach_virtio(
     for kind, device in wanted:
         gpa, gsi = slot_window(kind)
         transport = VirtioMmio(device, memory, interrupts.line(gsi, f"virtio-{kind}"))
-        mmio_bus.insert(transport, gpa, MMIO_WINDOW_SIZE, f"virtio-mmio {kind}")
+        on_bus: BusDevice = transport
+        if kind == "console" and console_input is not None:
+            on_bus = _with_input(transport, device, console_input, post)  # type: ignore[arg-type]
+        mmio_bus.insert(on_bus, gpa, MMIO_WINDOW_SIZE, f"virtio-mmio {kind}")
         slots.append(VirtioSlot(kind, gpa, gsi, device, transport))
     return slots
+
+
+def _with_input(
+    transport: VirtioMmio,
+    console: VirtioConsole,
+    console_input: InputBuffer,
+    post: Callable[[Callable[[], None]], None] | None,
+) -> BusDevice:
+    """The console's transport, fed from the host's input (console/input.py)."""
+    from pyvmm.console.input import DeviceWithInput
+
+    return DeviceWithInput(
+        transport, lambda: console.input_space, console.push_input, console_input, post
+    )
 
 
 def linux_cmdline(slots: list[VirtioSlot]) -> str:

@@ -119,3 +119,32 @@ def test_a_broken_transmit_chain_needs_a_reset_and_prints_nothing() -> None:
     assert console.output == []
     assert console.driver.read(VIRTIO_MMIO_STATUS) & DEVICE_NEEDS_RESET
     assert console.transport.queues[TRANSMITQ].refusals == {"BadDescriptor": 1}
+
+
+def test_the_terminal_feeds_the_receiveq_through_a_vcpu_thread() -> None:
+    """--console virtio: stdin's buffer reaches the receive buffers when input comes
+    (posted to a vCPU thread) and whenever the guest touches the window."""
+    from pyvmm.console.input import DeviceWithInput, InputBuffer
+
+    console = Console()
+    receiveq, _ = console.start()
+    posted: list[object] = []
+    buffer = InputBuffer(1 << 20)
+    window = DeviceWithInput(
+        console.transport,
+        lambda: console.device.input_space,
+        console.device.push_input,
+        buffer,
+        posted.append,
+    )
+    first = receiveq.add(writable=[8])
+    window.write(0x050, 4, RECEIVEQ)  # QueueNotify through the bus device
+    buffer.put(b"typed\n")
+    assert len(posted) == 1  # asked a vCPU thread to move it
+    posted.pop()()  # ... which runs it between two KVM_RUNs
+    assert receiveq.get_used() == [(first.head, 6)]
+    assert receiveq.written(first, 6) == b"typed\n"
+    buffer.put(b"x" * (INPUT_CAPACITY + 100))  # more than the device keeps
+    posted.pop()()
+    assert len(buffer) == 100  # the rest waits in the host's buffer, nothing lost
+    assert console.device.input_space == 0
