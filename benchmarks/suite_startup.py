@@ -304,25 +304,9 @@ def compare_boot(
             "host_kvm": kvm_backend(),
         }
     )
-    probe = probe_qemu(comparison, QEMU_LABEL, command, plan.qemu_timeout, workdir)
-    if probe is None:
-        return comparison, None
-    boot_seconds(PYVMM_LABEL, pyvmm.argv, 60, workdir, pyvmm.env)
-    interleave(
-        comparison,
-        lambda: boot_seconds(QEMU_LABEL, command, plan.qemu_timeout, workdir) * 1000,
-        lambda: boot_seconds(PYVMM_LABEL, pyvmm.argv, 60, workdir, pyvmm.env) * 1000,
-        plan.boot_pairs,
-        progress,
+    return time_against_qemu(
+        comparison, QEMU_LABEL, command, pyvmm, plan, plan.boot_pairs, workdir, progress
     )
-    comparison.notes.update(
-        {
-            "qemu_peak_rss_kib": probe.max_rss_kib,
-            "timed": "spawn to exit of the whole process; each VMM printed the greeting "
-            f"and exited with status {HELLO_EXIT_STATUS}",
-        }
-    )
-    return comparison, probe.max_rss_kib
 
 
 def compare_boot_microvm(
@@ -360,15 +344,35 @@ def compare_boot_microvm(
             "host_kvm": kvm_backend(),
         }
     )
-    probe = probe_qemu(comparison, MICROVM_LABEL, command, plan.qemu_timeout, workdir)
+    return time_against_qemu(
+        comparison, MICROVM_LABEL, command, pyvmm, plan, plan.fast_boot_pairs, workdir, progress
+    )
+
+
+def time_against_qemu(
+    comparison: Comparison,
+    label: str,
+    command: list[str],
+    pyvmm: PyvmmChild,
+    plan: Plan,
+    pairs: int,
+    workdir: Path,
+    progress: Progress | None,
+) -> tuple[Comparison, int | None]:
+    """Probe QEMU's `command`, then time it against pyvmm in `pairs` interleaved pairs.
+
+    Returns the comparison and QEMU's peak RSS in KiB (None when QEMU could
+    not boot the guest: the probe noted why in the comparison).
+    """
+    probe = probe_qemu(comparison, label, command, plan.qemu_timeout, workdir)
     if probe is None:
         return comparison, None
-    boot_seconds(PYVMM_LABEL, pyvmm.argv, 60, workdir, pyvmm.env)
+    boot_seconds(PYVMM_LABEL, pyvmm.argv, 60, workdir, pyvmm.env)  # bytecode caches, page cache
     interleave(
         comparison,
-        lambda: boot_seconds(MICROVM_LABEL, command, plan.qemu_timeout, workdir) * 1000,
+        lambda: boot_seconds(label, command, plan.qemu_timeout, workdir) * 1000,
         lambda: boot_seconds(PYVMM_LABEL, pyvmm.argv, 60, workdir, pyvmm.env) * 1000,
-        plan.fast_boot_pairs,
+        pairs,
         progress,
     )
     comparison.notes.update(

@@ -30,12 +30,12 @@ from pyvmm.devices.rtc import Mc146818Rtc
 from pyvmm.devices.serial import Serial16550
 from pyvmm.devices.sink import POST_PORT, IgnoredPort
 from pyvmm.errors import Log, PyvmmError, UsageError
-from pyvmm.kvm.system import DEFAULT_KVM_PATH, Kvm, open_kvm
+from pyvmm.kvm.system import DEFAULT_KVM_PATH, Kvm
 from pyvmm.loaders import describe_format, load_image
 from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.machine.firmware import attach_firmware, firmware_ranges
 from pyvmm.machine.interrupts import InterruptLines
-from pyvmm.machine.legacy_pc import VgaTextWatch, attach_guest_memory, attach_no_bios
+from pyvmm.machine.legacy_pc import VgaTextWatch, attach_no_bios
 from pyvmm.machine.outcome import OutcomeKind, RunOutcome
 from pyvmm.machine.ram_size import check_ram_size, host_memory_size  # noqa: F401 (re-exported)
 from pyvmm.machine.reset import attach_reset_sources
@@ -431,34 +431,26 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
 
     Nothing runs yet. The image is loaded by its format (see
     `pyvmm.loaders.load_image`) and vCPU 0 is set to its entry state.
-    `early` (machine/early_vm.py) is a VM made beforehand, with the irqchip
-    this config wants; the machine takes it over. Raises UsageError (RAM
+    The VM, its RAM and its irqchip come from `start_vm`
+    (machine/early_vm.py); `early` is one made beforehand for this config,
+    which the machine takes over. Raises UsageError (RAM
     size, vCPU count), LoaderError (an image that cannot be loaded or
     placed), KvmUnavailable (no usable KVM device), KvmError (a KVM ioctl
     failed), ValueError (an `early` VM that does not match the config);
     whatever was built by then is released, `early` included.
     """
+    check_ram_size(config.ram_size)
+    if early is None:
+        from pyvmm.machine.early_vm import start_vm
+
+        early = start_vm(config.kvm_path, config.wants_irqchip, config.ram_size, config.vga_text)
     with ExitStack() as resources:
-        if early is None:
-            check_ram_size(config.ram_size)
-            # Memory first, so that it is unmapped only after the VM that uses it is gone.
-            memory = resources.enter_context(
-                GuestMemory.from_ranges(layout.ram_ranges(config.ram_size))
-            )
-            kvm = resources.enter_context(open_kvm(config.kvm_path))
-            vm = resources.enter_context(kvm.create_vm())
-            # Needed by Intel VT-x to run real mode; harmless elsewhere.
-            vm.set_tss_addr(layout.KVM_TSS_GPA)
-            vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_GPA)
-            vga_text = attach_guest_memory(vm, memory, config.vga_text)
-        else:
-            resources.callback(early.close)  # the VM, then its memory
-            wanted = (config.wants_irqchip, config.kvm_path, config.ram_size, config.vga_text)
-            made = (early.irqchip, early.kvm_path, early.ram_size, early.watches_vga)
-            if wanted != made:
-                raise ValueError("the early VM does not match the machine's configuration")
-            check_ram_size(config.ram_size)
-            memory, kvm, vm, vga_text = early.memory, early.kvm, early.vm, early.vga_text
+        resources.callback(early.close)  # the VM, then its memory
+        wanted = (config.wants_irqchip, config.kvm_path, config.ram_size, config.vga_text)
+        made = (early.irqchip, early.kvm_path, early.ram_size, early.watches_vga)
+        if wanted != made:
+            raise ValueError("the early VM does not match the machine's configuration")
+        memory, kvm, vm, vga_text = early.memory, early.kvm, early.vm, early.vga_text
         check_vcpu_count(kvm, config.cpus)
 
         # What the machine writes into RAM besides pyvmm's entry-state structures
@@ -504,13 +496,9 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
 
         if config.cpus > 1 and config.irqchip is False:
             raise UsageError("-smp needs the in-kernel irqchip: INIT/SIPI go through the LAPICs")
-        if config.wants_irqchip:
-            if early is None:
-                # INIT/SIPI and IPIs need the in-kernel LAPICs; the PIT comes with them.
-                vm.create_irqchip()
-                vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
-            if entry.mode is CpuMode.REAL:
-                set_bios_pic_state(vm)  # vector bases 0x08/0x70, as a BIOS leaves them
+        # start_vm made the irqchip (the LAPICs INIT/SIPI and IPIs need) and the PIT.
+        if config.wants_irqchip and entry.mode is CpuMode.REAL:
+            set_bios_pic_state(vm)  # vector bases 0x08/0x70, as a BIOS leaves them
         vcpus = [resources.enter_context(vm.create_vcpu(index)) for index in range(config.cpus)]
         for index, each in enumerate(vcpus):
             max_phys_bits = setup_cpuid(kvm, each, apic_id=index, cpus=config.cpus)
