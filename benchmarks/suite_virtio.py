@@ -46,8 +46,6 @@ def collect(quick: bool, progress: Progress | None = None) -> list[Comparison]:
     kib, pairs = QUICK if quick else FULL
     comparison = Comparison(SUITE, NAME, A_LABEL, B_LABEL, "us/KiB")
     exits: dict[str, list[int]] = {}
-    if progress is not None:
-        progress(f"{SUITE}: {NAME} ({pairs} pairs of {kib} KiB)")
     interleave(
         comparison,
         lambda: cost_per_kib(f"serial={kib}", kib, exits),

@@ -120,12 +120,14 @@ def _build(
 
 
 def _drive(args: argparse.Namespace) -> Drive | None:
-    text = getattr(args, "drive", None)
-    if text is None:
+    drives = getattr(args, "drive", None) or []
+    if not drives:
         return None
+    if len(drives) > 1:
+        raise UsageError(f"--drive: pyvmm has one virtio-blk disk, not {len(drives)}")
     from pyvmm.machine.virtio import Drive
 
-    return Drive.parse(text)
+    return Drive.parse(drives[0])
 
 
 def _stream_name(stream: TextIO) -> str:

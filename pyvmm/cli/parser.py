@@ -416,6 +416,7 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--drive",
+        action="append",
         metavar="file=PATH[,readonly=on]",
         help="a raw disk image as a virtio-blk disk (QEMU's -drive spelling; format=raw and "
         "if=virtio are the only choices): virtio-mmio at 0xfeb00200, IRQ 6",

@@ -252,6 +252,15 @@ def _number(text: str) -> int | None:
     return None
 
 
+def _drive(name: str, value: str | None, context: CommandContext) -> list[str]:
+    """-drive file=PATH,if=virtio[,format=raw][,readonly=on] is pyvmm's --drive."""
+    assert value is not None
+    _, properties = split_properties(value)
+    if properties.get("if") != "virtio":
+        raise refuse(context, f"{name} {value}", NO_DISKS)
+    return ["--drive", value]
+
+
 def _device(name: str, value: str | None, context: CommandContext) -> list[str]:
     assert value is not None
     driver, properties = split_properties(value)
@@ -314,7 +323,10 @@ def _rtc(name: str, value: str | None, context: CommandContext) -> list[str]:
     return []
 
 
-NO_DISKS = "pyvmm has no disks: the guest gets IMAGE (and --initrd modules) in RAM"
+NO_DISKS = (
+    "pyvmm has no disks but one virtio-blk: --drive file=PATH[,readonly=on] "
+    "(QEMU: -drive file=PATH,if=virtio)"
+)
 NO_FIRMWARE = (
     "pyvmm has no firmware (no BIOS, no UEFI): it loads IMAGE itself and enters it "
     "in the mode --mode names"
@@ -437,12 +449,19 @@ TABLE: tuple[QemuOption, ...] = (
         otherwise="other devices, or isa-debug-exit elsewhere: pyvmm's devices are fixed",
     ),
     _entry(
-        "-hda -hdb -hdc -hdd -cdrom -fda -fdb -drive -blockdev -sd -mtdblock",
+        "-drive",
+        "file=PATH,if=virtio[,...]",
+        _drive,
+        becomes="-drive file=PATH,if=virtio -> --drive file=PATH,if=virtio",
+        otherwise="other interfaces: pyvmm's one disk is virtio-blk",
+    ),
+    _entry(
+        "-hda -hdb -hdc -hdd -cdrom -fda -fdb -blockdev -sd -mtdblock",
         "FILE",
         refused(NO_DISKS),
-        otherwise="pyvmm has no disks",
+        otherwise="pyvmm's one disk is virtio-blk (--drive)",
     ),
-    _entry("-snapshot", None, refused(NO_DISKS), otherwise="pyvmm has no disks"),
+    _entry("-snapshot", None, refused(NO_DISKS), otherwise="no snapshot disks"),
     _entry("-bios -pflash -L", "FILE", refused(NO_FIRMWARE), otherwise="pyvmm has no firmware"),
     _entry(
         "-boot",

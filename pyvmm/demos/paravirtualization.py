@@ -207,7 +207,7 @@ def transfer(report: Report) -> float:
         "negotiating features, and the status lines the driver prints on COM1 itself."
     )
     report.text(
-        f"The issue's 1 MiB through the UART would take about "
+        f"A whole 1 MiB through the UART would take about "
         f"{format_seconds(issue_seconds)} at the measured {format_rate(size / serial.seconds)} "
         f"(an extrapolation from this {TRANSFER_KIB} KiB run, not a measurement), "
         f"and {ISSUE_KIB * KIB + serial.exits - size:,} exits or so."

@@ -54,6 +54,8 @@ class Drive:
             key, equals, value = item.partition("=")
             if not equals:
                 raise UsageError(f"--drive {text}: expected KEY=VALUE, got '{item}'")
+            if key in fields:
+                raise UsageError(f"--drive {text}: {key}= is given twice")
             fields[key] = value.replace("\0", ",")
         unknown = set(fields) - {"file", "readonly", "format", "if"}
         if unknown:

@@ -111,3 +111,21 @@ def test_the_balloon_gives_the_pages_back_to_the_host() -> None:
     released_bytes = released * 4096
     assert released_bytes >= 64 * MIB  # inflated and then reported: both released
     assert used - after >= 0.8 * 64 * MIB, (used, after)
+
+
+def test_qemus_drive_spelling_and_one_disk_only(tmp_path: Path) -> None:
+    image = disk(tmp_path)
+    qemu = run_pyvmm(
+        "boot", "-drive", f"file={image},if=virtio", "--append", "blk", guest("virtio/virtio.elf")
+    )
+    assert qemu.returncode == SUCCESS, qemu.stdout + qemu.stderr
+    assert "blk: ok" in qemu.stdout.splitlines()
+    ide = run_pyvmm("boot", "-drive", f"file={image}", guest("hello.bin"))
+    assert ide.returncode == 2 and ide.stderr.count("\n") == 1
+    assert "pyvmm has no disks but one virtio-blk: --drive file=PATH" in ide.stderr
+    two = run_pyvmm(
+        "boot", "--drive", f"file={image}", "--drive", f"file={image}", guest("hello.bin")
+    )
+    assert (two.returncode, two.stderr) == (
+        2, "pyvmm boot: --drive: pyvmm has one virtio-blk disk, not 2\n"
+    )  # fmt: skip

@@ -129,3 +129,9 @@ def test_iasl_reads_the_virtio_devices_in_the_dsdt(tmp_path: Path) -> None:
     assert source.count('Name (_HID, "LNRO0005")') == 2
     assert "0xFEB00200,         // Address Base" in source
     assert "Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive, ,, )" in source
+
+
+def test_a_key_given_twice_is_refused() -> None:
+    with pytest.raises(UsageError) as error:
+        Drive.parse("file=a.img,file=b.img")
+    assert str(error.value) == "--drive file=a.img,file=b.img: file= is given twice"
