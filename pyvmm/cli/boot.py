@@ -110,6 +110,7 @@ def _build(
         drive=_drive(args),
         virtio_rng=getattr(args, "virtio_rng", False),
         balloon=getattr(args, "balloon", False),
+        ioeventfd=None if getattr(args, "ioeventfd", None) is None else args.ioeventfd == "on",
         kvm_path=early.kvm_path,
     )
     machine = build_machine(config, early)

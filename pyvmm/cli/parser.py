@@ -441,6 +441,14 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         "inflates or reports free go back to the host; virtio-mmio at 0xfeb00600, IRQ 10",
     )
     parser.add_argument(
+        "--ioeventfd",
+        choices=["on", "off"],
+        help="virtio notifications through ioeventfds and interrupts through irqfds, served by "
+        "an I/O thread (QEMU's ioeventfd=on|off device property; default: on where KVM has "
+        "them and the machine its irqchip); off: each notification is an MMIO exit served "
+        "by the vCPU, each interrupt a KVM_IRQ_LINE",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="say what the VMM does (-vv: more)"
     )
 

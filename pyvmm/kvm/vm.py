@@ -100,6 +100,31 @@ class Vm(ClosesOnExit):
         )
         ioctl_ptr(self.fd, lib.KVM_IRQFD, "KVM_IRQFD", request)
 
+    def ioeventfd(
+        self, fd: int, addr: int, length: int, datamatch: int | None = None, flags: int = 0
+    ) -> None:
+        """KVM_IOEVENTFD (KVM API doc 4.59): a guest write of `length` bytes (0, 1, 2, 4
+        or 8) at guest-physical `addr` signals the eventfd `fd` instead of exiting.
+
+        With `datamatch` only a write of that value does; other writes exit
+        as before. `flags` adds KVM_IOEVENTFD_FLAG_PIO (a port, not MMIO) or
+        _DEASSIGN (remove the binding). Needs KVM_CAP_IOEVENTFD; raises
+        KvmError (EEXIST: the same binding twice, ENOSPC: too many).
+        """
+        if datamatch is not None:
+            flags |= lib.KVM_IOEVENTFD_FLAG_DATAMATCH
+        request = ffi.new(
+            "struct kvm_ioeventfd *",
+            {
+                "datamatch": datamatch or 0,
+                "addr": addr,
+                "len": length,
+                "fd": fd,
+                "flags": flags,
+            },
+        )
+        ioctl_ptr(self.fd, lib.KVM_IOEVENTFD, "KVM_IOEVENTFD", request)
+
     def create_pit2(self, flags: int) -> None:
         config = ffi.new("struct kvm_pit_config *", {"flags": flags})
         ioctl_ptr(self.fd, lib.KVM_CREATE_PIT2, "KVM_CREATE_PIT2", config)

@@ -36,7 +36,7 @@ from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.machine.firmware import attach_firmware, firmware_ranges
 from pyvmm.machine.interrupts import InterruptLines
 from pyvmm.machine.legacy_pc import VgaTextWatch, attach_no_bios
-from pyvmm.machine.outcome import OutcomeKind, RunOutcome
+from pyvmm.machine.outcome import OutcomeKind, RunOutcome, vmm_error
 from pyvmm.machine.ram_size import check_ram_size, host_memory_size  # noqa: F401 (re-exported)
 from pyvmm.machine.reset import attach_reset_sources
 from pyvmm.machine.rtc_timer import attach_rtc
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from pyvmm.kvm.vcpu import Vcpu
     from pyvmm.kvm.vm import Vm
     from pyvmm.machine.early_vm import EarlyVm
+    from pyvmm.machine.io_thread import IoThread
     from pyvmm.machine.vcpu_loop import ExitObserver
     from pyvmm.machine.virtio import Drive, VirtioSlot
     from pyvmm.observe.translation import Translation
@@ -99,7 +100,11 @@ class MachineConfig:
       guest reset (`pyvmm boot --reboot`); None: a power-on;
     - virtio devices (machine/virtio.py): `virtio_console` (the console's
       output goes to `console` too), `drive` (a virtio-blk disk, a
-      machine.virtio.Drive), `virtio_rng` (host entropy), `balloon`.
+      machine.virtio.Drive), `virtio_rng` (host entropy), `balloon`;
+      `ioeventfd`: their notifications through ioeventfds and interrupts
+      through irqfds, served by an I/O thread (None: where the host has
+      them and the machine an irqchip; False: MMIO exits and KVM_IRQ_LINE;
+      True: required, UsageError without).
 
     A plain class, not a dataclass: creating a dataclass costs more at
     start-up than the whole exit path (tests/integration/test_startup_imports.py).
@@ -117,6 +122,7 @@ class MachineConfig:
         "drive",
         "force_multiboot",
         "image",
+        "ioeventfd",
         "irqchip",
         "kvm_path",
         "load_gpa",
@@ -154,6 +160,7 @@ class MachineConfig:
         drive: Drive | None = None,
         virtio_rng: bool = False,
         balloon: bool = False,
+        ioeventfd: bool | None = None,
     ) -> None:
         self.image = image
         self.ram_size = ram_size
@@ -177,6 +184,7 @@ class MachineConfig:
         self.drive = drive
         self.virtio_rng = virtio_rng
         self.balloon = balloon
+        self.ioeventfd = ioeventfd
 
     def replace(self, **changes: object) -> MachineConfig:
         """A copy with `changes` (field=value) applied, as dataclasses.replace."""
@@ -558,16 +566,24 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         if config.virtio_console or config.drive or config.virtio_rng or config.balloon:
             from pyvmm.machine.virtio import attach_virtio
 
+            io_thread = virtio_io_thread(config, vm, group)
+            if io_thread is not None:
+                # Closed first at the end (below); this one is for a failure on the way.
+                resources.callback(io_thread.close)
             virtio = attach_virtio(
                 mmio_bus, memory, interrupts,
                 console=config.console if config.virtio_console else None,
                 drive=config.drive, entropy=config.virtio_rng, balloon=config.balloon,
                 close_later=resources.callback,
                 console_input=config.console_input if config.virtio_console else None,
-                post=group.post,
+                post=group.post, io_thread=io_thread, vm=vm,
             )  # fmt: skip
+            if io_thread is not None:
+                io_thread.start()
+                resources.callback(io_thread.close)  # before the devices and RAM go
             for slot in virtio:
-                log.info("virtio-mmio %s at 0x%x, GSI %d", slot.kind, slot.gpa, slot.gsi)
+                path = "ioeventfd and irqfd" if slot.eventfds else "MMIO exit and KVM_IRQ_LINE"
+                log.info("virtio-mmio %s at 0x%x, GSI %d (%s)", slot.kind, slot.gpa, slot.gsi, path)
         # After the devices: the tables describe what is on the bus.
         firmware = attach_firmware(
             kvm, memory, pio_bus, group.request_stop,
@@ -600,6 +616,28 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         machine.virtio = virtio
         machine.no_bios, machine.vga_text = no_bios, vga_text
     return machine
+
+
+def virtio_io_thread(config: MachineConfig, vm: Vm, group: VcpuGroup) -> IoThread | None:
+    """The I/O thread that serves virtio notifications through eventfds, or None for the
+    plain path (MMIO exits and KVM_IRQ_LINE): `config.ioeventfd` False, no
+    irqchip, or a host without KVM_CAP_IOEVENTFD/IRQFD/IRQFD_RESAMPLE when
+    it is None. UsageError when it is True and the machine cannot have it."""
+    from pyvmm.machine.virtio import eventfds_available
+
+    if config.ioeventfd is False:
+        return None
+    if not config.wants_irqchip or not eventfds_available(vm):
+        if config.ioeventfd:
+            why = "no in-kernel irqchip" if not config.wants_irqchip else "this host's KVM"
+            raise UsageError(
+                f"--ioeventfd on: {why} has no ioeventfd/irqfd (KVM_CAP_IOEVENTFD, "
+                "KVM_CAP_IRQFD_RESAMPLE); use --ioeventfd off"
+            )
+        return None
+    from pyvmm.machine.io_thread import IoThread
+
+    return IoThread(lambda message: group.request_stop(vmm_error(message)))
 
 
 def attach_serial(

@@ -8,6 +8,7 @@ is nothing to deliver to, and a line is connected to nothing.
 
 from __future__ import annotations
 
+import os
 import threading
 
 from pyvmm.devices.irq import IrqLine, NoIrq
@@ -26,6 +27,51 @@ class KvmIrqLine:
 
     def set_level(self, high: bool) -> None:
         self.vm.irq_line(self.gsi, int(high))
+
+
+class IrqfdLine:
+    """An `IrqLine` raised through an irqfd with resampling (KVM_IRQFD, KVM API doc 4.75).
+
+    A write to the eventfd `trigger` raises GSI `gsi` without an ioctl,
+    from any thread (an I/O thread serving an ioeventfd). With
+    KVM_IRQFD_FLAG_RESAMPLE the input stays high until the guest's EOI;
+    KVM then lowers it and signals `resample`, and `resampled` (bound to it
+    by the caller, e.g. `IoThread.add`) raises it again if the device still
+    holds its level high: a level-triggered line, as QEMU's INTx irqfds are.
+    Lowering needs nothing: the guest's EOI does it. Raises KvmError if the
+    host has no irqfd or no irqchip.
+    """
+
+    def __init__(self, vm: Vm, gsi: int) -> None:
+        from pyvmm._kvm import lib
+
+        flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
+        self.gsi = gsi
+        self.trigger = os.eventfd(0, flags)
+        self.resample = os.eventfd(0, flags)
+        self.high = False
+        try:
+            vm.irqfd(self.trigger, gsi, lib.KVM_IRQFD_FLAG_RESAMPLE, self.resample)
+        except BaseException:
+            os.close(self.trigger)
+            os.close(self.resample)
+            raise
+
+    def set_level(self, high: bool) -> None:
+        self.high = high
+        if high:
+            os.eventfd_write(self.trigger, 1)
+
+    def resampled(self) -> None:
+        """The guest's EOI lowered the input: raise it again if the level is still high."""
+        if self.high:
+            os.eventfd_write(self.trigger, 1)
+
+    def close(self) -> None:
+        """Close `trigger` (the VM keeps its own reference until it closes)."""
+        if self.trigger >= 0:
+            os.close(self.trigger)
+            self.trigger = -1
 
 
 class SharedInput:

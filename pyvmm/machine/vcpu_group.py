@@ -29,7 +29,9 @@ as halted if none can run. One vCPU needs no confirmation: nothing else runs.
 
 Device work from other threads (`post`: host input for COM1) runs in vCPU 0's
 thread between two KVM_RUNs, under the device lock when there are several
-vCPUs: devices are only ever touched from vCPU threads.
+vCPUs: devices are only ever touched from vCPU threads, but for the virtio
+transports an I/O thread serves through ioeventfds (machine/io_thread.py),
+which guard themselves with their own lock.
 
 Signals: vCPU threads block every asynchronous signal but the kick, so that
 SIGALRM, SIGINT, SIGTERM and SIGHUP always reach the main thread, whose

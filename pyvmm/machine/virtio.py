@@ -7,17 +7,31 @@ by probing the windows for the magic value, on its kernel command line
 (`linux_cmdline`, Linux's `virtio_mmio.device=` syntax, for the Linux boot
 protocol) and in the ACPI DSDT (`acpi_devices`, HID LNRO0005, where the
 machine has ACPI).
+
+Notifications and interrupts take one of two paths (Virtio 1.2 §4.2.3.3,
+§4.2.3.4). The plain one: the guest's QueueNotify write is an MMIO exit, the
+vCPU thread serves the queue and raises the interrupt with KVM_IRQ_LINE. With
+an I/O thread (`io_thread`, where the host has KVM_CAP_IOEVENTFD and
+KVM_CAP_IRQFD_RESAMPLE): each queue's QueueNotify value is an ioeventfd, so
+the write does not exit, the I/O thread serves the queue, and the interrupt
+goes through an irqfd (`eventfd_wiring`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 from pyvmm.arch.x86_64 import layout
 from pyvmm.devices.bus import Bus
-from pyvmm.devices.virtio.mmio import MMIO_WINDOW_SIZE, VirtioMmio
+from pyvmm.devices.virtio.mmio import (
+    MMIO_WINDOW_SIZE,
+    REGISTER_SIZE,
+    VIRTIO_MMIO_QUEUE_NOTIFY,
+    VirtioMmio,
+)
 from pyvmm.errors import UsageError
-from pyvmm.machine.interrupts import InterruptLines
+from pyvmm.machine.interrupts import InterruptLines, IrqfdLine
 from pyvmm.memory.guest_memory import GuestMemory
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
@@ -28,6 +42,8 @@ if TYPE_CHECKING:
     from pyvmm.devices.bus import BusDevice
     from pyvmm.devices.virtio.console import VirtioConsole
     from pyvmm.devices.virtio.device import VirtioDevice
+    from pyvmm.kvm.vm import Vm
+    from pyvmm.machine.io_thread import IoThread
 
 
 class Drive:
@@ -78,18 +94,27 @@ class Drive:
 
 
 class VirtioSlot:
-    """One transport on the bus: its kind, guest-physical window, GSI and device."""
+    """One transport on the bus: its kind, guest-physical window, GSI and device;
+    `eventfds` is True when its notifications and interrupt go through an
+    ioeventfd and an irqfd."""
 
-    __slots__ = ("device", "gpa", "gsi", "kind", "transport")
+    __slots__ = ("device", "eventfds", "gpa", "gsi", "kind", "transport")
 
     def __init__(
-        self, kind: str, gpa: int, gsi: int, device: VirtioDevice, transport: VirtioMmio
+        self,
+        kind: str,
+        gpa: int,
+        gsi: int,
+        device: VirtioDevice,
+        transport: VirtioMmio,
+        eventfds: bool = False,
     ) -> None:
         self.kind = kind
         self.gpa = gpa
         self.gsi = gsi
         self.device = device
         self.transport = transport
+        self.eventfds = eventfds
 
 
 def slot_window(kind: str) -> tuple[int, int]:
@@ -119,6 +144,8 @@ def attach_virtio(
     close_later: Callable[[Callable[[], None]], object] | None = None,
     console_input: InputBuffer | None = None,
     post: Callable[[Callable[[], None]], None] | None = None,
+    io_thread: IoThread | None = None,
+    vm: Vm | None = None,
 ) -> list[VirtioSlot]:
     """The virtio devices asked for, each on its transport: console output to `console`,
     a virtio-blk disk on `drive`, virtio-rng (host entropy, os.urandom) with `entropy`,
@@ -126,8 +153,11 @@ def attach_virtio(
 
     `close_later(callback)` registers what must be closed with the machine
     (the drive's file). `console_input` feeds the console's receiveq, through
-    `post` (VcpuGroup.post) as input arrives (console/input.py). Raises
-    UsageError for a drive that cannot be opened.
+    `post` (VcpuGroup.post) as input arrives (console/input.py). With
+    `io_thread` and `vm`, notifications and interrupts go through
+    eventfds (`eventfd_wiring`); the I/O thread closes them. Raises
+    UsageError for a drive that cannot be opened, KvmError if KVM refuses
+    an ioeventfd or irqfd.
     """
     from pyvmm.devices.virtio.balloon import VirtioBalloon
     from pyvmm.devices.virtio.blk import FileBackend, VirtioBlk
@@ -149,13 +179,47 @@ def attach_virtio(
     slots = []
     for kind, device in wanted:
         gpa, gsi = slot_window(kind)
-        transport = VirtioMmio(device, memory, interrupts.line(gsi, f"virtio-{kind}"))
+        line = interrupts.line(gsi, f"virtio-{kind}")
+        irqfd = None
+        if io_thread is not None and vm is not None:
+            irqfd = IrqfdLine(vm, gsi)
+            if close_later is not None:
+                close_later(irqfd.close)
+            io_thread.add(irqfd.resample, irqfd.resampled)
+            line = irqfd
+        transport = VirtioMmio(device, memory, line)
+        if irqfd is not None and io_thread is not None and vm is not None:
+            eventfd_wiring(vm, transport, gpa, io_thread)
         on_bus: BusDevice = transport
         if kind == "console" and console_input is not None:
             on_bus = _with_input(transport, device, console_input, post)  # type: ignore[arg-type]
         mmio_bus.insert(on_bus, gpa, MMIO_WINDOW_SIZE, f"virtio-mmio {kind}")
-        slots.append(VirtioSlot(kind, gpa, gsi, device, transport))
+        slots.append(VirtioSlot(kind, gpa, gsi, device, transport, irqfd is not None))
     return slots
+
+
+def eventfd_wiring(vm: Vm, transport: VirtioMmio, gpa: int, io_thread: IoThread) -> None:
+    """One ioeventfd per queue on the window's QueueNotify register (§4.2.3.3), matching
+    the queue's number: its notification wakes `io_thread`, which calls
+    `transport.notify(queue)`. A write of any other value still exits."""
+    notify = gpa + VIRTIO_MMIO_QUEUE_NOTIFY
+    for index in range(len(transport.queues)):
+        fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            vm.ioeventfd(fd, notify, REGISTER_SIZE, datamatch=index)
+        except BaseException:
+            os.close(fd)
+            raise
+        io_thread.add(fd, functools.partial(transport.notify, index))
+
+
+def eventfds_available(vm: Vm) -> bool:
+    """Whether this host's KVM has what the eventfd path needs: KVM_CAP_IOEVENTFD,
+    KVM_CAP_IRQFD and KVM_CAP_IRQFD_RESAMPLE (asked of the VM, KVM API doc 4.4)."""
+    from pyvmm._kvm import lib
+
+    capabilities = (lib.KVM_CAP_IOEVENTFD, lib.KVM_CAP_IRQFD, lib.KVM_CAP_IRQFD_RESAMPLE)
+    return all(vm.check_extension(capability) > 0 for capability in capabilities)
 
 
 def _with_input(

@@ -23,6 +23,8 @@ zero (§4.2.3.4): bit 0 for used buffers, bit 1 for a configuration change.
 
 from __future__ import annotations
 
+import threading
+
 from pyvmm.devices.irq import IrqLine, NoIrq
 from pyvmm.devices.virtio.device import (
     ACKNOWLEDGE,
@@ -116,7 +118,10 @@ class VirtioMmio:
     """One virtio device behind a virtio-mmio register window; a BusDevice.
 
     `device` is the VirtioDevice, `memory` the guest RAM its queues live in,
-    `irq` the line the window's interrupt is wired to. Counters for a report:
+    `irq` the line the window's interrupt is wired to. Every entry point
+    (`read`, `write`, `notify`, `signal_config_change`) holds `lock`, a
+    re-entrant lock: a vCPU thread serves the registers while an I/O thread
+    may serve a notification that came through an ioeventfd. Counters for a report:
     `bad_accesses` (control registers not read or written as aligned 32-bit
     words, §4.2.2.2), `ignored_writes` (writes that break the handshake or
     arrive in the wrong state), `failures` (times the device went to
@@ -125,6 +130,7 @@ class VirtioMmio:
 
     def __init__(self, device: VirtioDevice, memory: GuestRam, irq: IrqLine | None = None) -> None:
         self.device = device
+        self.lock = threading.RLock()
         self._irq: IrqLine = irq if irq is not None else NoIrq()
         self._irq_level = False
         self.queues = [Virtqueue(memory, size) for size in device.queue_max_sizes]
@@ -157,6 +163,14 @@ class VirtioMmio:
     # -- the bus interface -------------------------------------------------
 
     def read(self, offset: int, size: int) -> int:
+        with self.lock:
+            return self._read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        with self.lock:
+            self._write(offset, size, value)
+
+    def _read(self, offset: int, size: int) -> int:
         if offset >= VIRTIO_MMIO_CONFIG:
             start = offset - VIRTIO_MMIO_CONFIG
             data = self.device.config()[start : start + size]
@@ -166,7 +180,7 @@ class VirtioMmio:
             return 0
         return self._read_register(offset)
 
-    def write(self, offset: int, size: int, value: int) -> None:
+    def _write(self, offset: int, size: int, value: int) -> None:
         if offset >= VIRTIO_MMIO_CONFIG:
             self.device.write_config(offset - VIRTIO_MMIO_CONFIG, value.to_bytes(size, "little"))
         elif size != REGISTER_SIZE or offset % REGISTER_SIZE:
@@ -213,7 +227,7 @@ class VirtioMmio:
         elif offset == VIRTIO_MMIO_QUEUE_SEL:
             self.queue_sel = value
         elif offset == VIRTIO_MMIO_QUEUE_NOTIFY:
-            self.notify(value)
+            self._notify(value)
         elif offset == VIRTIO_MMIO_INTERRUPT_ACK:
             self.interrupt_status &= ~value
             self._update_irq()
@@ -257,7 +271,7 @@ class VirtioMmio:
         self.status = new
         if added & DRIVER_OK:
             for index in range(len(self.queues)):
-                self.notify(index)  # buffers made available before DRIVER_OK
+                self._notify(index)  # buffers made available before DRIVER_OK
 
     def _accept_features(self) -> bool:
         accepted = self.driver_features
@@ -308,6 +322,10 @@ class VirtioMmio:
         is not ready. Raises the used-buffer interrupt if the device used
         buffers and the driver wants to hear of it (§2.7.7).
         """
+        with self.lock:
+            self._notify(queue_index)
+
+    def _notify(self, queue_index: int) -> None:
         if queue_index >= len(self.queues):
             self.ignored_writes += 1
             return
@@ -326,9 +344,10 @@ class VirtioMmio:
 
     def signal_config_change(self) -> None:
         """The device's configuration space changed (§2.5, §4.2.2 ConfigGeneration)."""
-        self.config_generation += 1
-        if self.status & DRIVER_OK:
-            self._interrupt(VIRTIO_MMIO_INT_CONFIG)
+        with self.lock:
+            self.config_generation += 1
+            if self.status & DRIVER_OK:
+                self._interrupt(VIRTIO_MMIO_INT_CONFIG)
 
     def _fail(self, error: PyvmmError) -> None:
         """§2.1.2: DEVICE_NEEDS_RESET, and a configuration-change interrupt once DRIVER_OK."""
