@@ -206,6 +206,7 @@ class Report:
 
     def section(self, title: str) -> None:
         self.out.write(paragraph(title) + "\n")
+        self.out.flush()  # a long step follows: show what it is doing
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         self.out.write(render_table(header, rows) + "\n\n")
