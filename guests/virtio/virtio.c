@@ -25,8 +25,14 @@
  *                used that memory would: the host then holds those pages
  *   balloon=N    give the host N MiB (from 16 MiB up, BALLOON_BASE), then report
  *                the same range as free pages if the device does free page reporting
+ *   follow       then keep the balloon at the host's target, as a real driver
+ *                does: inflate or deflate whenever the host changes num_pages
+ *                (pyvmm's monitor: `balloon N`), print each new size; the run
+ *                never ends by itself (the monitor's `quit`, Ctrl-C, --timeout)
  * e.g. pyvmm boot guests/virtio/virtio.elf --console virtio --drive file=disk.img \
  *          --virtio-rng --balloon --append "console blk rng balloon=8"
+ *      pyvmm boot guests/virtio/virtio.elf --balloon --monitor unix:mon.sock \
+ *          --append "touch=64 follow"
  * Every found device is initialized and its features printed on COM1, as is
  * everything else. The run ends through the debug-exit port: 0x10 if all
  * went well (pyvmm's exit status 33), 0x11 if anything failed (35).
@@ -88,6 +94,8 @@ struct multiboot_info {
 #define REG_QUEUE_NUM 0x038
 #define REG_QUEUE_READY 0x044
 #define REG_QUEUE_NOTIFY 0x050
+#define REG_INTERRUPT_STATUS 0x060 /* bit 0: used buffers, bit 1: configuration change */
+#define REG_INTERRUPT_ACK 0x064
 #define REG_STATUS 0x070
 #define REG_QUEUE_DESC_LOW 0x080
 #define REG_QUEUE_DESC_HIGH 0x084
@@ -99,6 +107,7 @@ struct multiboot_info {
 #define REG_CONFIG 0x100
 
 #define VIRTIO_MMIO_MAGIC 0x74726976
+#define INTERRUPT_CONFIG 2 /* §4.2.2 InterruptStatus: the configuration space changed */
 
 /* §2.1 Device Status Field. */
 #define STATUS_ACKNOWLEDGE 1
@@ -733,6 +742,7 @@ static void rng_run(struct vdev *d)
 extern char _end[]; /* virtio.ld */
 
 static uint32_t pfns[PAGES_PER_MIB]; /* one inflate request: 1 MiB of page numbers, le32 */
+static uint32_t balloon_pages;	     /* in the balloon now: PFNs from BALLOON_BASE up */
 
 /* §5.5.6.3: statistics are packed {le16 tag; le64 val} entries. */
 static struct balloon_stat {
@@ -789,12 +799,6 @@ static void balloon_init(struct vdev *d)
 	}
 }
 
-/*
- * Give the host `mib` MiB from BALLOON_BASE (§5.5.6: inflate), then report
- * them free (§5.5.6.7). A demo: a real driver inflates toward num_pages, the
- * host's target in the configuration space (printed here), and deflates
- * through the deflateq when it wants pages back.
- */
 /* Write to every page of `mib` MiB from BALLOON_BASE: memory the guest has used. */
 static void touch_run(uint32_t mib)
 {
@@ -810,9 +814,26 @@ static void touch_run(uint32_t mib)
 	puts(" MiB from 16 MiB\n");
 }
 
+/* One request of `count` page numbers from `first_pfn` on the inflateq or the deflateq. */
+static int balloon_send(struct vdev *d, uint16_t queue, uint32_t first_pfn, uint32_t count)
+{
+	struct virtq *q = &d->vq[queue];
+
+	for (uint32_t i = 0; i < count; i++)
+		pfns[i] = first_pfn + i;
+	vq_desc(q, 0, pfns, count * sizeof(pfns[0]), 0);
+	return vq_request(d, q, 0);
+}
+
+/*
+ * Give the host `mib` MiB from BALLOON_BASE (§5.5.6: inflate), then report
+ * them free (§5.5.6.7). A demo: a real driver inflates toward num_pages, the
+ * host's target in the configuration space (printed here), and deflates
+ * through the deflateq when it wants pages back, as `follow` (below) does.
+ */
 static void balloon_run(struct vdev *d, uint32_t mib)
 {
-	struct virtq *q = &d->vq[BALLOON_INFLATEQ];
+	struct virtq *q;
 	uint32_t first_pfn = BALLOON_BASE >> BALLOON_PFN_SHIFT;
 
 	if ((uint32_t)_end > BALLOON_BASE || ram_top < BALLOON_BASE ||
@@ -829,17 +850,14 @@ static void balloon_run(struct vdev *d, uint32_t mib)
 	putc('\n');
 
 	/* §5.5.6: an inflate request is a device-readable array of page numbers. */
-	for (uint32_t m = 0; m < mib; m++) {
-		for (uint32_t i = 0; i < PAGES_PER_MIB; i++)
-			pfns[i] = first_pfn + m * PAGES_PER_MIB + i;
-		vq_desc(q, 0, pfns, sizeof(pfns), 0);
-		if (vq_request(d, q, 0) < 0) {
+	for (uint32_t m = 0; m < mib; m++)
+		if (balloon_send(d, BALLOON_INFLATEQ, first_pfn + m * PAGES_PER_MIB, PAGES_PER_MIB) < 0) {
 			fail("balloon", "inflateq: no answer from the device");
 			return;
 		}
-	}
 	/* §5.5.6.1: then tell the device how many pages the balloon holds now. */
-	config_write32(d, BALLOON_CONFIG_ACTUAL, mib * PAGES_PER_MIB);
+	balloon_pages = mib * PAGES_PER_MIB;
+	config_write32(d, BALLOON_CONFIG_ACTUAL, balloon_pages);
 	puts("balloon: inflated ");
 	putdec(mib);
 	puts(" MiB\n");
@@ -880,6 +898,128 @@ static void balloon_run(struct vdev *d, uint32_t mib)
 	puts(" MiB\n");
 }
 
+/* --- the balloon, following the host's target (§5.5.6) ------------------- */
+
+/*
+ * The host changes num_pages whenever it likes (pyvmm's monitor: `balloon N`)
+ * and tells the driver with a configuration change interrupt. This kernel
+ * keeps interrupts off, so it polls the same news in InterruptStatus (§4.2.2),
+ * and moves its balloon toward the target one request at a time: the balloon
+ * is the pages from BALLOON_BASE up, `balloon_pages` of them, grown and
+ * shrunk at the top.
+ */
+#define POLL_TSC_TICKS (1u << 21) /* between two looks at InterruptStatus: ~1 ms at 2 GHz */
+
+static inline uint64_t rdtsc(void)
+{
+	uint32_t low, high;
+
+	__asm__ volatile("rdtsc" : "=a"(low), "=d"(high));
+	return (uint64_t)high << 32 | low;
+}
+
+/* Let about a millisecond pass without a VM exit: every register read is one. */
+static void delay(void)
+{
+	uint64_t start = rdtsc();
+
+	while (rdtsc() - start < POLL_TSC_TICKS)
+		__asm__ volatile("pause");
+}
+
+/*
+ * Wait for a configuration change (§4.2.2 InterruptStatus bit 1), then
+ * acknowledge it (InterruptACK) before reading the configuration, so that
+ * a change made meanwhile sets the bit again. -1 if the device needs a reset
+ * (§2.1.2), which it also announces as a configuration change.
+ */
+static int wait_config_change(const struct vdev *d)
+{
+	while (!(mmio_read(d, REG_INTERRUPT_STATUS) & INTERRUPT_CONFIG))
+		delay();
+	mmio_write(d, REG_INTERRUPT_ACK, INTERRUPT_CONFIG);
+	return mmio_read(d, REG_STATUS) & STATUS_DEVICE_NEEDS_RESET ? -1 : 0;
+}
+
+/* The host's target (§5.5.4 num_pages), cut to the `capacity` this kernel can give. */
+static uint32_t balloon_target(const struct vdev *d, uint32_t capacity)
+{
+	uint32_t target = config_read32(d, BALLOON_CONFIG_NUM_PAGES);
+
+	return target < capacity ? target : capacity;
+}
+
+/*
+ * One step toward `target`, at most 1 MiB: inflate the pages above the
+ * balloon (§5.5.6 inflateq), or deflate its top pages (the deflateq: without
+ * VIRTIO_BALLOON_F_MUST_TELL_HOST the guest may use them at once, and finds
+ * zeros where the host released them). Then `actual` (§5.5.6.1: the driver
+ * updates it after every change of the balloon).
+ */
+static int balloon_step(struct vdev *d, uint32_t target)
+{
+	uint32_t first_pfn = BALLOON_BASE >> BALLOON_PFN_SHIFT;
+	uint32_t count;
+
+	if (target > balloon_pages) {
+		count = target - balloon_pages < PAGES_PER_MIB ? target - balloon_pages : PAGES_PER_MIB;
+		if (balloon_send(d, BALLOON_INFLATEQ, first_pfn + balloon_pages, count) < 0)
+			return fail("balloon", "inflateq: no answer from the device");
+		balloon_pages += count;
+	} else {
+		count = balloon_pages - target < PAGES_PER_MIB ? balloon_pages - target : PAGES_PER_MIB;
+		balloon_pages -= count;
+		if (balloon_send(d, BALLOON_DEFLATEQ, first_pfn + balloon_pages, count) < 0)
+			return fail("balloon", "deflateq: no answer from the device");
+	}
+	config_write32(d, BALLOON_CONFIG_ACTUAL, balloon_pages);
+	return 0;
+}
+
+/* "balloon: inflated to 16384 pages (64 MiB)" */
+static void balloon_show(const char *how, const struct vdev *d, uint32_t capacity)
+{
+	puts("balloon: ");
+	puts(how);
+	puts(" to ");
+	putdec(balloon_pages);
+	puts(" pages (");
+	putdec(balloon_pages / PAGES_PER_MIB);
+	puts(" MiB)");
+	if (config_read32(d, BALLOON_CONFIG_NUM_PAGES) > capacity)
+		puts(": the host asked for more than this kernel can give");
+	putc('\n');
+}
+
+/* Follow the host's target until the run is ended from outside; returns on a failure only. */
+static void follow_run(struct vdev *d)
+{
+	uint32_t capacity, target, shown;
+
+	if ((uint32_t)_end > BALLOON_BASE || ram_top <= BALLOON_BASE) {
+		fail("follow", "no free RAM from 16 MiB up");
+		return;
+	}
+	capacity = (ram_top - BALLOON_BASE) >> BALLOON_PFN_SHIFT;
+	puts("balloon: following the host's target, from ");
+	putdec(balloon_pages);
+	puts(" pages (at most ");
+	putdec(capacity);
+	puts(")\n");
+	for (shown = balloon_pages;;) {
+		while ((target = balloon_target(d, capacity)) != balloon_pages)
+			if (balloon_step(d, target) < 0)
+				return;
+		if (balloon_pages != shown)
+			balloon_show(balloon_pages > shown ? "inflated" : "deflated", d, capacity);
+		shown = balloon_pages;
+		if (wait_config_change(d) < 0) {
+			fail("balloon", "the device needs a reset");
+			return;
+		}
+	}
+}
+
 /* --- the same data through the emulated UART ------------------------------- */
 
 /*
@@ -898,7 +1038,7 @@ static void serial_run(uint32_t kib)
 /* --- the command line ------------------------------------------------------ */
 
 static struct {
-	int console, console_bulk, blk, rng, balloon, touch, serial;
+	int console, console_bulk, blk, rng, balloon, touch, serial, follow;
 	uint32_t console_kib, balloon_mib, touch_mib, serial_kib;
 } want;
 
@@ -978,6 +1118,8 @@ static void parse_cmdline(const char *s)
 			want.blk = 1;
 		} else if (word_is(word, len, "rng", &value) && !value) {
 			want.rng = 1;
+		} else if (word_is(word, len, "follow", &value) && !value) {
+			want.follow = 1;
 		} else if (word_is(word, len, "touch", &value)) {
 			n = number(value, s);
 			if (n <= 0)
@@ -1095,5 +1237,7 @@ void kmain(uint32_t magic, const struct multiboot_info *info)
 		touch_run(want.touch_mib);
 	if (want.balloon && (d = device(ID_BALLOON, "balloon")))
 		balloon_run(d, want.balloon_mib);
+	if (want.follow && (d = device(ID_BALLOON, "follow")))
+		follow_run(d); /* returns on a failure only */
 	finish();
 }
