@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from pyvmm.console.output import ConsoleWriter
     from pyvmm.machine.builder import Machine
     from pyvmm.machine.early_vm import EarlyVm
+    from pyvmm.machine.monitor import MachineControl, Monitor
     from pyvmm.machine.outcome import RunOutcome
     from pyvmm.machine.virtio import Drive
 
@@ -151,8 +152,12 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
 
         gdb_address = parse_gdb_address(gdb_spec)  # a bad address, before the VM is built
     with contextlib.ExitStack() as files:
+        monitor = open_monitor(files, args)  # a PATH it cannot take, before anything runs
         console_input = open_console_input(files, args.input_buffer)
         machine = files.enter_context(build_from_args(args, sys.stdout, console_input))
+        if monitor is not None:
+            monitor.attach(monitor_control(machine))
+            files.callback(monitor.close)  # its thread ends before the machine is closed
         log_memory_map(machine)
         observers: list[Any] = []
         if categories is not None:
@@ -187,7 +192,7 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
             )
         elif args.reboot:
             machine, outcome = run_rebooting(
-                machine, args, observer, lambda new: retarget_tracers(observers, new)
+                machine, args, observer, lambda new: retarget(observers, monitor, new)
             )
             files.callback(machine.close)  # the last machine; run_rebooting closed the others
         else:
@@ -289,6 +294,29 @@ def _stop_on_closed_console(machine: Machine, writer: ConsoleWriter) -> Callable
     return lambda: machine.group.request_stop(closed_console_outcome(writer))
 
 
+def open_monitor(resources: contextlib.ExitStack, args: argparse.Namespace) -> Monitor | None:
+    """--monitor unix:PATH: the socket, bound and listening (served once a machine is attached)."""
+    path = getattr(args, "monitor_path", None)
+    if path is None:
+        return None
+    from pyvmm.machine.monitor import Monitor  # imported with --monitor only
+
+    return resources.enter_context(Monitor.listen(path, args.monitor[0]))
+
+
+def monitor_control(machine: Machine) -> MachineControl:
+    from pyvmm.machine.monitor import MachineControl
+
+    return MachineControl(machine)
+
+
+def retarget(observers: list[Any], monitor: Monitor | None, machine: Machine) -> None:
+    """After a reboot, the trace and the monitor work on the new machine."""
+    retarget_tracers(observers, machine)
+    if monitor is not None:
+        monitor.attach(monitor_control(machine))
+
+
 def retarget_tracers(observers: list[Any], machine: Machine) -> None:
     """After a reboot, the exit trace reads the new machine's vCPU and memory."""
     from pyvmm.observe.trace import ExitTracer
@@ -300,10 +328,11 @@ def retarget_tracers(observers: list[Any], machine: Machine) -> None:
 
 
 def report_reset(outcome: RunOutcome, console: object) -> None:
-    """A reset (no --reboot), a power-off or a hopeless `hlt` ended the run: say so, once.
+    """A reset (no --reboot), a power-off, a quit or a hopeless `hlt` ended the run: say so, once.
 
-    Both are normal ends (no register dump), but not a silent one like `hlt`:
-    the line says which register the guest used.
+    They are normal ends (no register dump), but not silent ones like `hlt`:
+    the line says which register the guest used, or that the monitor's quit
+    (--monitor) ended the run.
     """
     from pyvmm.machine.outcome import HALTED_WAITING, OutcomeKind
 
@@ -311,6 +340,8 @@ def report_reset(outcome: RunOutcome, console: object) -> None:
         ending = ": the run ends, as with qemu -no-reboot (--reboot restarts the machine)"
     elif outcome.kind is OutcomeKind.POWER_OFF:
         ending = ": the run ends, as QEMU exits when its guest powers off"
+    elif outcome.kind is OutcomeKind.QUIT:
+        ending = " (status 0, as QEMU exits on quit)"
     elif outcome.kind is OutcomeKind.HALTED and outcome.message == HALTED_WAITING:
         ending = ""  # a normal end, but not what a guest that enabled interrupts wanted
     else:

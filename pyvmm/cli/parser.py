@@ -54,6 +54,8 @@ how a run ends (outcome: exit status); odd statuses belong to debug-exit alone:
                   12    a real-mode guest took a CPU exception (e.g. #UD) at a
                         vector it never set: pyvmm has no BIOS, and a BIOS's
                         bare iret would run the faulting instruction forever
+  quit            0     the monitor's quit command ended the run (--monitor), as
+                        QEMU's quit exits 0
   timeout         124   --timeout expired (as timeout(1) reports it)
   exit-limit      126   --max-exits reached
   interrupted     -     Ctrl-C, SIGTERM or SIGHUP: pyvmm cleans up, then ends
@@ -70,6 +72,16 @@ pyvmm stub, so `int 0x10` returns at once and the guest runs on; at the end
 pyvmm names each BIOS service called (vector, AH, where, how often) on stderr.
 VGA: --vga auto shows the 80x25 VGA text screen (0xb8000) on stderr at the
 end when the guest wrote to it, --vga text always, --vga none never.
+
+monitor: --monitor unix:PATH listens on PATH (QEMU's -monitor
+unix:PATH,server,nowait; pyvmm is the server and never waits) for one client
+at a time, e.g. socat - UNIX-CONNECT:PATH, with QEMU's HMP commands:
+  balloon N       ask the guest to keep N MiB (the balloon's num_pages becomes
+                  (RAM - N MiB) / 4 KiB; needs --balloon)
+  info balloon    balloon: actual=<MiB>, the guest's memory less its balloon
+  help            the commands
+  quit            end the run (outcome quit, status 0)
+The socket file is removed when the run ends.
 
 console: COM1 is this terminal. Output goes to stdout (--console-rate caps
 it); keystrokes go to the guest unechoed, one by one, through a buffer of
@@ -252,6 +264,14 @@ def build_parser() -> _Parser:
         help="when the guest resets the machine, start it again (a new machine, RAM zeroed, "
         "as at power-on) instead of ending the run: the opposite of qemu -no-reboot; "
         "--timeout and --max-exits count the whole session",
+    )
+    boot.add_argument(
+        "--monitor",
+        action="append",
+        metavar="unix:PATH",
+        help="a human monitor on the UNIX socket PATH, as QEMU's -monitor "
+        "unix:PATH,server,nowait (those words are taken and change nothing): balloon N "
+        "(the guest's memory target, MiB), info balloon, help, quit (see monitor below)",
     )
     boot.add_argument(
         "--gdb",
@@ -484,6 +504,8 @@ def check_combinations(args: argparse.Namespace) -> None:
                 f"{prog}: the gdb stub debugs one machine, and --reboot builds a new one at "
                 "each reset: give one of --reboot and --gdb"
             )
+        # --monitor's PATH (None: no monitor), checked before anything runs.
+        args.monitor_path = _monitor_path(prog, args.monitor) if args.monitor else None
         if args.trace is None and args.trace_file is not None:
             args.trace = "all"  # a trace file asks for a trace
         if args.trace_format is not None and args.trace is None:
@@ -500,6 +522,18 @@ def check_combinations(args: argparse.Namespace) -> None:
         raise UsageError(
             f"{prog}: -q discards the guest's output, so --console-rate has nothing to limit"
         )
+
+
+def _monitor_path(prog: str, specs: list[str]) -> str | None:
+    """--monitor's PATH (None: `none`), read before anything runs; one monitor only."""
+    if len(specs) > 1:
+        raise UsageError(f"{prog}: --monitor: pyvmm has one monitor, not {len(specs)}")
+    from pyvmm.machine.monitor import parse_monitor
+
+    try:
+        return parse_monitor(specs[0])
+    except UsageError as error:
+        raise UsageError(f"{prog}: {error}") from None
 
 
 def _parse_address(text: str) -> int:

@@ -331,10 +331,19 @@ NO_FIRMWARE = (
     "pyvmm has no firmware (no BIOS, no UEFI): it loads IMAGE itself and enters it "
     "in the mode --mode names"
 )
-NO_MONITOR = (
-    "pyvmm has no monitor: Ctrl-C ends the run; --gdb tcp::PORT (or -s) lets gdb "
-    "inspect and control the guest"
+MONITOR_IS = (
+    "pyvmm's monitor is a human monitor (HMP) on a UNIX socket: "
+    "-monitor unix:PATH[,server][,nowait], or --monitor unix:PATH"
 )
+
+
+def _monitor(name: str, value: str | None, context: CommandContext) -> list[str]:
+    """-monitor none (none) and -monitor unix:PATH[,server,nowait] (pyvmm's --monitor)."""
+    if value == "none":
+        return []
+    if value is not None and value.startswith("unix:"):
+        return translated(name, "--monitor", value, context)
+    raise refuse(context, f"{name} {value}", f"{MONITOR_IS}; no other backend")
 
 
 def _entry(
@@ -408,17 +417,23 @@ TABLE: tuple[QemuOption, ...] = (
     _entry(
         "-monitor",
         "DEV",
-        accepted_values(["none"], NO_MONITOR),
+        _monitor,
         accepts="-monitor none",
-        otherwise="pyvmm has no monitor",
+        becomes="-monitor unix:PATH[,server][,nowait] -> --monitor unix:PATH[,server][,nowait]",
+        otherwise="other backends: pyvmm's monitor is on a UNIX socket",
     ),
-    _entry("-qmp -mon", "DEV", refused(NO_MONITOR), otherwise="pyvmm has no monitor"),
+    _entry(
+        "-qmp -mon",
+        "DEV",
+        refused(f"pyvmm has no QMP and no -mon chardevs; {MONITOR_IS}"),
+        otherwise="pyvmm has no QMP; its monitor is -monitor unix:PATH",
+    ),
     _entry("-no-reboot", None, accepted, accepts="-no-reboot (a reset ends the run, status 0)"),
     _entry(
         "-no-shutdown",
         None,
         refused(
-            "pyvmm has no monitor to keep a stopped guest for; "
+            "pyvmm's monitor cannot keep a stopped guest (it has no stop or cont); "
             "a guest's shutdown ends the run (status 0)"
         ),
         otherwise="a guest's shutdown always ends the run",

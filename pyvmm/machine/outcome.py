@@ -33,7 +33,7 @@ class OutcomeKind(enum.Enum):
     structure"): KVM_EXIT_HLT, KVM_EXIT_SHUTDOWN (a triple fault, Intel SDM
     vol. 3A, 6.15 "Interrupt 8 - Double Fault Exception"), KVM_EXIT_SYSTEM_EVENT,
     KVM_EXIT_FAIL_ENTRY, KVM_EXIT_INTERNAL_ERROR. `is_abnormal` is true for
-    every kind but HALTED, DEBUG_EXIT, POWER_OFF, RESET and DEBUG.
+    every kind but HALTED, DEBUG_EXIT, POWER_OFF, RESET, QUIT and DEBUG.
     """
 
     HALTED = "halted"  # HLT with nothing left to wake the vCPU
@@ -49,6 +49,8 @@ class OutcomeKind(enum.Enum):
     # A real-mode exception whose IVT vector is still pyvmm's no-BIOS stub:
     # a BIOS's bare iret would re-run the faulting instruction forever.
     UNHANDLED_EXCEPTION = "unhandled-exception"
+    # The monitor's `quit` (machine/monitor.py): the user ended the run, as QEMU's quit does.
+    QUIT = "quit"
     TIMEOUT = "timeout"  # --timeout elapsed
     EXIT_LIMIT = "exit-limit"  # --max-exits reached
     INTERRUPTED = "interrupted"  # SIGINT / SIGTERM / SIGHUP, or killed from gdb
@@ -62,6 +64,7 @@ class OutcomeKind(enum.Enum):
             OutcomeKind.DEBUG_EXIT,
             OutcomeKind.POWER_OFF,
             OutcomeKind.RESET,
+            OutcomeKind.QUIT,
             OutcomeKind.DEBUG,
         )
 
@@ -143,6 +146,11 @@ def reset_requested(how: str) -> RunOutcome:
     """The guest reset the machine; `how` names the register it used (see pyvmm.machine.reset)."""
     # Status 0, as `qemu -no-reboot` exits when the guest resets.
     return RunOutcome(OutcomeKind.RESET, EXIT_HALTED, f"guest reset the machine: {how}")
+
+
+def quit_requested(by: str) -> RunOutcome:
+    """The user ended the run (`by`: the monitor's quit). Status 0, as QEMU's quit exits."""
+    return RunOutcome(OutcomeKind.QUIT, EXIT_HALTED, f"{by} ended the run")
 
 
 def unhandled_exception(message: str, registers: str | None = None) -> RunOutcome:

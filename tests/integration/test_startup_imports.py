@@ -195,6 +195,7 @@ ABSENT_PACKAGES = (
     "pyvmm.devices.testdev",
     "pyvmm.machine.device_ranges",  # Machine.attach_*_device
     "pyvmm.machine.facade",  # create_machine, the library's entry
+    "pyvmm.machine.monitor",  # --monitor
 )
 # Not imported by the whole command either: the report after the run needs none.
 NEVER = {
@@ -207,6 +208,7 @@ NEVER = {
     "pyvmm.gdb",
     "pyvmm.demos",
     "pyvmm.cli.qemu_options",
+    "pyvmm.machine.monitor",
     # hello.bin's exits are all port writes: the decoded exits are never needed
     "pyvmm.kvm.exits",
     "pyvmm.machine.exit_dispatch",

@@ -152,7 +152,8 @@ def test_display_curses_becomes_vga_text_where_the_option_exists() -> None:
         (["-machine", "accel=tcg", HELLO], "pyvmm runs on KVM only"),
         (["-cpu", "qemu64", HELLO], "pyvmm has no CPU models"),
         (["-serial", "file:out.txt", HELLO], "COM1 is always this terminal"),
-        (["-monitor", "stdio", HELLO], "pyvmm has no monitor"),
+        (["-monitor", "stdio", HELLO], "monitor (HMP) on a UNIX socket: -monitor unix:PATH"),
+        (["-qmp", "unix:q.sock,server", HELLO], "pyvmm has no QMP"),
         (["-no-shutdown", HELLO], "a guest's shutdown ends the run"),
         (["-display", "gtk", HELLO], "no graphical display"),
         (["-vga", "std", HELLO], "no graphics card"),
@@ -196,7 +197,9 @@ def test_every_qemu_option_in_the_table_is_handled(capsys: pytest.CaptureFixture
 
 def test_the_table_documents_every_form_it_accepts() -> None:
     """An accepted or translated form in the docs is one the handlers really take."""
-    context = CommandContext("pyvmm boot", frozenset({"--gdb", "--kernel-irqchip", "--vga"}))
+    context = CommandContext(
+        "pyvmm boot", frozenset({"--gdb", "--kernel-irqchip", "--vga", "--monitor"})
+    )
     no_vga = CommandContext("pyvmm boot", frozenset({"--gdb", "--kernel-irqchip"}))
     for entry in TABLE:
         forms = [f.partition(" (")[0] for f in entry.accepts.split("; ") if entry.accepts]

@@ -32,6 +32,7 @@ STATUS_TEXT = {
     "internal-error": str(outcome.EXIT_INTERNAL_ERROR),
     "fail-entry": str(outcome.EXIT_FAIL_ENTRY),
     "unhandled-exception": str(outcome.EXIT_UNHANDLED_EXCEPTION),
+    "quit": str(outcome.EXIT_HALTED),
     "timeout": str(outcome.EXIT_TIMEOUT),
     "exit-limit": str(outcome.EXIT_LIMIT),
     "vmm-error": str(outcome.EXIT_VMM_ERROR),

@@ -80,6 +80,16 @@ def reset_outcomes() -> list[RunOutcome]:
     return seen
 
 
+def monitor_quit_outcome() -> RunOutcome:
+    """The monitor's `quit` (--monitor), through the machine's side of the monitor."""
+    from pyvmm.machine.monitor import MachineControl
+    from tests.unit.test_monitor import FakeGroup, fake_machine
+
+    group = FakeGroup()
+    MachineControl(fake_machine(group)).quit()
+    return group.stops[0]
+
+
 def every_ending() -> list[RunOutcome]:
     endings = [
         loop_outcome(reason(lib.KVM_EXIT_HLT)),
@@ -99,6 +109,7 @@ def every_ending() -> list[RunOutcome]:
         *debug_exit_outcomes(),
         *reset_outcomes(),
         unhandled_exception_outcome(),
+        monitor_quit_outcome(),
         timed_out(1.0),
         exit_limit_reached(10),
         vmm_error("a KVM call failed"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from pyvmm.devices.virtio.balloon import (
     DEFLATEQ,
     INFLATEQ,
@@ -80,6 +82,16 @@ def test_set_target_is_a_config_change_and_actual_is_the_drivers() -> None:
     balloon.transport.write(VIRTIO_MMIO_CONFIG, 4, 7)  # num_pages is the device's
     assert (balloon.device.num_pages, balloon.device.actual) == (256, 200)
     assert balloon.transport.read(VIRTIO_MMIO_CONFIG + 4, 4) == 200
+
+
+@pytest.mark.parametrize("pages", [-1, 1 << 32])
+def test_a_target_num_pages_cannot_hold_is_refused_and_changes_nothing(pages: int) -> None:
+    balloon = Balloon()
+    balloon.start()
+    with pytest.raises(ValueError, match="num_pages holds 0 to 4294967295"):
+        balloon.device.set_target(pages)
+    assert balloon.device.num_pages == 0
+    assert balloon.driver.read(VIRTIO_MMIO_CONFIG_GENERATION) == 0
 
 
 def test_inflated_pages_are_released_and_bad_pfns_skipped() -> None:

@@ -43,6 +43,7 @@ VIRTIO_BALLOON_F_PAGE_REPORTING = 5
 # FREE_PAGE_HINT or PAGE_POISON, not offered).
 BALLOON_CONFIG = struct.Struct("<II")
 ACTUAL_OFFSET = 4  # the only field the driver writes
+MAX_PAGES = 0xFFFF_FFFF  # num_pages and actual are le32
 VIRTIO_BALLOON_PFN_SHIFT = 12  # §5.5.6: page numbers are in 4 KiB units, whatever the guest's
 BALLOON_PAGE_SIZE = 1 << VIRTIO_BALLOON_PFN_SHIFT
 PFN = struct.Struct("<I")
@@ -135,7 +136,13 @@ class VirtioBalloon(VirtioDeviceBase):
     # -- the host side -----------------------------------------------------
 
     def set_target(self, pages: int) -> None:
-        """Ask the guest to hold `pages` 4 KiB pages in the balloon (a configuration change)."""
+        """Ask the guest to hold `pages` 4 KiB pages in the balloon (a configuration change).
+
+        num_pages is a le32 (§5.5.4): ValueError for a count it cannot hold.
+        Like every device method, call it from a vCPU thread (VcpuGroup.post).
+        """
+        if not 0 <= pages <= MAX_PAGES:
+            raise ValueError(f"a balloon of {pages} pages: num_pages holds 0 to {MAX_PAGES}")
         self.num_pages = pages
         self.transport.signal_config_change()
 
