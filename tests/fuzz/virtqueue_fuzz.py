@@ -25,6 +25,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from pyvmm.devices.virtio.balloon import VirtioBalloon
 from pyvmm.devices.virtio.blk import VirtioBlk
@@ -37,13 +38,14 @@ from pyvmm.devices.virtio.mmio import (
 )
 from pyvmm.devices.virtio.rng import VirtioRng
 from pyvmm.memory.guest_memory import GuestMemory
-from tests.unit.virtio_rings import MmioDriver
+from tests.unit.virtio_rings import DriverRing, MmioDriver
 
 LOW_RAM = 0x20_0000  # the rings live here (the test driver's allocator)
 HIGH_RAM = 0x1_0000_0000
 RAM = ((0, LOW_RAM), (HIGH_RAM, 0x10_0000))  # a hole from 2 MiB to 4 GiB
 KICK_LIMIT = 1.0  # seconds: a kick that takes longer is a hang
 DESC = struct.Struct("<QIHH")
+U16 = struct.Struct("<H")
 NEXT, WRITE, INDIRECT = 1, 2, 4
 
 
@@ -94,6 +96,38 @@ def length(rng: random.Random) -> int:
     return rng.choice([0, 1, 16, 512, 4096, 0xFFFF_FFFF, rng.randrange(1 << 32)])
 
 
+class RingMemory(Protocol):
+    """What `scribble` writes the ring through: GuestMemory, or a recorder in front of it."""
+
+    def read(self, gpa: int, size: int) -> bytes: ...
+
+    def write(self, gpa: int, data: bytes) -> None: ...
+
+
+def scribble(
+    rng: random.Random,
+    ring: DriverRing,
+    memory: RingMemory,
+    pick_address: Callable[[random.Random], int] = address,
+) -> None:
+    """Overwrite a few of `ring`'s descriptors with random ones (addresses from
+    `pick_address`, lengths from `length`, random NEXT/WRITE/INDIRECT flags and next
+    indexes), then, most of the time, move its avail idx by a step or by a jump past
+    the queue size over random ring entries. The guest fuzzer (guest_virtio.py) calls
+    it with its machine's addresses, through guest code."""
+    for _ in range(rng.randrange(0, 8)):
+        slot = rng.randrange(ring.size)
+        flags = rng.getrandbits(3) & (NEXT | WRITE | INDIRECT)
+        entry = DESC.pack(pick_address(rng), length(rng), flags, rng.randrange(ring.size + 2))
+        memory.write(ring.desc + slot * DESC.size, entry)
+    if rng.random() < 0.7:  # avail idx: a step, or a jump past the queue size
+        step = rng.choice([1, 2, ring.size, ring.size + 1, rng.randrange(1 << 16)])
+        (old,) = U16.unpack(memory.read(ring.avail + 2, U16.size))
+        for position in range(min(step, ring.size)):
+            memory.write(ring.avail + 4 + 2 * position, U16.pack(rng.randrange(ring.size + 3)))
+        memory.write(ring.avail + 2, U16.pack((old + step) & 0xFFFF))
+
+
 class Outcome:
     __slots__ = ("case", "error", "kind", "needs_reset", "refusals", "used")
 
@@ -126,21 +160,7 @@ def run_case(seed: int, case: int) -> Outcome:
                 ring = rings[index]
                 if rng.random() < 0.5:  # a well-formed request first, sometimes
                     ring.add([b"x" * 16], [64])
-                for _ in range(rng.randrange(0, 8)):  # then scribble over descriptors
-                    slot = rng.randrange(ring.size)
-                    flags = rng.getrandbits(3) & (NEXT | WRITE | INDIRECT)
-                    entry = DESC.pack(
-                        address(rng), length(rng), flags, rng.randrange(ring.size + 2)
-                    )
-                    memory.write(ring.desc + slot * DESC.size, entry)
-                if rng.random() < 0.7:  # avail idx: a step, or a jump past the queue size
-                    step = rng.choice([1, 2, ring.size, ring.size + 1, rng.randrange(1 << 16)])
-                    idx = (memory.read_u16(ring.avail + 2) + step) & 0xFFFF
-                    for position in range(min(step, ring.size)):
-                        memory.write_u16(
-                            ring.avail + 4 + 2 * position, rng.randrange(ring.size + 3)
-                        )
-                    memory.write_u16(ring.avail + 2, idx)
+                scribble(rng, ring, memory)
                 if rng.random() < 0.1:  # a register write out of turn
                     transport.write(rng.randrange(0, 0x100, 4), 4, rng.getrandbits(32))
                 started = time.monotonic()
