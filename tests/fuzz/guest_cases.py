@@ -3,7 +3,8 @@
 A case is its image from guest_code.py plus random changes to the entry
 registers and sregs, the RAM size, the vCPU count (1 up to pyvmm's ceiling),
 host input and observer; each case draws from its own generator, so any case
-re-runs alone.
+re-runs alone. A case of the virtio kind is a user-mode guest that drives the
+virtio devices with hostile virtqueues, planned by guest_virtio.py.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tests.fuzz.guest_code import (
     pick_value,
     snippet_start_cpu,
 )
+from tests.fuzz.guest_virtio import VirtioSetup, plan_case
 
 MIB = 1 << 20
 RAM_SIZE = 16 * MIB
@@ -174,6 +176,9 @@ class GuestCase:
     # Run as `pyvmm boot` in a child process whose stdin is a pseudo-terminal (the
     # registers are then pyvmm's own: the command line cannot set them).
     via_cli: bool = False
+    # A case of the virtio kind: the machine's virtio devices, its disk and the
+    # script the guest runs against them (guest_virtio.py); None for the code kind.
+    virtio: VirtioSetup | None = None
 
 
 # Of the cases, those run as `pyvmm boot`: each costs a Python start-up.
@@ -186,8 +191,18 @@ def case_random(seed: int, index: int) -> random.Random:
     return random.Random(f"pyvmm-guest-fuzz:{seed}:{index}")
 
 
-def generate_case(seed: int, index: int, modes: tuple[CpuMode, ...]) -> GuestCase:
-    """Case `index` of campaign `seed`: the same on every run (for the same `modes`)."""
+# What a case is about: "code" (random code and registers, in every mode) or
+# "virtio" (a user-mode guest that drives the virtio devices with hostile rings).
+KINDS = ("code", "virtio")
+
+
+def generate_case(
+    seed: int, index: int, modes: tuple[CpuMode, ...], kind: str = "code"
+) -> GuestCase:
+    """Case `index` of campaign `seed`: the same on every run (for the same `modes` and
+    `kind`; a virtio case is always in user mode, whatever `modes` says)."""
+    if kind == "virtio":
+        return generate_virtio_case(seed, index)
     rng = case_random(seed, index)
     mode = rng.choice(modes)
     sizes, weights = zip(*RAM_SIZES, strict=True)
@@ -214,4 +229,18 @@ def generate_case(seed: int, index: int, modes: tuple[CpuMode, ...]) -> GuestCas
         sregs = idt + sregs
     return GuestCase(
         index, mode, image, regs, sregs, cpus, irqchip, ram_size, console_input, observer
+    )
+
+
+def generate_virtio_case(seed: int, index: int) -> GuestCase:
+    """Case `index` of campaign `seed` of the virtio kind (guest_virtio.py)."""
+    plan = plan_case(seed, index)
+    return GuestCase(
+        index,
+        CpuMode.USER,
+        plan.image,
+        ram_size=plan.ram_size,
+        console_input=plan.console_input,
+        via_cli=plan.via_cli,
+        virtio=plan.setup,
     )

@@ -16,15 +16,27 @@ an exception) with a one-line message, within its limits, and must leave the
 host process as it found it: the same file descriptors, threads, signal
 handlers, interval timer and terminal modes.
 
+With `--kind virtio` the cases are of another kind (guest_virtio.py): a
+user-mode guest brings up pyvmm's virtio-mmio devices (console, block on a
+temporary disk image, entropy, balloon) and drives them with hostile
+virtqueues: looping chains, descriptors outside RAM or in the MMIO hole,
+overflowing lengths, wrong directions, bad indirect tables, avail indexes that
+jump, queue sizes that are no power of 2, misplaced rings, missing queues,
+status writes out of order, resets mid-request, configuration accesses of every
+width. On top of the above, the guest must reach the end of its script, the
+devices must touch nothing outside guest RAM, and the disk image may change
+only where the block device wrote.
+
 Each case draws from its own `random.Random` seeded with (seed, index), so any
 case re-runs alone:
 
     python -m tests.fuzz.guest_fuzz --count 5000 --seed 1      # a campaign
     python -m tests.fuzz.guest_fuzz --seed 1 --case 1234 -v    # one case, shown
+    python -m tests.fuzz.guest_fuzz --kind virtio --count 5000 --seed 1
 
 This module runs campaigns, reports them and replays one case; the code, the
 cases, one run and the host checks are in guest_code.py, guest_cases.py,
-guest_run.py and host_state.py.
+guest_run.py and host_state.py, the virtio kind in guest_virtio.py.
 """
 
 from __future__ import annotations
@@ -40,9 +52,10 @@ from dataclasses import dataclass, field
 from pyvmm.arch.x86_64.cpu import default_load_gpa
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.machine.outcome import OutcomeKind
-from tests.fuzz.guest_cases import ALL_MODES, GuestCase, Tweak, generate_case
+from tests.fuzz.guest_cases import ALL_MODES, KINDS, GuestCase, Tweak, generate_case
 from tests.fuzz.guest_code import CODE_BITS
 from tests.fuzz.guest_run import CaseResult, Limits, run_case
+from tests.fuzz.guest_virtio import describe_op
 from tests.fuzz.host_state import (
     HostState,
     address_space_size,
@@ -56,9 +69,14 @@ from tests.integration.vcpu_limits import most_vcpus
 # Findings in pyvmm code that is not this harness's to fix, until they are fixed: a
 # failure whose text contains a key here is counted under "known bug" instead of
 # failing the campaign. Each has a strict xfail test in
-# tests/integration/test_guest_fuzz_regressions.py; when that test starts to pass,
-# delete its entry here.
-KNOWN_BUGS: dict[str, str] = {}
+# tests/integration/test_guest_fuzz_regressions.py (the virtio kind's: in
+# tests/fuzz/test_guest_virtio.py); when that test starts to pass, delete its entry here.
+KNOWN_BUGS: dict[str, str] = {
+    "the balloon went through": (
+        "an inflate buffer of millions of page numbers keeps pyvmm busy for seconds to "
+        "minutes, past its timeout: one madvise per page number, no bound per request"
+    ),
+}
 
 
 @dataclass
@@ -68,7 +86,7 @@ class Failure:
     mode: str
     what: str
     detail: str = ""
-    mode_options: str = ""  # the --mode options the campaign ran with, if any
+    mode_options: str = ""  # the --mode (or --kind) options the campaign ran with, if any
 
     @property
     def reproducer(self) -> str:
@@ -96,6 +114,9 @@ class Report:
     seconds: float = 0.0
     slowest: float = 0.0
     address_space_growth: int = 0
+    kind: str = "code"
+    # Virtio cases: what the devices counted (refusals by kind, ...) and the watchers saw.
+    counts: Counter[str] = field(default_factory=Counter)
 
     @property
     def guests(self) -> int:
@@ -110,6 +131,7 @@ class Report:
         self.cpus[result.case.cpus] += 1
         self.slowest = max(self.slowest, result.seconds)
         self.exits += result.exits
+        self.counts.update(result.counts)
         kind = "pyvmm boot" if result.cli_end is not None else result.kind  # CLI: see self.cli
         self.outcomes[kind] += 1
         self.by_mode[mode, kind] += 1
@@ -128,7 +150,8 @@ class Report:
         kinds = sorted(self.outcomes)
         rate = self.guests / self.seconds if self.seconds else 0.0
         lines = [
-            f"guest fuzz, seed {self.seed}: {self.guests} guests in {self.seconds:.1f} s "
+            f"guest fuzz{'' if self.kind == 'code' else ' (' + self.kind + ')'}, "
+            f"seed {self.seed}: {self.guests} guests in {self.seconds:.1f} s "
             f"({rate:.0f}/s, slowest {self.slowest:.2f} s), {self.smp} with several vCPUs, "
             f"{len(self.failures)} failures",
             f"{self.exits} VM exits served ({self.exits / max(self.guests, 1):.0f} per guest); "
@@ -151,6 +174,8 @@ class Report:
         if self.cli:
             ends = ", ".join(f"{label} {count}" for label, count in sorted(self.cli.items()))
             lines.append(f"of which run as `pyvmm boot` on a pseudo-terminal: {ends}")
+        if self.counts:
+            lines += virtio_summary(self.counts)
         for pattern, seen in self.known.items():
             lines.append(f"known bug, {seen} times: {pattern} ({KNOWN_BUGS[pattern]})")
         for failure in self.failures[:20]:
@@ -159,6 +184,38 @@ class Report:
         if len(self.failures) > 20:
             lines.append(f"... and {len(self.failures) - 20} more failures")
         return "\n".join(lines)
+
+
+def virtio_summary(counts: Counter[str]) -> list[str]:
+    """What the virtio devices counted over a campaign: refusals first, then the rest."""
+    refusals = sorted(
+        (
+            (name.removeprefix("refused "), n)
+            for name, n in counts.items()
+            if name.startswith("refused ")
+        ),
+        key=lambda item: -item[1],
+    )
+    lines = [
+        "refused (virtqueue rules): " + (", ".join(f"{name} {n}" for name, n in refusals) or "none")
+    ]
+    block = sorted(
+        (
+            (name.removeprefix("block "), n)
+            for name, n in counts.items()
+            if name.startswith("block ")
+        ),
+        key=lambda item: -item[1],
+    )
+    if block:
+        lines.append("block requests failed: " + ", ".join(f"{why} {n}" for why, n in block))
+    rest = [
+        f"{name} {n}"
+        for name, n in sorted(counts.items())
+        if not name.startswith(("refused ", "block "))
+    ]
+    lines.append("counted: " + ", ".join(rest))
+    return lines
 
 
 def available_modes() -> tuple[tuple[CpuMode, ...], dict[str, str]]:
@@ -171,13 +228,16 @@ def available_modes() -> tuple[tuple[CpuMode, ...], dict[str, str]]:
     return modes, {"paged": "this host's KVM cannot enter 32-bit paging"}
 
 
-def warm_up(modes: Iterable[CpuMode], limits: Limits) -> None:
+def warm_up(modes: Iterable[CpuMode], limits: Limits, kind: str = "code") -> None:
     """Run one trivial guest per mode, so lazy imports and caches are not counted as leaks.
 
     And one with the most vCPUs: the C library gives threads malloc arenas of
     their own (up to 8 per host CPU, 64 MiB of address space each, kept for the
-    life of the process), a one-time growth that is not a guest's doing.
+    life of the process), a one-time growth that is not a guest's doing. For
+    the virtio kind, one virtio case first (the devices' modules, their threads).
     """
+    if kind == "virtio":
+        run_case(generate_case(0, 0, (), "virtio"), limits)
     modes = tuple(modes)
     for mode in modes:
         run_case(GuestCase(-1, mode, b"\xf4"), limits)
@@ -192,14 +252,19 @@ def run_campaign(
     start: int = 0,
     modes: tuple[CpuMode, ...] | None = None,
     progress: Callable[[int, Report], None] | None = None,
+    kind: str = "code",
 ) -> Report:
-    """Run cases start..start+count-1 of `seed`; check the outcome and the host after each."""
+    """Run cases start..start+count-1 of `seed` of `kind` ("code" or "virtio"); check
+    the outcome and the host after each."""
     limits = limits or Limits()
     usable, skipped = available_modes()
-    options = "".join(f" --mode {mode.value}" for mode in modes or ())
-    modes = tuple(mode for mode in (modes or usable) if mode in usable)
-    report = Report(seed, options, skipped_modes=skipped)
-    warm_up(modes, limits)
+    if kind == "virtio":
+        options, modes, skipped = " --kind virtio", (CpuMode.USER,), {}
+    else:
+        options = "".join(f" --mode {mode.value}" for mode in modes or ())
+        modes = tuple(mode for mode in (modes or usable) if mode in usable)
+    report = Report(seed, options, skipped_modes=skipped, kind=kind)
+    warm_up(modes, limits, kind)
     memory_before = address_space_size()
     started = time.perf_counter()
     try:
@@ -221,7 +286,7 @@ def run_cases(
     """Run and check each case; the host state is compared with the one before the first."""
     baseline = settled_state()
     for index in indices:
-        result = run_case(generate_case(report.seed, index, modes), limits)
+        result = run_case(generate_case(report.seed, index, modes, report.kind), limits)
         if result.outcome is not None and result.outcome.kind is OutcomeKind.INTERRUPTED:
             report.stopped = result.outcome.message
             return
@@ -247,12 +312,17 @@ def describe_case(case: GuestCase, result: CaseResult) -> str:
         f"case {case.index}: {case.mode.value} mode, {case.cpus} vCPU(s), irqchip "
         f"{case.irqchip}, RAM 0x{case.ram_size:x}, {len(case.image)}-byte image at 0x{load:x}",
         f"observer {case.observer or 'none'}, console input {case.console_input!r}",
-        f"image = bytes.fromhex({case.image.hex()!r})",
-        f"regs = {format_tweaks(case.regs)}",
-        f"sregs = {format_tweaks(case.sregs)}",
-        "code:",
-        *disassemble(case.image, bits, load),
     ]
+    if case.virtio is not None:
+        lines += describe_virtio(case)
+    else:
+        lines += [
+            f"image = bytes.fromhex({case.image.hex()!r})",
+            f"regs = {format_tweaks(case.regs)}",
+            f"sregs = {format_tweaks(case.sregs)}",
+            "code:",
+            *disassemble(case.image, bits, load),
+        ]
     if result.rejected is not None:
         lines.append(f"rejected: {result.rejected}")
     if result.outcome is not None:
@@ -263,8 +333,28 @@ def describe_case(case: GuestCase, result: CaseResult) -> str:
         lines.append(f"FAILURE: {result.failure}")
     if result.detail:
         lines.append(result.detail.rstrip())
+    if result.counts:
+        lines += virtio_summary(result.counts)
     lines.append(f"{result.exits} exits, {result.seconds:.3f} s")
     return "\n".join(lines)
+
+
+def describe_virtio(case: GuestCase, limit: int = 400) -> list[str]:
+    """The machine's devices and disk, and the guest's script, one access or store a line."""
+    setup = case.virtio
+    assert setup is not None
+    script = setup.script
+    lines = [
+        f"virtio devices {', '.join(setup.devices)}; disk of {len(setup.disk)} bytes"
+        f"{' (read-only)' if setup.read_only else ''}; via `pyvmm boot`: {case.via_cli}; "
+        f"notifications {'by ioeventfd' if setup.eventfds else 'by MMIO exit'}",
+        f"script ({len(script)} steps), then debug-exit 0x{setup.end_value:x} "
+        f"(status {(setup.end_value << 1) | 1}):",
+    ]
+    lines += [f"  {describe_op(op)}" for op in script[:limit]]
+    if len(script) > limit:
+        lines.append(f"  ... and {len(script) - limit} more")
+    return lines
 
 
 def format_tweaks(tweaks: tuple[Tweak, ...]) -> str:
@@ -287,7 +377,7 @@ def disassemble(code: bytes, bits: int, address: int, limit: int = 60) -> list[s
 
 def replay_case(case: GuestCase, limits: Limits, verbose: bool) -> int:
     """Run one case with the campaign's checks, host state included; 1 if it fails."""
-    warm_up((case.mode,), limits)
+    warm_up((case.mode,), limits, "code" if case.virtio is None else "virtio")
     baseline = settled_state()
     result = run_case(case, limits)
     leftovers = host_differences(baseline)
@@ -308,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", type=int, default=0, help="first case index")
     parser.add_argument("--case", type=int, help="run this one case only (with -v: show it)")
     parser.add_argument("--mode", choices=[mode.value for mode in ALL_MODES], action="append")
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="code",
+        help="code: random code in every mode (default); virtio: hostile virtqueues",
+    )
     parser.add_argument("--timeout", type=float, default=Limits.timeout)
     parser.add_argument("--max-exits", type=int, default=Limits.max_exits)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -319,14 +415,17 @@ def main(argv: list[str] | None = None) -> int:
     modes = tuple(CpuMode(value) for value in args.mode) if args.mode else None
     if args.case is not None:
         case_modes = tuple(mode for mode in (modes or usable) if mode in usable)
-        return replay_case(generate_case(args.seed, args.case, case_modes), limits, args.verbose)
+        case = generate_case(args.seed, args.case, case_modes, args.kind)
+        return replay_case(case, limits, args.verbose)
 
     def show_progress(index: int, report: Report) -> None:
         done = index - args.start + 1
         if args.verbose or done % 500 == 0:
             print(f"... {done} guests, {len(report.failures)} failures", file=sys.stderr)
 
-    report = run_campaign(args.count, args.seed, limits, args.start, modes, show_progress)
+    report = run_campaign(
+        args.count, args.seed, limits, args.start, modes, show_progress, args.kind
+    )
     print(report.summary())
     return 1 if report.failures or report.stopped else 0
 

@@ -16,8 +16,9 @@ import tempfile
 import termios
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pyvmm.console.input import InputBuffer
@@ -39,9 +40,19 @@ from pyvmm.machine.outcome import (
 )
 from pyvmm.machine.run_signals import StoppedBySignal
 from pyvmm.machine.vcpu_states import read_vcpu_states
+from pyvmm.machine.virtio import Drive
 from pyvmm.observe.exit_stats import ExitStatistics, FanOut
 from pyvmm.observe.trace import ExitTracer
 from tests.fuzz.guest_cases import GuestCase, apply_tweaks
+from tests.fuzz.guest_virtio import Mmio, quiet_refusals
+from tests.fuzz.guest_virtio_watch import (
+    DeviceWatch,
+    device_counts,
+    disk_problems,
+    ram_ranges,
+    watch_devices,
+    write_disk,
+)
 
 # Every kind a fuzzed guest may end in. DEBUG needs a debugger and INTERRUPTED a
 # signal from outside: neither may happen here, and VMM_ERROR is pyvmm failing.
@@ -63,6 +74,14 @@ STATUS_OF_KIND: dict[OutcomeKind, Callable[[int], bool]] = {
     OutcomeKind.TIMEOUT: lambda status: status == EXIT_TIMEOUT,
     OutcomeKind.EXIT_LIMIT: lambda status: status == EXIT_LIMIT,
 }
+
+
+# A virtio case's guest ends by itself in milliseconds: a longer timeout than the
+# code kind's, and room for the exits of each of its accesses.
+VIRTIO_TIMEOUT = 2.0
+VIRTIO_SPARE_EXITS = 200
+# Page numbers past which a balloon's inflate takes seconds (one madvise each).
+SLOW_BALLOON_PFNS = 100_000
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,9 @@ class CaseResult:
     seconds: float = 0.0
     exits: int = 0  # VM exits served, every vCPU together: how far the guest got
     cli_end: str | None = None  # how `pyvmm boot` ended, for CLI cases
+    # Virtio cases run in this process: what the devices did, and what they counted.
+    watch: DeviceWatch | None = None
+    counts: Counter[str] = field(default_factory=Counter)
 
     @property
     def kind(self) -> str:
@@ -100,8 +122,58 @@ class CaseResult:
 
 def run_case(case: GuestCase, limits: Limits) -> CaseResult:
     """Build, set the registers, run, close; never raises."""
+    if case.virtio is not None:
+        return run_virtio_case(case, limits)
     if case.via_cli:
         return run_cli_case(case, limits)
+    return run_machine(case, limits)
+
+
+def run_virtio_case(case: GuestCase, limits: Limits) -> CaseResult:
+    """A case of the virtio kind, on a disk image of its own; then the disk is checked.
+
+    Its guest ends by itself within milliseconds, so it gets a longer timeout
+    than the code kind's (a guest stopped by one would prove nothing) and
+    room for each of its MMIO accesses.
+    """
+    setup = case.virtio
+    assert setup is not None
+    accesses = sum(isinstance(op, Mmio) for op in setup.script)
+    limits = replace(
+        limits,
+        timeout=max(limits.timeout, VIRTIO_TIMEOUT),
+        max_exits=max(limits.max_exits, accesses + VIRTIO_SPARE_EXITS),
+    )
+    with tempfile.TemporaryDirectory() as directory, quiet_refusals():
+        disk = write_disk(directory, setup)
+        if case.via_cli:
+            result = run_cli_case(case, limits, disk)
+            watched = None
+        else:
+            result = run_machine(case, limits, disk)
+            watched = result.watch.disk_writes if result.watch is not None else None
+        if "block" in setup.devices and result.failure is None:
+            problems = disk_problems(setup.disk, disk, setup.read_only, watched)
+            if problems:
+                result.failure = "; ".join(problems)
+    return result
+
+
+def virtio_options(case: GuestCase, disk: str | None) -> dict[str, Any]:
+    """The MachineConfig fields that give the machine the case's virtio devices."""
+    devices = case.virtio.devices if case.virtio is not None else ()
+    drive = Drive(disk, case.virtio.read_only) if case.virtio and "block" in devices else None
+    return {
+        "virtio_console": "console" in devices,
+        "drive": drive if disk is not None else None,
+        "virtio_rng": "entropy" in devices,
+        "balloon": "balloon" in devices,
+        "ioeventfd": None if case.virtio is None or case.virtio.eventfds else False,
+    }
+
+
+def run_machine(case: GuestCase, limits: Limits, disk: str | None = None) -> CaseResult:
+    """The case in this process, through build_machine (a virtio case's disk at `disk`)."""
     result = CaseResult(case)
     host_input = None
     if case.console_input is not None:
@@ -116,6 +188,7 @@ def run_case(case: GuestCase, limits: Limits) -> CaseResult:
         cpus=case.cpus,
         irqchip=case.irqchip,
         console_input=host_input,
+        **virtio_options(case, disk),
     )
     started = time.perf_counter()
     faulthandler.dump_traceback_later(limits.watchdog, exit=True)
@@ -127,6 +200,9 @@ def run_case(case: GuestCase, limits: Limits) -> CaseResult:
                 result.rejected = str(error)
                 return result
             observer, statistics = make_observer(case.observer, machine)
+            if case.virtio is not None:
+                result.watch = DeviceWatch(ram_ranges(case.ram_size))
+                watch_devices(machine.virtio, result.watch)
             run_started = time.perf_counter()
             result.outcome = machine.run(timeout=limits.timeout, observer=observer)
             ran = time.perf_counter() - run_started
@@ -134,7 +210,14 @@ def run_case(case: GuestCase, limits: Limits) -> CaseResult:
             if statistics is not None:
                 statistics.summary()  # what --stats prints: must format any run
             check_halted(result, machine, irqchip=case.irqchip is not False)
-        check_outcome(result, ran, limits)
+        # The machine is closed: its threads (an I/O thread serving notifications) are
+        # joined, and what they did is done.
+        closed = time.perf_counter() - run_started
+        if case.virtio is not None:
+            result.counts = device_counts(machine.virtio, result.watch)
+        check_outcome(result, ran, limits, closed)
+        if case.virtio is not None:
+            check_virtio_run(result)
     except StoppedBySignal as stop:  # SIGTERM for the fuzzer itself, while building
         result.outcome = interrupted(signal.Signals(stop.signal).name, stop.signal)
     except Exception as error:  # pyvmm must never let one escape: that is the finding
@@ -164,7 +247,7 @@ CLI_STATUSES = {
 }
 
 
-def run_cli_case(case: GuestCase, limits: Limits) -> CaseResult:
+def run_cli_case(case: GuestCase, limits: Limits, disk: str | None = None) -> CaseResult:
     """`pyvmm boot` on the case's image with a pseudo-terminal for stdin.
 
     pyvmm puts a terminal stdin in raw mode and reads it from a thread: the run
@@ -185,7 +268,7 @@ def run_cli_case(case: GuestCase, limits: Limits) -> CaseResult:
                 os.write(master, case.console_input)  # typed ahead
             before = termios.tcgetattr(slave)
             process = subprocess.run(
-                cli_command(case, limits, image),
+                cli_command(case, limits, image, disk),
                 stdin=slave,
                 capture_output=True,
                 timeout=limits.timeout + limits.hang_slack + 10,  # a Python start-up, too
@@ -225,8 +308,17 @@ def classify_cli_end(status: int, stderr: str) -> tuple[str, str | None]:
     return str(status), f"pyvmm boot exited with status {status}: {stderr[:200]!r}"
 
 
-def cli_command(case: GuestCase, limits: Limits, image: str) -> list[str]:
+def cli_command(case: GuestCase, limits: Limits, image: str, disk: str | None = None) -> list[str]:
     command = [sys.executable, "-m", "pyvmm", "boot", "--mode", case.mode.value]
+    options = virtio_options(case, disk)
+    if options["virtio_console"]:
+        command += ["--console", "virtio"]
+    if options["drive"] is not None:
+        drive = options["drive"]
+        command += ["--drive", f"file={drive.path}" + (",readonly=on" if drive.read_only else "")]
+    command += ["--virtio-rng"] if options["virtio_rng"] else []
+    command += ["--balloon"] if options["balloon"] else []
+    command += ["--ioeventfd", "off"] if options["ioeventfd"] is False else []
     command += ["-m", f"{case.ram_size >> 10}K", "--timeout", str(limits.timeout)]
     command += ["--max-exits", str(limits.max_exits), "-smp", str(case.cpus)]
     if case.irqchip is False:
@@ -277,7 +369,41 @@ def check_halted(result: CaseResult, machine: Machine, irqchip: bool) -> None:
         result.failure = f"ended as halted while a vCPU could still run: {states}"
 
 
-def check_outcome(result: CaseResult, ran: float, limits: Limits) -> None:
+def check_virtio_run(result: CaseResult) -> None:
+    """What a virtio case adds to the property: the devices touched guest RAM only, and
+    the guest reached the end of its script unless a device wrote into or released its
+    own memory (pyvmm's tables, its code and data)."""
+    watch, setup, outcome = result.watch, result.case.virtio, result.outcome
+    if watch is None or setup is None or outcome is None:
+        return  # rejected
+    if outcome.kind is OutcomeKind.INTERRUPTED:
+        return  # Ctrl-C or SIGTERM for the fuzzer itself
+    pfns = result.counts["balloon page numbers"]
+    if result.failure is not None and "took" in result.failure and pfns > SLOW_BALLOON_PFNS:
+        result.failure += f": the balloon went through {pfns} page numbers one by one"
+    if result.failure is not None:
+        return
+    if watch.outside:
+        result.failure = watch.outside[0]
+        return
+    expected = (setup.end_value << 1) | 1
+    if outcome.kind is OutcomeKind.DEBUG_EXIT and outcome.exit_status == expected:
+        result.counts["guest reached its end"] += 1
+    elif watch.private:
+        result.counts["guest's own memory hit by a device"] += 1
+    else:
+        result.failure = (
+            f"the guest did not reach the end of its script (debug-exit, status {expected}): "
+            f"{outcome.kind.value}, status {outcome.exit_status}: {outcome.message}"
+        )
+
+
+def check_outcome(
+    result: CaseResult, ran: float, limits: Limits, closed: float | None = None
+) -> None:
+    """The outcome is a named one with its status and a one-line message, and the run
+    (`ran` seconds), then the machine's close (`closed` seconds from the run's start),
+    ended in time."""
     outcome = result.outcome
     assert outcome is not None
     result.detail = outcome.registers or ""
@@ -292,3 +418,8 @@ def check_outcome(result: CaseResult, ran: float, limits: Limits) -> None:
         result.failure = f"{outcome.kind.value} outcome with exit status {outcome.exit_status}"
     elif ran > limits.timeout + limits.hang_slack:
         result.failure = f"run took {ran:.1f} s with a {limits.timeout} s timeout ({message})"
+    elif closed is not None and closed > limits.timeout + limits.hang_slack:
+        result.failure = (
+            f"the run and the machine's close took {closed:.1f} s with a {limits.timeout} s "
+            f"timeout ({message})"
+        )
