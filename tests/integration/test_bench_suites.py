@@ -266,7 +266,7 @@ def test_startup_suite_runs_every_comparison_or_says_why_not() -> None:
 def test_virtio_suite_compares_the_two_consoles() -> None:
     from benchmarks import suite_virtio
 
-    [row] = suite_virtio.collect(quick=True)
+    row, reads, paths = suite_virtio.collect(quick=True)
     assert (row.suite, row.unit, row.a_label, row.b_label) == (
         "virtio", "us/KiB", "16550 (COM1)", "virtio-console"
     )  # fmt: skip
@@ -275,3 +275,14 @@ def test_virtio_suite_compares_the_two_consoles() -> None:
     kib = suite_virtio.QUICK[0]
     assert min(row.notes["exits_per_run"]["serial"]) > kib * 1024  # an exit per byte
     assert row.notes["virtio_exits_per_4k_request"] < 100
+    # virtio-blk: the guest's reads against the host's, and the two notification paths.
+    mib, pairs = suite_virtio.BLK_QUICK
+    assert (reads.unit, len(reads.a), len(reads.b)) == ("us/MiB", pairs, pairs)
+    assert reads.ratio is not None and reads.ratio > 0
+    assert 0 < reads.notes["throughput_guest_over_host"] == round(1 / reads.ratio, 3)
+    assert (paths.a_label, paths.b_label) == ("MMIO exit + KVM_IRQ_LINE", "ioeventfd + irqfd")
+    exits = paths.notes["exits_per_request"]
+    # Without an ioeventfd every request's QueueNotify is an exit; with one, none is.
+    assert exits["MMIO exit + KVM_IRQ_LINE"] >= 1
+    assert exits["ioeventfd, polling the used ring"] < 0.5
+    assert paths.notes["requests_per_run"] == mib * 16

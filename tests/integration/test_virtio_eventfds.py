@@ -67,3 +67,22 @@ def test_without_the_irqchip_the_default_is_the_plain_path() -> None:
     assert "virtio-mmio entropy at 0xfeb00400, GSI 7 (MMIO exit and KVM_IRQ_LINE)" in (
         result.stderr
     )
+
+
+@pytest.mark.parametrize("ioeventfd", ["on", "off"])
+def test_the_driver_sleeps_until_the_interrupt(tmp_path: Path, ioeventfd: str) -> None:
+    """`irq`: the driver waits in `sti; hlt` for the used-buffer interrupt (an irqfd with
+    --ioeventfd on, a KVM_IRQ_LINE off) and reads 2 MiB in 64 KiB requests."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(range(256)) * (9 << 12))  # 2 MiB and a bit, bytes 0..255
+    result = run_pyvmm(
+        "boot", "--ioeventfd", ioeventfd, "--drive", f"file={image},readonly=on",
+        "--append", "blkread=2 irq", guest("virtio/virtio.elf"), timeout=60,
+    )  # fmt: skip
+    assert result.returncode == SUCCESS, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    # Each request's first byte is 0 and its last 255: 32 requests, sum 32 * 255.
+    assert "blkread: read 2 MiB in 32 requests, byte sum 8160" in lines
+    # One interrupt per request: the device raises it for every used buffer and the
+    # driver sleeps until it comes, even when the answer was there before it slept.
+    assert re.findall(r"^irq: (\d+) interrupts$", result.stdout, re.MULTILINE) == ["32"]
