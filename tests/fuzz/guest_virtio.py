@@ -315,6 +315,23 @@ def take_slot(ring: DriverRing) -> int:
     return ring.free.pop(0)
 
 
+def put_chain(
+    ring: DriverRing, parts: list[tuple[int, int, int]], loop_to: int | None = None
+) -> None:
+    """Write `parts` ((gpa, length, flags) each) at free descriptors as one chain linked by
+    NEXT, its last part leading back to part `loop_to` if given, and make it available."""
+    slots = [take_slot(ring) for _ in parts]
+    for position, (gpa, length, flags) in enumerate(parts):
+        if position + 1 < len(parts):
+            flags, after = flags | NEXT, slots[position + 1]
+        elif loop_to is not None:
+            flags, after = flags | NEXT, slots[loop_to]
+        else:
+            after = 0
+        ring.write_desc(slots[position], gpa, length, flags, after)
+    ring.publish(slots[0])
+
+
 class Planner:
     """Plans one case's script: a few sessions with the devices, each a bring-up then steps."""
 
@@ -556,11 +573,8 @@ class Planner:
         buffers = [(ring.buffer(rng.randbytes(16)), 16) for _ in range(count)]
         back = rng.randrange(count)
         if rng.random() < 0.7:
-            slots = [take_slot(ring) for _ in range(count)]
-            for position, (gpa, length) in enumerate(buffers):
-                after = slots[position + 1] if position + 1 < count else slots[back]
-                ring.write_desc(slots[position], gpa, length, NEXT | self.direction(), after)
-            ring.publish(slots[0])
+            parts = [(gpa, length, self.direction()) for gpa, length in buffers]
+            put_chain(ring, parts, loop_to=back)
         else:
             table = ring.alloc(DESC.size * count, 16)
             for position, (gpa, length) in enumerate(buffers):
@@ -630,18 +644,8 @@ class Planner:
             parts = [(PRIVATE_END, self.low_end - PRIVATE_END)] * min(
                 ring.size, 1 + (1 << 32) // (self.low_end - PRIVATE_END)
             )
-        slots = [take_slot(ring) for _ in parts]
         flags = self.direction()
-        for position, (where, length) in enumerate(parts):
-            last = position + 1 == len(parts)
-            ring.write_desc(
-                slots[position],
-                where,
-                length,
-                flags | (0 if last else NEXT),
-                0 if last else slots[position + 1],
-            )
-        ring.publish(slots[0])
+        put_chain(ring, [(where, length, flags) for where, length in parts])
         self.kick(window, index)
 
     def misordered(self, window: Window) -> None:
@@ -654,17 +658,7 @@ class Planner:
         readable, writable = self.request_buffers(window, index)
         parts = [(ring.alloc(size), size, WRITE) for size in writable or [16]]
         parts += [(ring.buffer(data), len(data), 0) for data in readable or [rng.randbytes(16)]]
-        slots = [take_slot(ring) for _ in parts]
-        for position, (gpa, length, flags) in enumerate(parts):
-            last = position + 1 == len(parts)
-            ring.write_desc(
-                slots[position],
-                gpa,
-                length,
-                flags | (0 if last else NEXT),
-                0 if last else slots[position + 1],
-            )
-        ring.publish(slots[0])
+        put_chain(ring, parts)
         self.kick(window, index)
 
     def avail_jump(self, window: Window) -> None:
