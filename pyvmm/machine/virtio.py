@@ -175,7 +175,8 @@ def attach_virtio(
     if entropy:
         wanted.append(("entropy", VirtioRng(os.urandom)))
     if balloon:
-        wanted.append(("balloon", VirtioBalloon(memory.discard)))
+        max_pages = memory.size // 4096  # no driver gives more pages than there is RAM
+        wanted.append(("balloon", VirtioBalloon(memory.discard, max_pages=max_pages)))
     slots = []
     for kind, device in wanted:
         gpa, gsi = slot_window(kind)

@@ -71,12 +71,7 @@ from tests.integration.vcpu_limits import most_vcpus
 # failing the campaign. Each has a strict xfail test in
 # tests/integration/test_guest_fuzz_regressions.py (the virtio kind's: in
 # tests/fuzz/test_guest_virtio.py); when that test starts to pass, delete its entry here.
-KNOWN_BUGS: dict[str, str] = {
-    "the balloon went through": (
-        "an inflate buffer of millions of page numbers keeps pyvmm busy for seconds to "
-        "minutes, past its timeout: one madvise per page number, no bound per request"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 @dataclass

@@ -42,10 +42,12 @@ def stats(*entries: tuple[int, int]) -> bytes:
 
 
 class Balloon:
-    def __init__(self, *, deflate_on_oom: bool = False) -> None:
+    def __init__(self, *, deflate_on_oom: bool = False, max_pages: int | None = None) -> None:
         self.released: list[tuple[int, int]] = []
         self.memory = FakeMemory()
-        self.device = VirtioBalloon(self.release, deflate_on_oom=deflate_on_oom)
+        self.device = VirtioBalloon(
+            self.release, deflate_on_oom=deflate_on_oom, max_pages=max_pages
+        )
         self.transport = VirtioMmio(self.device, self.memory)
         self.driver = MmioDriver(self.transport, self.memory)
 
@@ -98,13 +100,38 @@ def test_inflated_pages_are_released_and_bad_pfns_skipped() -> None:
     balloon = Balloon()
     rings = balloon.start()
     in_hole = 0x8000_0000 >> 12
-    request = rings[INFLATE].add([pfns(1, 2, HIGH_RAM >> 12, in_hole)])
+    request = rings[INFLATE].add([pfns(2, HIGH_RAM >> 12, in_hole, 1)])
     balloon.driver.kick(INFLATE)
-    assert balloon.released == [(0x1000, 0x1000), (0x2000, 0x1000), (HIGH_RAM, 0x1000)]
+    # Pages 1 and 2 are one run: one release for both.
+    assert balloon.released == [(0x1000, 0x2000), (HIGH_RAM, 0x1000)]
     assert rings[INFLATE].get_used() == [(request.head, 0)]
     assert balloon.driver.take_interrupt() == VIRTIO_MMIO_INT_VRING
     device = balloon.device
     assert (device.inflated_pages, device.released_pages, device.bad_pfns) == (3, 3, 1)
+
+
+def test_a_page_named_twice_is_released_once() -> None:
+    balloon = Balloon()
+    rings = balloon.start()
+    rings[INFLATE].add([pfns(5, 5, 5, 6)])
+    balloon.driver.kick(INFLATE)
+    assert balloon.released == [(0x5000, 0x2000)]
+    assert (balloon.device.inflated_pages, balloon.device.bad_pfns) == (2, 0)
+
+
+def test_more_page_numbers_than_pages_of_ram_in_one_kick_are_refused() -> None:
+    """A hostile driver's megabytes of page numbers: refused at once, nothing released,
+    instead of one release per number (seconds to minutes of host time)."""
+    balloon = Balloon(max_pages=16)
+    rings = balloon.start()
+    rings[INFLATE].add([pfns(*range(1, 9))])  # 8 pages: within the 16
+    rings[INFLATE].add([pfns(*range(9, 18))])  # 9 more in the same kick: 17 > 16
+    balloon.driver.kick(INFLATE)
+    assert balloon.released == [(0x1000, 0x8000)]  # the first request only
+    assert balloon.driver.read(VIRTIO_MMIO_STATUS) & DEVICE_NEEDS_RESET
+    assert "more page numbers than the guest's 16 pages of RAM" in str(
+        balloon.transport.last_failure
+    )
 
 
 def test_deflated_pages_are_counted_and_need_nothing_from_the_host() -> None:

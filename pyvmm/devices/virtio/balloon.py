@@ -28,7 +28,7 @@ import struct
 from collections.abc import Callable
 
 from pyvmm.devices.virtio.device import VIRTIO_ID_BALLOON, VirtioDeviceBase, feature
-from pyvmm.devices.virtio.queue import BufferReader, DescriptorChain, Virtqueue
+from pyvmm.devices.virtio.queue import BufferReader, DescriptorChain, MalformedRequest, Virtqueue
 from pyvmm.memory.addr import PAGE_SIZE, align_down, align_up
 
 # §5.5.3 feature bits.
@@ -89,9 +89,14 @@ class VirtioBalloon(VirtioDeviceBase):
         stats: bool = True,
         reporting: bool = True,
         deflate_on_oom: bool = False,
+        max_pages: int | None = None,
     ) -> None:
         super().__init__()
         self._release = release
+        # No driver gives more pages than the guest has RAM: page numbers beyond that in
+        # one notification are refused instead of walked (a hostile buffer of millions).
+        self.max_pages = max_pages
+        self._budget = max_pages
         self.features = 0
         if stats:
             self.features |= feature(VIRTIO_BALLOON_F_STATS_VQ)
@@ -171,6 +176,7 @@ class VirtioBalloon(VirtioDeviceBase):
         role = self.roles[queue_index] if queue_index < len(self.roles) else None
         if role == STATSQ:
             return self._process_stats(queue)
+        self._budget = self.max_pages
         used = False
         while role is not None and (chain := queue.pop()) is not None:
             if role == INFLATEQ:
@@ -184,17 +190,42 @@ class VirtioBalloon(VirtioDeviceBase):
         return used
 
     def _inflate(self, queue: Virtqueue, chain: DescriptorChain) -> None:
+        """Release the pages the request names (once each), a run of consecutive pages
+        with one call; page numbers outside RAM are counted in `bad_pfns`.
+
+        Raises MalformedRequest, releasing nothing, when the notification names
+        more page numbers than the guest has pages of RAM (`max_pages`).
+        """
+        count = chain.readable_size // PFN.size
+        if self._budget is not None:
+            if count > self._budget:
+                raise MalformedRequest(
+                    f"inflate requests of more page numbers than the guest's "
+                    f"{self.max_pages} pages of RAM"
+                )
+            self._budget -= count
         reader = BufferReader(queue.memory, chain.readable)
+        pfns: set[int] = set()
         while reader.remaining >= PFN.size:
             data = reader.read(min(reader.remaining, PFN_CHUNK * PFN.size) // PFN.size * PFN.size)
-            for (pfn,) in PFN.iter_unpack(data):
-                gpa = pfn << VIRTIO_BALLOON_PFN_SHIFT
-                if not queue.memory.contains(gpa, BALLOON_PAGE_SIZE):
+            pfns.update(pfn for (pfn,) in PFN.iter_unpack(data))
+        # Released before the chain is used: the driver may take the pages back after.
+        released = 0
+        for first, pages in page_runs(sorted(pfns)):
+            gpa = first << VIRTIO_BALLOON_PFN_SHIFT
+            if queue.memory.contains(gpa, pages * BALLOON_PAGE_SIZE):
+                self._release(gpa, pages * BALLOON_PAGE_SIZE)
+                released += pages
+                continue
+            for page in range(pages):  # a run that leaves RAM or spans a hole
+                page_gpa = gpa + page * BALLOON_PAGE_SIZE
+                if queue.memory.contains(page_gpa, BALLOON_PAGE_SIZE):
+                    self._release(page_gpa, BALLOON_PAGE_SIZE)
+                    released += 1
+                else:
                     self.bad_pfns += 1
-                    continue
-                self._release(gpa, BALLOON_PAGE_SIZE)
-                self.inflated_pages += 1
-                self.released_pages += 1
+        self.inflated_pages += released
+        self.released_pages += released
 
     def _report(self, chain: DescriptorChain) -> None:
         # The driver reports free ranges as device-writable buffers (Linux's
@@ -229,3 +260,14 @@ class VirtioBalloon(VirtioDeviceBase):
         for tag, value in BALLOON_STAT.iter_unpack(reader.read(count * BALLOON_STAT.size)):
             if tag in STAT_NAMES:  # §5.5.6.3.2: unknown tags are ignored
                 self.stats[STAT_NAMES[tag]] = value
+
+
+def page_runs(pfns: list[int]) -> list[tuple[int, int]]:
+    """(first page number, page count) of each run of consecutive numbers in sorted `pfns`."""
+    runs: list[tuple[int, int]] = []
+    for pfn in pfns:
+        if runs and runs[-1][0] + runs[-1][1] == pfn:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((pfn, 1))
+    return runs
