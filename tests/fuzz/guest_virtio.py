@@ -505,7 +505,7 @@ class Planner:
         ring.add(readable, writable, indirect=indirect)
         if rng.random() < 0.35:
             scribble(rng, ring, window.stores, self.address)
-            (ring.avail_idx,) = U16.unpack(self.memory.read(ring.avail + 2, U16.size))
+            (ring.avail_idx,) = U16.unpack(window.stores.read(ring.avail + 2, U16.size))
         self.kick(window, index)
 
     def request_buffers(self, window: Window, index: int) -> tuple[list[bytes], list[int]]:
