@@ -129,3 +129,37 @@ def test_qemus_drive_spelling_and_one_disk_only(tmp_path: Path) -> None:
     assert (two.returncode, two.stderr) == (
         2, "pyvmm boot: --drive: pyvmm has one virtio-blk disk, not 2\n"
     )  # fmt: skip
+
+
+def test_a_flushed_write_is_in_the_file_when_pyvmm_is_killed(tmp_path: Path) -> None:
+    """The driver writes sector 1 and flushes (FLUSH: fsync), then keeps the balloon
+    (`follow`, forever); pyvmm is killed with SIGKILL, no chance to flush anything of
+    its own: the sector is in the image. pyvmm keeps no write of the guest's in its
+    own memory, and FLUSH asks the host kernel to put it on the disk."""
+    import signal
+    import subprocess
+    import sys
+
+    image = disk(tmp_path)
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "pyvmm", "boot", "--drive", f"file={image}", "--balloon",
+            "--timeout", "60", "--append", "blk follow", guest("virtio/virtio.elf"),
+        ],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line == b"blk: sector 1 written, flushed, read back\n":
+                break
+        else:
+            raise AssertionError("the driver never said it flushed")
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    sector = image.read_bytes()[SECTOR : 2 * SECTOR]
+    assert sector == b"pyvmm virtio-blk sector 1\n".ljust(SECTOR, b"\0")
