@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 from collections.abc import Mapping
@@ -71,31 +72,43 @@ def format_ratio(ratio: float) -> str:
 
 
 def render_table(comparisons: list[Comparison]) -> str:
-    header = (
-        f"{'suite':<8} {'comparison':<44} {'unit':<8} {'A':<20} {'A median (min-max)':<24} "
-        f"{'B':<20} {'B median (min-max)':<24} {'B/A':>8}"
-    )
-    lines = [header, "-" * len(header)]
-    for item in comparisons:
+    """One line per row: labels, each side's median (min-max), and the median of the pair
+    ratios B/A; every column as wide as its widest cell."""
 
-        def cell(samples: list[float]) -> str:
-            if not samples:
-                return "-"
-            ordered = sorted(samples)
-            median = ordered[len(ordered) // 2]
-            return (
-                f"{format_value(median)} ({format_value(ordered[0])}-{format_value(ordered[-1])})"
-            )
+    def cell(samples: list[float]) -> str:
+        if not samples:
+            return "-"
+        median = statistics.median(samples)  # as the JSON's: the mean of the middle two
+        return f"{format_value(median)} ({format_value(min(samples))}-{format_value(max(samples))})"
 
-        ratio = item.ratio
-        lines.append(
-            f"{item.suite:<8} {item.name:<44} {item.unit:<8} {item.a_label:<20} "
-            f"{cell(item.a):<24} {item.b_label:<20} {cell(item.b):<24} "
-            f"{'-' if ratio is None else format_ratio(ratio):>8}"
-        )
+    header = ["suite", "comparison", "unit", "A", "A median (min-max)", "B", "B median (min-max)"]
+    rows = [
+        [
+            item.suite,
+            item.name,
+            item.unit,
+            item.a_label,
+            cell(item.a),
+            item.b_label,
+            cell(item.b),
+            "-" if item.ratio is None else format_ratio(item.ratio),
+        ]
+        for item in comparisons
+    ]
+    widths = [max([len(header[i]), *(len(row[i]) for row in rows)]) for i in range(len(header))]
+    ratio_width = max([3, *(len(row[-1]) for row in rows)])
+
+    def line(cells: list[str], ratio: str) -> str:
+        left = " ".join(f"{text:<{width}}" for text, width in zip(cells, widths, strict=True))
+        return f"{left} {ratio:>{ratio_width}}"
+
+    lines = [line(header, "B/A")]
+    lines.insert(1, "-" * len(lines[0]))
+    for item, row in zip(comparisons, rows, strict=True):
+        lines.append(line(row[:-1], row[-1]))
         skipped = item.notes.get("skipped")
         if skipped:
-            lines.append(f"{'':<8} {'':<44} skipped: {skipped}")
+            lines.append(f"{'':<{widths[0]}} {'':<{widths[1]}} skipped: {skipped}")
     return "\n".join(lines)
 
 

@@ -252,6 +252,16 @@ static void putdec(uint32_t value)
 		putc(digits[--count]);
 }
 
+/* "1 request", "2 requests": a count and its noun. */
+static void putcount(uint32_t n, const char *noun)
+{
+	putdec(n);
+	putc(' ');
+	puts(noun);
+	if (n != 1)
+		putc('s');
+}
+
 static void zero(void *p, size_t n)
 {
 	for (uint8_t *b = p; n--; b++)
@@ -542,11 +552,11 @@ static void console_run(struct vdev *d, int bulk_wanted, uint32_t kib)
 				return;
 			}
 	}
-	puts("console: sent ");
+	puts("\nconsole: sent "); /* on COM1, after the data on the same terminal */
 	putdec(kib);
 	puts(" KiB in ");
-	putdec(requests);
-	puts(" requests\n");
+	putcount(requests, "request");
+	putc('\n');
 }
 
 /* --- block (§5.2) ---------------------------------------------------------- */
@@ -643,10 +653,11 @@ static int blk_run(struct vdev *d)
 	if (capacity >> 32) {
 		puts("0x");
 		puthex(capacity, 16);
+		puts(" sectors\n");
 	} else {
-		putdec((uint32_t)capacity);
+		putcount((uint32_t)capacity, "sector");
+		putc('\n');
 	}
-	puts(" sectors\n");
 	if (capacity < 2) /* §5.2.6.1: no request may reach past capacity */
 		return fail("blk", "the disk has fewer than 2 sectors");
 
@@ -726,8 +737,8 @@ static int blkread_run(struct vdev *d, uint32_t mib)
 	puts("blkread: read ");
 	putdec(mib);
 	puts(" MiB in ");
-	putdec(requests);
-	puts(" requests, byte sum ");
+	putcount(requests, "request");
+	puts(", byte sum ");
 	putdec(sum);
 	putc('\n');
 	return 0;
@@ -1241,16 +1252,16 @@ static void parse_cmdline(const char *s)
 			want.console = 1;
 			if (value) {
 				n = number(value, s);
-				if (n < 0)
-					bad_argument(word, len, "console=N wants N KiB");
-				want.console_bulk = n >= 0;
+				if (n <= 0)
+					bad_argument(word, len, "console=N wants N KiB, 1 to 99999999");
+				want.console_bulk = n > 0;
 				want.console_kib = (uint32_t)n;
 			}
 		} else if (word_is(word, len, "serial", &value)) {
 			n = number(value, s);
-			if (n < 0)
-				bad_argument(word, len, "serial=N wants N KiB");
-			want.serial = n >= 0;
+			if (n <= 0)
+				bad_argument(word, len, "serial=N wants N KiB, 1 to 99999999");
+			want.serial = n > 0;
 			want.serial_kib = (uint32_t)n;
 		} else if (word_is(word, len, "blk", &value) && !value) {
 			want.blk = 1;
@@ -1263,26 +1274,23 @@ static void parse_cmdline(const char *s)
 		} else if (word_is(word, len, "blkread", &value)) {
 			n = number(value, s);
 			if (n <= 0)
-				bad_argument(word, len, "blkread=N wants N MiB, at least 1");
+				bad_argument(word, len, "blkread=N wants N MiB, 1 to 99999999");
 			want.blkread = n > 0;
 			want.blkread_mib = (uint32_t)n;
 		} else if (word_is(word, len, "touch", &value)) {
 			n = number(value, s);
 			if (n <= 0)
-				bad_argument(word, len, "touch=N wants N MiB, at least 1");
+				bad_argument(word, len, "touch=N wants N MiB, 1 to 99999999");
 			want.touch = n > 0;
 			want.touch_mib = (uint32_t)n;
 		} else if (word_is(word, len, "balloon", &value)) {
 			n = number(value, s);
 			if (n <= 0)
-				bad_argument(word, len, "balloon=N wants N MiB, at least 1");
+				bad_argument(word, len, "balloon=N wants N MiB, 1 to 99999999");
 			want.balloon = n > 0;
 			want.balloon_mib = (uint32_t)n;
 		} else {
-			puts("virtio: ignoring '");
-			while (len--)
-				putc(*word++);
-			puts("'\n");
+			bad_argument(word, len, "not an argument of this driver (see virtio.c's top)");
 		}
 	}
 }
@@ -1391,8 +1399,8 @@ void kmain(uint32_t magic, const struct multiboot_info *info)
 		follow_run(d); /* returns on a failure only */
 	if (use_irq) {
 		puts("irq: ");
-		putdec(interrupts_seen);
-		puts(" interrupts\n");
+		putcount(interrupts_seen, "interrupt");
+		putc('\n');
 	}
 	finish();
 }

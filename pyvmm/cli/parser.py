@@ -85,8 +85,9 @@ The socket file is removed when the run ends.
 
 console: COM1 is this terminal. Output goes to stdout (--console-rate caps
 it); keystrokes go to the guest unechoed, one by one, through a buffer of
---input-buffer bytes (pyvmm stops reading stdin while it is full); Ctrl-C
-still ends the run, and the terminal is restored on every end.
+--input-buffer bytes (pyvmm stops reading stdin while it is full); with
+--console virtio they go to the virtio-console instead, and COM1 gets none.
+Ctrl-C still ends the run, and the terminal is restored on every end.
 
 {image_formats}
 QEMU options: pyvmm accepts those whose meaning is already its behaviour,
@@ -446,12 +447,14 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["serial", "virtio"],
         default="serial",
         help="virtio: also give the guest a virtio-console (virtio-mmio at 0xfeb00000, IRQ 5) "
-        "whose output goes to this terminal like COM1's (default serial: COM1 only)",
+        "whose output goes to this terminal like COM1's, and which gets the terminal's "
+        "input instead of COM1 (default serial: COM1 only)",
     )
     parser.add_argument(
         "--virtio-rng",
         action="store_true",
-        help="a virtio entropy device fed by the host's (qemu -device virtio-rng-device): "
+        help="a virtio entropy device fed by the host's entropy, os.urandom "
+        "(qemu -device virtio-rng-device): "
         "virtio-mmio at 0xfeb00400, IRQ 7",
     )
     parser.add_argument(

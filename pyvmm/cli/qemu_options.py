@@ -241,6 +241,21 @@ DEBUG_EXIT_IOBASE = 0xF4  # pyvmm.devices.debug_exit: fixed port and size
 DEBUG_EXIT_IOSIZE = 4
 DEBUG_EXIT_DEVICE = "isa-debug-exit,iobase=0xf4,iosize=0x04"
 TESTDEV_DEVICE = "pc-testdev"  # pyvmm.devices.testdev, at QEMU's fixed places
+# QEMU's virtio-mmio devices pyvmm has (machine/virtio.py): the option each becomes, and
+# the properties taken with the value pyvmm's device has (None: any value; id names it).
+VIRTIO_DEVICES: dict[str, tuple[str, dict[str, str | None]]] = {
+    "virtio-rng-device": ("--virtio-rng", {"id": None}),
+    "virtio-balloon-device": (
+        "--balloon",
+        {"id": None, "free-page-reporting": "on", "deflate-on-oom": "off"},
+    ),
+}
+# The other virtio spellings a QEMU user may bring, and the pyvmm option for each.
+VIRTIO_HINTS = {
+    "virtio-blk-device": "--drive file=PATH[,readonly=on] (QEMU: -drive file=PATH,if=virtio)",
+    "virtio-serial-device": "--console virtio (one virtconsole port on this terminal)",
+    "virtconsole": "--console virtio (one virtconsole port on this terminal)",
+}
 
 
 def _number(text: str) -> int | None:
@@ -270,6 +285,10 @@ def _device(name: str, value: str | None, context: CommandContext) -> list[str]:
             raise refuse(context, f"{name} {value}", f"pc-testdev has no property '{unknown[0]}'")
         # Every command that takes QEMU's options builds a machine, and has --testdev.
         return ["--testdev"]
+    if driver in VIRTIO_DEVICES:
+        return _virtio_device(name, value, driver, properties, context)
+    if driver.startswith("virtio-") or driver in VIRTIO_HINTS:
+        raise refuse(context, f"{name} {value}", _virtio_hint(driver, properties))
     if driver != "isa-debug-exit":
         raise refuse(
             context,
@@ -295,6 +314,40 @@ def _device(name: str, value: str | None, context: CommandContext) -> list[str]:
             "is not available",
         )
     return []
+
+
+def _virtio_hint(driver: str, properties: dict[str, str]) -> str:
+    """Why a virtio -device is refused, and the pyvmm option to use instead, if any."""
+    base = driver if driver in VIRTIO_HINTS else driver.removesuffix("-pci")
+    base = base if base in VIRTIO_HINTS else base.removesuffix("-device") + "-device"
+    hint = VIRTIO_HINTS.get(base) or (VIRTIO_DEVICES[base][0] if base in VIRTIO_DEVICES else None)
+    if hint is None:
+        return (
+            f"pyvmm has no {driver}: its virtio devices are console, block, entropy and "
+            "balloon (--console virtio, --drive, --virtio-rng, --balloon)"
+        )
+    if properties.get("ioeventfd") in ("on", "off"):
+        hint += f" and --ioeventfd {properties['ioeventfd']}"
+    return f"pyvmm's virtio devices are virtio-mmio, each made by its own option: use {hint}"
+
+
+def _virtio_device(
+    name: str, value: str, driver: str, properties: dict[str, str], context: CommandContext
+) -> list[str]:
+    """-device virtio-rng-device and virtio-balloon-device: pyvmm's --virtio-rng and
+    --balloon; ioeventfd=on|off is pyvmm's --ioeventfd (for every virtio device)."""
+    option, taken = VIRTIO_DEVICES[driver]
+    arguments = [option]
+    for key, given in properties.items():
+        if key == "ioeventfd" and given in ("on", "off"):
+            arguments += ["--ioeventfd", given]
+            continue
+        if key not in taken:
+            raise refuse(context, f"{name} {value}", f"pyvmm's {driver} has no property '{key}'")
+        wanted = taken[key]
+        if wanted is not None and given != wanted:
+            raise refuse(context, f"{name} {value}", f"pyvmm's {driver} has {key}={wanted}, fixed")
+    return arguments
 
 
 def _gdb(name: str, value: str | None, context: CommandContext) -> list[str]:
@@ -460,8 +513,16 @@ TABLE: tuple[QemuOption, ...] = (
         "DRIVER[,PROP=VALUE...]",
         _device,
         accepts=f"-device {DEBUG_EXIT_DEVICE}",
-        becomes=f"-device {TESTDEV_DEVICE} -> --testdev",
-        otherwise="other devices, or isa-debug-exit elsewhere: pyvmm's devices are fixed",
+        becomes=(
+            f"-device {TESTDEV_DEVICE} -> --testdev; "
+            "-device virtio-rng-device -> --virtio-rng; "
+            "-device virtio-balloon-device -> --balloon; "
+            "-device virtio-balloon-device,ioeventfd=on|off -> --balloon --ioeventfd on|off"
+        ),
+        otherwise=(
+            "other devices, or isa-debug-exit elsewhere: pyvmm's devices are fixed; the "
+            "other virtio spellings name the pyvmm option to use"
+        ),
     ),
     _entry(
         "-drive",

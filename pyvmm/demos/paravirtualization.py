@@ -24,6 +24,7 @@ line on stderr).
 from __future__ import annotations
 
 import re
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -190,6 +191,12 @@ def transfer(report: Report) -> float:
     report.section(
         f"1. {TRANSFER_KIB} KiB of 'x' ({size:,} bytes), the same data both ways "
         "(guests/virtio/virtio.elf, exits counted on vCPU 0, run time = Machine.run)"
+    )
+    # The one long wait of the demo: say what it is, on stderr (the report is stdout).
+    print(
+        f"(the 16550 run: {size:,} exits, one per byte; some 10 s on a host that emulates ring 0)",
+        file=sys.stderr,
+        flush=True,
     )
     serial = run_driver(f"serial={TRANSFER_KIB}")
     expect_line(serial, f"serial: sent {TRANSFER_KIB} KiB".encode(), "serial")

@@ -208,11 +208,17 @@ def _open_nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY)
 
 
+def file_kind(mode: int) -> str:
+    """What a path whose stat(2) st_mode is `mode` names, for a message ("a directory")."""
+    if stat.S_ISREG(mode):
+        return "a file"
+    return next((name for is_kind, name in _FILE_KINDS if is_kind(mode)), "no regular file")
+
+
 def _refuse_unless_a_file(path: str, mode: int, what: str) -> None:
     if stat.S_ISREG(mode):
         return
-    kind = next((name for is_kind, name in _FILE_KINDS if is_kind(mode)), "no regular file")
-    message = f"{what} {path!r} is {kind}, not a file"
+    message = f"{what} {path!r} is {file_kind(mode)}, not a file"
     if stat.S_ISFIFO(mode):  # `pyvmm boot <(gunzip -c kernel.gz)` passes a pipe
         message += ": save what it carries to a file (pyvmm checks a file's size before reading)"
     raise LoaderError(message)

@@ -584,6 +584,13 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
             for slot in virtio:
                 path = "ioeventfd and irqfd" if slot.eventfds else "MMIO exit and KVM_IRQ_LINE"
                 log.info("virtio-mmio %s at 0x%x, GSI %d (%s)", slot.kind, slot.gpa, slot.gsi, path)
+                if slot.kind == "block" and config.drive is not None:
+                    log.info(
+                        "virtio-blk: %s, %d sectors of 512 bytes%s",
+                        config.drive.path,
+                        slot.device.capacity,  # type: ignore[attr-defined]
+                        ", read-only" if config.drive.read_only else "",
+                    )
         # After the devices: the tables describe what is on the bus.
         firmware = attach_firmware(
             kvm, memory, pio_bus, group.request_stop,
@@ -627,12 +634,18 @@ def virtio_io_thread(config: MachineConfig, vm: Vm, group: VcpuGroup) -> IoThrea
 
     if config.ioeventfd is False:
         return None
-    if not config.wants_irqchip or not eventfds_available(vm):
+    if not config.wants_irqchip:
         if config.ioeventfd:
-            why = "no in-kernel irqchip" if not config.wants_irqchip else "this host's KVM"
             raise UsageError(
-                f"--ioeventfd on: {why} has no ioeventfd/irqfd (KVM_CAP_IOEVENTFD, "
-                "KVM_CAP_IRQFD_RESAMPLE); use --ioeventfd off"
+                "--ioeventfd on needs the in-kernel irqchip (an irqfd raises one of its "
+                "inputs): leave out --kernel-irqchip off, or use --ioeventfd off"
+            )
+        return None
+    if not eventfds_available(vm):
+        if config.ioeventfd:
+            raise UsageError(
+                "--ioeventfd on: this host's KVM lacks KVM_CAP_IOEVENTFD, KVM_CAP_IRQFD or "
+                "KVM_CAP_IRQFD_RESAMPLE; use --ioeventfd off"
             )
         return None
     from pyvmm.machine.io_thread import IoThread

@@ -103,6 +103,8 @@ def parse_monitor(text: str) -> str | None:
     if text == "none":
         return None
     backend, colon, rest = text.partition(":")
+    if text == "unix":
+        raise UsageError(f"--monitor {text}: the socket's path goes after 'unix:' ({USAGE})")
     if not colon or backend != "unix":
         raise UsageError(
             f"--monitor {text}: pyvmm's monitor listens on a UNIX socket only ({USAGE})"
@@ -355,7 +357,9 @@ class Monitor(ClosesOnExit):
             listener.bind(self.path)
         except OSError as error:
             listener.close()
-            if error.errno == errno.EADDRINUSE:
+            if error.errno == errno.EADDRINUSE and os.path.isdir(self.path):
+                why = f"{self.path} is a directory: give the path of a socket to make"
+            elif error.errno == errno.EADDRINUSE:
                 why = (
                     f"{self.path} exists: remove it (a socket left by another run?) "
                     "or give another path"

@@ -124,12 +124,36 @@ def slot_window(kind: str) -> tuple[int, int]:
 
 
 def open_drive(drive: Drive) -> int:
-    """The drive's file, opened read-write (read-only with `read_only`); UsageError if not."""
+    """The drive's file, opened read-write (read-only with `read_only`).
+
+    UsageError for a path that cannot be opened, or that is no file or block
+    device (a directory, a pipe, a socket, /dev/zero: nothing a disk can be
+    read from at any offset), judged by stat(2) before the open and fstat(2)
+    after it.
+    """
+    import stat
+
+    def refuse_unless_a_disk(mode: int) -> None:
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            from pyvmm.loaders import file_kind
+
+            raise UsageError(
+                f"--drive file={drive.path}: {file_kind(mode)}, not a disk image "
+                "(a raw image file or a block device)"
+            )
+
     flags = os.O_RDONLY if drive.read_only else os.O_RDWR
     try:
-        return os.open(drive.path, flags | os.O_CLOEXEC)
+        refuse_unless_a_disk(os.stat(drive.path).st_mode)
+        fd = os.open(drive.path, flags | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as error:
         raise UsageError(f"--drive file={drive.path}: {error.strerror}") from None
+    try:
+        refuse_unless_a_disk(os.fstat(fd).st_mode)  # it may have changed since the stat
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def attach_virtio(

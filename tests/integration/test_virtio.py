@@ -67,11 +67,13 @@ def test_a_missing_device_is_the_drivers_failure_not_a_hang() -> None:
 
 
 def test_verbose_lists_the_transports_and_bad_drives_are_one_line(tmp_path: Path) -> None:
+    image = disk(tmp_path)
     result = run_pyvmm(
-        "boot", "-v", "--drive", f"file={disk(tmp_path)}", guest("hello.bin"),
+        "boot", "-v", "--drive", f"file={image},readonly=on", guest("hello.bin"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "virtio-mmio block at 0xfeb00200, GSI 6" in result.stderr
+    assert f"virtio-blk: {image}, 2048 sectors of 512 bytes, read-only" in result.stderr
     bad = run_pyvmm("boot", "--drive", "file=x.img,format=qcow2", guest("hello.bin"))
     assert (bad.returncode, bad.stderr) == (
         2, "pyvmm boot: --drive file=x.img,format=qcow2: only format=raw (a plain disk image)\n"
@@ -163,3 +165,14 @@ def test_a_flushed_write_is_in_the_file_when_pyvmm_is_killed(tmp_path: Path) -> 
     assert process.returncode == -signal.SIGKILL
     sector = image.read_bytes()[SECTOR : 2 * SECTOR]
     assert sector == b"pyvmm virtio-blk sector 1\n".ljust(SECTOR, b"\0")
+
+
+def test_the_driver_fails_on_an_argument_it_does_not_know() -> None:
+    """A typo (blkraed=4) must not pass as a run that did nothing and succeeded."""
+    result = run_pyvmm("boot", "--append", "blkraed=4 console=0", guest("virtio/virtio.elf"))
+    assert result.returncode == (0x11 << 1) | 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "virtio: argument 'blkraed=4': not an argument of this driver (see virtio.c's top)" in (
+        lines
+    )
+    assert "virtio: argument 'console=0': console=N wants N KiB, 1 to 99999999" in lines

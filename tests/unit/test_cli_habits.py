@@ -110,6 +110,9 @@ def test_serial_stdio_is_not_read_as_dash_s() -> None:
         (["-initrd", "a,b"], "initrd", "a,b"),
         (["-smp", "cpus=2"], "smp", 2),
         (["-m", "size=64M"], "memory", "size=64M"),
+        (["-device", "virtio-rng-device,id=rng0"], "virtio_rng", True),
+        (["-device", "virtio-balloon-device,free-page-reporting=on"], "balloon", True),
+        (["-device", "virtio-balloon-device,ioeventfd=off"], "ioeventfd", "off"),
     ],
 )
 def test_qemu_spellings_become_pyvmm_options(
@@ -161,7 +164,21 @@ def test_display_curses_becomes_vga_text_where_the_option_exists() -> None:
         (["-D", "log.txt", HELLO], "--trace-file FILE"),
         (["-trace", "kvm_*", HELLO], "--trace[=KINDS] (two dashes)"),
         (["-netdev", "user,id=n0", HELLO], "no network devices"),
-        (["-device", "virtio-net-pci", HELLO], "the only -device it takes is isa-debug-exit"),
+        (["-device", "virtio-net-pci", HELLO], "pyvmm has no virtio-net-pci: its virtio devices"),
+        (["-device", "e1000", HELLO], "the only -device it takes is isa-debug-exit"),
+        (["-device", "virtio-rng-pci", HELLO], "virtio-mmio, each made by its own option: use --v"),
+        (
+            ["-device", "virtio-blk-device,drive=d0,ioeventfd=off", HELLO],
+            "use --drive file=PATH[,readonly=on] (QEMU: -drive file=PATH,if=virtio) and "
+            "--ioeventfd off",
+        ),
+        (["-device", "virtconsole,chardev=c", HELLO], "use --console virtio"),
+        (["-device", "virtio-serial-device", HELLO], "use --console virtio"),
+        (["-device", "virtio-rng-device,max-bytes=1024", HELLO], "has no property 'max-bytes'"),
+        (
+            ["-device", "virtio-balloon-device,free-page-reporting=off", HELLO],
+            "virtio-balloon-device has free-page-reporting=on, fixed",
+        ),
         (["-device", "isa-debug-exit,iobase=0x501,iosize=0x04", HELLO], "fixed at iobase=0xf4"),
         (["-device", "isa-debug-exit,iobase=0xf4,iosize=0x01", HELLO], "iosize=0x01 is not"),
         (["-device", "isa-debug-exit", HELLO], "not at QEMU's default iobase 0x501"),

@@ -90,6 +90,7 @@ def test_the_monitor_option_takes_qemus_unix_spelling(spec: str, path: str | Non
         ("tcp::4444,server,nowait", "listens on a UNIX socket only"),
         ("telnet:localhost:4444", "listens on a UNIX socket only"),
         ("unix:", "needs a PATH"),
+        ("unix", "the socket's path goes after 'unix:'"),
         ("unix:m.sock,server=off", "always the server and never waits"),
         ("unix:m.sock,server,wait", "always the server and never waits"),
         ("unix:m.sock,abstract=on", "unknown option 'abstract=on'"),
@@ -163,6 +164,11 @@ def test_a_path_that_exists_is_refused_before_anything_runs(
         "another run?) or give another path\n"
     )
     assert taken.read_text() == "someone's file"
+    assert main(["boot", "--monitor", f"unix:{tmp_path}", HELLO]) == 2
+    assert capsys.readouterr().err == (
+        f"pyvmm boot: --monitor unix:{tmp_path}: {tmp_path} is a directory: give the path "
+        "of a socket to make\n"
+    )
     missing = tmp_path / "no-such-dir" / "m.sock"
     assert main(["boot", "--monitor", f"unix:{missing}", HELLO]) == 2
     assert capsys.readouterr().err == (

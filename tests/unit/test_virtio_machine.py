@@ -5,7 +5,11 @@ No KVM: the transports are attached to a bus over plain guest memory.
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ import pytest
 from pyvmm.devices.bus import Bus
 from pyvmm.errors import GuestMemoryError, UsageError
 from pyvmm.firmware.acpi import aml, dsdt
-from pyvmm.machine.virtio import Drive, acpi_devices, attach_virtio, linux_cmdline
+from pyvmm.machine.virtio import Drive, acpi_devices, attach_virtio, linux_cmdline, open_drive
 from pyvmm.memory.guest_memory import GuestMemory
 from tests.integration.test_firmware import require_iasl
 
@@ -135,3 +139,34 @@ def test_a_key_given_twice_is_refused() -> None:
     with pytest.raises(UsageError) as error:
         Drive.parse("file=a.img,file=b.img")
     assert str(error.value) == "--drive file=a.img,file=b.img: file= is given twice"
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda path: os.mkfifo(path), "a pipe (FIFO)"),
+        (lambda path: os.mkdir(path), "a directory"),
+        (lambda path: socket.socket(socket.AF_UNIX).bind(str(path)), "a socket"),
+    ],
+)
+def test_a_drive_must_be_a_file_or_a_block_device(
+    tmp_path: Path, make: Callable[[Path], object], kind: str
+) -> None:
+    path = tmp_path / "disk.img"
+    make(path)
+    with pytest.raises(UsageError) as refused:
+        open_drive(Drive(str(path)))
+    assert str(refused.value) == (
+        f"--drive file={path}: {kind}, not a disk image (a raw image file or a block device)"
+    )
+
+
+def test_a_character_device_is_no_disk_and_a_file_is() -> None:
+    with pytest.raises(UsageError, match="/dev/zero: a character device, not a disk image"):
+        open_drive(Drive("/dev/zero"))
+    with tempfile.NamedTemporaryFile() as image:
+        fd = open_drive(Drive(image.name, read_only=True))
+        try:
+            assert os.fstat(fd).st_ino == os.fstat(image.fileno()).st_ino
+        finally:
+            os.close(fd)
