@@ -258,6 +258,7 @@ class GdbServer:
                     OutcomeKind.POWER_OFF,
                     OutcomeKind.RESET,
                     OutcomeKind.SYSTEM_EVENT,
+                    OutcomeKind.QUIT,  # the monitor's quit: an exit with status 0, as QEMU's
                 )
                 else Killed()
             )
