@@ -638,8 +638,6 @@ class Planner:
             parts = [(gpa, 0xFFFF_FFFF), (gpa, rng.choice((1, 0xFFFF_FFFF)))]
         elif rng.random() < 0.5:
             parts = [((1 << 64) - rng.randrange(1, 64), rng.choice((64, 0xFFFF_FFFF)))]
-        elif window.kind == "balloon":  # not gigabytes of page numbers (test_guest_virtio.py)
-            parts = [(gpa, rng.choice((0x8000_0000, 0xFFFF_FFFF)))] * 3
         else:  # whole RAM, many times over: up to 2^32 bytes
             parts = [(PRIVATE_END, self.low_end - PRIVATE_END)] * min(
                 ring.size, 1 + (1 << 32) // (self.low_end - PRIVATE_END)

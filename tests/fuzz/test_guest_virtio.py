@@ -16,6 +16,7 @@ from pyvmm.arch.x86_64 import layout
 from pyvmm.devices.virtio.device import DRIVER_OK, VIRTIO_F_VERSION_1
 from pyvmm.devices.virtio.mmio import VIRTIO_MMIO_QUEUE_NOTIFY
 from pyvmm.loaders.entry import CpuMode
+from pyvmm.machine.builder import MachineConfig, build_machine
 from tests.fuzz.guest_cases import GuestCase, generate_case
 from tests.fuzz.guest_run import Limits, run_case
 from tests.fuzz.guest_virtio import (
@@ -155,3 +156,56 @@ def test_one_balloon_kick_does_not_keep_pyvmm_past_its_timeout() -> None:
     # the request and needs a reset, instead of walking it.
     assert result.failure is None
     assert counts["device needs reset"] == 1 and counts["guest reached its end"] == 1
+
+
+# The console's output, as a terminal takes it: 64 KiB (the device's chunk) per 50 ms.
+SLOW_TERMINAL_DELAY = 0.05
+CONSOLE_FLOOD_BYTES = 2 << 20  # 32 chunks: 1.6 s at that pace
+
+
+def console_flood_image(total: int) -> bytes:
+    """A guest that brings virtio-console up as Linux does, then makes one chain of
+    `total` bytes available on its transmitq (1 MiB descriptors, all over the same RAM)
+    and kicks it once."""
+    planner = Planner(random.Random(0), 16 << 20, 4096, False)
+    window = planner.window("console")
+    assert window.driver.probe((1 << 64) - 1 | (1 << VIRTIO_F_VERSION_1))
+    window.driver.setup_queue(0)
+    ring = window.driver.setup_queue(1)  # port 0's transmitq
+    window.driver.add_status(DRIVER_OK)
+    pieces = total >> 20
+    for index in range(pieces):
+        last = index + 1 == pieces
+        ring.write_desc(index, PRIVATE_END + (4 << 20), 1 << 20, 0 if last else 1, index + 1)
+    ring.publish(0)
+    planner.script.append(Mmio(window.gpa + VIRTIO_MMIO_QUEUE_NOTIFY, 4, 1))  # no twin
+    return compile_script(tuple(planner.script), 0x21)
+
+
+@pytest.mark.kvm
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "pyvmm's virtio-console writes a whole transmit request, and every request "
+        "pending, before anything else happens: a chain of up to 4 GiB (the same RAM "
+        "many times over), up to 256 of them a kick, keeps the run past its timeout "
+        "for as long as the terminal takes them (devices/virtio/console.py, "
+        "VirtioConsole._transmit)"
+    ),
+)
+def test_one_console_kick_does_not_keep_pyvmm_past_its_timeout() -> None:
+    def slow_terminal(data: bytes) -> None:
+        time.sleep(SLOW_TERMINAL_DELAY)
+
+    config = MachineConfig(
+        image=console_flood_image(CONSOLE_FLOOD_BYTES),
+        ram_size=16 << 20,
+        console=slow_terminal,
+        mode=CpuMode.USER,
+        virtio_console=True,
+    )
+    started = time.perf_counter()
+    with build_machine(config) as machine:
+        outcome = machine.run(timeout=0.2)
+    took = time.perf_counter() - started
+    assert took < 1.0, f"{took:.1f} s with a 0.2 s timeout: {outcome.message}"
