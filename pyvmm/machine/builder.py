@@ -581,6 +581,9 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
             if io_thread is not None:
                 io_thread.start()
                 resources.callback(io_thread.close)  # before the devices and RAM go
+            stop_devices = functools.partial(stop_virtio, virtio)
+            group.on_stop.append(stop_devices)  # a device's long work ends with the run,
+            resources.callback(stop_devices)  # and before the I/O thread is joined
             for slot in virtio:
                 path = "ioeventfd and irqfd" if slot.eventfds else "MMIO exit and KVM_IRQ_LINE"
                 log.info("virtio-mmio %s at 0x%x, GSI %d (%s)", slot.kind, slot.gpa, slot.gsi, path)
@@ -623,6 +626,12 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         machine.virtio = virtio
         machine.no_bios, machine.vga_text = no_bios, vga_text
     return machine
+
+
+def stop_virtio(slots: list[VirtioSlot]) -> None:
+    """Tell each virtio transport the run is over: its device cuts long work short."""
+    for slot in slots:
+        slot.transport.stopping = True
 
 
 def virtio_io_thread(config: MachineConfig, vm: Vm, group: VcpuGroup) -> IoThread | None:

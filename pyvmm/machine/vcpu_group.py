@@ -108,6 +108,8 @@ class VcpuGroup:
         self._watchdog: threading.Thread | None = None
         # Device work posted by other threads, run by vCPU 0 (deque: thread-safe appends).
         self._posted: collections.deque[Callable[[], None]] = collections.deque()
+        # Called once when the run is asked to stop (devices cut long work short).
+        self.on_stop: list[Callable[[], None]] = []
         for loop in loops:
             loop.on_interrupted = self._on_interrupted
 
@@ -125,6 +127,8 @@ class VcpuGroup:
             for loop in self.loops:
                 loop.request_stop(outcome)
             self._kick_running()
+            for callback in self.on_stop:
+                callback()
 
     def _kick_running(self) -> None:
         """Signal each vCPU thread inside its loop but the caller's. Call with the lock held."""

@@ -261,3 +261,16 @@ def test_discard_offered_but_not_accepted_is_unsupported() -> None:
     segment = struct.pack("<QII", 8, 4, 0)
     _, status, _ = disk.submit([header(VIRTIO_BLK_T_DISCARD), segment])
     assert status == VIRTIO_BLK_S_UNSUPP and disk.backend.discards == []
+
+
+def test_a_request_the_run_ends_during_fails_instead_of_going_on() -> None:
+    """Once the run is over (`stopping`), a read or write stops at its next piece and
+    fails with IOERR: gigabytes of requests do not keep the VMM past the run's end."""
+    disk = Disk()
+    disk.transport.stopping = True
+    before = bytes(disk.backend.data)
+    _, status, _ = disk.submit([header(VIRTIO_BLK_T_IN, 0)], SECTOR_SIZE)
+    assert status == VIRTIO_BLK_S_IOERR
+    _, status, _ = disk.submit([header(VIRTIO_BLK_T_OUT, 0), bytes(SECTOR_SIZE)])
+    assert status == VIRTIO_BLK_S_IOERR
+    assert disk.backend.data == before

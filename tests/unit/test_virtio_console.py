@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pyvmm.devices.virtio.console import (
     INPUT_CAPACITY,
+    OUTPUT_CHUNK,
     RECEIVEQ,
     TRANSMITQ,
     VIRTIO_CONSOLE_F_EMERG_WRITE,
@@ -59,6 +60,23 @@ def test_what_the_guest_transmits_reaches_the_output() -> None:
     assert b"".join(console.output) == b"Linux version\r\n"
     assert transmitq.get_used() == [(request.head, 0), (request.head + 2, 0)]
     assert console.driver.take_interrupt() == VIRTIO_MMIO_INT_VRING
+
+
+def test_a_long_transmit_stops_at_the_next_piece_once_the_run_ends() -> None:
+    """A chain of several 64 KiB pieces to a slow terminal: when the run ends during it
+    (`stopping`, set from another thread), the device writes no further piece."""
+    console = Console()
+    _, transmitq = console.start()
+
+    def terminal(data: bytes) -> None:
+        console.output.append(data)
+        console.transport.stopping = True  # the run's timeout, during the first piece
+
+    console.device._output = terminal  # type: ignore[attr-defined]
+    transmitq.add([bytes(OUTPUT_CHUNK)] * 3)
+    console.driver.kick(TRANSMITQ)
+    assert [len(piece) for piece in console.output] == [OUTPUT_CHUNK]
+    assert transmitq.get_used() == []  # not used: the run is over
 
 
 def test_host_input_fills_receive_buffers_as_they_come() -> None:

@@ -238,6 +238,8 @@ class VirtioBlk(VirtioDeviceBase):
             return VIRTIO_BLK_S_IOERR, problem
         offset = sector * SECTOR_SIZE
         while writer.remaining:
+            if self.transport.stopping:
+                return VIRTIO_BLK_S_IOERR, "the run ended during the request"
             data = self._backend.pread(min(IO_CHUNK, writer.remaining), offset)
             if not data:
                 return VIRTIO_BLK_S_IOERR, "backend shorter than the disk"
@@ -250,6 +252,8 @@ class VirtioBlk(VirtioDeviceBase):
             return VIRTIO_BLK_S_IOERR, problem
         offset = sector * SECTOR_SIZE
         while reader.remaining:
+            if self.transport.stopping:
+                return VIRTIO_BLK_S_IOERR, "the run ended during the request"
             data = reader.read(IO_CHUNK)
             self._backend.pwrite(data, offset)
             offset += len(data)

@@ -113,6 +113,8 @@ class VirtioConsole(VirtioDeviceBase):
         while (chain := queue.pop()) is not None:
             reader = BufferReader(queue.memory, chain.readable)
             while reader.remaining:
+                if self.transport.stopping:  # the run ended: the rest goes nowhere
+                    return used
                 self._output(reader.read(OUTPUT_CHUNK))
             queue.push(chain.head, 0)
             used = True

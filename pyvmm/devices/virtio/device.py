@@ -44,7 +44,14 @@ def feature(*bits: int) -> int:
 
 
 class Transport(Protocol):
-    """What a device may ask of its transport, outside a `process` call."""
+    """What a device may ask of its transport, outside a `process` call.
+
+    `stopping` turns True when the run is ending: a device in the middle of
+    long work (a huge chain to a slow terminal, gigabytes of disk reads)
+    stops at its next piece instead of keeping the VMM past the run's end.
+    """
+
+    stopping: bool
 
     def notify(self, queue_index: int) -> None:
         """Run the device's `process` on that queue now, as a driver notification would."""
@@ -90,6 +97,8 @@ class VirtioDevice(Protocol):
 
 class Unattached:
     """The transport of a device not yet on a bus: nothing to notify."""
+
+    stopping = False
 
     def notify(self, queue_index: int) -> None:
         return None

@@ -131,6 +131,8 @@ class VirtioMmio:
     def __init__(self, device: VirtioDevice, memory: GuestRam, irq: IrqLine | None = None) -> None:
         self.device = device
         self.lock = threading.RLock()
+        # Set (from any thread) when the run ends: the device cuts long work short.
+        self.stopping = False
         self._irq: IrqLine = irq if irq is not None else NoIrq()
         self._irq_level = False
         self.queues = [Virtqueue(memory, size) for size in device.queue_max_sizes]
