@@ -68,6 +68,7 @@ STATUS_OF_KIND: dict[OutcomeKind, Callable[[int], bool]] = {
     OutcomeKind.SYSTEM_EVENT: lambda status: status == EXIT_GUEST_CRASH,
     OutcomeKind.POWER_OFF: lambda status: status == EXIT_HALTED,
     OutcomeKind.RESET: lambda status: status == EXIT_HALTED,
+    OutcomeKind.QUIT: lambda status: status == EXIT_HALTED,  # the monitor's quit: status 0
     OutcomeKind.TRIPLE_FAULT: lambda status: status == EXIT_TRIPLE_FAULT,
     OutcomeKind.FAIL_ENTRY: lambda status: status == EXIT_FAIL_ENTRY,
     OutcomeKind.INTERNAL_ERROR: lambda status: status == EXIT_INTERNAL_ERROR,
