@@ -64,6 +64,9 @@ _CONSTANTS = """
 #define KVM_GUESTDBG_USE_HW_BP ...
 #define KVM_CAP_SET_GUEST_DEBUG ...
 #define KVM_SET_FPU ...
+#define KVM_GET_VCPU_EVENTS ...
+#define KVM_SET_VCPU_EVENTS ...
+#define KVM_CAP_VCPU_EVENTS ...
 #define KVM_GET_DIRTY_LOG ...
 #define KVM_MEM_LOG_DIRTY_PAGES ...
 
@@ -193,7 +196,25 @@ struct kvm_sregs {
 
 struct kvm_fpu {
     uint16_t fcw;
+    uint16_t fsw;
     uint32_t mxcsr;
+    ...;
+};
+
+/* KVM_GET_VCPU_EVENTS / KVM_SET_VCPU_EVENTS (KVM API doc 4.31, 4.32): the exception
+   to deliver at the next entry, in a typedef of the anonymous member (C source below). */
+typedef struct {
+    uint8_t injected;
+    uint8_t nr;
+    uint8_t has_error_code;
+    uint8_t pending;
+    uint32_t error_code;
+    ...;
+} pyvmm_vcpu_events_exception;
+
+struct kvm_vcpu_events {
+    pyvmm_vcpu_events_exception exception;
+    uint32_t flags;
     ...;
 };
 
@@ -413,6 +434,7 @@ typedef PYVMM_EXIT_TYPE(internal) pyvmm_exit_internal;
 typedef PYVMM_EXIT_TYPE(emulation_failure) pyvmm_exit_emulation_failure;
 typedef PYVMM_EXIT_TYPE(system_event) pyvmm_exit_system_event;
 typedef __typeof__(((struct kvm_irqchip *)0)->chip) pyvmm_irqchip_state;
+typedef __typeof__(((struct kvm_vcpu_events *)0)->exception) pyvmm_vcpu_events_exception;
 
 static int pyvmm_ioctl_ptr(int fd, unsigned long request, void *arg)
 {

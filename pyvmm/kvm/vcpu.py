@@ -73,6 +73,16 @@ class Vcpu(ClosesOnExit):
     def set_fpu(self, fpu: Any) -> None:
         ioctl_ptr(self.fd, lib.KVM_SET_FPU, "KVM_SET_FPU", fpu)
 
+    def get_vcpu_events(self) -> Any:
+        """KVM_GET_VCPU_EVENTS (KVM API doc 4.31): pending and injected events."""
+        events = ffi.new("struct kvm_vcpu_events *")
+        ioctl_ptr(self.fd, lib.KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", events)
+        return events
+
+    def set_vcpu_events(self, events: Any) -> None:
+        """KVM_SET_VCPU_EVENTS (KVM API doc 4.32)."""
+        ioctl_ptr(self.fd, lib.KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", events)
+
     def set_cpuid2(self, cpuid: Any) -> None:
         ioctl_ptr(self.fd, lib.KVM_SET_CPUID2, "KVM_SET_CPUID2", cpuid)
 
