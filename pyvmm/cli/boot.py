@@ -106,6 +106,7 @@ def _build(
         irqchip=early.irqchip if args.kernel_irqchip is None else args.kernel_irqchip == "on",
         vga_text=early.watches_vga,
         acpi=args.acpi == "on",
+        emulate=getattr(args, "emulate", "assist") != "none",
         testdev=args.testdev,
         virtio_console=getattr(args, "console", "serial") == "virtio",
         drive=_drive(args),
@@ -206,7 +207,18 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
     if statistics is not None:
         finish_guest_line(machine.console)
         print(statistics.summary(), file=sys.stderr)
+        assists = machine.loop.assists
+        if assists:
+            print(format_assists(assists), file=sys.stderr)
     return outcome
+
+
+def format_assists(assists: dict[str, int]) -> str:
+    """--stats: the instructions pyvmm performed for KVM's emulator, by mnemonic."""
+    lines = [f"emulation assists: {sum(assists.values())}"]
+    for mnemonic, count in sorted(assists.items(), key=lambda item: (-item[1], item[0])):
+        lines.append(f"  {mnemonic:<26} {count:>10}")
+    return "\n".join(lines)
 
 
 def fan_out(observers: list[Any]) -> Any:

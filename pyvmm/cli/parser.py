@@ -436,6 +436,14 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         "0x600 (default on, as QEMU's; off: none, as -machine acpi=off; the MP tables stay)",
     )
     parser.add_argument(
+        "--emulate",
+        choices=["assist", "none"],
+        default="assist",
+        help="assist (default): pyvmm performs the few instructions KVM's emulator gives up "
+        "on (int3, clac, stac, popcnt, fwait: a host without VT-x/AMD-V emulates kernel "
+        "code) and the guest goes on; none: such a failure ends the run as internal-error",
+    )
+    parser.add_argument(
         "--drive",
         action="append",
         metavar="file=PATH[,readonly=on]",

@@ -104,7 +104,9 @@ class MachineConfig:
       `ioeventfd`: their notifications through ioeventfds and interrupts
       through irqfds, served by an I/O thread (None: where the host has
       them and the machine an irqchip; False: MMIO exits and KVM_IRQ_LINE;
-      True: required, UsageError without).
+      True: required, UsageError without);
+    - `emulate`: pyvmm performs the instructions KVM's emulator gives up on
+      when its table has them (arch/x86_64/assist; False: --emulate none).
 
     A plain class, not a dataclass: creating a dataclass costs more at
     start-up than the whole exit path (tests/integration/test_startup_imports.py).
@@ -120,6 +122,7 @@ class MachineConfig:
         "console_input",
         "cpus",
         "drive",
+        "emulate",
         "force_multiboot",
         "image",
         "ioeventfd",
@@ -161,6 +164,7 @@ class MachineConfig:
         virtio_rng: bool = False,
         balloon: bool = False,
         ioeventfd: bool | None = None,
+        emulate: bool = True,
     ) -> None:
         self.image = image
         self.ram_size = ram_size
@@ -185,6 +189,7 @@ class MachineConfig:
         self.virtio_rng = virtio_rng
         self.balloon = balloon
         self.ioeventfd = ioeventfd
+        self.emulate = emulate
 
     def replace(self, **changes: object) -> MachineConfig:
         """A copy with `changes` (field=value) applied, as dataclasses.replace."""
@@ -530,6 +535,9 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
             )
             for each in vcpus
         ]
+        assists: dict[str, int] | None = {} if config.emulate else None
+        for each_loop in loops:
+            each_loop.assists = assists
         loop = loops[0]
         group = VcpuGroup(loops, watch_halts=config.wants_irqchip)
         resources.callback(group.close)  # its watchdog stops before the vCPUs close

@@ -62,13 +62,34 @@ def dispatch(loop: VcpuLoop, exit: VcpuExit) -> RunOutcome | None:
             if value >> (8 * size) or value < 0:
                 raise loop.mmio_bus.read_too_wide(gpa, size, value)
             buffer[0:size] = value.to_bytes(size, "little")
+        case InternalError() as failure if (
+            failure.is_emulation_failure and loop.assists is not None
+        ):
+            return _assist(loop, failure)
         case final:
             return final_outcome(loop, final)
     return None
 
 
-def final_outcome(loop: VcpuLoop, exit: VcpuExit) -> RunOutcome:
-    """The outcome of an exit that ends the run (or a DEBUG outcome for gdb)."""
+def _assist(loop: VcpuLoop, failure: InternalError) -> RunOutcome | None:
+    """Perform the instruction KVM's emulator gave up on when pyvmm's table has it
+    (pyvmm.arch.x86_64.assist); otherwise the internal-error outcome, as without it."""
+    from pyvmm.arch.x86_64.assist.vcpu import assist
+
+    result = assist(loop.vcpu, failure.insn_bytes, loop.memory, loop.max_phys_bits)
+    assists = loop.assists
+    if result.performed and result.mnemonic is not None and assists is not None:
+        assists[result.mnemonic] = assists.get(result.mnemonic, 0) + 1
+        return None
+    return final_outcome(loop, failure, result.reason)
+
+
+def final_outcome(loop: VcpuLoop, exit: VcpuExit, not_assisted: str | None = None) -> RunOutcome:
+    """The outcome of an exit that ends the run (or a DEBUG outcome for gdb).
+
+    `not_assisted`: why pyvmm's assist layer did not perform the instruction
+    of an emulation failure, though its table has it.
+    """
     if isinstance(exit, Debug):
         return RunOutcome(OutcomeKind.DEBUG, EXIT_HALTED, "debug trap", debug=exit)
     if isinstance(exit, Hlt):  # only without the in-kernel irqchip: KVM serves it then
@@ -88,10 +109,13 @@ def final_outcome(loop: VcpuLoop, exit: VcpuExit) -> RunOutcome:
         )
     if isinstance(exit, InternalError):
         regs, sregs = loop.vcpu.get_regs(), loop.vcpu.get_sregs()
+        message = describe_internal_error(exit, regs, sregs, loop.memory, loop.max_phys_bits)
+        if not_assisted:
+            message += f"; pyvmm's assist layer did not perform it: {not_assisted}"
         return RunOutcome(
             OutcomeKind.INTERNAL_ERROR,
             EXIT_INTERNAL_ERROR,
-            loop.who + describe_internal_error(exit, regs, sregs, loop.memory, loop.max_phys_bits),
+            loop.who + message,
             format_registers(regs, sregs),
         )
     if isinstance(exit, SystemEvent):

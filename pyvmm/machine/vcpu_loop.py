@@ -123,6 +123,9 @@ class VcpuLoop:
         self.max_phys_bits = max_phys_bits
         # A probe of the host, asked only to explain a triple fault.
         self.keeps_32bit_paging = keeps_32bit_paging
+        # The emulation assist layer (arch/x86_64/assist): instructions performed, by
+        # mnemonic, shared by the machine's vCPUs; None: off (--emulate none).
+        self.assists: dict[str, int] | None = None
         self._stop: RunOutcome | None = None
         self._pause = False
         # Shared by every vCPU of an SMP machine: one device access at a time.

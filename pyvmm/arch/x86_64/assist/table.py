@@ -1,0 +1,133 @@
+"""The instructions pyvmm performs itself when KVM's emulator gives up on them.
+
+Each entry is a pure function `perform(decoded, state, read) -> Performed`:
+the decoded instruction, the CPU state before it, and `read(linear, size)`
+for memory operands (raising OperandFault); it returns the state after it
+and the exception it raises, if any. The semantics are the Intel SDM's
+(vol. 2, each instruction's "Operation" and exception lists); the cases it
+leaves to the CPU's CPUID (an instruction the guest's CPUID does not list
+raises #UD) are not checked: KVM's emulator gave up on an instruction the
+CPU under it has.
+
+- int3: RIP past it, then #BP (a trap: the handler returns after it);
+- clac, stac: RFLAGS.AC cleared, set; #UD above CPL 0 or in virtual-8086 mode;
+- popcnt r16/32/64, r/m: the bits set in the source; ZF if it is 0, CF, PF, AF,
+  SF, OF cleared;
+- wait (fwait): nothing, unless CR0.MP and CR0.TS are set (#NM) or an unmasked
+  x87 exception is pending (#MF).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pyvmm.arch.x86_64.assist.operands import Decoded, Memory, Register, linear_address
+from pyvmm.arch.x86_64.assist.state import (
+    CR0_MP,
+    CR0_NE,
+    CR0_TS,
+    RFLAGS_AC,
+    RFLAGS_VM,
+    RFLAGS_ZF,
+    STATUS_FLAGS,
+    VECTOR_BP,
+    VECTOR_MF,
+    VECTOR_NM,
+    VECTOR_UD,
+    CpuState,
+    Exception_,
+    NotPerformed,
+    Performed,
+    fault,
+)
+
+ReadMemory = Callable[[int, int], bytes]
+Perform = Callable[[Decoded, CpuState, ReadMemory], Performed]
+
+
+def perform_int3(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """INT3 (SDM vol. 2A, "INT n/INTO/INT3/INT1"): #BP, a trap, delivered with the return
+    address after the instruction; the same at every privilege level (no IOPL check)."""
+    return Performed(state.advanced(decoded.size), Exception_(VECTOR_BP))
+
+
+def _smap_check(decoded: Decoded, state: CpuState) -> Performed | None:
+    """CLAC/STAC's #UD (SDM vol. 2A, "CLAC", "STAC"): LOCK, CPL above 0, virtual-8086 mode."""
+    if decoded.lock or state.cpl > 0 or state.rflags & RFLAGS_VM:
+        return fault(state, VECTOR_UD)
+    return None
+
+
+def perform_clac(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """CLAC: EFLAGS.AC := 0."""
+    refused = _smap_check(decoded, state)
+    if refused is not None:
+        return refused
+    return Performed(state.with_rflags(state.rflags & ~RFLAGS_AC).advanced(decoded.size))
+
+
+def perform_stac(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """STAC: EFLAGS.AC := 1."""
+    refused = _smap_check(decoded, state)
+    if refused is not None:
+        return refused
+    return Performed(state.with_rflags(state.rflags | RFLAGS_AC).advanced(decoded.size))
+
+
+def read_operand(
+    operand: Register | Memory, decoded: Decoded, state: CpuState, read: ReadMemory
+) -> int:
+    """A source operand's value: a register at its width, or `size` bytes of memory."""
+    if isinstance(operand, Register):
+        return operand.read(state)
+    linear = linear_address(operand, state, decoded.size, decoded.address_bits)
+    return int.from_bytes(read(linear, operand.size), "little")
+
+
+def perform_popcnt(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """POPCNT r, r/m (SDM vol. 2B, "POPCNT"): the count of bits set in the source;
+    OF, SF, ZF, AF, CF, PF := 0, then ZF := 1 if the source is 0."""
+    if decoded.lock:
+        return fault(state, VECTOR_UD)
+    destination, source = decoded.operands
+    if not isinstance(destination, Register):
+        raise NotPerformed(f"{decoded.text}: destination is not a register")
+    value = read_operand(source, decoded, state, read)
+    rflags = state.rflags & ~STATUS_FLAGS
+    if value == 0:
+        rflags |= RFLAGS_ZF
+    after = destination.write(state, value.bit_count()).with_rflags(rflags)
+    return Performed(after.advanced(decoded.size))
+
+
+def perform_wait(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """WAIT/FWAIT (SDM vol. 2B, "WAIT/FWAIT"; vol. 1, 8.7 "Handling x87 FPU Exceptions"):
+    #NM when CR0.MP and CR0.TS are both set; #MF when an unmasked x87 exception is
+    pending (an exception flag of the status word whose mask bit in the control word
+    is clear) and CR0.NE is set; otherwise nothing."""
+    if state.cr0 & CR0_MP and state.cr0 & CR0_TS:
+        return fault(state, VECTOR_NM)
+    if state.fsw & ~state.fcw & 0x3F:
+        if state.cr0 & CR0_NE:
+            return fault(state, VECTOR_MF)
+        # CR0.NE clear: the PC way, FERR# to the interrupt controller (IRQ 13).
+        raise NotPerformed("an unmasked x87 exception is pending with CR0.NE clear (FERR#)")
+    return Performed(state.advanced(decoded.size))
+
+
+# The table: mnemonic (capstone's) -> the function that performs it.
+TABLE: dict[str, Perform] = {
+    "int3": perform_int3,
+    "clac": perform_clac,
+    "stac": perform_stac,
+    "popcnt": perform_popcnt,
+    "wait": perform_wait,
+}
+
+# Entries that need the x87 status and control words (KVM_GET_FPU).
+NEEDS_FPU = frozenset({"wait"})
+
+
+def perform(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """Perform `decoded` on `state`; KeyError when it is not in the table."""
+    return TABLE[decoded.mnemonic](decoded, state, read)

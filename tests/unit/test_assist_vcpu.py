@@ -1,0 +1,128 @@
+"""The assist layer's glue to a vCPU (pyvmm.arch.x86_64.assist.vcpu), on a fake vCPU: no KVM.
+
+What goes back to KVM: the registers (KVM_SET_REGS) and, for an instruction
+that raises an exception, KVM_SET_VCPU_EVENTS with it injected; a memory
+operand is read through the guest's page tables; an instruction outside the
+table, or a case the table leaves alone, changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyvmm._kvm import ffi
+from pyvmm.arch.x86_64.assist.vcpu import assist
+from pyvmm.cli.parser import build_parser
+from pyvmm.memory.guest_memory import GuestMemory
+
+CODE_GPA = 0x1000
+
+
+class FakeVcpu:
+    """The vCPU ioctls the glue calls, on cffi structs; 64-bit code, paging off."""
+
+    def __init__(self, rip: int = CODE_GPA, bits: int = 64) -> None:
+        self.regs = ffi.new("struct kvm_regs *")
+        self.regs.rip = rip
+        self.regs.rflags = 0x2
+        self.sregs = ffi.new("struct kvm_sregs *")
+        self.sregs.cr0 = 0x11  # PE, ET: paging off, linear = physical
+        if bits == 64:
+            self.sregs.efer = 0x500
+            self.sregs.cs.l = 1
+        else:
+            self.sregs.cs.db = 1
+        self.sregs.cs.selector = 0x8
+        self.fpu = ffi.new("struct kvm_fpu *")
+        self.fpu.fcw = 0x37F
+        self.events = ffi.new("struct kvm_vcpu_events *")
+        self.calls: list[str] = []
+
+    def get_regs(self) -> Any:
+        copy = ffi.new("struct kvm_regs *")
+        copy[0] = self.regs[0]
+        return copy
+
+    def set_regs(self, regs: Any) -> None:
+        self.calls.append("set_regs")
+        self.regs[0] = regs[0]
+
+    def get_sregs(self) -> Any:
+        return self.sregs
+
+    def get_fpu(self) -> Any:
+        self.calls.append("get_fpu")
+        return self.fpu
+
+    def get_vcpu_events(self) -> Any:
+        copy = ffi.new("struct kvm_vcpu_events *")
+        copy[0] = self.events[0]
+        return copy
+
+    def set_vcpu_events(self, events: Any) -> None:
+        self.calls.append("set_vcpu_events")
+        self.events[0] = events[0]
+
+
+def test_int3_moves_rip_and_injects_bp() -> None:
+    vcpu = FakeVcpu(rip=0x4000)
+    result = assist(vcpu, b"\xcc\x90\x90", None)
+    assert result.performed and result.mnemonic == "int3"
+    assert vcpu.regs.rip == 0x4001
+    assert vcpu.calls == ["set_regs", "set_vcpu_events"]
+    exception = vcpu.events.exception
+    assert (exception.injected, exception.nr, exception.has_error_code) == (1, 3, 0)
+
+
+def test_popcnt_reads_its_operand_through_guest_memory() -> None:
+    memory = _memory()
+    code = bytes.fromhex("f3480fb80425") + (0x2000).to_bytes(4, "little")  # popcnt rax, [0x2000]
+    memory.write(CODE_GPA, code)
+    memory.write(0x2000, (0xFF00FF).to_bytes(8, "little"))
+    vcpu = FakeVcpu()
+    vcpu.regs.rflags = 0x8D7
+    # No bytes from KVM: the glue fetches them at RIP too.
+    result = assist(vcpu, b"", memory)
+    assert result.performed and result.mnemonic == "popcnt"
+    assert vcpu.regs.rax == 16 and vcpu.regs.rflags == 0x2
+    assert vcpu.regs.rip == CODE_GPA + len(code)
+    assert vcpu.calls == ["set_regs"]
+
+
+def test_popcnt_on_memory_outside_ram_is_left_alone() -> None:
+    memory = _memory()
+    vcpu = FakeVcpu()
+    vcpu.regs.rbx = 0xD000_0000  # the MMIO hole: no RAM there
+    result = assist(vcpu, bytes.fromhex("f3480fb803"), memory)  # popcnt rax, [rbx]
+    assert not result.performed and result.mnemonic == "popcnt"
+    assert "not in guest RAM" in result.reason
+    assert vcpu.calls == []
+
+
+def test_wait_reads_the_x87_state_and_injects_mf() -> None:
+    vcpu = FakeVcpu(bits=32)
+    vcpu.sregs.cr0 = 0x31  # PE, ET, NE
+    vcpu.fpu.fcw = 0x37E  # invalid operation unmasked
+    vcpu.fpu.fsw = 0x81  # ... and pending
+    result = assist(vcpu, b"\x9b", None)
+    assert result.performed
+    assert vcpu.regs.rip == CODE_GPA  # a fault: at the instruction
+    assert vcpu.events.exception.nr == 16
+    assert vcpu.calls == ["get_fpu", "set_regs", "set_vcpu_events"]
+
+
+def test_an_instruction_outside_the_table_changes_nothing() -> None:
+    vcpu = FakeVcpu()
+    result = assist(vcpu, bytes.fromhex("d900"), None)  # fld dword ptr [rax]
+    assert not result.performed and result.mnemonic is None and result.reason is None
+    assert vcpu.calls == []
+
+
+def test_emulate_option() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["boot", "guests/hello.bin"]).emulate == "assist"
+    assert parser.parse_args(["boot", "--emulate", "none", "guests/hello.bin"]).emulate == "none"
+
+
+def _memory() -> GuestMemory:
+    return GuestMemory.from_ranges([(0, 0x10000)])
