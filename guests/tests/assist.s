@@ -1,0 +1,219 @@
+# assist.s - a long-mode kernel (CPL 0) runs the instructions of pyvmm's
+# emulation assist table (pyvmm/arch/x86_64/assist/table.py) and prints what
+# they did.
+#
+#   pyvmm boot --mode long --stats guests/tests/assist.bin
+#
+# On VT-x/AMD-V the CPU runs them all. A KVM that emulates CPL 0 code
+# (kvm_pvm) gives up on some of them (KVM_EXIT_INTERNAL_ERROR) and pyvmm
+# performs them; --stats counts those. Either way the output is the same:
+#
+#   assist: start
+#   int3: #BP handler ran once, returned after int3
+#   popcnt r64: 20 flags 0000
+#   popcnt m32: 02
+#   popcnt r16: 1234567890ab0010
+#   popcnt zero: 00 flags 0040
+#   stac: AC=1
+#   clac: AC=0
+#   fwait: nothing pending, went on
+#   assist: done
+#
+# (`popcnt: not in CPUID` or `clac/stac: no SMAP in CPUID` instead of their
+# lines where the guest's CPUID lacks them) and the run ends through
+# debug-exit 0x15 (status 43).  int3 runs once, popcnt 4 times, stac, clac
+# and fwait once each.
+	.code64
+	.text
+	.globl	_start
+	.set	IDT, 0x300000		# 256 gates of 16 bytes, in RAM above the image
+	.set	STATUS_FLAGS, 0x8d5	# OF SF ZF AF PF CF
+_start:
+	mov	$0x90000, %rsp
+	lea	m_start(%rip), %rsi
+	call	puts
+
+	# Gate 3 (#BP): a 64-bit interrupt gate to bp_handler in this code segment.
+	mov	$IDT, %rdi
+	lea	bp_handler(%rip), %rax
+	mov	%ax, 3*16(%rdi)
+	mov	%cs, %dx
+	mov	%dx, 3*16+2(%rdi)
+	movw	$0x8e00, 3*16+4(%rdi)	# present, DPL 0, 64-bit interrupt gate
+	shr	$16, %rax
+	mov	%ax, 3*16+6(%rdi)
+	shr	$16, %rax
+	mov	%eax, 3*16+8(%rdi)
+	movl	$0, 3*16+12(%rdi)
+	lidt	idtr(%rip)
+
+	# int3: a trap; the handler must see the address after it.
+	int3
+after_int3:
+	lea	after_int3(%rip), %rax
+	cmp	bp_rip(%rip), %rax
+	jne	int3_bad
+	cmpl	$1, bp_count(%rip)
+	jne	int3_bad
+	lea	m_int3(%rip), %rsi
+	call	puts
+	jmp	popcnt_test
+int3_bad:
+	lea	m_int3_bad(%rip), %rsi
+	call	puts
+
+popcnt_test:
+	mov	$1, %eax
+	cpuid
+	bt	$23, %ecx		# CPUID.1:ECX.POPCNT
+	jc	1f
+	lea	m_no_popcnt(%rip), %rsi
+	call	puts
+	jmp	smap_test
+1:	push	$STATUS_FLAGS | 2	# every status flag set: popcnt clears them
+	popfq
+	movabs	$0xf0f0f0f0f0f0f0f0, %rbx
+	popcnt	%rbx, %rax		# 32
+	pushfq
+	pop	%r12
+	push	%rax
+	lea	m_popcnt64(%rip), %rsi
+	call	puts
+	pop	%rax
+	mov	$2, %ecx
+	call	puthex
+	lea	m_flags(%rip), %rsi
+	call	puts
+	mov	%r12, %rax
+	and	$STATUS_FLAGS, %eax
+	mov	$4, %ecx
+	call	puthex
+	call	newline
+
+	popcntl	value32(%rip), %eax	# RIP-relative memory operand: 2
+	push	%rax
+	lea	m_popcnt32(%rip), %rsi
+	call	puts
+	pop	%rax
+	mov	$2, %ecx
+	call	puthex
+	call	newline
+
+	movabs	$0x1234567890abcdef, %rax
+	mov	$0xffff, %dx
+	popcnt	%dx, %ax		# 16; the upper 48 bits stay
+	push	%rax
+	lea	m_popcnt16(%rip), %rsi
+	call	puts
+	pop	%rax
+	mov	$16, %ecx
+	call	puthex
+	call	newline
+
+	push	$2			# every status flag clear: ZF must come on
+	popfq
+	lea	zero64(%rip), %rbx
+	mov	$-1, %rax
+	popcnt	(%rbx), %rax		# 0, ZF
+	pushfq
+	pop	%r12
+	push	%rax
+	lea	m_popcnt0(%rip), %rsi
+	call	puts
+	pop	%rax
+	mov	$2, %ecx
+	call	puthex
+	lea	m_flags(%rip), %rsi
+	call	puts
+	mov	%r12, %rax
+	and	$STATUS_FLAGS, %eax
+	mov	$4, %ecx
+	call	puthex
+	call	newline
+
+smap_test:
+	xor	%eax, %eax
+	cpuid
+	cmp	$7, %eax
+	jb	no_smap
+	mov	$7, %eax
+	xor	%ecx, %ecx
+	cpuid
+	bt	$20, %ebx		# CPUID.(7,0):EBX.SMAP
+	jnc	no_smap
+	stac
+	lea	m_stac(%rip), %rsi
+	call	print_ac
+	clac
+	lea	m_clac(%rip), %rsi
+	call	print_ac
+	jmp	fwait_test
+no_smap:
+	lea	m_no_smap(%rip), %rsi
+	call	puts
+
+fwait_test:
+	fwait
+	lea	m_fwait(%rip), %rsi
+	call	puts
+
+	lea	m_done(%rip), %rsi
+	call	puts
+	mov	$0x15, %al
+	out	%al, $0xf4
+	hlt
+
+# print_ac: print the string at %rsi, then RFLAGS.AC and a newline.
+print_ac:
+	pushfq
+	call	puts
+	pop	%rax
+	mov	$18, %ecx
+	call	putbit
+newline:
+	mov	$'\n', %al
+	jmp	putc
+
+# The #BP handler: note where it was called from, then return to it at the
+# same privilege level without iret (which a KVM emulating CPL 0 code may not
+# do): RFLAGS from the frame, then RSP, then jump to the saved RIP.
+bp_handler:
+	mov	%rax, saved_rax(%rip)
+	mov	(%rsp), %rax		# the frame: RIP, CS, RFLAGS, RSP, SS
+	mov	%rax, bp_rip(%rip)
+	incl	bp_count(%rip)
+	mov	24(%rsp), %rax
+	mov	%rax, saved_rsp(%rip)
+	push	16(%rsp)
+	popfq
+	mov	saved_rsp(%rip), %rsp
+	mov	saved_rax(%rip), %rax
+	jmp	*bp_rip(%rip)
+
+	.p2align 3
+idtr:	.word	256*16 - 1
+	.quad	IDT
+	.p2align 3
+bp_rip:		.quad	0
+bp_count:	.quad	0
+saved_rax:	.quad	0
+saved_rsp:	.quad	0
+zero64:		.quad	0
+value32:	.long	0x80000001
+
+m_start:	.asciz	"assist: start\n"
+m_int3:		.asciz	"int3: #BP handler ran once, returned after int3\n"
+m_int3_bad:	.asciz	"int3: FAIL: the #BP handler did not run once with the address after int3\n"
+m_no_popcnt:	.asciz	"popcnt: not in CPUID\n"
+m_popcnt64:	.asciz	"popcnt r64: "
+m_popcnt32:	.asciz	"popcnt m32: "
+m_popcnt16:	.asciz	"popcnt r16: "
+m_popcnt0:	.asciz	"popcnt zero: "
+m_flags:	.asciz	" flags "
+m_stac:		.asciz	"stac: AC="
+m_clac:		.asciz	"clac: AC="
+m_no_smap:	.asciz	"clac/stac: no SMAP in CPUID\n"
+m_fwait:	.asciz	"fwait: nothing pending, went on\n"
+m_done:		.asciz	"assist: done\n"
+
+	.include "print64.inc"

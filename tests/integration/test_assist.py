@@ -1,0 +1,92 @@
+"""guests/tests/assist.bin: a CPL 0 guest runs the assist table's instructions, on any host.
+
+On VT-x/AMD-V the CPU runs them; a KVM that emulates CPL 0 code may give up
+on some, and pyvmm performs those (pyvmm.arch.x86_64.assist). Nothing here
+assumes which: the guest's output and exit status must be the same either
+way, and a second run with `--emulate none` shows what this host needed.
+Where that run goes through, the first must have made no assist; where it
+ends as internal-error, the instruction it names must be one the first run
+assisted. --stats never counts more assists of an instruction than the
+guest executes.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pyvmm.machine.outcome import EXIT_INTERNAL_ERROR
+from tests.integration.helpers import guest, run_pyvmm
+
+STATUS = (0x15 << 1) | 1  # the guest's debug-exit value 0x15
+# How many times the guest executes each instruction, by capstone's mnemonic.
+EXECUTED = {"int3": 1, "popcnt": 4, "stac": 1, "clac": 1, "wait": 1}
+POPCNT_LINES = [
+    "popcnt r64: 20 flags 0000",
+    "popcnt m32: 02",
+    "popcnt r16: 1234567890ab0010",
+    "popcnt zero: 00 flags 0040",
+]
+SMAP_LINES = ["stac: AC=1", "clac: AC=0"]
+NOT_EMULATED = re.compile(r"^pyvmm: KVM could not emulate '(\w+)[^']*' \(([0-9a-f ]+)\)")
+
+
+def boot(*options: str):
+    return run_pyvmm(
+        "boot", "--mode", "long", "--timeout", "30", *options, guest("tests/assist.bin")
+    )
+
+
+def expected_lines(stdout: list[str]) -> list[str]:
+    """The guest's lines, with the variants the guest's CPUID chooses."""
+    lines = ["assist: start", "int3: #BP handler ran once, returned after int3"]
+    lines += ["popcnt: not in CPUID"] if "popcnt: not in CPUID" in stdout else POPCNT_LINES
+    no_smap = "clac/stac: no SMAP in CPUID"
+    lines += [no_smap] if no_smap in stdout else SMAP_LINES
+    return [*lines, "fwait: nothing pending, went on", "assist: done"]
+
+
+def assist_counts(stderr: str) -> dict[str, int]:
+    """--stats' "emulation assists" block: mnemonic -> count (empty when there were none)."""
+    counts: dict[str, int] = {}
+    lines = stderr.splitlines()
+    if "emulation assists:" not in " ".join(lines):
+        return counts
+    start = next(i for i, line in enumerate(lines) if line.startswith("emulation assists:"))
+    for line in lines[start + 1 :]:
+        match = re.match(r"^  (\w+) +(\d+)$", line)
+        if match is None:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    assert sum(counts.values()) == int(lines[start].split(":")[1])
+    return counts
+
+
+def test_the_guest_runs_the_same_with_assists_and_they_are_counted() -> None:
+    result = boot("--stats")
+    assert "Traceback" not in result.stderr
+    assert result.returncode == STATUS, result.stderr
+    stdout = result.stdout.splitlines()
+    assert stdout == expected_lines(stdout)
+    counts = assist_counts(result.stderr)
+    for mnemonic, count in counts.items():
+        assert 0 < count <= EXECUTED[mnemonic], (mnemonic, count)
+
+    # What did this host need? Ask it without the layer.
+    bare = boot("--emulate", "none")
+    assert "Traceback" not in bare.stderr
+    if bare.returncode == STATUS:
+        assert bare.stdout.splitlines() == stdout
+        assert counts == {}, "assists counted where the host needed none"
+        return
+    assert bare.returncode == EXIT_INTERNAL_ERROR, bare.stderr
+    match = NOT_EMULATED.search(bare.stderr.splitlines()[0])
+    assert match is not None, bare.stderr
+    assert match.group(1) in counts, (match.group(1), counts)
+    # Without the layer the guest stops at that instruction: its output is a prefix.
+    assert stdout[: len(bare.stdout.splitlines())] == bare.stdout.splitlines()
+
+
+def test_without_stats_nothing_is_counted_on_stderr() -> None:
+    result = boot()
+    assert result.returncode == STATUS, result.stderr
+    assert "emulation assists" not in result.stderr
