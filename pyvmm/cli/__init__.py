@@ -63,10 +63,17 @@ def run_demo(args: argparse.Namespace) -> Ending:
     return Ending(demos.run_demo(args.name, sys.stdout))
 
 
+def run_host(args: argparse.Namespace) -> Ending:
+    from pyvmm.cli.host import run_host
+
+    return Ending(run_host(args))
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Ending]] = {
     "boot": run_boot,
     "memmap": run_memmap,
     "demo": run_demo,
+    "host": run_host,
 }
 
 

@@ -108,6 +108,13 @@ example:
   pyvmm memmap --mode long guests/vmem64.bin --translate 0xffff800012345010
 """
 
+HOST_EPILOG = """\
+exit status: 0 when the findings were printed, 70 when the probe could not run
+(no usable /dev/kvm). The probe takes well under a few seconds, each guest
+with a deadline; a file in the cache that does not parse, or another host's,
+is ignored and written anew.
+"""
+
 DEMO_EPILOG = """\
 exit status: 0 when the evidence supports the property, 4 when it does not,
 2 when the demo cannot run (no usable /dev/kvm, a guest that did not start...).
@@ -332,7 +339,24 @@ def build_parser() -> _Parser:
         help="equivalence, efficiency, isolation or paravirtualization",
     )
     demo.set_defaults(verbose=0)
-    parser.commands = {"boot": boot, "memmap": memmap, "demo": demo}
+    host = commands.add_parser(
+        "host",
+        help="probe what this host's KVM runs, and what pyvmm derives from it",
+        description="Run tiny guests under KVM (once per host kernel; the findings are kept\n"
+        "in $XDG_CACHE_HOME/pyvmm or ~/.cache/pyvmm) and say what this host's KVM does:\n"
+        "whether KVM_SET_CPUID2 takes effect, which CPL0 instructions it cannot emulate,\n"
+        "whether a CPL3 syscall reaches CPL0, whether RFLAGS.RF is honoured, how long a\n"
+        "timer tick takes; then what pyvmm derives (the Linux command-line additions\n"
+        "that hide what CPUID cannot, the SYSCALL repair, the timer scale).",
+        epilog=HOST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    host.add_argument("--json", action="store_true", help="print the findings as JSON")
+    host.add_argument(
+        "--refresh", action="store_true", help="probe again, whatever the cache holds"
+    )
+    host.set_defaults(verbose=0)
+    parser.commands = {"boot": boot, "memmap": memmap, "demo": demo, "host": host}
     return parser
 
 

@@ -1,0 +1,362 @@
+"""What the host probe found about this host's KVM, and what pyvmm derives from it (pure).
+
+`host_probe.py` runs tiny guests under KVM and fills a `HostFindings`; this
+module holds the findings' shape, their JSON form (the cache's, and `pyvmm
+host --json`'s) and the derivations, each a pure function of the findings,
+unit-tested without KVM:
+
+- `features_to_hide`: CPU features the guest sees whose kernel-mode
+  instructions this host's KVM cannot run;
+- `command_line_additions`: of those, the ones KVM_SET_CPUID2 could not hide,
+  as Linux command-line options (`noxsave clearcpuid=...`);
+- `needs_syscall_repair`: a CPL3 `syscall` does not reach CPL0;
+- `timer_scale`: how much slower than programmed a timer must tick for the
+  guest to make progress between ticks.
+
+On a VT-x/AMD-V host every instruction runs, CPUID takes effect and syscall
+works: every derived list is empty, no repair, scale 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+# The version of the findings' JSON: a cache file of another version is ignored.
+FORMAT = 1
+
+# CPUID feature bits the probe clears with KVM_SET_CPUID2, by Linux's name for
+# them (the name `clearcpuid=` and /proc/cpuinfo use): (leaf, subleaf, register, bit).
+# Intel SDM vol. 2A, CPUID, tables 3-10 (leaf 1) and 3-8 (leaf 7).
+FEATURE_BITS: dict[str, tuple[int, int, str, int]] = {
+    "pclmulqdq": (1, 0, "ecx", 1),
+    "ssse3": (1, 0, "ecx", 9),
+    "cx16": (1, 0, "ecx", 13),
+    "sse4_1": (1, 0, "ecx", 19),
+    "sse4_2": (1, 0, "ecx", 20),
+    "popcnt": (1, 0, "ecx", 23),
+    "aes": (1, 0, "ecx", 25),
+    "xsave": (1, 0, "ecx", 26),
+    "avx": (1, 0, "ecx", 28),
+    "fsgsbase": (7, 0, "ebx", 0),
+    "avx2": (7, 0, "ebx", 5),
+    "smap": (7, 0, "ebx", 20),
+    "sha_ni": (7, 0, "ebx", 29),
+}
+
+# Features whose instructions the kernel runs at CPL0 only where CPUID shows
+# them, by the instruction the probe runs for them. Hiding the feature stops
+# the kernel using it (SIMD: its crypto and checksum code falls back to plain C).
+# `int3`, `fwait`, `fninit`, `ldmxcsr` and `fxsave` hide behind no feature bit.
+SIMD_FEATURES = ("ssse3", "sse4_1", "sse4_2", "aes", "pclmulqdq", "sha_ni", "avx", "avx2")
+HIDDEN_BY_INSTRUCTION: dict[str, tuple[str, ...]] = {
+    "movd xmm": SIMD_FEATURES,
+    "xrstor": ("xsave", "avx", "avx2"),
+    "lock cmpxchg16b": ("cx16",),
+    "clac": ("smap",),
+    "stac": ("smap",),
+    "popcnt": ("popcnt",),
+    "rdfsbase": ("fsgsbase",),
+}
+# Linux spells "hide XSAVE" noxsave (arch/x86/kernel/fpu/init.c); the rest are clearcpuid= names.
+NOXSAVE = "noxsave"
+
+# Outcomes of one instruction run at CPL0.
+WORKS = "works"
+EMULATION_FAILURE = "emulation-failure"
+EXCEPTION = "exception"
+TIMEOUT = "timeout"
+OTHER = "other"
+NOT_RUN = "not-run"
+
+# The timer scale: a tick may take at most TICK_BUDGET of the guest's time at
+# GUEST_HZ (Debian's kernels: CONFIG_HZ=250, a tick every 4 ms).
+GUEST_HZ = 250
+TICK_BUDGET = 0.15
+MAX_TIMER_SCALE = 100
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """What a cached probe is valid for: this kernel (uname -r, uname -v) and KVM backend."""
+
+    release: str
+    version: str
+    backend: str
+
+
+@dataclass(frozen=True)
+class CpuidFinding:
+    """Whether features cleared in leaves 1 and 7 with KVM_SET_CPUID2 vanish from the guest.
+
+    `visible`: the table's features a CPL0 guest sees with pyvmm's usual
+    CPUID (everything KVM supports); `hidden`: those that vanished once
+    cleared; `ignored`: those the guest still saw. `control`: whether the
+    guest saw the signature the probe wrote into leaf 0x40000000 (the leaf
+    KVM always takes: if not, the probe itself is in doubt).
+    """
+
+    visible: tuple[str, ...]
+    hidden: tuple[str, ...]
+    ignored: tuple[str, ...]
+    control: bool
+
+    @property
+    def takes_effect(self) -> bool:
+        return self.control and not self.ignored
+
+
+@dataclass(frozen=True)
+class InstructionFinding:
+    """One instruction run at CPL0: its outcome (WORKS, EMULATION_FAILURE...) and details."""
+
+    name: str
+    outcome: str
+    detail: str = ""
+
+    @property
+    def fails_to_emulate(self) -> bool:
+        return self.outcome == EMULATION_FAILURE
+
+
+@dataclass(frozen=True)
+class SyscallFinding:
+    """A CPL3 `syscall`: whether the CPU was at CPL0 at LSTAR (None: the probe could not tell)."""
+
+    reaches_cpl0: bool | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class ResumeFlagFinding:
+    """Whether RFLAGS.RF lets a vCPU resume over an execute breakpoint (None: unknown)."""
+
+    honoured: bool | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class TimerFinding:
+    """PIT ticks taken over `window` seconds by a CPL0 handler of `handler_instructions`.
+
+    `tick_seconds` is window / ticks; when the ticks kept up with the PIT's
+    own period (`rate_limited`) it is only an upper bound: a tick costs less.
+    `instruction_seconds`: one CPL0 instruction, from a counted loop (None:
+    not measured).
+    """
+
+    ticks: int
+    window: float
+    period: float
+    handler_instructions: int
+    instruction_seconds: float | None = None
+    detail: str = ""
+
+    @property
+    def tick_seconds(self) -> float | None:
+        return self.window / self.ticks if self.ticks else None
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.ticks >= 0.8 * self.window / self.period
+
+
+@dataclass(frozen=True)
+class HostFindings:
+    key: HostKey
+    cpuid: CpuidFinding
+    instructions: tuple[InstructionFinding, ...]
+    syscall: SyscallFinding
+    resume_flag: ResumeFlagFinding
+    timer: TimerFinding
+    seconds: float  # how long the probe took
+    probed_at: str = ""  # ISO 8601, UTC
+    format: int = field(default=FORMAT)
+
+    def instruction(self, name: str) -> InstructionFinding | None:
+        return next((each for each in self.instructions if each.name == name), None)
+
+
+# -- derivations --------------------------------------------------------------
+
+
+def failing_instructions(findings: HostFindings) -> tuple[str, ...]:
+    """The instructions KVM's emulator gave up on (KVM_INTERNAL_ERROR_EMULATION)."""
+    return tuple(each.name for each in findings.instructions if each.fails_to_emulate)
+
+
+def features_to_hide(findings: HostFindings) -> tuple[str, ...]:
+    """Features the guest sees whose instructions KVM cannot run at CPL0, in FEATURE_BITS order."""
+    wanted = {
+        feature
+        for name in failing_instructions(findings)
+        for feature in HIDDEN_BY_INSTRUCTION.get(name, ())
+    }
+    return tuple(name for name in FEATURE_BITS if name in wanted and name in findings.cpuid.visible)
+
+
+def cpuid_hideable(findings: HostFindings) -> tuple[str, ...]:
+    """Of `features_to_hide`, those KVM_SET_CPUID2 hides (a VMM clears them in CPUID)."""
+    if not findings.cpuid.control:
+        return ()
+    return tuple(name for name in features_to_hide(findings) if name in findings.cpuid.hidden)
+
+
+def command_line_additions(findings: HostFindings) -> tuple[str, ...]:
+    """Linux options that hide what CPUID cannot: `noxsave`, `clearcpuid=a,b,...`."""
+    hideable = set(cpuid_hideable(findings))
+    rest = [name for name in features_to_hide(findings) if name not in hideable]
+    options = []
+    if NOXSAVE[2:] in rest:
+        options.append(NOXSAVE)
+        rest.remove(NOXSAVE[2:])
+    if rest:
+        options.append("clearcpuid=" + ",".join(rest))
+    return tuple(options)
+
+
+def unhideable_failures(findings: HostFindings) -> tuple[str, ...]:
+    """Failing instructions no feature bit hides: only an emulation assist gets past them."""
+    return tuple(
+        name for name in failing_instructions(findings) if name not in HIDDEN_BY_INSTRUCTION
+    )
+
+
+def needs_syscall_repair(findings: HostFindings) -> bool:
+    """True only when the probe saw a CPL3 `syscall` arrive at LSTAR still at CPL3."""
+    return findings.syscall.reaches_cpl0 is False
+
+
+def timer_scale(findings: HostFindings, hz: int = GUEST_HZ, budget: float = TICK_BUDGET) -> int:
+    """How many times slower than programmed a guest timer must tick (1: as programmed).
+
+    The smallest N for which one tick takes at most `budget` of N periods at
+    `hz`, up to MAX_TIMER_SCALE. A tick measured only as an upper bound (the
+    ticks kept up with the PIT) counts as that bound.
+    """
+    tick = findings.timer.tick_seconds
+    if tick is None:
+        return 1
+    scale = math.ceil(tick * hz / budget - 1e-9)
+    return max(1, min(MAX_TIMER_SCALE, scale))
+
+
+# -- JSON ---------------------------------------------------------------------
+
+
+def findings_to_json(findings: HostFindings) -> dict[str, object]:
+    """The findings as plain JSON values (the cache's form), and what pyvmm derives."""
+    data = asdict(findings)
+    data["timer"]["tick_seconds"] = findings.timer.tick_seconds
+    data["timer"]["rate_limited"] = findings.timer.rate_limited
+    data["cpuid"]["takes_effect"] = findings.cpuid.takes_effect
+    data["derived"] = {
+        "features_to_hide": list(features_to_hide(findings)),
+        "cpuid_hideable": list(cpuid_hideable(findings)),
+        "command_line_additions": list(command_line_additions(findings)),
+        "unhideable_failures": list(unhideable_failures(findings)),
+        "syscall_repair": needs_syscall_repair(findings),
+        "timer_scale": timer_scale(findings),
+    }
+    return data
+
+
+class BadFindings(ValueError):
+    """JSON that is not findings of this FORMAT."""
+
+
+def findings_from_json(data: object) -> HostFindings:
+    """The findings `findings_to_json` wrote; BadFindings for anything else."""
+    try:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise BadFindings(f"not host findings of format {FORMAT}")
+        cpuid = data["cpuid"]
+        timer = data["timer"]
+        return HostFindings(
+            key=HostKey(**_strings(data["key"], ("release", "version", "backend"))),
+            cpuid=CpuidFinding(
+                visible=_names(cpuid["visible"]),
+                hidden=_names(cpuid["hidden"]),
+                ignored=_names(cpuid["ignored"]),
+                control=_bool(cpuid["control"]),
+            ),
+            instructions=tuple(
+                InstructionFinding(**_strings(each, ("name", "outcome", "detail")))
+                for each in _list(data["instructions"])
+            ),
+            syscall=SyscallFinding(
+                reaches_cpl0=_optional_bool(data["syscall"]["reaches_cpl0"]),
+                detail=_string(data["syscall"]["detail"]),
+            ),
+            resume_flag=ResumeFlagFinding(
+                honoured=_optional_bool(data["resume_flag"]["honoured"]),
+                detail=_string(data["resume_flag"]["detail"]),
+            ),
+            timer=TimerFinding(
+                ticks=_int(timer["ticks"]),
+                window=_positive(timer["window"]),
+                period=_positive(timer["period"]),
+                handler_instructions=_int(timer["handler_instructions"]),
+                instruction_seconds=_optional_number(timer["instruction_seconds"]),
+                detail=_string(timer["detail"]),
+            ),
+            seconds=_number(data["seconds"]),
+            probed_at=_string(data["probed_at"]),
+        )
+    except (KeyError, TypeError, AttributeError) as error:
+        raise BadFindings(f"malformed host findings: {error!r}") from None
+
+
+def _list(value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise BadFindings(f"expected a list, got {value!r}")
+    return value
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise BadFindings(f"expected a string, got {value!r}")
+    return value
+
+
+def _strings(value: object, names: tuple[str, ...]) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise BadFindings(f"expected an object, got {value!r}")
+    return {name: _string(value[name]) for name in names}
+
+
+def _names(value: object) -> tuple[str, ...]:
+    return tuple(_string(each) for each in _list(value))
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise BadFindings(f"expected true or false, got {value!r}")
+    return value
+
+
+def _optional_bool(value: object) -> bool | None:
+    return None if value is None else _bool(value)
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadFindings(f"expected a count, got {value!r}")
+    return value
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadFindings(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _optional_number(value: object) -> float | None:
+    return None if value is None else _number(value)
+
+
+def _positive(value: object) -> float:
+    number = _number(value)
+    if number <= 0:
+        raise BadFindings(f"expected a positive number, got {value!r}")
+    return number
