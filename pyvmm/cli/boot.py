@@ -103,6 +103,7 @@ def _build(
         modules=modules,
         append=args.append,
         force_multiboot=args.multiboot,
+        image_format=getattr(args, "format", None),
         irqchip=early.irqchip if args.kernel_irqchip is None else args.kernel_irqchip == "on",
         vga_text=early.watches_vga,
         acpi=args.acpi == "on",

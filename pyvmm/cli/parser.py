@@ -22,7 +22,10 @@ IMAGE_FORMATS = """\
 image formats, found by their contents: a multiboot (v1) kernel, the format
 qemu -kernel boots (a multiboot header in the first 8 KiB; --multiboot insists
 on one), is entered as QEMU enters it, in 32-bit protected mode with the
-multiboot information (--append, --initrd); else an ELF32 file starts in
+multiboot information (--append, --initrd); a Linux kernel (a bzImage, by its
+"HdrS" setup header, or an ELF64 vmlinux, by Linux's ELF notes) is entered
+through the boot protocol's 64-bit entry with a zero page, --append as its
+command line and --initrd as its initrd; else an ELF32 file starts in
 protected mode and an ELF64 file in long mode, at their own addresses; anything
 else is a flat binary (real mode at 0x7c00 by default, like a boot sector;
 --mode and --load-addr choose, 0x100000 in the other modes). IMAGE is a file
@@ -365,7 +368,8 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "image",
         metavar="IMAGE",
-        help="multiboot kernel, ELF32 or ELF64 executable, or flat binary (see image formats "
+        help="multiboot kernel, Linux bzImage or vmlinux, ELF32 or ELF64 executable, or flat "
+        "binary (see image formats "
         "below)",
     )
     parser.add_argument(
@@ -412,20 +416,28 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         "--append",
         "-append",
         metavar="ARGS",
-        help="multiboot kernel command line: the kernel sees '<IMAGE> ARGS', as with QEMU "
-        "(an error for other images)",
+        help="kernel command line: a multiboot kernel sees '<IMAGE> ARGS', a Linux kernel "
+        "ARGS, as with QEMU (an error for other images)",
     )
     parser.add_argument(
         "--initrd",
         "-initrd",
         metavar="FILES",
-        help="comma-separated files loaded as multiboot modules ('FILE args' passes args; "
+        help="a Linux kernel's initrd, or comma-separated files loaded as multiboot modules "
+        "('FILE args' passes args; "
         "an error for other images)",
     )
     parser.add_argument(
         "--multiboot",
         action="store_true",
         help="boot IMAGE with the multiboot protocol (found by its header otherwise)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["linux", "multiboot", "elf", "flat"],
+        help="insist on an image format instead of finding it by the contents: linux (the "
+        "boot protocol, for a bzImage or an ELF64 vmlinux without Linux's notes), multiboot "
+        "(as --multiboot), elf (a vmlinux as a plain ELF file), flat (any file as raw bytes)",
     )
     parser.add_argument(
         "-smp",

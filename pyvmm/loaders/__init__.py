@@ -2,7 +2,9 @@
 
 A loader describes how to start the guest (an EntryPoint) and never touches
 vCPU registers. Formats are detected by magic: a multiboot header in the first
-8 KiB (checked first, as QEMU's -kernel does), then ELF, else a flat binary.
+8 KiB (checked first, as QEMU's -kernel does), then a Linux kernel (a bzImage's
+setup header, or an ELF64 vmlinux by its notes: loaders/linux.py), then ELF,
+else a flat binary; `image_format` insists on one format instead.
 Nothing here knows the architecture's addresses; the caller passes defaults.
 """
 
@@ -177,6 +179,8 @@ def copied_whole(head: bytes) -> tuple[str, int] | None:
         return "a multiboot kernel loaded by its a.out-kludge fields", max(0, skipped)
     if header is not None or is_elf(head):
         return None
+    if head[0x202:0x206] == b"HdrS":  # a bzImage (loaders/linux.py): copied from its setup
+        return "a Linux bzImage", 0  # sectors on, so no larger than RAM either
     return "a flat binary (a file that is not ELF)", 0
 
 
@@ -269,7 +273,12 @@ def _read_capped(image_file: BinaryIO, size: int, limit: int) -> bytes:
 
 
 def describe_format(image: bytes) -> str:
-    """The format name for -v: ELF64, ELF32 or flat binary (ELF if the class byte is bad)."""
+    """The format name for -v: Linux, ELF64, ELF32 or flat binary (ELF if the class is bad)."""
+    from pyvmm.loaders.linux import describe_linux
+
+    linux = describe_linux(image)
+    if linux is not None:
+        return linux
     if not is_elf(image):
         return "flat binary"
     elf_class = image[EI_CLASS] if len(image) > EI_CLASS else None
@@ -291,7 +300,7 @@ class ImagePlan:
     def __init__(
         self, protocol: str, mode: CpuMode, entry: int, segments: tuple[ImageSegment, ...], fix: str
     ) -> None:
-        self.protocol = protocol  # "flat", "elf32", "elf64", "multiboot"
+        self.protocol = protocol  # "flat", "elf32", "elf64", "multiboot", "linux"
         self.mode = mode
         self.entry = entry
         self.segments = segments
@@ -308,15 +317,24 @@ def plan_image(
     force_multiboot: bool = False,
     modules: Sequence[tuple[str, bytes]] = (),
     append: str | None = None,
+    image_format: str | None = None,
 ) -> ImagePlan:
     """Check `image` and the options as `load_image` does, and say where it will go.
 
     Nothing is written: the caller can place what else it writes (pyvmm's GDT,
     stack and page tables) clear of the segments, then load. Raises the same
     LoaderError `load_image` would for the image itself; the modules and the
-    command line are judged by `load_image`.
+    command line are judged by `load_image` (a Linux kernel's, here too).
+    `image_format` ("multiboot", "linux", "elf", "flat"; None: by its
+    contents) insists on a format, for an image detection would misjudge.
     """
-    if force_multiboot or _multiboot_header(image) is not None:
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"unknown image format {image_format!r}")
+    if force_multiboot:
+        image_format = "multiboot"
+    if image_format == "multiboot" or (
+        image_format is None and _multiboot_header(image) is not None
+    ):
         from pyvmm.loaders.multiboot import kernel_segments
 
         if load_gpa is not None:
@@ -331,17 +349,21 @@ def plan_image(
         kernel, entry, fix = kernel_segments(image, memory)
         segments = tuple(segment.described("kernel segment") for segment in kernel)
         return ImagePlan("multiboot", CpuMode.PROTECTED, entry, segments, fix)
+    if image_format == "linux" or (image_format is None and _is_linux(image)):
+        return _plan_linux(image, memory, mode, load_gpa, modules, append)
     if modules:
         raise LoaderError(
-            "modules (--initrd) need a multiboot kernel: "
-            "the image has no multiboot header in its first 8 KiB"
+            "modules (--initrd) need a multiboot or Linux kernel: the image has no "
+            "multiboot header in its first 8 KiB and is no bzImage or vmlinux"
         )
     if append:
         raise LoaderError(
-            "a kernel command line (--append) needs a multiboot kernel: "
-            "the image has no multiboot header in its first 8 KiB"
+            "a kernel command line (--append) needs a multiboot or Linux kernel: the image "
+            "has no multiboot header in its first 8 KiB and is no bzImage or vmlinux"
         )
-    if is_elf(image):
+    if image_format == "elf" and not is_elf(image):
+        raise LoaderError("--format elf: the image is not ELF (it does not start with \\x7fELF)")
+    if is_elf(image) and image_format != "flat":
         from pyvmm.loaders.elf import ELF_FIX, plan_elf
 
         if load_gpa is not None:
@@ -359,6 +381,43 @@ def plan_image(
     return ImagePlan("flat", flat_mode, flat_gpa, (segment,), FLAT_FIX)
 
 
+# What `image_format` may insist on (None: found by the image's contents).
+IMAGE_FORMATS = (None, "multiboot", "linux", "elf", "flat")
+
+
+def _is_linux(image: bytes) -> bool:
+    """A bzImage or a vmlinux (loaders/linux.py), imported only for an image that may be one."""
+    if image[0x202:0x206] != b"HdrS" and not is_elf(image):
+        return False
+    from pyvmm.loaders.linux import is_linux
+
+    return is_linux(image)
+
+
+def _plan_linux(
+    image: bytes,
+    memory: GuestMemory,
+    mode: CpuMode | None,
+    load_gpa: int | None,
+    modules: Sequence[tuple[str, bytes]],
+    append: str | None,
+) -> ImagePlan:
+    from pyvmm.loaders.linux import LINUX_FIX, initrd_of, plan_linux
+
+    if load_gpa is not None:
+        raise LoaderError(
+            "--load-addr applies to flat binaries only; a Linux kernel is loaded where its "
+            "setup header (pref_address) or its program headers say"
+        )
+    if mode is not None and mode is not CpuMode.LONG:
+        raise LoaderError(
+            f"a Linux kernel is entered through its 64-bit entry, in long mode, "
+            f"not in {mode.value} mode"
+        )
+    plan = plan_linux(image, memory, append or "", initrd_of(modules))
+    return ImagePlan("linux", CpuMode.LONG, plan.entry, plan.segments, LINUX_FIX)
+
+
 def load_image(
     image: bytes,
     memory: GuestMemory,
@@ -371,6 +430,7 @@ def load_image(
     modules: Sequence[tuple[str, bytes]] = (),
     reserved: Sequence[tuple[int, int, str]] = (),
     append: str | None = None,
+    image_format: str | None = None,
 ) -> EntryPoint:
     """Load `image` by its format; `mode`/`load_gpa` None means the format's default.
 
@@ -385,6 +445,9 @@ def load_image(
     the image must stay clear of them (ReservedOverlap names the segment,
     the range and how to move the segment in that format), and a multiboot
     kernel's modules and information are placed clear of them.
+    A Linux kernel (loaders/linux.py) gets `append` as its whole command
+    line, as `qemu -kernel` passes -append, and the one module as its
+    initrd; `image_format` is `plan_image`'s.
     """
     plan = plan_image(
         image,
@@ -395,7 +458,12 @@ def load_image(
         force_multiboot=force_multiboot,
         modules=modules,
         append=append,
+        image_format=image_format,
     )
+    if plan.protocol == "linux":
+        from pyvmm.loaders.linux import initrd_of, load_linux
+
+        return load_linux(image, memory, append or "", initrd_of(modules), reserved=reserved)
     if plan.protocol == "multiboot":
         from pyvmm.loaders.multiboot import load_multiboot
 

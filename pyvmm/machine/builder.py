@@ -87,7 +87,9 @@ class MachineConfig:
     - `cmdline`, `modules`: multiboot's command line as QEMU passes it, and
       the modules (--initrd) as (command line, bytes); `append`: what
       --append added to cmdline (None: nothing), refused for other images;
-    - `force_multiboot`: --multiboot; `max_exits`: each vCPU stops after this many exits;
+    - `force_multiboot`: --multiboot; `image_format`: --format (None: found by
+      its contents; see `pyvmm.loaders.plan_image`);
+    - `max_exits`: each vCPU stops after this many exits;
     - `console_input`: host input for COM1, or for the virtio-console with
       `virtio_console` (console/input.py); None: none;
     - `irqchip`: in-kernel PIC/IOAPIC/LAPICs and PIT, as QEMU
@@ -125,6 +127,7 @@ class MachineConfig:
         "emulate",
         "force_multiboot",
         "image",
+        "image_format",
         "ioeventfd",
         "irqchip",
         "kvm_path",
@@ -152,6 +155,7 @@ class MachineConfig:
         modules: tuple[tuple[str, bytes], ...] = (),
         append: str | None = None,
         force_multiboot: bool = False,
+        image_format: str | None = None,
         max_exits: int | None = None,
         console_input: InputBuffer | None = None,
         irqchip: bool | None = None,
@@ -177,6 +181,7 @@ class MachineConfig:
         self.modules = modules
         self.append = append
         self.force_multiboot = force_multiboot
+        self.image_format = image_format
         self.max_exits = max_exits
         self.console_input = console_input
         self.irqchip = irqchip
@@ -482,6 +487,7 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
             modules=config.modules,
             append=config.append,
             machine_ranges=machine_ranges,
+            image_format=config.image_format,
         )
         for what, default, moved_to in placement.moved():
             log.info("moved %s from 0x%x to 0x%x: the image occupies it", what, default, moved_to)
@@ -496,6 +502,7 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
             modules=config.modules,
             append=config.append,
             reserved=placement.reserved,
+            image_format=config.image_format,
         )
         check_entry_placement(entry, placement.reserved, placement.image.fix)
         log.info(

@@ -56,9 +56,10 @@ def machine_memory_map(machine: Machine) -> list[MapEntry]:
         )
     )
     # Where this run put them: an image that occupies a default place moves a structure.
-    mode = machine.entry.mode.value
-    placed = layout.vmm_placements(mode, machine.vmm_places)
-    for (start, end, what), (usual, _, _) in zip(placed, layout.vmm_placements(mode), strict=True):
+    mode, protocol = machine.entry.mode.value, machine.entry.protocol
+    placed = layout.vmm_placements(mode, machine.vmm_places, protocol)
+    usual_places = layout.vmm_placements(mode, protocol=protocol)
+    for (start, end, what), (usual, _, _) in zip(placed, usual_places, strict=True):
         what += " (moved: the image occupies its usual place)" if start != usual else ""
         entries.append(MapEntry(start, end, "vmm", what, _hva(machine, start)))
     # The firmware's MP and ACPI structures, as a BIOS would have left them.

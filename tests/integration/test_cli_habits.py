@@ -64,8 +64,8 @@ def test_append_is_refused_for_an_image_without_a_command_line(image: str) -> No
     result = run_pyvmm("boot", "--append", "console=ttyS0", guest(image))
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
-        "pyvmm: a kernel command line (--append) needs a multiboot kernel: "
-        "the image has no multiboot header in its first 8 KiB\n"
+        "pyvmm: a kernel command line (--append) needs a multiboot or Linux kernel: the image "
+        "has no multiboot header in its first 8 KiB and is no bzImage or vmlinux\n"
     )
 
 

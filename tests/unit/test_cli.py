@@ -135,7 +135,10 @@ def test_boot_help_tells_what_boot_does(capsys: pytest.CaptureFixture[str]) -> N
 def test_memmap_and_demo_help(capsys: pytest.CaptureFixture[str]) -> None:
     memmap = " ".join(help_text(["memmap"], capsys).split())
     assert "those of pyvmm boot" in memmap and "--translate GVA" in memmap
-    assert "IMAGE multiboot kernel, ELF32 or ELF64 executable, or flat binary" in memmap
+    assert (
+        "IMAGE multiboot kernel, Linux bzImage or vmlinux, ELF32 or ELF64 executable, or flat "
+        "binary" in memmap
+    )
     demo = " ".join(help_text(["demo"], capsys).split())
     assert "equivalence, efficiency or isolation" in demo
     top = " ".join(help_text([], capsys).split())

@@ -724,8 +724,8 @@ def test_modules_need_a_multiboot_kernel(memory: GuestMemory) -> None:
             modules=[("m", b"x")],
         )  # fmt: skip
     assert str(error.value) == (
-        "modules (--initrd) need a multiboot kernel: "
-        "the image has no multiboot header in its first 8 KiB"
+        "modules (--initrd) need a multiboot or Linux kernel: the image has no "
+        "multiboot header in its first 8 KiB and is no bzImage or vmlinux"
     )
     assert untouched(memory)
 

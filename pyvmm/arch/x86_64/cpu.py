@@ -117,7 +117,8 @@ def setup_vcpu(
     else:
         from pyvmm.arch.x86_64.paging import build_identity_map_32, build_identity_map_64
 
-        _enter_protected_mode(sregs, memory, places.gdt, long_mode=entry.mode.is_64bit)
+        linux = entry.protocol == "linux"  # the boot protocol's selectors (gdt.py)
+        _enter_protected_mode(sregs, memory, places.gdt, entry.mode.is_64bit, linux)
         if entry.mode is CpuMode.PAGED:
             sregs.cr3 = build_identity_map_32(memory, GuestPhysAddr(places.page_tables))
             sregs.cr4 |= CR4_PSE
@@ -166,16 +167,25 @@ def _enter_real_mode(sregs: Any) -> None:
     sregs.cr0 &= ~(CR0_PE | CR0_PG)
 
 
-def _enter_protected_mode(sregs: Any, memory: GuestMemory, gdt_gpa: int, long_mode: bool) -> None:
+def _enter_protected_mode(
+    sregs: Any, memory: GuestMemory, gdt_gpa: int, long_mode: bool, linux: bool = False
+) -> None:
+    """Flat segments from pyvmm's GDT at `gdt_gpa`; `linux`: the boot protocol's selectors."""
     from pyvmm.arch.x86_64.gdt import (
         CODE_SELECTOR,
         DATA_SELECTOR,
+        LINUX_BOOT_CS,
+        LINUX_BOOT_DS,
         decode_descriptor,
         flat_gdt,
         gdt_bytes,
+        linux_boot_gdt,
     )
 
-    entries = flat_gdt(long_mode)
+    entries = linux_boot_gdt() if linux else flat_gdt(long_mode)
+    code_selector, data_selector = (
+        (LINUX_BOOT_CS, LINUX_BOOT_DS) if linux else (CODE_SELECTOR, DATA_SELECTOR)
+    )
     memory.write(gdt_gpa, gdt_bytes(entries))
     sregs.gdt.base = gdt_gpa
     sregs.gdt.limit = 8 * len(entries) - 1
@@ -184,8 +194,8 @@ def _enter_protected_mode(sregs: Any, memory: GuestMemory, gdt_gpa: int, long_mo
     sregs.idt.base = 0
     sregs.idt.limit = 0
 
-    code = decode_descriptor(entries[CODE_SELECTOR >> 3], CODE_SELECTOR)
-    data = decode_descriptor(entries[DATA_SELECTOR >> 3], DATA_SELECTOR)
+    code = decode_descriptor(entries[code_selector >> 3], code_selector)
+    data = decode_descriptor(entries[data_selector >> 3], data_selector)
     _load_segment(sregs.cs, code)
     for register in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
         _load_segment(register, data)

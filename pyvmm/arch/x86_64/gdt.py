@@ -103,6 +103,19 @@ def flat_gdt(long_mode: bool) -> list[int]:
     return [0, code, data]
 
 
+# Documentation/arch/x86/boot.rst, "64-bit Boot Protocol": the GDT must have 4 GiB
+# flat descriptors for __BOOT_CS (execute/read) and __BOOT_DS (read/write), and
+# CS = __BOOT_CS, DS = ES = SS = __BOOT_DS at the kernel's 64-bit entry.
+LINUX_BOOT_CS = 0x10
+LINUX_BOOT_DS = 0x18
+
+
+def linux_boot_gdt() -> list[int]:
+    """Null, an unused slot, then 64-bit code at __BOOT_CS and flat data at __BOOT_DS."""
+    _null, code, data = flat_gdt(long_mode=True)
+    return [0, 0, code, data]
+
+
 def gdt_bytes(entries: list[int]) -> bytes:
     return b"".join(entry.to_bytes(8, "little") for entry in entries)
 

@@ -31,6 +31,8 @@ HIGH_LOAD_GPA = GuestPhysAddr(0x10_0000)
 GDT_GPA = GuestPhysAddr(0x500)
 GDT_SIZE = 3 * 8
 USER_GDT_SIZE = 7 * 8
+# A Linux kernel's: null, unused, __BOOT_CS 0x10, __BOOT_DS 0x18 (boot.rst; gdt.py).
+LINUX_GDT_SIZE = 4 * 8
 # Page tables: the 32-bit page directory, or PML4, PDPT and four PDs for long mode.
 PAGE_TABLES_GPA = GuestPhysAddr(0x1000)
 PAGE_DIRECTORY_32_SIZE = 0x1000
@@ -142,7 +144,7 @@ DEFAULT_PLACES = VmmPlaces()
 
 
 def vmm_placements(
-    mode_value: str, places: VmmPlaces = DEFAULT_PLACES
+    mode_value: str, places: VmmPlaces = DEFAULT_PLACES, protocol: str = ""
 ) -> list[tuple[int, int, str]]:
     """(start, end, what) of each structure the VMM writes for an entry mode, at `places`.
 
@@ -165,6 +167,8 @@ def vmm_placements(
         ]
     gdt = places.gdt
     placements = [(gdt, gdt + GDT_SIZE, "GDT: null, code 0x08, data 0x10")]
+    if protocol == "linux":  # the boot protocol's selectors (gdt.linux_boot_gdt)
+        placements = [(gdt, gdt + LINUX_GDT_SIZE, "GDT: __BOOT_CS 0x10, __BOOT_DS 0x18")]
     tables = places.page_tables
     if mode_value == "paged":
         placements.append(

@@ -77,8 +77,11 @@ class _Structure:
         return start + self.size if self.attribute == "stack_top" else start
 
 
-def _structures(mode: CpuMode) -> list[_Structure]:
-    """What `mode` needs, in the order they are placed: page-aligned ones first."""
+def _structures(mode: CpuMode, protocol: str = "") -> list[_Structure]:
+    """What `mode` needs, in the order they are placed: page-aligned ones first.
+
+    A Linux kernel's GDT has a fourth descriptor (gdt.linux_boot_gdt).
+    """
     if mode is CpuMode.REAL:
         return []  # the IVT and no-BIOS stubs fill only what the image left empty
     structures = []
@@ -99,6 +102,8 @@ def _structures(mode: CpuMode) -> list[_Structure]:
             )
         )  # fmt: skip
     gdt_size = layout.USER_GDT_SIZE if mode is CpuMode.USER else layout.GDT_SIZE
+    if protocol == "linux":
+        gdt_size = layout.LINUX_GDT_SIZE
     structures.append(
         _Structure(
             "gdt", "pyvmm's GDT", gdt_size, 8, layout.GDT_GPA, below_1mib=True, top_down=False
@@ -117,6 +122,7 @@ def reserved_ranges(
     mode: CpuMode,
     places: layout.VmmPlaces = layout.DEFAULT_PLACES,
     machine_ranges: Sequence[Range] = (),
+    protocol: str = "",
 ) -> list[Range]:
     """The one list of (start, end, what) the machine writes for an entry in `mode`.
 
@@ -127,7 +133,7 @@ def reserved_ranges(
     """
     ranges = [
         (structure.start_of(places), structure.start_of(places) + structure.size, structure.what)
-        for structure in _structures(mode)
+        for structure in _structures(mode, protocol)
     ]
     return ranges + list(machine_ranges)
 
@@ -177,6 +183,7 @@ def place_vmm_structures(
     memory: GuestMemory,
     machine_ranges: Sequence[Range] = (),
     fix: str = "",
+    protocol: str = "",
 ) -> layout.VmmPlaces:
     """Where pyvmm's GDT, page tables, TSS and boot stack go for an image in `segments`.
 
@@ -188,7 +195,7 @@ def place_vmm_structures(
     the message names the segment on the default place, the structure and
     `fix`, how to move the segment in the image's format.
     """
-    structures = _structures(mode)
+    structures = _structures(mode, protocol)
     taken: list[Range] = [*segments, *machine_ranges]
     kept: dict[str, int] = {}
     displaced: list[tuple[_Structure, Range]] = []
@@ -235,7 +242,7 @@ class Placement:
         """(what, default start, start) of each structure not at its default place."""
         return [
             (structure.what, structure.default_start, structure.start_of(self.places))
-            for structure in _structures(self.image.mode)
+            for structure in _structures(self.image.mode, self.image.protocol)
             if structure.start_of(self.places) != structure.default_start
         ]
 
@@ -250,6 +257,7 @@ def plan_placement(
     modules: Sequence[tuple[str, bytes]] = (),
     append: str | None = None,
     machine_ranges: Sequence[Range] = (),
+    image_format: str | None = None,
 ) -> Placement:
     """Plan the image (`plan_image`), place pyvmm's structures, compose the reserved list.
 
@@ -266,9 +274,12 @@ def plan_placement(
         force_multiboot=force_multiboot,
         modules=modules,
         append=append,
+        image_format=image_format,
     )
-    places = place_vmm_structures(plan.mode, plan.segments, memory, machine_ranges, plan.fix)
-    reserved = reserved_ranges(plan.mode, places, machine_ranges)
+    places = place_vmm_structures(
+        plan.mode, plan.segments, memory, machine_ranges, plan.fix, plan.protocol
+    )
+    reserved = reserved_ranges(plan.mode, places, machine_ranges, plan.protocol)
     return Placement(plan, places, tuple(reserved))
 
 
@@ -276,6 +287,10 @@ def fix_for(protocol: str) -> str:
     """How to move a segment of an image loaded by `protocol`, in its format's terms."""
     if protocol == "flat":
         return FLAT_FIX
+    if protocol == "linux":
+        from pyvmm.loaders.linux import LINUX_FIX
+
+        return LINUX_FIX
     from pyvmm.loaders.elf import ELF_FIX
 
     if protocol == "multiboot":
