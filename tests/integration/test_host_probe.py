@@ -262,3 +262,48 @@ def test_the_timer_finding_is_of_the_same_order_as_a_second_measurement(
     ratio = first.tick_seconds / second.tick_seconds  # type: ignore[operator]
     # The host is shared (other processes, CPU frequency): the same order, not the same value.
     assert 0.25 < ratio < 4, (first, second)
+
+
+# -- deadlines -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "irqchip"),
+    [
+        (b"\xeb\xfe", False),  # jmp .
+        (b"\xfa\xf4", True),  # cli; hlt: KVM waits in the kernel for an interrupt
+    ],
+    ids=["loop", "halted-with-irqchip"],
+)
+def test_a_guest_that_never_exits_ends_at_its_deadline(code: bytes, irqchip: bool) -> None:
+    with (
+        open_kvm() as kvm,
+        host_probe.ScratchGuest(kvm, irqchip=irqchip) as guest,
+        host_probe.Deadlines() as deadlines,
+    ):
+        assert guest.vcpu is not None
+        guest.load(code)
+        started = time.monotonic()
+        assert deadlines.run(guest.vcpu, 0.2) is None
+        assert 0.2 <= time.monotonic() - started < 1.0
+
+
+def test_deadlines_give_back_a_running_timer() -> None:
+    import signal
+
+    previous = signal.signal(signal.SIGALRM, lambda *args: None)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30.0)
+        with (
+            open_kvm() as kvm,
+            host_probe.Deadlines() as deadlines,
+            host_probe.ScratchGuest(kvm) as guest,
+        ):
+            assert guest.vcpu is not None
+            guest.load(b"\xeb\xfe")
+            deadlines.run(guest.vcpu, 0.05)
+        remaining, _interval = signal.getitimer(signal.ITIMER_REAL)
+        assert 28.0 < remaining < 30.0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

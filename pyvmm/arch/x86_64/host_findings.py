@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from pyvmm.errors import PyvmmError
+
 # The version of the findings' JSON: a cache file of another version is ignored.
 FORMAT = 1
 
@@ -261,7 +263,7 @@ def findings_to_json(findings: HostFindings) -> dict[str, object]:
     return data
 
 
-class BadFindings(ValueError):
+class BadFindings(PyvmmError, ValueError):
     """JSON that is not findings of this FORMAT."""
 
 

@@ -16,8 +16,9 @@ long, and `HostFindings` (host_findings.py) holds the answers:
   CPL3): is the CPU at CPL0 when it reaches LSTAR (an `out` there exits)?
 - an execute breakpoint (KVM_SET_GUEST_DEBUG, DR0): resumed with RFLAGS.RF
   set, does the vCPU trap on the same instruction again?
-- the in-kernel PIT at its fastest, with a CPL0 handler that counts ticks:
-  how many ticks a fixed window holds.
+- the in-kernel PIT at its fastest, with a CPL0 handler that counts ticks
+  and runs TICK_WORK instructions (about a Linux tick's): how many ticks a
+  fixed window holds; and a counted loop: how long one CPL0 instruction takes.
 
 Every KVM_RUN has a deadline: SIGALRM at the deadline, then every
 KICK_INTERVAL, sets `immediate_exit` and interrupts the ioctl (as
@@ -328,21 +329,33 @@ def exception_name(vector: int) -> str:
 
 
 class Deadlines:
-    """SIGALRM ends any KVM_RUN that outlives its deadline; restores the old handler on exit."""
+    """SIGALRM ends any KVM_RUN that outlives its deadline.
+
+    On the way out the old SIGALRM handler comes back, and so does an interval
+    timer that was running (a run's --timeout), less the time spent here.
+    """
 
     def __init__(self) -> None:
         self._run: Any = None
         self._previous: Any = None
+        self._previous_timer = (0.0, 0.0)
+        self._entered = 0.0
 
     def __enter__(self) -> Deadlines:
         if threading.current_thread() is not threading.main_thread():
             raise ProbeError("the host probe runs in the main thread (its deadlines are SIGALRM)")
+        self._previous_timer = signal.setitimer(signal.ITIMER_REAL, 0)
+        self._entered = time.monotonic()
         self._previous = signal.signal(signal.SIGALRM, self._on_alarm)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self._previous)
+        remaining, interval = self._previous_timer
+        if remaining:
+            left = remaining - (time.monotonic() - self._entered)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), interval)
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
         if self._run is not None:
