@@ -67,6 +67,8 @@ _CONSTANTS = """
 #define KVM_GET_VCPU_EVENTS ...
 #define KVM_SET_VCPU_EVENTS ...
 #define KVM_CAP_VCPU_EVENTS ...
+#define KVM_GET_XSAVE ...
+#define KVM_SET_XSAVE ...
 #define KVM_GET_DIRTY_LOG ...
 #define KVM_MEM_LOG_DIRTY_PAGES ...
 
@@ -215,6 +217,14 @@ typedef struct {
 struct kvm_vcpu_events {
     pyvmm_vcpu_events_exception exception;
     uint32_t flags;
+    ...;
+};
+
+/* KVM_GET_XSAVE / KVM_SET_XSAVE (KVM API doc 4.42, 4.43): the XSAVE image, whose legacy
+   region (Intel SDM vol. 1, 10.5.1) holds the x87 words, MXCSR and the XMM registers:
+   KVM_GET_FPU and KVM_SET_FPU do not carry MXCSR. */
+struct kvm_xsave {
+    uint32_t region[1024];
     ...;
 };
 

@@ -83,6 +83,16 @@ class Vcpu(ClosesOnExit):
         """KVM_SET_VCPU_EVENTS (KVM API doc 4.32)."""
         ioctl_ptr(self.fd, lib.KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", events)
 
+    def get_xsave(self) -> Any:
+        """KVM_GET_XSAVE (KVM API doc 4.42): the x87, SSE and AVX state in XSAVE format."""
+        xsave = ffi.new("struct kvm_xsave *")
+        ioctl_ptr(self.fd, lib.KVM_GET_XSAVE, "KVM_GET_XSAVE", xsave)
+        return xsave
+
+    def set_xsave(self, xsave: Any) -> None:
+        """KVM_SET_XSAVE (KVM API doc 4.43)."""
+        ioctl_ptr(self.fd, lib.KVM_SET_XSAVE, "KVM_SET_XSAVE", xsave)
+
     def set_cpuid2(self, cpuid: Any) -> None:
         ioctl_ptr(self.fd, lib.KVM_SET_CPUID2, "KVM_SET_CPUID2", cpuid)
 
