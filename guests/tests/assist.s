@@ -17,12 +17,15 @@
 #   stac: AC=1
 #   clac: AC=0
 #   fwait: nothing pending, went on
+#   ldmxcsr/stmxcsr: 7f80
+#   movq/movd: 0000000055667788 1122334455667788
 #   assist: done
 #
 # (`popcnt: not in CPUID` or `clac/stac: no SMAP in CPUID` instead of their
 # lines where the guest's CPUID lacks them) and the run ends through
-# debug-exit 0x15 (status 43).  int3 runs once, popcnt 4 times, stac, clac
-# and fwait once each.
+# debug-exit 0x15 (status 43).  int3 runs once, popcnt 4 times, stac, clac,
+# fwait, ldmxcsr, stmxcsr and movd once each, movq twice (after the guest
+# turns SSE on: CR0.EM clear, CR4.OSFXSR set).
 	.code64
 	.text
 	.globl	_start
@@ -157,6 +160,41 @@ fwait_test:
 	lea	m_fwait(%rip), %rsi
 	call	puts
 
+	# SSE on: CR0.EM clear, CR0.MP set, CR4.OSFXSR and OSXMMEXCPT set.
+	mov	%cr0, %rax
+	and	$~4, %rax
+	or	$2, %rax
+	mov	%rax, %cr0
+	mov	%cr4, %rax
+	or	$0x600, %rax
+	mov	%rax, %cr4
+	ldmxcsr	mxcsr_in(%rip)		# round toward zero, all exceptions masked
+	stmxcsr	mxcsr_out(%rip)
+	lea	m_mxcsr(%rip), %rsi
+	call	puts
+	mov	mxcsr_out(%rip), %eax
+	mov	$4, %ecx
+	call	puthex
+	call	newline
+
+	movabs	$0x1122334455667788, %rax
+	mov	$-1, %rcx
+	movq	%rax, %xmm3
+	movd	%xmm3, %ecx		# the low half, zero-extended into rcx
+	movq	%xmm3, xmm_out(%rip)
+	mov	%rcx, %r12
+	lea	m_movd(%rip), %rsi
+	call	puts
+	mov	%r12, %rax
+	mov	$16, %ecx
+	call	puthex
+	mov	$' ', %al
+	call	putc
+	mov	xmm_out(%rip), %rax
+	mov	$16, %ecx
+	call	puthex
+	call	newline
+
 	lea	m_done(%rip), %rsi
 	call	puts
 	mov	$0x15, %al
@@ -200,6 +238,9 @@ saved_rax:	.quad	0
 saved_rsp:	.quad	0
 zero64:		.quad	0
 value32:	.long	0x80000001
+mxcsr_in:	.long	0x7f80
+mxcsr_out:	.long	0
+xmm_out:	.quad	0
 
 m_start:	.asciz	"assist: start\n"
 m_int3:		.asciz	"int3: #BP handler ran once, returned after int3\n"
@@ -214,6 +255,8 @@ m_stac:		.asciz	"stac: AC="
 m_clac:		.asciz	"clac: AC="
 m_no_smap:	.asciz	"clac/stac: no SMAP in CPUID\n"
 m_fwait:	.asciz	"fwait: nothing pending, went on\n"
+m_mxcsr:	.asciz	"ldmxcsr/stmxcsr: "
+m_movd:		.asciz	"movq/movd: "
 m_done:		.asciz	"assist: done\n"
 
 	.include "print64.inc"

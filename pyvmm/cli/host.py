@@ -98,6 +98,12 @@ def render_findings(findings: HostFindings) -> list[str]:
     honoured = {True: "honoured", False: "ignored", None: "unknown"}[rf.honoured]
     lines.append(f"  RFLAGS.RF            {honoured}: {rf.detail}")
     lines.append(f"  timer tick           {describe_tick(findings)}")
+    paging = {
+        True: "kept by KVM_SET_SREGS",
+        False: "dropped: KVM_SET_SREGS clears CR0.PG without EFER.LME (no --mode paged)",
+        None: "unknown",
+    }[findings.keeps_32bit_paging]
+    lines.append(f"  32-bit paging        {paging}")
     return lines
 
 

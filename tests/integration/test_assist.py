@@ -19,7 +19,17 @@ from tests.integration.helpers import guest, run_pyvmm
 
 STATUS = (0x15 << 1) | 1  # the guest's debug-exit value 0x15
 # How many times the guest executes each instruction, by capstone's mnemonic.
-EXECUTED = {"int3": 1, "popcnt": 4, "stac": 1, "clac": 1, "wait": 1}
+EXECUTED = {
+    "int3": 1,
+    "popcnt": 4,
+    "stac": 1,
+    "clac": 1,
+    "wait": 1,
+    "ldmxcsr": 1,
+    "stmxcsr": 1,
+    "movd": 1,
+    "movq": 2,
+}
 POPCNT_LINES = [
     "popcnt r64: 20 flags 0000",
     "popcnt m32: 02",
@@ -42,7 +52,13 @@ def expected_lines(stdout: list[str]) -> list[str]:
     lines += ["popcnt: not in CPUID"] if "popcnt: not in CPUID" in stdout else POPCNT_LINES
     no_smap = "clac/stac: no SMAP in CPUID"
     lines += [no_smap] if no_smap in stdout else SMAP_LINES
-    return [*lines, "fwait: nothing pending, went on", "assist: done"]
+    return [
+        *lines,
+        "fwait: nothing pending, went on",
+        "ldmxcsr/stmxcsr: 7f80",
+        "movq/movd: 0000000055667788 1122334455667788",
+        "assist: done",
+    ]
 
 
 def assist_counts(stderr: str) -> dict[str, int]:

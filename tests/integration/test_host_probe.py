@@ -159,7 +159,9 @@ def library_cpuid(leaf: int) -> tuple[int, int, int, int]:
 
 
 def test_the_features_a_guest_sees_match(probed: tuple[dict[str, Any], float, Path]) -> None:
-    answers = {(leaf, 0): library_cpuid(leaf) for leaf in (1, 7)}
+    leaves = {bits[:2] for bits in FEATURE_BITS.values()}
+    assert {subleaf for _leaf, subleaf in leaves} == {0}
+    answers = {(leaf, 0): library_cpuid(leaf) for leaf, _subleaf in leaves}
     assert host_probe.features_seen(answers) == tuple(probed[0]["cpuid"]["visible"])
 
 
@@ -262,6 +264,15 @@ def test_the_timer_finding_is_of_the_same_order_as_a_second_measurement(
     ratio = first.tick_seconds / second.tick_seconds  # type: ignore[operator]
     # The host is shared (other processes, CPU frequency): the same order, not the same value.
     assert 0.25 < ratio < 4, (first, second)
+
+
+def test_the_32bit_paging_finding_is_host_supports(
+    probed: tuple[dict[str, Any], float, Path],
+) -> None:
+    from pyvmm.arch.x86_64.host_support import keeps_32bit_paging
+
+    with open_kvm() as kvm:
+        assert probed[0]["keeps_32bit_paging"] is keeps_32bit_paging(kvm)
 
 
 # -- deadlines -----------------------------------------------------------------------

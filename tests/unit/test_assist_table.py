@@ -24,7 +24,9 @@ from pyvmm.arch.x86_64.assist.state import (
     CR0_NE,
     CR0_PE,
     CR0_TS,
+    CR4_OSFXSR,
     GPR_NAMES,
+    MASK64,
     RFLAGS_AC,
     RFLAGS_VM,
     RFLAGS_ZF,
@@ -74,10 +76,29 @@ RAX = GPR_NAMES.index("rax")
 CALLEE_SAVED = (3, 5, 12, 13, 14, 15)  # rbx, rbp, r12-r15
 
 
+# After the 16 registers and RFLAGS: xmm0..xmm15 (16 bytes each), MXCSR, the host's MXCSR.
+XMM_SLOT = 17 * 8
+MXCSR_SLOT = XMM_SLOT + 16 * 16
+SAVED_MXCSR_SLOT = MXCSR_SLOT + 8
+BLOCK_WORDS = SAVED_MXCSR_SLOT // 8 + 1
+
+
+def _xmm(opcode: int, reg: int, disp: int) -> bytes:  # movdqu xmm, [rdi + disp32] (0x6f) or back
+    rex = b"\x44" if reg >= 8 else b""
+    return b"\xf3" + rex + bytes([0x0F, opcode, 0x87 | ((reg & 7) << 3)]) + struct.pack("<i", disp)
+
+
+def _mxcsr(op: int, disp: int) -> bytes:  # ldmxcsr (/2), stmxcsr (/3) [rdi + disp32]
+    return bytes([0x0F, 0xAE, 0x87 | (op << 3)]) + struct.pack("<i", disp)
+
+
 def harness(instruction: bytes) -> bytes:
     code = bytearray()
     for reg in CALLEE_SAVED:
         code += bytes([0x41, 0x50 + reg - 8]) if reg >= 8 else bytes([0x50 + reg])  # push
+    code += _mxcsr(3, SAVED_MXCSR_SLOT) + _mxcsr(2, MXCSR_SLOT)
+    for reg in range(16):
+        code += _xmm(0x6F, reg, XMM_SLOT + 16 * reg)
     code += b"\x57"  # push rdi: the block
     code += _load(RAX, FLAGS_SLOT) + b"\x50\x9d"  # mov rax, flags; push rax; popfq
     for reg in range(16):
@@ -92,6 +113,9 @@ def harness(instruction: bytes) -> bytes:
             code += _store(reg, 8 * reg)
     code += b"\x58" + _store(RAX, FLAGS_SLOT)  # pop rax: the flags
     code += b"\x58" + _store(RAX, 8 * RDI)  # pop rax: the instruction's rdi
+    for reg in range(16):
+        code += _xmm(0x7F, reg, XMM_SLOT + 16 * reg)
+    code += _mxcsr(3, MXCSR_SLOT) + _mxcsr(2, SAVED_MXCSR_SLOT)  # the host's MXCSR back
     for reg in reversed(CALLEE_SAVED):
         code += bytes([0x41, 0x58 + reg - 8]) if reg >= 8 else bytes([0x58 + reg])  # pop
     code += b"\xc3"
@@ -100,7 +124,18 @@ def harness(instruction: bytes) -> bytes:
 
 def run_native(instruction: bytes, gprs: list[int], rflags: int) -> tuple[list[int], int]:
     """The registers and flags after `instruction` ran on the host CPU from this state."""
-    block = (ctypes.c_uint64 * 17)(*gprs, rflags)
+    after = run_native_sse(instruction, CpuState(tuple(gprs), 0, rflags, 64))
+    return list(after.gprs), after.rflags
+
+
+def run_native_sse(instruction: bytes, state: CpuState) -> CpuState:
+    """The general-purpose and XMM registers, RFLAGS and MXCSR after `instruction` ran
+    on the host CPU from `state`'s."""
+    block = (ctypes.c_uint64 * BLOCK_WORDS)(*state.gprs, state.rflags)
+    for index, value in enumerate(state.xmm):
+        block[17 + 2 * index] = value & MASK64
+        block[18 + 2 * index] = value >> 64
+    block[MXCSR_SLOT // 8] = state.mxcsr
     try:
         code = open_native_code(harness(instruction))
     except NativeCodeError as error:
@@ -108,7 +143,14 @@ def run_native(instruction: bytes, gprs: list[int], rflags: int) -> tuple[list[i
     with code:
         code.function(None, ctypes.c_void_p)(ctypes.addressof(block))
     after = list(block)
-    return after[:16], after[16]
+    xmm = tuple(after[17 + 2 * index] | after[18 + 2 * index] << 64 for index in range(16))
+    return replace(
+        state,
+        gprs=tuple(after[:16]),
+        rflags=after[16],
+        xmm=xmm,
+        mxcsr=after[MXCSR_SLOT // 8] & 0xFFFF_FFFF,
+    )
 
 
 def random_state(rng: random.Random) -> tuple[list[int], int]:
@@ -406,4 +448,116 @@ def test_lock_clac_is_no_instruction_to_the_decoder() -> None:
 
 
 def test_the_table_is_what_the_readme_says() -> None:
-    assert sorted(TABLE) == ["clac", "int3", "popcnt", "stac", "wait"]
+    assert sorted(TABLE) == sorted(
+        ["int3", "clac", "stac", "popcnt", "wait", "ldmxcsr", "stmxcsr", "movd", "movq"]
+    )
+
+
+# ---------------------------------------------------------------------------
+# SSE: movd/movq, ldmxcsr/stmxcsr against the host CPU (SSE2 is x86-64's baseline).
+
+MOVD_FORMS = {
+    "movd xmm0, eax": "660f6ec0",
+    "movd xmm9, r10d": "66450f6eca",
+    "movq xmm3, rbx": "66480f6edb",
+    "movd eax, xmm1": "660f7ec8",
+    "movq r11, xmm12": "664d0f7ee3",
+    "movq xmm2, xmm7": "f30f7ed7",
+    "movq xmm5, xmm14": "66440fd6f5",
+    "movd xmm4, dword ptr [rbx + 8]": "660f6e6308",
+    "movq xmm1, qword ptr [rbx + 0x10]": "f30f7e4b10",
+    "movd dword ptr [rbx], xmm0": "660f7e03",
+    "movq qword ptr [rbx + rdx*8], xmm6": "660fd634d3",
+    "ldmxcsr dword ptr [rbx]": "0fae13",
+    "stmxcsr dword ptr [rbx + 4]": "0fae5b04",
+}
+SSE_ON = CR0_PE | 0x2  # PE, MP
+
+
+def random_sse_state(rng: random.Random, buffer_start: int) -> CpuState:
+    gprs, rflags = random_state(rng)
+    gprs[REGISTERS["rbx"].index] = buffer_start + 8 * rng.randrange(64)
+    gprs[REGISTERS["rdx"].index] = rng.randrange(32)
+    xmm = tuple(rng.getrandbits(128) for _ in range(16))
+    mxcsr = rng.getrandbits(16) | 0x1F80  # exceptions stay masked on the host
+    return CpuState(
+        tuple(gprs), 0x1000, rflags, 64, cr0=SSE_ON, cr4=CR4_OSFXSR, xmm=xmm, mxcsr=mxcsr
+    )
+
+
+@pytest.mark.parametrize("text", MOVD_FORMS)
+def test_sse_moves_match_the_host_cpu(text: str) -> None:
+    instruction = bytes.fromhex(MOVD_FORMS[text])
+    decoded = decode(instruction, 64)
+    assert decoded is not None and decoded.text == text
+    rng = random.Random(f"{SEED} {text}")
+    buffer = (ctypes.c_uint8 * 1024)()
+    start = ctypes.addressof(buffer)
+    for _ in range(CASES):
+        buffer[:] = list(rng.randbytes(1024))
+        if decoded.mnemonic == "ldmxcsr":  # a value the host takes: no reserved bit
+            value = rng.getrandbits(16) | 0x1F80
+            for offset in range(0, 1024, 4):
+                buffer[offset : offset + 4] = list(value.to_bytes(4, "little"))
+        state = random_sse_state(rng, start)
+        before = bytes(buffer)
+
+        def read(linear: int, size: int, before: bytes = before) -> bytes:
+            assert start <= linear and linear + size <= start + len(before)
+            return before[linear - start : linear - start + size]
+
+        performed = perform(decoded, state, read)
+        assert performed.exception is None
+        native = run_native_sse(instruction, state)
+        modelled = performed.state
+        assert modelled.rip == state.rip + len(instruction)
+        assert (
+            modelled.gprs[:RSP] + modelled.gprs[RSP + 1 :]
+            == native.gprs[:RSP] + native.gprs[RSP + 1 :]
+        )
+        assert modelled.xmm == native.xmm
+        assert modelled.mxcsr == native.mxcsr
+        assert modelled.rflags & LOADED_FLAGS == native.rflags & LOADED_FLAGS
+        stored = bytearray(before)
+        for linear, data in performed.writes:
+            stored[linear - start : linear - start + len(data)] = data
+        assert bytes(stored) == bytes(buffer)
+
+
+@pytest.mark.parametrize(
+    "text", ["movd xmm0, eax", "ldmxcsr dword ptr [rbx]", "stmxcsr dword ptr [rbx + 4]"]
+)
+@pytest.mark.parametrize(
+    ("cr0", "cr4", "vector"),
+    [
+        (CR0_PE | 0x4, CR4_OSFXSR, 6),  # CR0.EM: #UD
+        (CR0_PE, 0, 6),  # CR4.OSFXSR clear: #UD
+        (CR0_PE | CR0_TS, CR4_OSFXSR, 7),  # CR0.TS: #NM
+        (CR0_PE | CR0_TS | 0x4, CR4_OSFXSR, 6),  # #UD before #NM
+    ],
+)
+def test_sse_entries_fault_by_the_sdm(text: str, cr0: int, cr4: int, vector: int) -> None:
+    decoded = decode(bytes.fromhex(MOVD_FORMS[text]), 64)
+    state = CpuState((0,) * 16, 0x1000, 0x2, 64, cr0=cr0, cr4=cr4)
+    performed = perform(decoded, state, lambda linear, size: b"\0" * size)
+    assert performed.exception.vector == vector and performed.state == state
+    assert performed.writes == ()
+
+
+def test_ldmxcsr_with_a_reserved_bit_is_gp0() -> None:
+    decoded = decode(bytes.fromhex(MOVD_FORMS["ldmxcsr dword ptr [rbx]"]), 64)
+    state = CpuState((0,) * 16, 0x1000, 0x2, 64, cr0=SSE_ON, cr4=CR4_OSFXSR)
+    for value in (0x1_0000, 0x8000_1F80):
+        read = lambda linear, size, value=value: value.to_bytes(4, "little")  # noqa: E731
+        performed = perform(decoded, state, read)
+        assert performed.exception.vector == 13 and performed.exception.error_code == 0
+        assert performed.state == state
+    performed = perform(decoded, state, lambda linear, size: (0xFFFF).to_bytes(4, "little"))
+    assert performed.exception is None and performed.state.mxcsr == 0xFFFF
+
+
+def test_the_mmx_forms_are_not_performed() -> None:
+    assert decode(bytes.fromhex("0f6ec0"), 64).operands == ()  # movd mm0, eax: no XMM
+    decoded = decode(bytes.fromhex("0f6ec0"), 64)
+    with pytest.raises(NotPerformed, match="operands pyvmm does not handle"):
+        perform(decoded, CpuState((0,) * 16, 0, 2, 64, cr4=CR4_OSFXSR), _no_memory)

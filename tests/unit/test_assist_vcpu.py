@@ -33,8 +33,10 @@ class FakeVcpu:
         else:
             self.sregs.cs.db = 1
         self.sregs.cs.selector = 0x8
-        self.fpu = ffi.new("struct kvm_fpu *")
-        self.fpu.fcw = 0x37F
+        self.xsave = ffi.new("struct kvm_xsave *")
+        self.region = ffi.buffer(self.xsave.region)
+        self.region[0:2] = (0x37F).to_bytes(2, "little")  # FCW
+        self.region[24:28] = (0x1F80).to_bytes(4, "little")  # MXCSR
         self.events = ffi.new("struct kvm_vcpu_events *")
         self.calls: list[str] = []
 
@@ -50,9 +52,15 @@ class FakeVcpu:
     def get_sregs(self) -> Any:
         return self.sregs
 
-    def get_fpu(self) -> Any:
-        self.calls.append("get_fpu")
-        return self.fpu
+    def get_xsave(self) -> Any:
+        self.calls.append("get_xsave")
+        copy = ffi.new("struct kvm_xsave *")
+        copy[0] = self.xsave[0]
+        return copy
+
+    def set_xsave(self, xsave: Any) -> None:
+        self.calls.append("set_xsave")
+        self.xsave[0] = xsave[0]
 
     def get_vcpu_events(self) -> Any:
         copy = ffi.new("struct kvm_vcpu_events *")
@@ -102,13 +110,56 @@ def test_popcnt_on_memory_outside_ram_is_left_alone() -> None:
 def test_wait_reads_the_x87_state_and_injects_mf() -> None:
     vcpu = FakeVcpu(bits=32)
     vcpu.sregs.cr0 = 0x31  # PE, ET, NE
-    vcpu.fpu.fcw = 0x37E  # invalid operation unmasked
-    vcpu.fpu.fsw = 0x81  # ... and pending
+    vcpu.region[0:4] = bytes.fromhex("7e038100")  # FCW 0x37e: IE unmasked; FSW 0x81: pending
     result = assist(vcpu, b"\x9b", None)
     assert result.performed
     assert vcpu.regs.rip == CODE_GPA  # a fault: at the instruction
     assert vcpu.events.exception.nr == 16
-    assert vcpu.calls == ["get_fpu", "set_regs", "set_vcpu_events"]
+    assert vcpu.calls == ["get_xsave", "set_regs", "set_vcpu_events"]
+
+
+def test_sse_state_goes_through_xsave() -> None:
+    """MXCSR and the XMM registers are read from and written to the XSAVE image's legacy
+    region (KVM_GET_FPU has no MXCSR), with XSTATE_BV's x87 and SSE bits set."""
+    memory = _memory()
+    memory.write(0x2000, (0x7F80).to_bytes(4, "little"))
+    vcpu = FakeVcpu()
+    vcpu.sregs.cr0 = 0x13  # PE, MP, ET
+    vcpu.sregs.cr4 = 0x600  # OSFXSR, OSXMMEXCPT
+    vcpu.regs.rbx = 0x2000
+    result = assist(vcpu, bytes.fromhex("0fae13"), memory)  # ldmxcsr [rbx]
+    assert result.performed
+    assert int.from_bytes(vcpu.region[24:28], "little") == 0x7F80
+    assert int.from_bytes(vcpu.region[512:520], "little") & 3 == 3
+    assert vcpu.calls == ["get_xsave", "set_xsave", "set_regs"]
+    vcpu.regs.rax = 0x1122334455667788
+    vcpu.calls.clear()
+    assert assist(vcpu, bytes.fromhex("66480f6ed8"), memory).performed  # movq xmm3, rax
+    assert vcpu.region[160 + 48 : 160 + 64] == bytes.fromhex("8877665544332211") + bytes(8)
+    vcpu.regs.rbx = 0x3000
+    assert assist(vcpu, bytes.fromhex("0fae5b04"), memory).performed  # stmxcsr [rbx + 4]
+    assert memory.read(0x3004, 4) == (0x7F80).to_bytes(4, "little")
+
+
+def test_a_store_to_a_read_only_page_is_left_alone() -> None:
+    """With paging on and CR0.WP set the CPU would raise #PF: pyvmm stores nothing."""
+    from pyvmm.arch.x86_64.paging import ENTRY_PRESENT
+
+    memory = _memory()
+    # One 4-level table set: linear 0..2 MiB -> physical 0..2 MiB, read-only, 2 MiB page.
+    memory.write(0x8000, (0x9000 | ENTRY_PRESENT | 2).to_bytes(8, "little"))  # PML4E: rw
+    memory.write(0x9000, (0xA000 | ENTRY_PRESENT | 2).to_bytes(8, "little"))  # PDPTE: rw
+    memory.write(0xA000, (0 | ENTRY_PRESENT | 0x80).to_bytes(8, "little"))  # PDE: ro, 2 MiB
+    vcpu = FakeVcpu()
+    vcpu.sregs.cr0 = 0x8001_0013  # PG, WP, PE, MP, ET
+    vcpu.sregs.cr3 = 0x8000
+    vcpu.sregs.cr4 = 0x620  # PAE, OSFXSR, OSXMMEXCPT
+    vcpu.sregs.efer = 0x500  # LME, LMA
+    vcpu.regs.rbx = 0x3000
+    result = assist(vcpu, bytes.fromhex("0fae1b"), memory)  # stmxcsr [rbx]
+    assert not result.performed and "read-only" in result.reason
+    assert memory.read(0x3000, 4) == bytes(4)
+    assert "set_regs" not in vcpu.calls
 
 
 def test_an_instruction_outside_the_table_changes_nothing() -> None:

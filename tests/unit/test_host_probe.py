@@ -59,6 +59,7 @@ def vt_x_host() -> HostFindings:
             ticks=1497, window=0.3, period=239 / 1_193_182, handler_instructions=7006
         ),
         seconds=0.3,
+        keeps_32bit_paging=True,
         probed_at="2026-11-30T11:00:00Z",
     )
 
@@ -87,6 +88,7 @@ def pvm_host(**changes: object) -> HostFindings:
         syscall=SyscallFinding(False, "at LSTAR with CS 0x23"),
         resume_flag=ResumeFlagFinding(False, "trapped again"),
         timer=TimerFinding(ticks=50, window=0.3, period=239 / 1_193_182, handler_instructions=7006),
+        keeps_32bit_paging=False,
     )
     return dataclasses.replace(findings, **changes)
 
@@ -160,6 +162,21 @@ def test_a_faulting_instruction_is_no_emulation_failure() -> None:
     assert unhideable_failures(findings) == ()
 
 
+def test_a_feature_the_guest_does_not_see_is_not_hidden() -> None:
+    # rdtscp fails to emulate, but a guest that does not see RDTSCP never runs it.
+    failing = {"rdtscp", "rdpkru", "crc32"}
+    instructions = tuple(
+        InstructionFinding(name, EMULATION_FAILURE if name in failing else WORKS) for name in NAMES
+    )
+    visible = tuple(name for name in ALL_FEATURES if name not in ("rdtscp", "pku"))
+    cpuid = CpuidFinding(visible=visible, hidden=(), ignored=visible, control=True)
+    findings = pvm_host(instructions=instructions, cpuid=cpuid)
+    assert command_line_additions(findings) == ("clearcpuid=sse4_2",)
+    cpuid = CpuidFinding(visible=ALL_FEATURES, hidden=(), ignored=ALL_FEATURES, control=True)
+    findings = pvm_host(instructions=instructions, cpuid=cpuid)
+    assert command_line_additions(findings) == ("clearcpuid=sse4_2,pku,rdtscp",)
+
+
 def test_every_hidden_feature_has_a_cpuid_bit_and_every_probe_a_name() -> None:
     for features in HIDDEN_BY_INSTRUCTION.values():
         assert set(features) <= set(FEATURE_BITS)
@@ -218,6 +235,7 @@ def corruptions() -> list[object]:
         (("timer", "window"), 0),
         (("timer", "period"), float("nan")),
         (("seconds",), True),
+        (("keeps_32bit_paging",), "no"),
     ]:
         data = json.loads(json.dumps(good))
         target = data
@@ -358,6 +376,16 @@ LAST_INSTRUCTION = {
     "xsetbv": "xsetbv",
     "lock cmpxchg16b": "lock cmpxchg16b (%rdi)",
     "rdfsbase": "rdfsbaseq %rax",
+    "xsave": "xsave64 (%rdi)",
+    "xsaveopt": "xsaveopt64 (%rdi)",
+    "xgetbv": "xgetbv",
+    "vzeroupper": "vzeroupper",
+    "pxor xmm": "pxor %xmm0, %xmm0",
+    "crc32": "crc32q %rax, %rax",
+    "fnstsw": "fnstsw %ax",
+    "fnclex": "fnclex",
+    "rdtscp": "rdtscp",
+    "rdpkru": "rdpkru",
     "swapgs": "swapgs",
     "iretq": "iretq",
     "iret (protected mode)": "iretl",
@@ -441,8 +469,12 @@ def test_clearing_features_in_a_cpuid_table() -> None:
 
 
 def test_features_seen_reads_each_bit() -> None:
-    answers = {(1, 0): (0, 0, 1 << 26 | 1 << 13, 0), (7, 0): (0, 1 << 20, 0, 0)}
-    assert host_probe.features_seen(answers) == ("cx16", "xsave", "smap")
+    answers = {
+        (1, 0): (0, 0, 1 << 26 | 1 << 13, 0),
+        (7, 0): (0, 1 << 20, 1 << 3, 0),
+        (0x8000_0001, 0): (0, 0, 0, 1 << 27),
+    }
+    assert host_probe.features_seen(answers) == ("cx16", "xsave", "smap", "pku", "rdtscp")
 
 
 # -- pyvmm host --------------------------------------------------------------------
@@ -462,6 +494,7 @@ def test_pyvmm_host_prints_cached_findings_and_derivations(
     assert "SYSCALL repair       needed" in out
     assert "stays at CPL3" in out and "RFLAGS.RF            ignored" in out
     assert "6.00 ms (50 PIT ticks in 0.30 s" in out
+    assert "32-bit paging        dropped" in out
     assert main(["host", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["cached"] is True

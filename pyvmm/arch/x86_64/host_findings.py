@@ -29,7 +29,7 @@ FORMAT = 1
 
 # CPUID feature bits the probe clears with KVM_SET_CPUID2, by Linux's name for
 # them (the name `clearcpuid=` and /proc/cpuinfo use): (leaf, subleaf, register, bit).
-# Intel SDM vol. 2A, CPUID, tables 3-10 (leaf 1) and 3-8 (leaf 7).
+# Intel SDM vol. 2A, CPUID: leaf 1 (table 3-10), leaf 7 and leaf 0x80000001.
 FEATURE_BITS: dict[str, tuple[int, int, str, int]] = {
     "pclmulqdq": (1, 0, "ecx", 1),
     "ssse3": (1, 0, "ecx", 9),
@@ -44,12 +44,15 @@ FEATURE_BITS: dict[str, tuple[int, int, str, int]] = {
     "avx2": (7, 0, "ebx", 5),
     "smap": (7, 0, "ebx", 20),
     "sha_ni": (7, 0, "ebx", 29),
+    "pku": (7, 0, "ecx", 3),
+    "rdtscp": (0x8000_0001, 0, "edx", 27),
 }
 
 # Features whose instructions the kernel runs at CPL0 only where CPUID shows
 # them, by the instruction the probe runs for them. Hiding the feature stops
 # the kernel using it (SIMD: its crypto and checksum code falls back to plain C).
-# `int3`, `fwait`, `fninit`, `ldmxcsr` and `fxsave` hide behind no feature bit.
+# The x87 and SSE2 instructions (`fwait`, `fnclex`, `ldmxcsr`, `pxor`...), `int3` and
+# `iret` hide behind no feature bit: x86-64 has them all.
 SIMD_FEATURES = ("ssse3", "sse4_1", "sse4_2", "aes", "pclmulqdq", "sha_ni", "avx", "avx2")
 HIDDEN_BY_INSTRUCTION: dict[str, tuple[str, ...]] = {
     "movd xmm": SIMD_FEATURES,
@@ -59,6 +62,13 @@ HIDDEN_BY_INSTRUCTION: dict[str, tuple[str, ...]] = {
     "stac": ("smap",),
     "popcnt": ("popcnt",),
     "rdfsbase": ("fsgsbase",),
+    "xsave": ("xsave", "avx", "avx2"),
+    "xsaveopt": ("xsave", "avx", "avx2"),
+    "xgetbv": ("xsave", "avx", "avx2"),
+    "vzeroupper": ("avx", "avx2"),
+    "crc32": ("sse4_2",),
+    "rdtscp": ("rdtscp",),  # Linux's rdtsc_ordered() is rdtscp where CPUID shows it
+    "rdpkru": ("pku",),
 }
 # Linux spells "hide XSAVE" noxsave (arch/x86/kernel/fpu/init.c); the rest are clearcpuid= names.
 NOXSAVE = "noxsave"
@@ -172,6 +182,8 @@ class HostFindings:
     resume_flag: ResumeFlagFinding
     timer: TimerFinding
     seconds: float  # how long the probe took
+    # Whether KVM_SET_SREGS keeps CR0.PG without EFER.LME (host_support.py); None: unknown.
+    keeps_32bit_paging: bool | None = None
     probed_at: str = ""  # ISO 8601, UTC
     format: int = field(default=FORMAT)
 
@@ -303,6 +315,7 @@ def findings_from_json(data: object) -> HostFindings:
                 detail=_string(timer["detail"]),
             ),
             seconds=_number(data["seconds"]),
+            keeps_32bit_paging=_optional_bool(data["keeps_32bit_paging"]),
             probed_at=_string(data["probed_at"]),
         )
     except (KeyError, TypeError, AttributeError) as error:

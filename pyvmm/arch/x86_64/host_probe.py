@@ -63,6 +63,7 @@ from pyvmm.arch.x86_64.host_findings import (
     SyscallFinding,
     TimerFinding,
 )
+from pyvmm.arch.x86_64.host_support import keeps_32bit_paging
 from pyvmm.arch.x86_64.registers import EFER_SCE
 from pyvmm.errors import KvmError, PyvmmError
 from pyvmm.kvm import exits
@@ -105,6 +106,7 @@ CR4_OSFXSR = 1 << 9
 CR4_OSXMMEXCPT = 1 << 10
 CR4_FSGSBASE = 1 << 16
 CR4_OSXSAVE = 1 << 18
+CR4_PKE = 1 << 22
 RFLAGS_RF = 1 << 16
 DR7_L0 = 1 << 0  # DR0 enabled, R/W 00 (execute), LEN 00 (Intel SDM vol. 3B, 18.2.4)
 
@@ -190,6 +192,29 @@ INSTRUCTIONS: tuple[InstructionProbe, ...] = (
         SET_EDI_DATA + mov_r32(EAX, 0) + mov_r32(EDX, 0) + b"\xf0\x48\x0f\xc7\x0f",
     ),
     InstructionProbe("rdfsbase", b"\xf3\x48\x0f\xae\xc0", cr4=CR4_FSGSBASE),  # rdfsbase %rax
+    InstructionProbe(  # xsave64 (%rdi), x87 only
+        "xsave",
+        SET_EDI_DATA + mov_r32(EAX, 1) + mov_r32(EDX, 0) + b"\x48\x0f\xae\x27",
+        cr4=CR4_OSXSAVE,
+    ),
+    InstructionProbe(  # xsaveopt64 (%rdi), x87 only
+        "xsaveopt",
+        SET_EDI_DATA + mov_r32(EAX, 1) + mov_r32(EDX, 0) + b"\x48\x0f\xae\x37",
+        cr4=CR4_OSXSAVE,
+    ),
+    InstructionProbe("xgetbv", mov_r32(ECX, 0) + b"\x0f\x01\xd0", cr4=CR4_OSXSAVE),  # XCR0
+    # vzeroupper needs AVX state on in XCR0: xsetbv XCR0 = 7 (x87, SSE, AVX) first.
+    InstructionProbe(
+        "vzeroupper",
+        mov_r32(ECX, 0) + mov_r32(EAX, 7) + mov_r32(EDX, 0) + b"\x0f\x01\xd1\xc5\xf8\x77",
+        cr4=CR4_OSXSAVE | CR4_OSFXSR,
+    ),
+    InstructionProbe("pxor xmm", b"\x66\x0f\xef\xc0", cr4=CR4_OSFXSR),  # pxor %xmm0, %xmm0
+    InstructionProbe("crc32", b"\xf2\x48\x0f\x38\xf1\xc0"),  # crc32q %rax, %rax (SSE4.2)
+    InstructionProbe("fnstsw", b"\xdf\xe0"),  # fnstsw %ax
+    InstructionProbe("fnclex", b"\xdb\xe2"),
+    InstructionProbe("rdtscp", b"\x0f\x01\xf9"),
+    InstructionProbe("rdpkru", mov_r32(ECX, 0) + b"\x0f\x01\xee", cr4=CR4_PKE),
     InstructionProbe("swapgs", b"\x0f\x01\xf8"),
     # A same-privilege iretq to the next instruction: push SS, RSP, RFLAGS, CS, RIP.
     InstructionProbe(
@@ -513,7 +538,8 @@ def signature(answer: tuple[int, int, int, int]) -> bytes:
     return b"".join((value & 0xFFFF_FFFF).to_bytes(4, "little") for value in answer[1:])
 
 
-CPUID_LEAVES = ((1, 0), (7, 0), (HYPERVISOR_LEAF, 0))
+# Every (leaf, subleaf) FEATURE_BITS reads, and the control.
+CPUID_LEAVES = (*sorted({bits[:2] for bits in FEATURE_BITS.values()}), (HYPERVISOR_LEAF, 0))
 
 
 def probe_cpuid(kvm: Kvm, deadlines: Deadlines) -> CpuidFinding:
@@ -690,6 +716,7 @@ def measure_host(kvm: Kvm) -> HostFindings:
         syscall = probe_syscall(kvm, deadlines)
         resume_flag = probe_resume_flag(kvm, deadlines)
         timer = probe_timer(kvm, deadlines)
+    paging = keeps_32bit_paging(kvm)
     return HostFindings(
         key=host_key(),
         cpuid=cpuid,
@@ -698,6 +725,7 @@ def measure_host(kvm: Kvm) -> HostFindings:
         resume_flag=resume_flag,
         timer=timer,
         seconds=time.monotonic() - started,
+        keeps_32bit_paging=paging,
         probed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
 

@@ -61,6 +61,16 @@ def _register_table() -> dict[str, Register]:
 
 
 REGISTERS = _register_table()
+
+
+@dataclass(frozen=True)
+class Xmm:
+    """An XMM register, xmm0..xmm15."""
+
+    index: int
+
+
+XMM_REGISTERS = {f"xmm{index}": Xmm(index) for index in range(16)}
 SEGMENT_NAMES = frozenset({"es", "cs", "ss", "ds", "fs", "gs"})
 
 
@@ -76,7 +86,7 @@ class Memory:
     segment: str | None = None  # an override prefix; None: the default segment
 
 
-Operand = Register | Memory
+Operand = Register | Xmm | Memory
 
 
 @dataclass(frozen=True)
@@ -129,8 +139,8 @@ def decode(code: bytes, bits: int) -> Decoded | None:
         for op in insn.operands:
             if op.type == x86.X86_OP_REG:
                 name = insn.reg_name(op.reg)
-                register = REGISTERS.get(name)
-                if register is None:  # xmm, segment, control registers: not ours
+                register = REGISTERS.get(name) or XMM_REGISTERS.get(name)
+                if register is None:  # mm, ymm, segment, control registers: not ours
                     return _unsupported(insn)
                 operands.append(register)
             elif op.type == x86.X86_OP_MEM:

@@ -44,12 +44,16 @@ STATUS_FLAGS = RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAG
 CR0_PE = 1 << 0
 CR0_MP = 1 << 1
 CR0_TS = 1 << 3
+CR0_EM = 1 << 2
 CR0_NE = 1 << 5
+CR0_WP = 1 << 16
+CR4_OSFXSR = 1 << 9  # SSE instructions enabled (SDM vol. 3A, 2.5)
 
 # Exception vectors (SDM vol. 3A, table 6-1).
 VECTOR_BP = 3
 VECTOR_UD = 6
 VECTOR_NM = 7
+VECTOR_GP = 13
 VECTOR_MF = 16
 
 MASK64 = (1 << 64) - 1
@@ -62,7 +66,8 @@ class CpuState:
 
     `bits` is the code's default operand size (16, 32 or 64), `cpl` the
     current privilege level, `segment_bases` each segment register's base,
-    `fcw` and `fsw` the x87 control and status words.
+    `fcw` and `fsw` the x87 control and status words, `xmm` the 16 XMM
+    registers (128-bit integers) and `mxcsr` the SSE control/status register.
     """
 
     gprs: tuple[int, ...]
@@ -72,8 +77,11 @@ class CpuState:
     cpl: int = 0
     cr0: int = CR0_PE
     segment_bases: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SEGMENTS, 0))
+    cr4: int = 0
     fcw: int = 0x37F
     fsw: int = 0
+    xmm: tuple[int, ...] = (0,) * 16
+    mxcsr: int = 0x1F80
 
     def gpr(self, index: int) -> int:
         return self.gprs[index]
@@ -91,6 +99,11 @@ class CpuState:
     def with_rflags(self, rflags: int) -> CpuState:
         return replace(self, rflags=rflags)
 
+    def with_xmm(self, index: int, value: int) -> CpuState:
+        xmm = list(self.xmm)
+        xmm[index] = value & ((1 << 128) - 1)
+        return replace(self, xmm=tuple(xmm))
+
 
 @dataclass(frozen=True)
 class Exception_:
@@ -104,12 +117,14 @@ class Exception_:
 class Performed:
     """The state after the instruction, and the exception it raised, if any.
 
-    A fault (#UD, #NM, #MF) leaves the state as it was: RIP still at the
-    instruction. A trap (#BP from int3) comes with RIP after it.
+    A fault (#UD, #NM, #MF, #GP) leaves the state as it was: RIP still at the
+    instruction. A trap (#BP from int3) comes with RIP after it. `writes`
+    are the memory stores, (linear address, bytes), in order.
     """
 
     state: CpuState
     exception: Exception_ | None = None
+    writes: tuple[tuple[int, bytes], ...] = ()
 
 
 def fault(state: CpuState, vector: int, error_code: int | None = None) -> Performed:

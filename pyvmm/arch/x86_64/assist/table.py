@@ -14,23 +14,35 @@ CPU under it has.
 - popcnt r16/32/64, r/m: the bits set in the source; ZF if it is 0, CF, PF, AF,
   SF, OF cleared;
 - wait (fwait): nothing, unless CR0.MP and CR0.TS are set (#NM) or an unmasked
-  x87 exception is pending (#MF).
+  x87 exception is pending (#MF);
+- ldmxcsr m32, stmxcsr m32: MXCSR from, to memory; #GP(0) for a reserved bit;
+- movd, movq (the SSE2 forms): 32 or 64 bits between an XMM register and a
+  general-purpose register, memory or another XMM register, the XMM
+  destination's upper bits cleared.
+
+The SSE entries raise #UD with CR0.EM set or CR4.OSFXSR clear, #NM with
+CR0.TS set (SDM vol. 2A, 2.5 "Exception Classifications", types 4 and 5).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
-from pyvmm.arch.x86_64.assist.operands import Decoded, Memory, Register, linear_address
+from pyvmm.arch.x86_64.assist.operands import Decoded, Memory, Register, Xmm, linear_address
 from pyvmm.arch.x86_64.assist.state import (
+    CR0_EM,
     CR0_MP,
     CR0_NE,
+    CR0_PE,
     CR0_TS,
+    CR4_OSFXSR,
     RFLAGS_AC,
     RFLAGS_VM,
     RFLAGS_ZF,
     STATUS_FLAGS,
     VECTOR_BP,
+    VECTOR_GP,
     VECTOR_MF,
     VECTOR_NM,
     VECTOR_UD,
@@ -75,13 +87,22 @@ def perform_stac(decoded: Decoded, state: CpuState, read: ReadMemory) -> Perform
 
 
 def read_operand(
-    operand: Register | Memory, decoded: Decoded, state: CpuState, read: ReadMemory
+    operand: Register | Xmm | Memory, decoded: Decoded, state: CpuState, read: ReadMemory
 ) -> int:
     """A source operand's value: a register at its width, or `size` bytes of memory."""
     if isinstance(operand, Register):
         return operand.read(state)
+    if isinstance(operand, Xmm):
+        return state.xmm[operand.index]
     linear = linear_address(operand, state, decoded.size, decoded.address_bits)
     return int.from_bytes(read(linear, operand.size), "little")
+
+
+def _two_operands(decoded: Decoded) -> tuple[Register | Xmm | Memory, Register | Xmm | Memory]:
+    """Destination and source; NotPerformed for operands the decoder left out (MMX, YMM...)."""
+    if len(decoded.operands) != 2:
+        raise NotPerformed(f"{decoded.text}: operands pyvmm does not handle")
+    return decoded.operands[0], decoded.operands[1]
 
 
 def perform_popcnt(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
@@ -89,7 +110,7 @@ def perform_popcnt(decoded: Decoded, state: CpuState, read: ReadMemory) -> Perfo
     OF, SF, ZF, AF, CF, PF := 0, then ZF := 1 if the source is 0."""
     if decoded.lock:
         return fault(state, VECTOR_UD)
-    destination, source = decoded.operands
+    destination, source = _two_operands(decoded)
     if not isinstance(destination, Register):
         raise NotPerformed(f"{decoded.text}: destination is not a register")
     value = read_operand(source, decoded, state, read)
@@ -115,6 +136,74 @@ def perform_wait(decoded: Decoded, state: CpuState, read: ReadMemory) -> Perform
     return Performed(state.advanced(decoded.size))
 
 
+def _sse_check(decoded: Decoded, state: CpuState) -> Performed | None:
+    """#UD: LOCK, CR0.EM set or CR4.OSFXSR clear; then #NM: CR0.TS set."""
+    if decoded.lock or state.cr0 & CR0_EM or not state.cr4 & CR4_OSFXSR:
+        return fault(state, VECTOR_UD)
+    if state.cr0 & CR0_TS:
+        return fault(state, VECTOR_NM)
+    return None
+
+
+# The MXCSR bits LDMXCSR may set (MXCSR_MASK, SDM vol. 1, 11.6.6): flags, masks,
+# rounding, FZ and DAZ; every CPU since the later Pentium 4 has DAZ.
+MXCSR_MASK = 0xFFFF
+
+
+def _memory_operand(decoded: Decoded) -> Memory:
+    operand = decoded.operands[0] if len(decoded.operands) == 1 else None
+    if not isinstance(operand, Memory):
+        raise NotPerformed(f"{decoded.text}: the operand is not memory")
+    return operand
+
+
+def perform_ldmxcsr(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """LDMXCSR m32 (SDM vol. 2B, "LDMXCSR"): MXCSR := m32; #GP(0) if it sets a reserved bit."""
+    refused = _sse_check(decoded, state)
+    if refused is not None:
+        return refused
+    value = read_operand(_memory_operand(decoded), decoded, state, read)
+    if value & ~MXCSR_MASK:
+        return fault(state, VECTOR_GP, 0 if state.cr0 & CR0_PE else None)
+    return Performed(replace(state, mxcsr=value).advanced(decoded.size))
+
+
+def perform_stmxcsr(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """STMXCSR m32 (SDM vol. 2B, "STMXCSR"): m32 := MXCSR."""
+    refused = _sse_check(decoded, state)
+    if refused is not None:
+        return refused
+    operand = _memory_operand(decoded)
+    linear = linear_address(operand, state, decoded.size, decoded.address_bits)
+    write = (linear, state.mxcsr.to_bytes(4, "little"))
+    return Performed(state.advanced(decoded.size), writes=(write,))
+
+
+def perform_movd(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """MOVD/MOVQ (SDM vol. 2B, "MOVD/MOVQ", "MOVQ"): 32 (movd) or 64 (movq) bits from
+    the source; an XMM destination gets them zero-extended to 128 bits, a 32-bit
+    general-purpose one zero-extended to 64, memory exactly them."""
+    destination, source = _two_operands(decoded)
+    if not (isinstance(destination, Xmm) or isinstance(source, Xmm)):
+        raise NotPerformed(f"{decoded.text}: no XMM register (the MMX forms are not done)")
+    refused = _sse_check(decoded, state)
+    if refused is not None:
+        return refused
+    size = 4 if decoded.mnemonic == "movd" else 8
+    mask = (1 << (8 * size)) - 1
+    if isinstance(source, Xmm):
+        value = state.xmm[source.index] & mask
+    else:
+        value = read_operand(source, decoded, state, read) & mask
+    if isinstance(destination, Xmm):
+        return Performed(state.with_xmm(destination.index, value).advanced(decoded.size))
+    if isinstance(destination, Register):
+        return Performed(destination.write(state, value).advanced(decoded.size))
+    linear = linear_address(destination, state, decoded.size, decoded.address_bits)
+    write = (linear, value.to_bytes(size, "little"))
+    return Performed(state.advanced(decoded.size), writes=(write,))
+
+
 # The table: mnemonic (capstone's) -> the function that performs it.
 TABLE: dict[str, Perform] = {
     "int3": perform_int3,
@@ -122,10 +211,14 @@ TABLE: dict[str, Perform] = {
     "stac": perform_stac,
     "popcnt": perform_popcnt,
     "wait": perform_wait,
+    "ldmxcsr": perform_ldmxcsr,
+    "stmxcsr": perform_stmxcsr,
+    "movd": perform_movd,
+    "movq": perform_movd,
 }
 
-# Entries that need the x87 status and control words (KVM_GET_FPU).
-NEEDS_FPU = frozenset({"wait"})
+# Entries that need the x87 and SSE state (KVM_GET_FPU; written back with KVM_SET_FPU).
+NEEDS_FPU = frozenset({"wait", "ldmxcsr", "stmxcsr", "movd", "movq"})
 
 
 def perform(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:

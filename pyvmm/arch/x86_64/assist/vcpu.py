@@ -1,18 +1,22 @@
 """Perform, on a vCPU, an instruction KVM's emulator gave up on: the table's glue to KVM.
 
-Reads the registers (KVM_GET_REGS, KVM_GET_SREGS, and KVM_GET_FPU for the
-x87 entries), decodes the bytes KVM passed in the exit (or fetches them
-through the guest's page tables), performs the table's entry, writes the
-registers back (KVM_SET_REGS) and, for an instruction that raises an
-exception, has KVM deliver it at the next entry (KVM_SET_VCPU_EVENTS,
-exception.injected: KVM API doc 4.32). Memory operands are read through the
-guest's page tables (page_walk.py), as the CPU would translate them.
+Reads the registers (KVM_GET_REGS, KVM_GET_SREGS, and KVM_GET_XSAVE for the
+x87 and SSE entries: KVM_GET_FPU does not carry MXCSR), decodes the bytes
+KVM passed in the exit (or fetches them through the guest's page tables),
+performs the table's entry, stores what it writes to memory, writes the
+registers back (KVM_SET_REGS, and KVM_SET_XSAVE when XMM registers or MXCSR
+changed) and, for an instruction that raises an exception, has KVM deliver
+it at the next entry (KVM_SET_VCPU_EVENTS, exception.injected: KVM API doc
+4.32). Memory operands go through the guest's page tables (page_walk.py), as
+the CPU would translate them; a store to a page the guest may not write is
+not done. The XSAVE image is KVM_GET_XSAVE's 4 KiB: pyvmm gives its guests
+no state that needs more (AMX).
 
 A host with VT-x/AMD-V never gets here for these instructions: its CPU runs
 them. Injecting #BP with RIP already past int3 is right on a host whose
 emulator failed (it delivers the exception as a hardware one); VMX and SVM
-deliver an injected #BP as a software exception and add the instruction's
-length again, which is why nothing here is done without a failure first.
+may deliver an injected #BP as a software exception, counting the
+instruction's length again: nothing here is done without a failure first.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pyvmm._kvm import ffi
 from pyvmm.arch.x86_64.assist.operands import decode
 from pyvmm.arch.x86_64.assist.state import (
+    CR0_WP,
     GPR_NAMES,
     RFLAGS_VM,
     SEGMENTS,
@@ -31,8 +37,8 @@ from pyvmm.arch.x86_64.assist.state import (
 )
 from pyvmm.arch.x86_64.assist.table import NEEDS_FPU, TABLE
 from pyvmm.arch.x86_64.instruction import MAX_INSTRUCTION_SIZE, code_bits, fetch, linear_address
-from pyvmm.arch.x86_64.page_walk import PagingRegisters
-from pyvmm.arch.x86_64.virtual_memory import read_virtual
+from pyvmm.arch.x86_64.page_walk import PagingRegisters, walk
+from pyvmm.arch.x86_64.virtual_memory import read_virtual, write_virtual
 from pyvmm.errors import GuestMemoryError, GuestPageFault
 from pyvmm.memory.guest_memory import GuestMemory
 
@@ -50,8 +56,17 @@ class AssistResult:
 NOT_IN_TABLE = AssistResult(False)
 
 
-def state_from_kvm(regs: Any, sregs: Any, fpu: Any = None) -> CpuState:
-    """A CpuState from kvm_regs, kvm_sregs and (for the x87 entries) kvm_fpu."""
+# The XSAVE image's legacy region (Intel SDM vol. 1, 10.5.1, table 10-2) and header.
+XSAVE_FCW = 0
+XSAVE_FSW = 2
+XSAVE_MXCSR = 24
+XSAVE_XMM = 160
+XSAVE_XSTATE_BV = 512
+XSTATE_X87_SSE = 0b11  # XSTATE_BV: the legacy region's x87 and SSE parts are meant
+
+
+def state_from_kvm(regs: Any, sregs: Any, xsave: Any = None) -> CpuState:
+    """A CpuState from kvm_regs, kvm_sregs and (for the x87 and SSE entries) kvm_xsave."""
     bits = code_bits(sregs)
     if not sregs.cr0 & 1:
         cpl = 0  # real mode
@@ -67,9 +82,60 @@ def state_from_kvm(regs: Any, sregs: Any, fpu: Any = None) -> CpuState:
         cpl=cpl,
         cr0=sregs.cr0,
         segment_bases={name: getattr(sregs, name).base for name in SEGMENTS},
-        fcw=fpu.fcw if fpu is not None else 0x37F,
-        fsw=fpu.fsw if fpu is not None else 0,
+        cr4=sregs.cr4,
+        **(_fpu_state(xsave) if xsave is not None else {}),
     )
+
+
+def _fpu_state(xsave: Any) -> dict[str, Any]:
+    data = ffi.buffer(xsave.region)[0 : XSAVE_XSTATE_BV + 8]
+
+    def word(offset: int, size: int) -> int:
+        return int.from_bytes(data[offset : offset + size], "little")
+
+    xmm = tuple(word(XSAVE_XMM + 16 * index, 16) for index in range(16))
+    return {
+        "fcw": word(XSAVE_FCW, 2),
+        "fsw": word(XSAVE_FSW, 2),
+        "xmm": xmm,
+        "mxcsr": word(XSAVE_MXCSR, 4),
+    }
+
+
+def _store_sse(vcpu: Any, xsave: Any, state: CpuState) -> None:
+    """KVM_SET_XSAVE with `state`'s XMM registers and MXCSR."""
+    region = ffi.buffer(xsave.region)
+    region[XSAVE_MXCSR : XSAVE_MXCSR + 4] = state.mxcsr.to_bytes(4, "little")
+    for index, value in enumerate(state.xmm):
+        start = XSAVE_XMM + 16 * index
+        region[start : start + 16] = value.to_bytes(16, "little")
+    header = XSAVE_XSTATE_BV
+    bv = int.from_bytes(region[header : header + 8], "little") | XSTATE_X87_SSE
+    region[header : header + 8] = bv.to_bytes(8, "little")
+    vcpu.set_xsave(xsave)
+
+
+def check_writable(
+    memory: GuestMemory,
+    paging: PagingRegisters,
+    state: CpuState,
+    linear: int,
+    size: int,
+    max_phys_bits: int,
+) -> str | None:
+    """Why the CPU would not store `size` bytes at `linear` (None: it would): a page not
+    mapped, read-only with CR0.WP set or at CPL 3, or a kernel page at CPL 3."""
+    page = linear & ~0xFFF
+    while page < linear + size:
+        found = walk(memory, paging, page, max_phys_bits)
+        if found.gpa is None or found.flags is None:
+            return f"its memory operand at 0x{page:x} does not translate ({found.fault})"
+        if not found.flags.writable and (state.cpl == 3 or state.cr0 & CR0_WP):
+            return f"its memory operand at 0x{page:x} is on a read-only page"
+        if state.cpl == 3 and not found.flags.user:
+            return f"its memory operand at 0x{page:x} is on a kernel page"
+        page += 0x1000
+    return None
 
 
 def assist(
@@ -86,8 +152,8 @@ def assist(
     decoded = decode(bytes(code), bits) if code else None
     if decoded is None or decoded.mnemonic not in TABLE:
         return NOT_IN_TABLE
-    fpu = vcpu.get_fpu() if decoded.mnemonic in NEEDS_FPU else None
-    state = state_from_kvm(regs, sregs, fpu)
+    xsave = vcpu.get_xsave() if decoded.mnemonic in NEEDS_FPU else None
+    state = state_from_kvm(regs, sregs, xsave)
 
     def read(linear: int, size: int) -> bytes:
         if memory is None:
@@ -105,6 +171,22 @@ def assist(
     except NotPerformed as why:
         return AssistResult(False, decoded.mnemonic, str(why))
     after = performed.state
+    for linear, data in performed.writes:
+        problem = (
+            "no guest memory to write to"
+            if memory is None
+            else check_writable(memory, paging, state, linear, len(data), max_phys_bits)
+        )
+        if problem is not None:  # the CPU would raise #PF; pyvmm does not make one up
+            return AssistResult(False, decoded.mnemonic, problem)
+    for linear, data in performed.writes:
+        assert memory is not None
+        try:
+            write_virtual(memory, paging, linear, data, max_phys_bits)
+        except (GuestPageFault, GuestMemoryError) as error:
+            return AssistResult(False, decoded.mnemonic, f"its memory operand: {error}")
+    if xsave is not None and (after.xmm != state.xmm or after.mxcsr != state.mxcsr):
+        _store_sse(vcpu, xsave, after)
     for index, name in enumerate(GPR_NAMES):
         setattr(regs, name, after.gprs[index])
     regs.rip = after.rip
