@@ -19,13 +19,17 @@
 #   fwait: nothing pending, went on
 #   ldmxcsr/stmxcsr: 7f80
 #   movq/movd: 0000000055667788 1122334455667788
+#   pxor: 00ff00ff00ff00ff
+#   fnstsw after fninit, fnclex: 0000
+#   crc32c of 123456789: e3069283
 #   assist: done
 #
-# (`popcnt: not in CPUID` or `clac/stac: no SMAP in CPUID` instead of their
-# lines where the guest's CPUID lacks them) and the run ends through
-# debug-exit 0x15 (status 43).  int3 runs once, popcnt 4 times, stac, clac,
-# fwait, ldmxcsr, stmxcsr and movd once each, movq twice (after the guest
-# turns SSE on: CR0.EM clear, CR4.OSFXSR set).
+# (`popcnt: not in CPUID`, `clac/stac: no SMAP in CPUID` or `crc32: no
+# SSE4.2 in CPUID` instead of their lines where the guest's CPUID lacks
+# them) and the run ends through debug-exit 0x15 (status 43).  int3 runs
+# once, popcnt 4 times, stac, clac, fwait, ldmxcsr, stmxcsr, movd, fnstsw and
+# fnclex once each, movq 4 times, pxor twice, crc32 9 times (the SSE ones
+# after the guest turns SSE on: CR0.EM clear, CR4.OSFXSR set).
 	.code64
 	.text
 	.globl	_start
@@ -195,6 +199,54 @@ fwait_test:
 	call	puthex
 	call	newline
 
+	# pxor: xmm3 ^= xmm4 (a register), then ^= pattern (aligned memory).
+	movabs	$0x11dd33bb55997700, %rax
+	movq	%rax, %xmm4
+	pxor	%xmm4, %xmm3		# 0x00ff00ff00ff0088
+	pxor	pattern(%rip), %xmm3	# 0x00ff00ff00ff00ff
+	movq	%xmm3, xmm_out(%rip)
+	lea	m_pxor(%rip), %rsi
+	call	puts
+	mov	xmm_out(%rip), %rax
+	mov	$16, %ecx
+	call	puthex
+	call	newline
+
+	fninit
+	fnclex
+	mov	$-1, %eax
+	fnstsw	%ax
+	push	%rax
+	lea	m_fnstsw(%rip), %rsi
+	call	puts
+	pop	%rax
+	mov	$4, %ecx
+	call	puthex
+	call	newline
+
+	mov	$1, %eax
+	cpuid
+	bt	$20, %ecx		# CPUID.1:ECX.SSE4_2
+	jc	1f
+	lea	m_no_crc32(%rip), %rsi
+	call	puts
+	jmp	done
+1:	lea	digits(%rip), %rsi
+	mov	$-1, %eax
+2:	crc32b	(%rsi), %eax
+	inc	%rsi
+	cmpb	$0, (%rsi)
+	jne	2b
+	not	%eax
+	push	%rax
+	lea	m_crc32(%rip), %rsi
+	call	puts
+	pop	%rax
+	mov	$8, %ecx
+	call	puthex
+	call	newline
+
+done:
 	lea	m_done(%rip), %rsi
 	call	puts
 	mov	$0x15, %al
@@ -228,6 +280,8 @@ bp_handler:
 	mov	saved_rax(%rip), %rax
 	jmp	*bp_rip(%rip)
 
+	.p2align 4
+pattern:	.quad	0x0000000000000077, 0
 	.p2align 3
 idtr:	.word	256*16 - 1
 	.quad	IDT
@@ -257,6 +311,11 @@ m_no_smap:	.asciz	"clac/stac: no SMAP in CPUID\n"
 m_fwait:	.asciz	"fwait: nothing pending, went on\n"
 m_mxcsr:	.asciz	"ldmxcsr/stmxcsr: "
 m_movd:		.asciz	"movq/movd: "
+m_pxor:		.asciz	"pxor: "
+m_fnstsw:	.asciz	"fnstsw after fninit, fnclex: "
+m_crc32:	.asciz	"crc32c of 123456789: "
+m_no_crc32:	.asciz	"crc32: no SSE4.2 in CPUID\n"
+digits:		.asciz	"123456789"
 m_done:		.asciz	"assist: done\n"
 
 	.include "print64.inc"

@@ -476,9 +476,9 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["assist", "none"],
         default="assist",
         help="assist (default): pyvmm performs the few instructions KVM's emulator gives up "
-        "on (int3, clac, stac, popcnt, fwait, ldmxcsr, stmxcsr, movd, movq: a host without "
-        "VT-x/AMD-V emulates kernel code) and the guest goes on; none: such a failure ends "
-        "the run as internal-error",
+        "on (int3, clac/stac, popcnt, fwait, fnstsw, fnclex, crc32, ldmxcsr/stmxcsr, "
+        "movd/movq, pxor: a host without VT-x/AMD-V emulates kernel code) and the guest goes "
+        "on; none: such a failure ends the run as internal-error",
     )
     parser.add_argument(
         "--drive",

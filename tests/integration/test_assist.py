@@ -28,7 +28,11 @@ EXECUTED = {
     "ldmxcsr": 1,
     "stmxcsr": 1,
     "movd": 1,
-    "movq": 2,
+    "movq": 4,
+    "pxor": 2,
+    "fnstsw": 1,
+    "fnclex": 1,
+    "crc32": 9,
 }
 POPCNT_LINES = [
     "popcnt r64: 20 flags 0000",
@@ -52,11 +56,15 @@ def expected_lines(stdout: list[str]) -> list[str]:
     lines += ["popcnt: not in CPUID"] if "popcnt: not in CPUID" in stdout else POPCNT_LINES
     no_smap = "clac/stac: no SMAP in CPUID"
     lines += [no_smap] if no_smap in stdout else SMAP_LINES
+    no_crc32 = "crc32: no SSE4.2 in CPUID"
     return [
         *lines,
         "fwait: nothing pending, went on",
         "ldmxcsr/stmxcsr: 7f80",
         "movq/movd: 0000000055667788 1122334455667788",
+        "pxor: 00ff00ff00ff00ff",
+        "fnstsw after fninit, fnclex: 0000",
+        no_crc32 if no_crc32 in stdout else "crc32c of 123456789: e3069283",
         "assist: done",
     ]
 

@@ -448,9 +448,21 @@ def test_lock_clac_is_no_instruction_to_the_decoder() -> None:
 
 
 def test_the_table_is_what_the_readme_says() -> None:
-    assert sorted(TABLE) == sorted(
-        ["int3", "clac", "stac", "popcnt", "wait", "ldmxcsr", "stmxcsr", "movd", "movq"]
-    )
+    assert set(TABLE) == {
+        "int3",
+        "clac",
+        "stac",
+        "popcnt",
+        "wait",
+        "ldmxcsr",
+        "stmxcsr",
+        "movd",
+        "movq",
+        "pxor",
+        "fnstsw",
+        "fnclex",
+        "crc32",
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -470,6 +482,14 @@ MOVD_FORMS = {
     "movq qword ptr [rbx + rdx*8], xmm6": "660fd634d3",
     "ldmxcsr dword ptr [rbx]": "0fae13",
     "stmxcsr dword ptr [rbx + 4]": "0fae5b04",
+    "pxor xmm0, xmm1": "660fefc1",
+    "pxor xmm11, xmm11": "66450fefdb",
+    "pxor xmm2, xmmword ptr [rbx + 0x10]": "660fef5310",
+    "crc32 eax, cl": "f20f38f0c1",
+    "crc32 eax, cx": "66f20f38f1c1",
+    "crc32 r9d, dword ptr [rbx]": "f2440f38f10b",
+    "crc32 rax, rbx": "f2480f38f1c3",
+    "crc32 r15, byte ptr [rbx + rdx*8]": "f24c0f38f03cd3",
 }
 SSE_ON = CR0_PE | 0x2  # PE, MP
 
@@ -485,7 +505,16 @@ def random_sse_state(rng: random.Random, buffer_start: int) -> CpuState:
     )
 
 
-@pytest.mark.parametrize("text", MOVD_FORMS)
+needs_sse4_2 = pytest.mark.skipif(not _host_has("sse4_2"), reason="the host CPU has no crc32")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(text, marks=needs_sse4_2) if text.startswith("crc32") else text
+        for text in MOVD_FORMS
+    ],
+)
 def test_sse_moves_match_the_host_cpu(text: str) -> None:
     instruction = bytes.fromhex(MOVD_FORMS[text])
     decoded = decode(instruction, 64)
@@ -500,6 +529,9 @@ def test_sse_moves_match_the_host_cpu(text: str) -> None:
             for offset in range(0, 1024, 4):
                 buffer[offset : offset + 4] = list(value.to_bytes(4, "little"))
         state = random_sse_state(rng, start)
+        if decoded.mnemonic == "pxor":  # a legacy SSE m128 is 16-byte aligned
+            rbx = REGISTERS["rbx"].index
+            state = state.with_gpr(rbx, state.gprs[rbx] & ~15)
         before = bytes(buffer)
 
         def read(linear: int, size: int, before: bytes = before) -> bytes:
@@ -561,3 +593,59 @@ def test_the_mmx_forms_are_not_performed() -> None:
     decoded = decode(bytes.fromhex("0f6ec0"), 64)
     with pytest.raises(NotPerformed, match="operands pyvmm does not handle"):
         perform(decoded, CpuState((0,) * 16, 0, 2, 64, cr4=CR4_OSFXSR), _no_memory)
+
+
+def test_pxor_on_memory_not_on_16_bytes_is_gp0() -> None:
+    decoded = decode(bytes.fromhex(MOVD_FORMS["pxor xmm2, xmmword ptr [rbx + 0x10]"]), 64)
+    gprs = [0] * 16
+    gprs[REGISTERS["rbx"].index] = 0x1008
+    state = CpuState(tuple(gprs), 0x1000, 0x2, 64, cr0=SSE_ON, cr4=CR4_OSFXSR)
+    performed = perform(decoded, state, _no_memory)
+    assert performed.exception.vector == 13 and performed.state == state
+
+
+def test_crc32_is_crc32c() -> None:
+    """The check value of CRC-32C ("123456789" -> 0xe3069283) with the usual inversions."""
+    from pyvmm.arch.x86_64.assist.table import crc32c
+
+    assert crc32c(0xFFFF_FFFF, b"123456789") ^ 0xFFFF_FFFF == 0xE3069283
+
+
+@pytest.mark.parametrize(
+    ("code", "fsw", "ax", "stored"),
+    [
+        ("dfe0", 0x3881, 0x3881, None),  # fnstsw ax
+        ("dd7b08", 0x4100, None, 0x4100),  # fnstsw [rbx + 8]
+    ],
+)
+def test_fnstsw_by_the_sdm(code: str, fsw: int, ax: int | None, stored: int | None) -> None:
+    decoded = decode(bytes.fromhex(code), 64)
+    gprs = [0xFFFF_FFFF_FFFF_FFFF] * 16
+    gprs[REGISTERS["rbx"].index] = 0x5000
+    state = CpuState(tuple(gprs), 0x1000, 0x2, 64, fsw=fsw)
+    performed = perform(decoded, state, _no_memory)
+    assert performed.exception is None
+    if ax is not None:  # AX only: the rest of RAX stays
+        assert performed.state.gprs[RAX] == 0xFFFF_FFFF_FFFF_0000 | ax
+        assert performed.writes == ()
+    else:
+        assert performed.state.gprs == state.gprs
+        assert performed.writes == ((0x5008, stored.to_bytes(2, "little")),)
+    for cr0 in (CR0_PE | 0x4, CR0_PE | CR0_TS):  # CR0.EM, CR0.TS: #NM
+        refused = perform(decoded, replace(state, cr0=cr0), _no_memory)
+        assert refused.exception.vector == 7 and refused.writes == ()
+
+
+def test_fnclex_by_the_sdm() -> None:
+    decoded = decode(bytes.fromhex("dbe2"), 64)
+    state = CpuState((0,) * 16, 0x1000, 0x2, 64, fsw=0xFFFF)
+    performed = perform(decoded, state, _no_memory)
+    # Exception flags, SF, ES and B cleared; C0-C3 and TOP stay.
+    assert performed.state.fsw == 0x7F00 and performed.state.rip == 0x1002
+    assert perform(decoded, replace(state, cr0=CR0_PE | CR0_TS), _no_memory).exception.vector == 7
+
+
+def test_wait_is_an_instruction_of_its_own() -> None:
+    """fclex (9b db e2) is WAIT then FNCLEX: the CPU, and KVM, stop at the WAIT first."""
+    decoded = decode(bytes.fromhex("9bdbe2"), 64)
+    assert decoded.mnemonic == "wait" and decoded.size == 1

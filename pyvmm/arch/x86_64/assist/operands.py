@@ -130,8 +130,13 @@ def decode(code: bytes, bits: int) -> Decoded | None:
     """The first instruction of `code` in `bits`-bit code; None when the bytes are no instruction.
 
     Cached by the bytes: the kernel hits the same few sites over and over.
+    WAIT (9b) is an instruction of its own, as the CPU runs it: `fclex` and
+    `fstsw` are assemblers' names for WAIT followed by FNCLEX, FNSTSW.
     """
     from capstone import x86
+
+    if code[:1] == b"\x9b":
+        code = code[:1]
 
     disassembler = _capstone(bits)
     for insn in disassembler.disasm(code, 0, 1):

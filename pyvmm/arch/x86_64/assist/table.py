@@ -18,7 +18,12 @@ CPU under it has.
 - ldmxcsr m32, stmxcsr m32: MXCSR from, to memory; #GP(0) for a reserved bit;
 - movd, movq (the SSE2 forms): 32 or 64 bits between an XMM register and a
   general-purpose register, memory or another XMM register, the XMM
-  destination's upper bits cleared.
+  destination's upper bits cleared;
+- pxor xmm, xmm/m128: exclusive or (#GP(0) for a memory operand not on 16 bytes);
+- fnstsw ax, fnstsw m16: the x87 status word; fnclex: its exception flags,
+  ES and B cleared (#NM with CR0.EM or CR0.TS set, SDM vol. 2A, 2.5 type "x87");
+- crc32 r32/r64, r/m8/16/32/64: CRC-32C (polynomial 0x11EDC6F41) accumulated
+  over the source's bytes.
 
 The SSE entries raise #UD with CR0.EM set or CR4.OSFXSR clear, #NM with
 CR0.TS set (SDM vol. 2A, 2.5 "Exception Classifications", types 4 and 5).
@@ -204,6 +209,86 @@ def perform_movd(decoded: Decoded, state: CpuState, read: ReadMemory) -> Perform
     return Performed(state.advanced(decoded.size), writes=(write,))
 
 
+def perform_pxor(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """PXOR xmm1, xmm2/m128 (SDM vol. 2B, "PXOR"): xmm1 := xmm1 XOR source; a legacy SSE
+    memory operand must be 16-byte aligned (#GP(0))."""
+    destination, source = _two_operands(decoded)
+    if not isinstance(destination, Xmm):
+        raise NotPerformed(f"{decoded.text}: no XMM register (the MMX form is not done)")
+    refused = _sse_check(decoded, state)
+    if refused is not None:
+        return refused
+    if isinstance(source, Memory):
+        linear = linear_address(source, state, decoded.size, decoded.address_bits)
+        if linear % 16:
+            return fault(state, VECTOR_GP, 0 if state.cr0 & CR0_PE else None)
+    value = state.xmm[destination.index] ^ read_operand(source, decoded, state, read)
+    return Performed(state.with_xmm(destination.index, value).advanced(decoded.size))
+
+
+def _x87_check(state: CpuState) -> Performed | None:
+    """#NM for an x87 instruction: CR0.EM or CR0.TS set."""
+    if state.cr0 & (CR0_EM | CR0_TS):
+        return fault(state, VECTOR_NM)
+    return None
+
+
+def perform_fnstsw(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """FNSTSW AX / m16 (SDM vol. 2A, "FSTSW/FNSTSW"): the status word, without checking
+    for pending x87 exceptions."""
+    refused = _x87_check(state)
+    if refused is not None:
+        return refused
+    destination = decoded.operands[0] if len(decoded.operands) == 1 else None
+    if isinstance(destination, Register) and destination.name == "ax":
+        return Performed(destination.write(state, state.fsw).advanced(decoded.size))
+    if isinstance(destination, Memory):
+        linear = linear_address(destination, state, decoded.size, decoded.address_bits)
+        write = (linear, state.fsw.to_bytes(2, "little"))
+        return Performed(state.advanced(decoded.size), writes=(write,))
+    raise NotPerformed(f"{decoded.text}: an operand pyvmm does not handle")
+
+
+# FNCLEX clears PE, UE, OE, ZE, DE, IE, SF (bits 0-6), ES (7) and B (15).
+FSW_CLEARED_BY_FNCLEX = 0x80FF
+
+
+def perform_fnclex(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """FNCLEX (SDM vol. 2A, "FCLEX/FNCLEX"): the exception flags, ES and B cleared."""
+    refused = _x87_check(state)
+    if refused is not None:
+        return refused
+    after = replace(state, fsw=state.fsw & ~FSW_CLEARED_BY_FNCLEX)
+    return Performed(after.advanced(decoded.size))
+
+
+CRC32C_REFLECTED = 0x82F63B78  # 0x1EDC6F41 bit-reversed (SDM vol. 2A, "CRC32")
+
+
+def crc32c(crc: int, data: bytes) -> int:
+    """CRC-32C of `data` onto `crc`, as CRC32 computes it: no inversion before or after."""
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (CRC32C_REFLECTED if crc & 1 else 0)
+    return crc
+
+
+def perform_crc32(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """CRC32 r32/r64, r/m8/16/32/64 (SDM vol. 2A, "CRC32"): the low 32 bits of the
+    destination accumulate the source's bytes; the result is zero-extended to 64
+    bits; flags unchanged."""
+    if decoded.lock:
+        return fault(state, VECTOR_UD)
+    destination, source = _two_operands(decoded)
+    if not isinstance(destination, Register) or isinstance(source, Xmm):
+        raise NotPerformed(f"{decoded.text}: operands pyvmm does not handle")
+    size = source.size
+    value = read_operand(source, decoded, state, read)
+    crc = crc32c(destination.read(state) & 0xFFFF_FFFF, value.to_bytes(size, "little"))
+    return Performed(state.with_gpr(destination.index, crc).advanced(decoded.size))
+
+
 # The table: mnemonic (capstone's) -> the function that performs it.
 TABLE: dict[str, Perform] = {
     "int3": perform_int3,
@@ -215,10 +300,14 @@ TABLE: dict[str, Perform] = {
     "stmxcsr": perform_stmxcsr,
     "movd": perform_movd,
     "movq": perform_movd,
+    "pxor": perform_pxor,
+    "fnstsw": perform_fnstsw,
+    "fnclex": perform_fnclex,
+    "crc32": perform_crc32,
 }
 
-# Entries that need the x87 and SSE state (KVM_GET_FPU; written back with KVM_SET_FPU).
-NEEDS_FPU = frozenset({"wait", "ldmxcsr", "stmxcsr", "movd", "movq"})
+# Entries that need the x87 and SSE state (KVM_GET_XSAVE; written back with KVM_SET_XSAVE).
+NEEDS_FPU = frozenset({"wait", "ldmxcsr", "stmxcsr", "movd", "movq", "pxor", "fnstsw", "fnclex"})
 
 
 def perform(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:

@@ -103,8 +103,9 @@ def _fpu_state(xsave: Any) -> dict[str, Any]:
 
 
 def _store_sse(vcpu: Any, xsave: Any, state: CpuState) -> None:
-    """KVM_SET_XSAVE with `state`'s XMM registers and MXCSR."""
+    """KVM_SET_XSAVE with `state`'s x87 status word, XMM registers and MXCSR."""
     region = ffi.buffer(xsave.region)
+    region[XSAVE_FSW : XSAVE_FSW + 2] = state.fsw.to_bytes(2, "little")
     region[XSAVE_MXCSR : XSAVE_MXCSR + 4] = state.mxcsr.to_bytes(4, "little")
     for index, value in enumerate(state.xmm):
         start = XSAVE_XMM + 16 * index
@@ -185,7 +186,9 @@ def assist(
             write_virtual(memory, paging, linear, data, max_phys_bits)
         except (GuestPageFault, GuestMemoryError) as error:
             return AssistResult(False, decoded.mnemonic, f"its memory operand: {error}")
-    if xsave is not None and (after.xmm != state.xmm or after.mxcsr != state.mxcsr):
+    if xsave is not None and (
+        after.xmm != state.xmm or after.mxcsr != state.mxcsr or after.fsw != state.fsw
+    ):
         _store_sse(vcpu, xsave, after)
     for index, name in enumerate(GPR_NAMES):
         setattr(regs, name, after.gprs[index])
