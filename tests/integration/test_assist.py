@@ -114,3 +114,35 @@ def test_without_stats_nothing_is_counted_on_stderr() -> None:
     result = boot()
     assert result.returncode == STATUS, result.stderr
     assert "emulation assists" not in result.stderr
+
+
+# popcnt from the MMIO hole: KVM must emulate it on any host, and cannot.
+POPCNT_MMIO = (
+    r"^pyvmm: KVM could not emulate 'popcnt rax, qword ptr \[rbx\]' \(f3 48 0f b8 03"
+    r"(, read from guest memory: KVM gave no bytes)?\) at 0008:[0-9a-f]{8} "
+    r"\(linear 0x[0-9a-f]+\) in 64-bit code \(KVM_INTERNAL_ERROR_EMULATION\)"
+)
+
+
+def test_a_table_instruction_on_mmio_still_ends_as_internal_error_saying_why() -> None:
+    result = run_pyvmm("boot", "--mode", "long", "--timeout", "30", guest("tests/assist_mmio.bin"))
+    assert result.returncode == EXIT_INTERNAL_ERROR, result.stderr
+    assert result.stdout == "assist_mmio: popcnt from MMIO\n"
+    first = result.stderr.splitlines()[0]
+    assert re.match(
+        POPCNT_MMIO + r"; pyvmm's assist layer did not perform it: its memory operand: "
+        r"guest-physical range 0xd0000000\.\.0xd0000008 is not guest RAM$",
+        first,
+    ), first
+    bare = run_pyvmm(
+        "boot",
+        "--mode",
+        "long",
+        "--timeout",
+        "30",
+        "--emulate",
+        "none",
+        guest("tests/assist_mmio.bin"),
+    )
+    assert bare.returncode == EXIT_INTERNAL_ERROR, bare.stderr
+    assert re.match(POPCNT_MMIO + "$", bare.stderr.splitlines()[0]), bare.stderr

@@ -103,7 +103,7 @@ def test_popcnt_on_memory_outside_ram_is_left_alone() -> None:
     vcpu.regs.rbx = 0xD000_0000  # the MMIO hole: no RAM there
     result = assist(vcpu, bytes.fromhex("f3480fb803"), memory)  # popcnt rax, [rbx]
     assert not result.performed and result.mnemonic == "popcnt"
-    assert "not in guest RAM" in result.reason
+    assert "is not guest RAM" in result.reason
     assert vcpu.calls == []
 
 

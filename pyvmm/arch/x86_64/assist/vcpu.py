@@ -163,9 +163,9 @@ def assist(
             return read_virtual(memory, paging, linear, size, max_phys_bits)
         except GuestPageFault as error:
             # The CPU would raise #PF here; pyvmm does not make one up.
-            raise OperandFault(f"its memory operand does not translate ({error})") from None
+            raise OperandFault(f"its memory operand: {error}") from None
         except GuestMemoryError as error:
-            raise OperandFault(f"its memory operand is not in guest RAM ({error})") from None
+            raise OperandFault(f"its memory operand: {error}") from None
 
     try:
         performed = TABLE[decoded.mnemonic](decoded, state, read)
