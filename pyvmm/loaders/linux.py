@@ -50,7 +50,10 @@ if TYPE_CHECKING:
 
 # How to move a piece of a Linux kernel: pyvmm decides where the zero page, the
 # command line and the initrd go; the kernel goes where its header or p_paddr says.
-LINUX_FIX = "give the guest more RAM (-m), or a smaller kernel or initrd"
+LINUX_FIX = (
+    "link the kernel elsewhere (its pref_address or p_paddr): pyvmm places the zero page, "
+    "command line and initrd itself"
+)
 
 # Where pyvmm puts the zero page and the command line when the kernel leaves the
 # place free: Firecracker's choices (arch/x86_64/layout.rs, ZERO_PAGE_START and
@@ -240,7 +243,8 @@ def parse_setup_header(image: bytes) -> tuple[SetupHeader, int]:
     if kernel_offset + hdr.ENTRY_64_OFFSET >= size:
         raise BadBzImage(
             f"truncated bzImage: the {size}-byte file ends before its 64-bit entry point "
-            f"(0x{hdr.ENTRY_64_OFFSET:x} into the kernel after {sectors} setup sectors, at "
+            f"(0x{hdr.ENTRY_64_OFFSET:x} into the kernel after {sectors} setup "
+            f"sector{'s' if sectors > 1 else ''}, at "
             f"file offset 0x{kernel_offset:x})"
         )
     return SetupHeader(image[hdr.SETUP_HEADER_OFFSET : end]), kernel_offset
@@ -442,8 +446,9 @@ def plan_linux(
         limit = min(header.initrd_addr_max + 1, ADDRESS_LIMIT_32)
         for low, high in reversed(usable_ranges(ram)):
             low, high = max(low, HIGH_MEMORY_GPA), min(high, limit)
-            if high - low >= len(initrd):
-                initrd_gpa = _free_below(len(initrd), low, high, taken, top_down=True)
+            need = max(len(initrd), 1)  # an empty initrd still gets an address inside RAM
+            if high - low >= need:
+                initrd_gpa = _free_below(need, low, high, taken, top_down=True)
                 if initrd_gpa is not None:
                     break
         if initrd_gpa is None:

@@ -41,10 +41,16 @@ class Case:
     ram: str
     mode: CpuMode | None
     force_multiboot: bool
+    image_format: str | None  # --format (the linux family only; None: by the contents)
     load_gpa: int | None
     cmdline: str
     modules: tuple[tuple[str, bytes], ...]
     via_file: bool  # read back with read_image from a file, as `pyvmm boot` does
+
+    @property
+    def append(self) -> str | None:
+        """--append: a Linux kernel's whole command line (multiboot's comes with `cmdline`)."""
+        return self.cmdline if self.source.family == "linux" else None
 
     def describe(self) -> str:
         mode = self.mode.value if self.mode else "auto"
@@ -53,7 +59,8 @@ class Case:
         return (
             f"image {self.source.name} -> {len(self.image)} bytes after "
             f"[{'; '.join(self.mutations) or 'no mutation'}]; ram {self.ram}, mode {mode}, "
-            f"multiboot {'forced' if self.force_multiboot else 'auto'}, load address {gpa}, "
+            f"multiboot {'forced' if self.force_multiboot else 'auto'}, "
+            f"format {self.image_format or 'auto'}, load address {gpa}, "
             f"cmdline {self.cmdline[:40]!r}, modules {modules}"
             + (", read from a file" if self.via_file else "")
         )
@@ -81,7 +88,8 @@ def make_case(seed: int, index: int) -> Case:
         mutations.append("multiboot checksum fixed")
     is_flat = source.family == "flat"
     modules: tuple[tuple[str, bytes], ...] = ()
-    if rng.random() < (0.25 if source.family == "multiboot" else 0.02):
+    modules_chance = {"multiboot": 0.25, "linux": 0.3}.get(source.family, 0.02)
+    if rng.random() < modules_chance:
         modules = tuple(
             (rng.choice(["mod", "", "m\udcff", "m\0"]), bytes(rng.choice(MODULE_SIZES)))
             for _ in range(rng.randint(1, 2))
@@ -95,6 +103,7 @@ def make_case(seed: int, index: int) -> Case:
         ram=ram,
         mode=_choose_mode(rng, source.family),
         force_multiboot=rng.random() < (0.4 if source.family == "multiboot" else 0.1),
+        image_format=_choose_format(rng) if source.family == "linux" else None,
         load_gpa=_choose_load_gpa(rng, ram_size, len(image)) if is_flat or rng.random() < 0.05
         else None,
         cmdline=CMDLINES[0] if rng.random() < 0.85 else rng.choice(CMDLINES),
@@ -109,7 +118,13 @@ NATURAL_MODES = {
     "elf32": [CpuMode.PROTECTED, CpuMode.PAGED, CpuMode.LONG, CpuMode.USER],
     "elf64": [CpuMode.LONG, CpuMode.USER],
     "multiboot": [CpuMode.PROTECTED],
+    "linux": [CpuMode.LONG],
 }
+
+
+def _choose_format(rng: random.Random) -> str | None:
+    """--format for a Linux kernel: mostly found by its contents, now and then insisted on."""
+    return rng.choices([None, "linux", "elf", "flat"], weights=[16, 3, 1, 1])[0]
 
 
 def _choose_mode(rng: random.Random, family: str) -> CpuMode | None:

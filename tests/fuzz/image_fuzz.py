@@ -1,4 +1,4 @@
-"""Image fuzzing of the loaders: malformed flat, ELF and multiboot images never crash pyvmm.
+"""Image fuzzing of the loaders: malformed flat, ELF, multiboot and Linux images never crash pyvmm.
 
 Each case takes a seed image (a committed guest, or a synthetic image with a
 structural defect), applies a few random mutations (truncation, bit flips,
@@ -94,7 +94,9 @@ def load_case(case: Case, memory: GuestMemory) -> tuple[EntryPoint, Placement]:
         load_gpa=case.load_gpa,
         force_multiboot=case.force_multiboot,
         modules=case.modules,
+        append=case.append,
         machine_ranges=MACHINE_RANGES,
+        image_format=case.image_format,
     )
     entry = load_image(
         image,
@@ -105,7 +107,9 @@ def load_case(case: Case, memory: GuestMemory) -> tuple[EntryPoint, Placement]:
         force_multiboot=case.force_multiboot,
         cmdline=case.cmdline,
         modules=case.modules,
+        append=case.append,
         reserved=placement.reserved,
+        image_format=case.image_format,
     )
     return entry, placement
 

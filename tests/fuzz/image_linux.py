@@ -119,14 +119,103 @@ def build_vmlinux(
     vaddr: int = VMLINUX_VADDR,
     bss: int = 0x1000,
     bits: int = 64,
+    code: bytes = ENTRY_CODE,
 ) -> bytes:
     """An x86-64 ELF executable laid out as Linux's: text linked high, loaded at `paddr`,
     e_entry physical (phys_startup_64), and a PT_NOTE segment carrying `notes`."""
     if bits == 32:
         vaddr &= 0xFFFF_FFFF
-    text = ENTRY_CODE.ljust(0x1000, b"\x90")
+    text = code.ljust(0x1000, b"\x90")
     segments = [Seg(paddr, text, memsz=len(text) + bss, vaddr=vaddr)]
     if notes:
         segments.append(Seg(0, notes, p_type=PT_NOTE))
     assert segments[0].p_type == PT_LOAD
     return build_elf(bits, segments, paddr)
+
+
+# --- the image fuzzer's Linux seeds and the oracle's own reading --------------------------
+
+
+def linux_seeds() -> dict[str, bytes]:
+    """Sound kernels first (they load unmutated in 64 MiB), then one defect each."""
+    small = {"init_size": 0x4_0000}
+    good = build_bzimage(**small)
+    return {
+        "bzimage": good,
+        "bzimage-2.12": build_bzimage(version=0x020C, header_end=0x268, **small),
+        "bzimage-fixed-low": build_bzimage(pref_address=MIB, relocatable=False, **small),
+        "bzimage-setup-sects-0": build_bzimage(setup_sects=0, **small),
+        "vmlinux": build_vmlinux(paddr=MIB, vaddr=VMLINUX_VADDR - 15 * MIB),
+        "vmlinux-xen-note": build_vmlinux(notes=XEN_NOTE, paddr=2 * MIB),
+        "vmlinux-16m": build_vmlinux(),
+        # Defects, named.
+        "bzimage-2.11": build_bzimage(version=0x020B, **small),
+        "bzimage-2.02": build_bzimage(version=0x0202, header_end=0x22C, **small),
+        "bzimage-no-kernel-64": build_bzimage(xloadflags=0, **small),
+        "bzimage-zimage": build_bzimage(loadflags=0, **small),
+        "bzimage-header-truncated": good[:0x230],
+        "bzimage-header-short": build_bzimage(header_end=0x240, **small),
+        "bzimage-no-kernel": good[:0x300],
+        "bzimage-init-size-huge": build_bzimage(init_size=0xFFFF_F000),
+        "bzimage-fixed-high": build_bzimage(pref_address=64 * MIB, relocatable=False, **small),
+        "vmlinux-on-firmware-tables": build_vmlinux(paddr=0xE_0000, vaddr=0xE_0000),
+        "vmlinux-above-4g": build_vmlinux(paddr=1 << 32, vaddr=1 << 32),
+    }
+
+
+LINUX_SOUND_SEEDS = {
+    "bzimage", "bzimage-2.12", "bzimage-fixed-low", "bzimage-setup-sects-0", "vmlinux",
+    "vmlinux-xen-note", "vmlinux-16m",
+}  # fmt: skip
+
+
+def is_bzimage(image: bytes | bytearray) -> bool:
+    return bytes(image[0x202:0x206]) == b"HdrS"
+
+
+def bzimage_piece(image: bytes) -> tuple[int, int, int, list[int]]:
+    """(file offset, file size, memory size, possible load addresses) of a bzImage's kernel."""
+    sectors = get(image, "setup_sects") or 4
+    offset = (sectors + 1) * 512
+    filesz = len(image) - offset
+    memsz = max(get(image, "init_size"), filesz)
+    preferred = get(image, "pref_address") or MIB
+    loads = [preferred]
+    alignment = get(image, "kernel_alignment") or 4096
+    if get(image, "relocatable_kernel") and alignment & (alignment - 1) == 0:
+        loads.append(-(-MIB // alignment) * alignment)
+    return offset, filesz, memsz, loads
+
+
+def protocol_check_code() -> bytes:
+    """64-bit code that checks the boot protocol's entry state, then reports on the ports.
+
+    It reads what boot.rst promises at the 64-bit entry: RSI = the zero page
+    ("HdrS" at +0x202), CS = __BOOT_CS 0x10 and DS = __BOOT_DS 0x18, the
+    command line at cmd_line_ptr (starting "ok=1"), the initrd at
+    ramdisk_image (starting "0707", as a newc cpio archive does). It writes
+    "L" to COM1 and 0x2a to the debug-exit port (status 85) when all hold,
+    else the number of the first check that failed (status 2N+1).
+    """
+    checks = [
+        # mov eax, [rsi+0x202]; cmp eax, "HdrS"
+        bytes.fromhex("8b8602020000") + b"\x3d" + b"HdrS",
+        # mov eax, cs; cmp eax, 0x10
+        bytes.fromhex("8cc883f810"),
+        # mov eax, ds; cmp eax, 0x18
+        bytes.fromhex("8cd883f818"),
+        # mov eax, [rsi+0x228] (cmd_line_ptr); mov eax, [rax]; cmp eax, "ok=1"
+        bytes.fromhex("8b86280200008b00") + b"\x3d" + b"ok=1",
+        # mov eax, [rsi+0x218] (ramdisk_image); mov eax, [rax]; cmp eax, "0707"
+        bytes.fromhex("8b86180200008b00") + b"\x3d" + b"0707",
+    ]
+    success = bytes.fromhex("66baf803b04ceeb02ae6f4f4ebfd")  # 'L' to COM1; out 0xf4
+    failures = b"".join(bytes([0xB0, n + 1, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD]) for n in range(5))
+    code = b""
+    # Each check jumps (jne rel32) to its own failure stub past the success path.
+    lengths = [len(check) + 6 for check in checks]
+    for index, check in enumerate(checks):
+        after = sum(lengths[: index + 1])
+        target = sum(lengths) + len(success) + 7 * index
+        code += check + b"\x0f\x85" + (target - after).to_bytes(4, "little", signed=True)
+    return code + success + failures

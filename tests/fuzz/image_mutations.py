@@ -20,6 +20,7 @@ from tests.fuzz.image_formats import (
     fix_multiboot_checksum,
     read_field,
 )
+from tests.fuzz.image_linux import BZ_FIELDS, is_bzimage
 
 # --- where the fields are -----------------------------------------------------------
 
@@ -49,6 +50,8 @@ def fields_of(image: bytes | bytearray) -> list[Field]:
                     Field(base + off, width, f"phdr[{index}].{name}")
                     for name, (off, width) in PHDR_FIELDS[bits].items()
                 ]
+    if is_bzimage(image):  # boot.rst's setup header, at the same offsets in every bzImage
+        fields += [Field(off, width, f"hdr.{name}") for name, (off, width) in BZ_FIELDS.items()]
     magic = find_multiboot_magic(image, need_checksum=False)
     if magic is not None:
         names = ("magic", "flags", "checksum", *MB_ADDRESS_FIELDS)

@@ -1,10 +1,11 @@
 """The image fuzzer's oracle: what a load must have done, from its own parse of the image.
 
-It reads the ELF program headers or the multiboot header independently of
-the loaders and checks the loaded pieces, entry, mode and multiboot
-information against guest memory, and where pyvmm put its own GDT, page
-tables, TSS and boot stack (the rules of arch/x86_64/placement.py, restated
-here); a rejection must be one line, status 2.
+It reads the ELF program headers, the multiboot header or a Linux kernel's
+setup header independently of the loaders and checks the loaded pieces,
+entry, mode, multiboot information and Linux zero page against guest
+memory, and where pyvmm put its own GDT, page tables, TSS and boot stack (the
+rules of arch/x86_64/placement.py, restated here); a rejection must be one
+line, status 2.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ from tests.fuzz.image_formats import (
     find_multiboot_magic,
     read_field,
 )
+from tests.fuzz.image_linux import (
+    BZ_FIELDS,
+    E820_ENTRY,
+    ZP_E820_ENTRIES,
+    ZP_E820_TABLE,
+    ZP_EXT_CMD_LINE_PTR,
+    bzimage_piece,
+    get,
+    is_bzimage,
+)
 
 SAMPLE = 4096  # bytes of each segment's data and bss compared after a load
 
@@ -41,6 +52,7 @@ MIB = 1 << 20
 # pyvmm's own structures: (VmmPlaces field, size, alignment, default start, limit of
 # the RAM it may be moved to), per entry mode; the stack's field is its top.
 GDT = ("gdt", 3 * 8, 8, 0x500, MIB)
+LINUX_GDT = ("gdt", 4 * 8, 8, 0x500, MIB)  # __BOOT_CS 0x10 and __BOOT_DS 0x18 (boot.rst)
 USER_GDT = ("gdt", 7 * 8, 8, 0x500, MIB)
 TABLES_32 = ("page_tables", 0x1000, 0x1000, 0x1000, 1 << 32)
 TABLES_64 = ("page_tables", 0x6000, 0x1000, 0x1000, 1 << 32)
@@ -199,10 +211,17 @@ def check_multiboot(
     return problems
 
 
+def structures_of(entry: EntryPoint) -> list[tuple[str, int, int, int, int]]:
+    """pyvmm's structures for `entry`: its mode's, with the Linux boot protocol's GDT."""
+    if entry.protocol == "linux":
+        return [LINUX_GDT if item is GDT else item for item in STRUCTURES[entry.mode]]
+    return STRUCTURES[entry.mode]
+
+
 def placed_structures(entry: EntryPoint, placement: Placement) -> list[tuple[int, int, int, int]]:
     """(start, end, alignment, default start) of each of pyvmm's structures for `entry`."""
     placed = []
-    for field, size, align, default, _limit in STRUCTURES[entry.mode]:
+    for field, size, align, default, _limit in structures_of(entry):
         value = getattr(placement.places, field)
         start = value - size if field == "stack_top" else value
         placed.append((start, start + size, align, default))
@@ -221,6 +240,8 @@ def check_placement(
     if entry.protocol == "flat":
         gpa = entry.entry
         taken = [(gpa, gpa + len(case.image))]
+    elif entry.protocol == "linux":  # the kernel, zero page, command line and initrd
+        taken = [(start, end) for start, end, _ in linux_ranges(case, memory, entry)]
     else:
         reader = multiboot_pieces if entry.protocol == "multiboot" else elf_pieces
         taken = [(gpa, gpa + memsz) for _, gpa, _, memsz in reader(case.image)[1]]
@@ -235,7 +256,7 @@ def check_placement(
             start, end = (memory.read_u32(mods_addr + 16 * index + k) for k in (0, 4))
             taken.append((start, end))
     problems = []
-    limits = [limit for *_, limit in STRUCTURES[entry.mode]]
+    limits = [limit for *_, limit in structures_of(entry)]
     placed = placed_structures(entry, placement)
     for (start, end, align, default), limit in zip(placed, limits, strict=True):
         what = f"pyvmm's structure at 0x{start:x}..0x{end:x}"
@@ -266,6 +287,9 @@ def check_loaded(
     if entry.protocol == "multiboot":
         reserved = [(start, end) for start, end, _ in placement.reserved]
         return problems + check_multiboot(case, memory, entry, reserved)
+    if entry.protocol == "linux":
+        reserved = [(start, end) for start, end, _ in placement.reserved]
+        return problems + check_linux(case, memory, entry, reserved)
     bits = elf_bits(case.image)
     if entry.protocol != f"elf{bits}":
         return [*problems, f"protocol {entry.protocol!r} for an image of ELF class {bits}"]
@@ -275,6 +299,102 @@ def check_loaded(
         problems.append(f"ELF32 (32-bit code) image entered in {entry.mode.value} mode")
     expected_entry, pieces = elf_pieces(case.image)
     return problems + check_pieces(case.image, memory, pieces, entry, expected_entry)
+
+
+def linux_kernel(case: Case, entry: EntryPoint) -> tuple[int, list[Piece]]:
+    """The expected entry and the kernel's pieces, read from the image as the oracle reads it.
+
+    A bzImage: everything after its setup sectors, at one of the load
+    addresses boot.rst allows (pref_address, or a relocatable kernel's
+    lowest kernel_alignment boundary above 1 MiB), init_size bytes long,
+    entered 0x200 in. A vmlinux: its PT_LOAD segments and e_entry.
+    """
+    if is_bzimage(case.image):  # the loader reads a setup header first, as this does
+        offset, filesz, memsz, loads = bzimage_piece(case.image)
+        load = entry.entry - 0x200 if entry.entry - 0x200 in loads else loads[0]
+        return load + 0x200, [(offset, load, filesz, memsz)]
+    return elf_pieces(case.image)
+
+
+def linux_ranges(case: Case, memory: GuestMemory, entry: EntryPoint) -> list[tuple[int, int, str]]:
+    """(start, end, what) of the kernel, the zero page, the command line and the initrd."""
+    _entry, pieces = linux_kernel(case, entry)
+    ranges = [(gpa, gpa + memsz, "the kernel") for _, gpa, _, memsz in pieces]
+    page = dict(entry.registers).get("rsi", -1)
+    ranges.append((page, page + 4096, "the zero page"))
+    if memory.contains(page, 4096):
+        zero_page = memory.read(page, 4096)
+        high = read_field(zero_page, ZP_EXT_CMD_LINE_PTR, 4) << 32
+        cmdline = get(zero_page, "cmd_line_ptr") | high
+        size = len((case.append or "").encode("utf-8", "surrogatepass")) + 1
+        ranges.append((cmdline, cmdline + size, "the command line"))
+        if case.modules:
+            initrd = get(zero_page, "ramdisk_image") | read_field(zero_page, 0xC0, 4) << 32
+            ranges.append((initrd, initrd + len(case.modules[0][1]), "the initrd"))
+    return ranges
+
+
+def check_linux(
+    case: Case, memory: GuestMemory, entry: EntryPoint, reserved: list[tuple[int, int]]
+) -> list[str]:
+    """The 64-bit boot protocol: RSI, the zero page's fields, the command line, the initrd."""
+    registers = dict(entry.registers)
+    page = registers.get("rsi", -1)
+    if entry.mode is not CpuMode.LONG or set(registers) != {"rsi"}:
+        return ["a Linux kernel must start in long mode with RSI alone set"]
+    if not memory.contains(page, 4096) or page % 4096:
+        return [f"zero page at 0x{page:x} is not a page of RAM"]
+    expected_entry, pieces = linux_kernel(case, entry)
+    problems = check_pieces(case.image, memory, pieces, entry, expected_entry)
+    zero_page = memory.read(page, 4096)
+    if zero_page[0x202:0x206] != b"HdrS":  # a bzImage's own, or the one pyvmm wrote
+        problems.append("the zero page has no setup header (HdrS)")
+    if not is_bzimage(case.image) and get(zero_page, "boot_flag") != 0xAA55:
+        problems.append("a vmlinux's zero page has no boot_flag 0xAA55")
+    if get(zero_page, "type_of_loader") != 0xFF or not get(zero_page, "xloadflags") & 1:
+        problems.append("type_of_loader is not 0xff or XLF_KERNEL_64 is clear")
+    if get(zero_page, "version") < 0x020C:
+        problems.append(f"boot protocol 0x{get(zero_page, 'version'):x} in the zero page")
+    if is_bzimage(case.image):
+        end = min(0x202 + case.image[0x201], 0x290)
+        written = {"type_of_loader", "code32_start", "ramdisk_image", "ramdisk_size",
+                   "cmd_line_ptr"}  # fmt: skip
+        skip = {o for n in written for o in range(BZ_FIELDS[n][0], sum(BZ_FIELDS[n]))}
+        if any(zero_page[o] != case.image[o] for o in range(0x1F1, end) if o not in skip):
+            problems.append("the setup header was not copied into the zero page")
+    append = (case.append or "").encode("utf-8")
+    if len(append) > get(zero_page, "cmdline_size"):
+        problems.append(f"a {len(append)}-byte command line over cmdline_size was accepted")
+    ranges = linux_ranges(case, memory, entry)
+    cmdline = ranges[2][0] if len(ranges) > 2 else -1
+    if (
+        not memory.contains(cmdline, len(append) + 1)
+        or memory.read(cmdline, len(append) + 1) != append + b"\0"
+    ):
+        problems.append(f"the command line at 0x{cmdline:x} is not --append")
+    entries = zero_page[ZP_E820_ENTRIES]
+    usable = [
+        E820_ENTRY.unpack_from(zero_page, ZP_E820_TABLE + 20 * index) for index in range(entries)
+    ]
+    if not entries or any(
+        kind == 1 and not memory.contains(base, size) for base, size, kind in usable
+    ):
+        problems.append("the e820 table is empty or calls what is no RAM usable")
+    if case.modules:
+        initrd, size = ranges[-1][0], get(zero_page, "ramdisk_size")
+        data = case.modules[0][1]
+        limit = get(zero_page, "initrd_addr_max")
+        if size != len(data) or not memory.contains(initrd, max(size, 1)):
+            problems.append(f"initrd at 0x{initrd:x} ({size} bytes) is misplaced")
+        elif initrd + size > limit + 1 or memory.read(initrd, min(size, SAMPLE)) != data[:SAMPLE]:
+            problems.append(f"initrd at 0x{initrd:x} is above initrd_addr_max or not copied")
+    others = [(s, e) for s, e, _ in ranges] + reserved
+    for index, (start, end, what) in enumerate(ranges):
+        if what != "the kernel" and any(
+            start < e and s < end for j, (s, e) in enumerate(others) if j != index
+        ):
+            problems.append(f"{what} at 0x{start:x}..0x{end:x} overlaps another piece")
+    return problems
 
 
 def note_on(entry: EntryPoint) -> str:

@@ -36,7 +36,7 @@ COMMITTED_GUESTS = {
     "multiboot.elf": "multiboot",
     "hello.bin": "flat",
 }
-FAMILIES = ("flat", "elf32", "elf64", "multiboot")
+FAMILIES = ("flat", "elf32", "elf64", "multiboot", "linux")
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -159,6 +159,10 @@ class SeedImage:
     @property
     def sound(self) -> bool:
         """A well-formed image (it loads as it is, given the RAM), not a defect."""
+        from tests.fuzz.image_linux import LINUX_SOUND_SEEDS
+
+        if self.family == "linux":
+            return self.name.split("/", 1)[1] in LINUX_SOUND_SEEDS
         return self.name.startswith(("guests/", "flat/")) or self.name in SOUND_SEEDS
 
 
@@ -329,4 +333,7 @@ def seed_corpus() -> tuple[SeedImage, ...]:
         seeds += [SeedImage(f"elf{bits}/{n}", f"elf{bits}", d) for n, d in _elf_seeds(bits).items()]
     seeds += [SeedImage(f"multiboot/{n}", "multiboot", d) for n, d in _multiboot_seeds().items()]
     seeds += [SeedImage(f"flat/{n}", "flat", d) for n, d in _flat_seeds().items()]
+    from tests.fuzz.image_linux import linux_seeds  # it builds on this module's ELF builder
+
+    seeds += [SeedImage(f"linux/{n}", "linux", d) for n, d in linux_seeds().items()]
     return tuple(seeds)

@@ -76,6 +76,17 @@ EXPECTED_IN_2M = {
     "elf32-overlap": "BadElf",
     "elf32-huge-memsz": "ImageTooLarge",
     "elf32-entry-outside": "BadEntryPoint",
+    "bzimage-2.11": "BzImageTooOld",
+    "bzimage-2.02": "BzImageTooOld",
+    "bzimage-no-kernel-64": "NoKernel64",
+    "bzimage-zimage": "BadBzImage",
+    "bzimage-header-truncated": "BadBzImage",
+    "bzimage-header-short": "BadBzImage",
+    "bzimage-no-kernel": "BadBzImage",
+    "bzimage-init-size-huge": "ImageTooLarge",
+    "bzimage-fixed-high": "ImageTooLarge",
+    "vmlinux-on-firmware-tables": "ReservedOverlap",
+    "vmlinux-above-4g": "ImageTooLarge",
 }
 
 
@@ -178,11 +189,21 @@ def _plain_case(name: str) -> fuzz.Case:
     seed = next(seed for seed in seed_corpus() if seed.name == name)
     return dataclasses.replace(
         make_case(CI_SEED, 0), source=seed, image=seed.data, mutations=(), ram="2M", mode=None,
-        force_multiboot=False, load_gpa=None, cmdline="kernel", modules=(), via_file=False,
+        force_multiboot=False, image_format=None, load_gpa=None, cmdline="kernel", modules=(),
+        via_file=False,
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["elf64/good", "multiboot/aout", "guests/hello.bin"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "elf64/good",
+        "multiboot/aout",
+        "guests/hello.bin",
+        "linux/bzimage-fixed-low",
+        "linux/vmlinux",
+    ],
+)
 def test_a_wrong_entry_point_is_a_failure(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """The oracle parses the image itself: an entry moved by a page is caught."""
     case = _plain_case(name)
@@ -199,6 +220,34 @@ def test_a_wrong_entry_point_is_a_failure(monkeypatch: pytest.MonkeyPatch, name:
     monkeypatch.setattr(fuzz, "load_image", shifted)
     outcome = run_case(case)
     assert outcome.kind == "failed" and "entry" in outcome.detail
+
+
+@pytest.mark.parametrize(
+    ("name", "offset", "words"),
+    [
+        ("linux/bzimage-fixed-low", 0x210, "type_of_loader"),  # type_of_loader
+        ("linux/vmlinux", 0x202, "no setup header"),  # the HdrS magic pyvmm writes
+        ("linux/bzimage-fixed-low", 0x1F4, "setup header was not copied"),  # syssize
+    ],
+)
+def test_a_wrong_zero_page_is_a_failure(
+    monkeypatch: pytest.MonkeyPatch, name: str, offset: int, words: str
+) -> None:
+    """The oracle reads the zero page RSI points at, field by field."""
+    case = _plain_case(name)
+    assert run_case(case).kind == "loaded"
+    real_load = fuzz.load_image
+
+    def spoiled(*args: Any, **kwargs: Any) -> EntryPoint:
+        entry = real_load(*args, **kwargs)
+        zero_page = dict(entry.registers)["rsi"]
+        memory: GuestMemory = args[1]
+        memory.write(zero_page + offset, bytes([memory.read(zero_page + offset, 1)[0] ^ 0x5A]))
+        return entry
+
+    monkeypatch.setattr(fuzz, "load_image", spoiled)
+    outcome = run_case(case)
+    assert outcome.kind == "failed" and words in outcome.detail, outcome.detail
 
 
 def test_main_returns_0_without_failures(capsys: pytest.CaptureFixture[str]) -> None:
