@@ -33,6 +33,7 @@ from pyvmm.arch.x86_64.host_findings import (
     needs_syscall_repair,
     timer_scale,
     unhideable_failures,
+    with_additions,
 )
 from pyvmm.arch.x86_64.host_probe_cache import (
     cache_directory,
@@ -181,6 +182,26 @@ def test_every_hidden_feature_has_a_cpuid_bit_and_every_probe_a_name() -> None:
     for features in HIDDEN_BY_INSTRUCTION.values():
         assert set(features) <= set(FEATURE_BITS)
     assert set(HIDDEN_BY_INSTRUCTION) <= set(NAMES)
+
+
+@pytest.mark.parametrize(
+    ("given", "result"),
+    [
+        ("", "noxsave clearcpuid=popcnt,smap"),
+        ("console=ttyS0", "console=ttyS0 noxsave clearcpuid=popcnt,smap"),
+        ("noxsave console=ttyS0", "noxsave console=ttyS0 clearcpuid=popcnt,smap"),
+        ("clearcpuid=avx  quiet", "clearcpuid=avx,popcnt,smap  quiet noxsave"),
+        ('dyndbg="file a.c  +p"', 'dyndbg="file a.c  +p" noxsave clearcpuid=popcnt,smap'),
+        ("clearcpuid=smap clearcpuid=avx", "clearcpuid=smap clearcpuid=avx,popcnt,smap noxsave"),
+        ("clearcpuid=popcnt,smap noxsave", "clearcpuid=popcnt,smap noxsave"),
+    ],
+)
+def test_additions_join_the_users_command_line(given: str, result: str) -> None:
+    assert with_additions(given, ("noxsave", "clearcpuid=popcnt,smap")) == result
+
+
+def test_no_additions_leave_the_command_line_alone() -> None:
+    assert with_additions("console=ttyS0 quiet", ()) == "console=ttyS0 quiet"
 
 
 @pytest.mark.parametrize(
@@ -464,6 +485,8 @@ def test_clearing_features_in_a_cpuid_table() -> None:
     host_probe.clear_features(table, ("xsave", "smap"))
     assert table.entries[0].ecx == 0xFFFF_FFFF & ~(1 << 26)
     assert table.entries[1].ebx == 0xFFFF_FFFF & ~(1 << 20)
+    assert table.entries[2].ebx == 0  # KVM's signature is left alone
+    host_probe.mark_control_leaf(table)
     answer = (0, table.entries[2].ebx, table.entries[2].ecx, table.entries[2].edx)
     assert host_probe.signature(answer) == host_probe.CONTROL_SIGNATURE
 

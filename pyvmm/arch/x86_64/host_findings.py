@@ -20,6 +20,7 @@ works: every derived list is empty, no repair, scale 1.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 from pyvmm.errors import PyvmmError
@@ -227,6 +228,33 @@ def command_line_additions(findings: HostFindings) -> tuple[str, ...]:
     if rest:
         options.append("clearcpuid=" + ",".join(rest))
     return tuple(options)
+
+
+def with_additions(command_line: str, additions: tuple[str, ...]) -> str:
+    """`command_line` with `additions` (command_line_additions) after what the user wrote.
+
+    The user's text is kept as written. An option given already is not
+    repeated, and the user's `clearcpuid=` takes the additions' names into
+    its own list: Linux reads one clearcpuid= (arch/x86/lib/cmdline.c, the
+    last one given).
+    """
+    extra: list[str] = []
+    for option in additions:
+        name, equals, value = option.partition("=")
+        if not equals:
+            if option not in command_line.split():
+                extra.append(option)
+            continue
+        given = list(re.finditer(rf"(?<!\S){re.escape(name)}=(\S*)", command_line))
+        if not given:
+            extra.append(option)
+            continue
+        last = given[-1]
+        names = [each for each in last.group(1).split(",") if each]
+        names += [each for each in value.split(",") if each not in names]
+        merged = f"{name}={','.join(names)}"
+        command_line = command_line[: last.start()] + merged + command_line[last.end() :]
+    return " ".join(part for part in (command_line, *extra) if part)
 
 
 def unhideable_failures(findings: HostFindings) -> tuple[str, ...]:

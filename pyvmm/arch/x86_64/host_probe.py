@@ -512,16 +512,27 @@ def read_cpuid(
 
 
 def clear_features(table: Any, names: tuple[str, ...] = tuple(FEATURE_BITS)) -> None:
-    """Clear `names` in a `struct kvm_cpuid2`, and give leaf 0x40000000 CONTROL_SIGNATURE."""
+    """Clear the FEATURE_BITS `names` in a `struct kvm_cpuid2` (what pyvmm hides through CPUID)."""
     for index in range(table.nent):
         entry = table.entries[index]
         for name in names:
             leaf, subleaf, register, bit = FEATURE_BITS[name]
             if entry.function == leaf and entry.index == subleaf:
                 setattr(entry, register, getattr(entry, register) & ~(1 << bit))
+
+
+def mark_control_leaf(table: Any) -> None:
+    """Give leaf 0x40000000 CONTROL_SIGNATURE (the probe's control; a guest must keep KVM's)."""
+    for index in range(table.nent):
+        entry = table.entries[index]
         if entry.function == HYPERVISOR_LEAF:
             words = [int.from_bytes(CONTROL_SIGNATURE[i : i + 4], "little") for i in (0, 4, 8)]
             entry.ebx, entry.ecx, entry.edx = words
+
+
+def clear_features_and_mark(table: Any) -> None:
+    clear_features(table)
+    mark_control_leaf(table)
 
 
 def features_seen(answers: dict[tuple[int, int], tuple[int, int, int, int]]) -> tuple[str, ...]:
@@ -544,7 +555,7 @@ CPUID_LEAVES = (*sorted({bits[:2] for bits in FEATURE_BITS.values()}), (HYPERVIS
 
 def probe_cpuid(kvm: Kvm, deadlines: Deadlines) -> CpuidFinding:
     usual = read_cpuid(kvm, deadlines, CPUID_LEAVES, None)
-    cleared = read_cpuid(kvm, deadlines, CPUID_LEAVES, clear_features)
+    cleared = read_cpuid(kvm, deadlines, CPUID_LEAVES, clear_features_and_mark)
     visible = features_seen(usual)
     still = set(features_seen(cleared))
     return CpuidFinding(
