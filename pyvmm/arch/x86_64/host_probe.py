@@ -6,9 +6,9 @@ leaves a CPL3 `syscall` half done. pyvmm does not guess which host it is on:
 `measure_host` runs one scratch VM per question, each a few instructions
 long, and `HostFindings` (host_findings.py) holds the answers:
 
-- CPUID: leaves 1 and 7 with features cleared through KVM_SET_CPUID2, read
-  back by a CPL0 guest (`cpuid; hlt`); leaf 0x40000000, given a signature of
-  pyvmm's, is the control;
+- CPUID: leaves 1, 7 and 0x80000001 with features cleared through
+  KVM_SET_CPUID2, read back by a CPL0 guest (`cpuid; hlt`); leaf 0x40000000,
+  given a signature of pyvmm's, is the control;
 - each instruction of `INSTRUCTIONS`, run at CPL0 and followed by `hlt`: it
   works (the `hlt` after it exits), faults (an IDT stub of its vector
   halts), or KVM exits with KVM_INTERNAL_ERROR_EMULATION;
