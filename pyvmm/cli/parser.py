@@ -204,7 +204,9 @@ class _Parser(argparse.ArgumentParser):
                 for action in positionals
                 if getattr(parsed, action.dest, None) is not None
             )
-            wants = " and ".join(f"one {action.metavar}" for action in positionals)
+            wants = (
+                " and ".join(f"one {action.metavar}" for action in positionals) or "no arguments"
+            )
             plural = "s" if len(extras) > 1 else ""
             command.error(
                 f"unexpected argument{plural} {' '.join(extras)}: {command.prog} takes {wants}"

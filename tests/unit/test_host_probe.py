@@ -538,6 +538,13 @@ def test_pyvmm_host_on_a_host_where_everything_works(
     assert "at most 0.20 ms: the ticks kept up with the PIT" in out
 
 
+def test_pyvmm_host_takes_no_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["host", "extra"]) == 2
+    assert capsys.readouterr().err == (
+        "pyvmm host: unexpected argument extra: pyvmm host takes no arguments\n"
+    )
+
+
 def test_pyvmm_host_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["host", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
