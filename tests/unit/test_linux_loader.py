@@ -348,3 +348,12 @@ def test_a_vmlinux_segment_over_the_zero_page_moves_the_zero_page(memory: GuestM
     zero_page = dict(entry.registers)["rsi"]  # type: ignore[attr-defined]
     assert zero_page not in range(0x6000, 0x8000) and zero_page % 4096 == 0
     assert memory.read(zero_page + 0x202, 4) == b"HdrS"
+
+
+def test_an_empty_initrd_gets_an_address_inside_ram() -> None:
+    """The image fuzzer's finding: it was placed at the end of RAM and written there."""
+    with GuestMemory.from_ranges(layout.ram_ranges(3 * MIB)) as memory:
+        boot(build_bzimage(pref_address=MIB, relocatable=False, init_size=0x1000), memory, "", b"")
+        page = memory.read(ZERO_PAGE, 4096)
+    assert get(page, "ramdisk_size") == 0
+    assert 2 * MIB <= get(page, "ramdisk_image") < 3 * MIB

@@ -1,0 +1,181 @@
+"""Linux's x86 boot protocol under KVM: synthetic kernels, the CLI's refusals, Debian's kernel.
+
+The synthetic kernels (tests/fuzz/image_linux.py) check the 64-bit entry
+state the way a kernel would rely on it (RSI, __BOOT_CS/__BOOT_DS, the
+command line and the initrd the zero page points at) and report on the
+debug-exit port. The test marked `linux` boots Debian's stock cloud kernel
+(fetched with `apt-get download` into ~/.cache/pyvmm, never into the
+checkout) until its first line, "Linux version ...", is on COM1.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz.image_linux import build_bzimage, build_vmlinux, protocol_check_code
+from tests.integration.helpers import REPO, run_pyvmm
+
+MIB = 1 << 20
+PASSED = (0x2A << 1) | 1  # what the check code writes to the debug-exit port when all hold
+INITRD = b"070701" + bytes(4090)
+
+
+@pytest.fixture
+def initrd(tmp_path: Path) -> str:
+    path = tmp_path / "initrd.cpio"
+    path.write_bytes(INITRD)
+    return str(path)
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        build_bzimage(kernel=bytes(0x200) + protocol_check_code(), init_size=MIB),
+        build_vmlinux(code=protocol_check_code(), paddr=2 * MIB, vaddr=0xFFFF_FFFF_8100_0000),
+    ],
+    ids=["bzimage", "vmlinux"],
+)
+def test_a_kernel_finds_the_64_bit_entry_state(tmp_path: Path, initrd: str, kernel: bytes) -> None:
+    image = write(tmp_path, "kernel", kernel)
+    result = run_pyvmm(
+        "boot", image, "-m", "32M", "--append", "ok=1 console=ttyS0", "--initrd", initrd,
+        "--timeout", "30",
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (PASSED, "L"), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("kernel", "options", "words"),
+    [
+        (build_bzimage(version=0x020B), (), "boot protocol 2.11: pyvmm needs 2.12 or later"),
+        (build_bzimage(xloadflags=0), (), "no 64-bit entry point (XLF_KERNEL_64"),
+        (build_bzimage()[:0x240], (), "truncated bzImage: its setup header runs to 0x26c"),
+        (build_bzimage(init_size=64 * MIB), ("-m", "8M"), "the kernel needs 64 MiB"),
+        (build_bzimage(cmdline_size=8), ("--append", "console=ttyS0"), "13 bytes, more than"),
+        (build_bzimage(), ("-m", "24M", "--initrd", "BIG"), "the initrd (16 MiB) does not fit"),
+        (build_bzimage(), ("--initrd", "A,B"), "takes one initrd"),
+        (build_bzimage(), ("--mode", "protected"), "long mode, not in protected mode"),
+    ],
+    ids=["old", "no-64", "truncated", "kernel-too-big", "cmdline", "initrd", "two", "mode"],
+)
+def test_a_kernel_pyvmm_cannot_boot_is_one_line_and_status_2(
+    tmp_path: Path, kernel: bytes, options: tuple[str, ...], words: str
+) -> None:
+    image = write(tmp_path, "kernel", kernel)
+    files = {"BIG": write(tmp_path, "big", bytes(16 * MIB))}
+    files["A,B"] = ",".join(write(tmp_path, name, b"0707") for name in ("a", "b"))
+    result = run_pyvmm("boot", image, *(files.get(option, option) for option in options))
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert result.stderr.startswith("pyvmm: ") and result.stderr.count("\n") == 1
+    assert words in result.stderr
+
+
+def test_format_flat_boots_a_bzimage_as_bytes(tmp_path: Path) -> None:
+    """--format flat: the same file is a flat binary (its first byte is code in real mode)."""
+    image = write(tmp_path, "kernel", b"\xb0\x07\xe6\xf4" + build_bzimage()[4:])
+    as_linux = run_pyvmm("boot", image, "--timeout", "10")  # its kernel: hlt, interrupts off
+    assert as_linux.returncode == 0, as_linux.stderr
+    as_bytes = run_pyvmm("boot", "--format", "flat", image, "--timeout", "10")
+    assert as_bytes.returncode == (7 << 1) | 1, as_bytes.stderr  # mov al, 7; out 0xf4, al
+
+
+# --- Debian's stock kernel -------------------------------------------------------------------
+
+DEBIAN_PACKAGE = "linux-image-cloud-amd64"
+# This host emulates all CPL0 code (kvm_pvm): the banner takes about 22 s of
+# emulated boot from a vmlinux, and a bzImage's decompression about 125 s more.
+BANNER_SECONDS = 22 + 125
+SLACK_SECONDS = 60
+
+
+def cache_directory() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pyvmm" / "debian-kernel"
+
+
+def debian_bzimage() -> Path:
+    """Debian's cloud kernel's bzImage, fetched once into the cache (pytest.skip if apt cannot)."""
+    directory = cache_directory()
+    found = sorted(directory.glob("boot/vmlinuz-*"))
+    if found:
+        return found[-1]
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        pytest.skip(f"cannot download {DEBIAN_PACKAGE}: no apt-get or dpkg-deb on this host")
+    directory.mkdir(parents=True, exist_ok=True)
+    depends = subprocess.run(
+        ["apt-cache", "depends", DEBIAN_PACKAGE], capture_output=True, text=True, timeout=60
+    )
+    names = [line.split(":", 1)[1].strip() for line in depends.stdout.splitlines()
+             if line.strip().startswith("Depends: linux-image-")]  # fmt: skip
+    if depends.returncode or not names:
+        pytest.skip(f"cannot download {DEBIAN_PACKAGE}: apt-cache knows no image package")
+    fetched = subprocess.run(
+        ["apt-get", "download", names[0]], cwd=directory, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    debs = sorted(directory.glob(f"{names[0]}_*.deb"))
+    if fetched.returncode or not debs:
+        reason = (fetched.stderr.strip().splitlines() or ["apt-get download failed"])[-1]
+        pytest.skip(f"cannot download {names[0]}: {reason}")
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(debs[-1])], capture_output=True)
+    subprocess.run(
+        ["tar", "-x", "--wildcards", "./boot/vmlinuz-*"], input=tar.stdout, cwd=directory,
+        check=True, capture_output=True,
+    )  # fmt: skip
+    debs[-1].unlink()  # the kernel is what is kept, not the 27 MB package
+    return sorted(directory.glob("boot/vmlinuz-*"))[-1]
+
+
+@pytest.mark.linux
+def test_debian_s_cloud_kernel_prints_its_banner_on_com1() -> None:
+    """The stock bzImage, through the 64-bit entry: its first lines reach COM1 in time.
+
+    It goes no further here: the kernel's own boot on this host needs work
+    other parts of pyvmm are doing (issue 15: the assist layer, the host
+    probe). pyvmm is stopped (SIGTERM) once the kernel has printed its
+    command line, the line after the banner.
+    """
+    kernel = debian_bzimage()
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyvmm", "boot", str(kernel),
+         "--append", "console=ttyS0 earlyprintk=serial,ttyS0",
+         "--timeout", str(BANNER_SECONDS + SLACK_SECONDS)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        errors="replace", cwd=REPO,
+    )  # fmt: skip
+    lines: queue.Queue[tuple[float, str]] = queue.Queue()
+
+    def read_lines() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put((time.monotonic() - started, line.rstrip("\n")))
+        lines.put((time.monotonic() - started, ""))  # the end of its output
+
+    threading.Thread(target=read_lines, daemon=True).start()
+    seen: list[tuple[float, str]] = []
+    try:
+        while not seen or ("Command line:" not in seen[-1][1] and seen[-1][1]):
+            seen.append(lines.get(timeout=BANNER_SECONDS + 2 * SLACK_SECONDS))
+    finally:
+        process.terminate()
+        _, errors = process.communicate(timeout=60)
+    shown = "\n".join(f"{at:6.1f} s  {line}" for at, line in seen) + "\n" + errors[-2000:]
+    assert seen[0][1].startswith("[    0.000000] Linux version "), shown
+    assert seen[-1][1].endswith("Command line: console=ttyS0 earlyprintk=serial,ttyS0"), shown
+    assert seen[0][0] < BANNER_SECONDS + SLACK_SECONDS, shown
