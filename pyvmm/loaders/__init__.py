@@ -274,11 +274,10 @@ def _read_capped(image_file: BinaryIO, size: int, limit: int) -> bytes:
 
 def describe_format(image: bytes) -> str:
     """The format name for -v: Linux, ELF64, ELF32 or flat binary (ELF if the class is bad)."""
-    from pyvmm.loaders.linux import describe_linux
+    if _is_linux(image):  # imports the Linux loader only for an image that may be a kernel
+        from pyvmm.loaders.linux import describe_linux
 
-    linux = describe_linux(image)
-    if linux is not None:
-        return linux
+        return describe_linux(image) or "Linux kernel"
     if not is_elf(image):
         return "flat binary"
     elf_class = image[EI_CLASS] if len(image) > EI_CLASS else None
