@@ -40,6 +40,8 @@ def create_machine(
     max_exits: int | None = None,
     cmdline: str = "",
     modules: Sequence[str | os.PathLike[str] | tuple[str, bytes]] = (),
+    append: str | None = None,
+    image_format: str | None = None,
     irqchip: bool | None = None,
     acpi: bool = True,
     testdev: bool = False,
@@ -50,7 +52,8 @@ def create_machine(
     - `image`: a path (str or os.PathLike; `guests/NAME` also names a guest
       that ships with pyvmm, as on the command line) or the image's bytes, in any
       format `pyvmm boot` boots, found by its magic: multiboot v1 kernel,
-      ELF32 (entered in protected mode), ELF64 (long mode), else a flat
+      Linux bzImage or vmlinux (the boot protocol's 64-bit entry), ELF32
+      (entered in protected mode), ELF64 (long mode), else a flat
       binary (real mode at 0x7c00 unless `mode`/`load_gpa` say otherwise;
       flat images in the other modes default to 1 MiB).
     - `ram_size`: bytes as an int, or a string as `-m` takes it ("64M",
@@ -72,7 +75,11 @@ def create_machine(
       this many VM exits (`--max-exits`); None for no limit.
     - `cmdline`, `modules`: a multiboot kernel's whole command line (QEMU
       passes "<kernel path> <-append text>") and its modules, each a path
-      (its string is the path) or a (string, bytes) pair.
+      (its string is the path) or a (string, bytes) pair. A Linux kernel
+      (bzImage or vmlinux, booted through the x86 boot protocol) takes one
+      module, its initrd, and its command line from `append` (`--append`).
+    - `image_format`: "linux", "multiboot", "elf" or "flat" insists on a
+      format (`--format`); None finds it by the image's contents.
     - `irqchip`: KVM's in-kernel PIC/IOAPIC/LAPIC/PIT; None or True: on (the
       run ends as OutcomeKind.HALTED once every vCPU is halted with IF=0 or
       waits for INIT/SIPI); False: off, one vCPU only, and its first `hlt`
@@ -98,6 +105,8 @@ def create_machine(
         cpus=cpus,
         cmdline=cmdline,
         modules=tuple(_module(entry, size) for entry in modules),
+        append=append,
+        image_format=image_format,
         max_exits=max_exits,
         console_input=_input_buffer(console_input),
         irqchip=irqchip,

@@ -10,6 +10,7 @@ checkout) until its first line, "Linux version ...", is on COM1.
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+import pyvmm
 from tests.fuzz.image_linux import build_bzimage, build_vmlinux, protocol_check_code
 from tests.integration.helpers import REPO, run_pyvmm
 
@@ -179,3 +181,13 @@ def test_debian_s_cloud_kernel_prints_its_banner_on_com1() -> None:
     assert seen[0][1].startswith("[    0.000000] Linux version "), shown
     assert seen[-1][1].endswith("Command line: console=ttyS0 earlyprintk=serial,ttyS0"), shown
     assert seen[0][0] < BANNER_SECONDS + SLACK_SECONDS, shown
+
+
+def test_the_library_boots_a_linux_kernel_with_its_command_line_and_initrd() -> None:
+    kernel = build_bzimage(kernel=bytes(0x200) + protocol_check_code(), init_size=MIB)
+    output = io.BytesIO()
+    with pyvmm.create_machine(
+        kernel, ram_size="32M", console=output, append="ok=1", modules=[("initrd", INITRD)]
+    ) as machine:
+        outcome = machine.run(timeout=30)
+    assert (outcome.exit_status, output.getvalue()) == (PASSED, b"L"), outcome.message
