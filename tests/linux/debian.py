@@ -44,6 +44,7 @@ class PackageInfo:
     depends: tuple[str, ...]  # package names only, first alternative of each
     sha256: str | None
     size: int | None
+    architecture: str = "amd64"  # "all" for linux-source-6.1
 
 
 def run_apt(args: list[str], cwd: Path | None = None, echo: bool = False) -> str:
@@ -116,6 +117,7 @@ def show_package(name: str, update_if_unknown: bool = True) -> PackageInfo:
         depends=parse_depends(fields.get("Depends", "")),
         sha256=fields.get("SHA256"),
         size=int(fields["Size"]) if fields.get("Size", "").isdigit() else None,
+        architecture=fields.get("Architecture", "amd64"),
     )
 
 
@@ -128,9 +130,9 @@ def resolve_image_package(meta: str) -> PackageInfo:
     raise PackageUnavailable(f"{meta} {info.version} depends on no linux-image package")
 
 
-def deb_file_name(info: PackageInfo, arch: str = "amd64") -> str:
+def deb_file_name(info: PackageInfo) -> str:
     """The name `apt-get download` gives the file (an epoch's ':' as '%3a')."""
-    return f"{info.name}_{info.version.replace(':', '%3a')}_{arch}.deb"
+    return f"{info.name}_{info.version.replace(':', '%3a')}_{info.architecture}.deb"
 
 
 def sha256_file(path: Path) -> str:
