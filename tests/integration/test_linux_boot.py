@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -100,8 +101,10 @@ def test_format_flat_boots_a_bzimage_as_bytes(tmp_path: Path) -> None:
 
 DEBIAN_PACKAGE = "linux-image-cloud-amd64"
 # This host emulates all CPL0 code (kvm_pvm): the banner takes about 22 s of
-# emulated boot from a vmlinux, and a bzImage's decompression about 125 s more.
-BANNER_SECONDS = 22 + 125
+# emulated boot from a vmlinux, and a bzImage's decompression about 125 s more
+# (issue 15's figures; 14 s and 94 s were measured here).
+VMLINUX_BANNER_SECONDS = 22
+BANNER_SECONDS = VMLINUX_BANNER_SECONDS + 125
 SLACK_SECONDS = 60
 
 
@@ -143,21 +146,29 @@ def debian_bzimage() -> Path:
     return sorted(directory.glob("boot/vmlinuz-*"))[-1]
 
 
-@pytest.mark.linux
-def test_debian_s_cloud_kernel_prints_its_banner_on_com1() -> None:
-    """The stock bzImage, through the 64-bit entry: its first lines reach COM1 in time.
+def debian_vmlinux() -> Path:
+    """The vmlinux ELF inside Debian's bzImage (tests/linux/bzimage.py), cached beside it."""
+    from tests.linux.bzimage import extract_vmlinux
 
-    It goes no further here: the kernel's own boot on this host needs work
-    other parts of pyvmm are doing (issue 15: the assist layer, the host
-    probe). pyvmm is stopped (SIGTERM) once the kernel has printed its
-    command line, the line after the banner.
+    bzimage = debian_bzimage()
+    path = bzimage.with_name(bzimage.name.replace("vmlinuz-", "vmlinux-"))
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(extract_vmlinux(bzimage.read_bytes()).vmlinux)
+        partial.rename(path)
+    return path
+
+
+def first_lines(kernel: Path, limit: float) -> tuple[list[tuple[float, str]], str]:
+    """COM1's lines with the seconds since start, up to the kernel's command line; stderr.
+
+    pyvmm is stopped (SIGTERM) once the kernel has printed its command line,
+    the line after its banner, or after `limit` seconds.
     """
-    kernel = debian_bzimage()
     started = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-m", "pyvmm", "boot", str(kernel),
-         "--append", "console=ttyS0 earlyprintk=serial,ttyS0",
-         "--timeout", str(BANNER_SECONDS + SLACK_SECONDS)],
+         "--append", "console=ttyS0 earlyprintk=serial,ttyS0", "--timeout", str(limit)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
         errors="replace", cwd=REPO,
     )  # fmt: skip
@@ -173,14 +184,33 @@ def test_debian_s_cloud_kernel_prints_its_banner_on_com1() -> None:
     seen: list[tuple[float, str]] = []
     try:
         while not seen or ("Command line:" not in seen[-1][1] and seen[-1][1]):
-            seen.append(lines.get(timeout=BANNER_SECONDS + 2 * SLACK_SECONDS))
+            seen.append(lines.get(timeout=limit + SLACK_SECONDS))
     finally:
         process.terminate()
         _, errors = process.communicate(timeout=60)
+    return seen, errors
+
+
+@pytest.mark.linux
+@pytest.mark.parametrize(
+    ("kernel", "seconds"),
+    [(debian_bzimage, BANNER_SECONDS), (debian_vmlinux, VMLINUX_BANNER_SECONDS)],
+    ids=["bzimage", "vmlinux"],
+)
+def test_debian_s_cloud_kernel_prints_its_banner_on_com1(
+    kernel: Callable[[], Path], seconds: int
+) -> None:
+    """The stock kernel through the 64-bit entry: its first lines reach COM1 in time.
+
+    It goes no further here: the kernel's own boot on this host needs work
+    other parts of pyvmm are doing (issue 15: the assist layer, the host
+    probe).
+    """
+    seen, errors = first_lines(kernel(), seconds + SLACK_SECONDS)
     shown = "\n".join(f"{at:6.1f} s  {line}" for at, line in seen) + "\n" + errors[-2000:]
     assert seen[0][1].startswith("[    0.000000] Linux version "), shown
     assert seen[-1][1].endswith("Command line: console=ttyS0 earlyprintk=serial,ttyS0"), shown
-    assert seen[0][0] < BANNER_SECONDS + SLACK_SECONDS, shown
+    assert seen[0][0] < seconds + SLACK_SECONDS, shown
 
 
 def test_the_library_boots_a_linux_kernel_with_its_command_line_and_initrd() -> None:
