@@ -173,6 +173,12 @@ class ExitTracer:
         found = x86.exit_instruction(
             self.memory, paging, sregs, regs.rip, category, self.max_phys_bits
         )
+        if isinstance(exit, InternalError) and exit.insn_bytes:
+            linear = x86.linear_address(sregs, regs.rip)
+            failed = _failed_instruction(
+                exit.insn_bytes, bits, linear, self.memory, paging, self.max_phys_bits
+            )
+            found = failed or found
         return {
             "time": (time.perf_counter_ns() - self.started) / 1e9,
             "vcpu": self.vcpu.vcpu_id,
@@ -186,6 +192,25 @@ class ExitTracer:
             "insn_bytes": None if found is None else found.code.hex(),
             **exit_details(exit),
         }
+
+
+def _failed_instruction(
+    code: bytes,
+    bits: int,
+    linear: int,
+    memory: GuestMemory | None,
+    paging: PagingRegisters,
+    max_phys_bits: int,
+) -> x86.Instruction | None:
+    """The instruction KVM could not emulate (its bytes are the exit's): just before RIP
+    when pyvmm's assist layer performed it (RIP is then past it), else at RIP."""
+    failed = x86.disassemble_one(code, bits, linear)
+    if failed is None or memory is None:
+        return failed
+    before = linear - failed.size
+    if x86.fetch(memory, paging, before, failed.size, max_phys_bits) == failed.code:
+        return x86.disassemble_one(failed.code, bits, before)
+    return failed
 
 
 def format_record(record: dict[str, Any]) -> str:

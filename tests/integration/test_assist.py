@@ -146,3 +146,18 @@ def test_a_table_instruction_on_mmio_still_ends_as_internal_error_saying_why() -
     )
     assert bare.returncode == EXIT_INTERNAL_ERROR, bare.stderr
     assert re.match(POPCNT_MMIO + "$", bare.stderr.splitlines()[0]), bare.stderr
+
+
+def test_the_trace_names_each_assisted_instruction_where_it_is() -> None:
+    """RIP is past an instruction pyvmm performed: the trace still shows that one, at its
+    own address (from the exit's bytes), not the next."""
+    result = boot("--trace", "internal-error")
+    assert result.returncode == STATUS, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "INTERNAL_ERROR" in line]
+    for line in lines:
+        fields = line.split()
+        address, mnemonic, failed = int(fields[3], 16), fields[5], line.split("failed_bytes=")[1]
+        assert mnemonic in EXECUTED, line
+        # The shown instruction's bytes start the exit's bytes: the same instruction.
+        assert (mnemonic == "int3") == failed.startswith("cc"), line
+        assert 0x100000 <= address < 0x100000 + 4096, line
