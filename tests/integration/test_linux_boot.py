@@ -3,22 +3,20 @@
 The synthetic kernels (tests/fuzz/image_linux.py) check the 64-bit entry
 state the way a kernel would rely on it (RSI, __BOOT_CS/__BOOT_DS, the
 command line and the initrd the zero page points at) and report on the
-debug-exit port. The test marked `linux` boots Debian's stock cloud kernel
-(fetched with `apt-get download` into ~/.cache/pyvmm, never into the
-checkout) until its first line, "Linux version ...", is on COM1.
+debug-exit port. The tests marked `linux` boot Debian's stock cloud kernel,
+its bzImage and the vmlinux inside it (tests/linux/kernels.py fetches them
+with `apt-get download` into ~/.cache/pyvmm, never into the checkout), until
+its first line, "Linux version ...", and its command line are on COM1.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import queue
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,10 @@ import pytest
 import pyvmm
 from tests.fuzz.image_linux import build_bzimage, build_vmlinux, protocol_check_code
 from tests.integration.helpers import REPO, run_pyvmm
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tests.linux.kernels import Kernel
 
 MIB = 1 << 20
 PASSED = (0x2A << 1) | 1  # what the check code writes to the debug-exit port when all hold
@@ -99,7 +101,6 @@ def test_format_flat_boots_a_bzimage_as_bytes(tmp_path: Path) -> None:
 
 # --- Debian's stock kernel -------------------------------------------------------------------
 
-DEBIAN_PACKAGE = "linux-image-cloud-amd64"
 # This host emulates all CPL0 code (kvm_pvm): the banner takes about 22 s of
 # emulated boot from a vmlinux, and a bzImage's decompression about 125 s more
 # (issue 15's figures; 14 s and 94 s were measured here).
@@ -108,55 +109,15 @@ BANNER_SECONDS = VMLINUX_BANNER_SECONDS + 125
 SLACK_SECONDS = 60
 
 
-def cache_directory() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pyvmm" / "debian-kernel"
+def stock_kernel() -> Kernel:
+    """Debian's cloud kernel, bzImage and vmlinux (tests/linux/kernels.py: fetched once into
+    the cache, outside the checkout); pytest.skip with its reason when apt cannot give it."""
+    from tests.linux import debian, kernels
 
-
-def debian_bzimage() -> Path:
-    """Debian's cloud kernel's bzImage, fetched once into the cache (pytest.skip if apt cannot)."""
-    directory = cache_directory()
-    found = sorted(directory.glob("boot/vmlinuz-*"))
-    if found:
-        return found[-1]
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        pytest.skip(f"cannot download {DEBIAN_PACKAGE}: no apt-get or dpkg-deb on this host")
-    directory.mkdir(parents=True, exist_ok=True)
-    depends = subprocess.run(
-        ["apt-cache", "depends", DEBIAN_PACKAGE], capture_output=True, text=True, timeout=60
-    )
-    names = [line.split(":", 1)[1].strip() for line in depends.stdout.splitlines()
-             if line.strip().startswith("Depends: linux-image-")]  # fmt: skip
-    if depends.returncode or not names:
-        pytest.skip(f"cannot download {DEBIAN_PACKAGE}: apt-cache knows no image package")
-    fetched = subprocess.run(
-        ["apt-get", "download", names[0]], cwd=directory, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
-    debs = sorted(directory.glob(f"{names[0]}_*.deb"))
-    if fetched.returncode or not debs:
-        reason = (fetched.stderr.strip().splitlines() or ["apt-get download failed"])[-1]
-        pytest.skip(f"cannot download {names[0]}: {reason}")
-    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(debs[-1])], capture_output=True)
-    subprocess.run(
-        ["tar", "-x", "--wildcards", "./boot/vmlinuz-*"], input=tar.stdout, cwd=directory,
-        check=True, capture_output=True,
-    )  # fmt: skip
-    debs[-1].unlink()  # the kernel is what is kept, not the 27 MB package
-    return sorted(directory.glob("boot/vmlinuz-*"))[-1]
-
-
-def debian_vmlinux() -> Path:
-    """The vmlinux ELF inside Debian's bzImage (tests/linux/bzimage.py), cached beside it."""
-    from tests.linux.bzimage import extract_vmlinux
-
-    bzimage = debian_bzimage()
-    path = bzimage.with_name(bzimage.name.replace("vmlinuz-", "vmlinux-"))
-    if not path.exists():
-        partial = path.with_suffix(".partial")
-        partial.write_bytes(extract_vmlinux(bzimage.read_bytes()).vmlinux)
-        partial.rename(path)
-    return path
+    try:
+        return kernels.stock_kernel()
+    except debian.PackageUnavailable as error:
+        pytest.skip(f"cannot download {kernels.STOCK_PACKAGE}: {error}")
 
 
 def first_lines(kernel: Path, limit: float) -> tuple[list[tuple[float, str]], str]:
@@ -194,19 +155,16 @@ def first_lines(kernel: Path, limit: float) -> tuple[list[tuple[float, str]], st
 @pytest.mark.linux
 @pytest.mark.parametrize(
     ("kernel", "seconds"),
-    [(debian_bzimage, BANNER_SECONDS), (debian_vmlinux, VMLINUX_BANNER_SECONDS)],
-    ids=["bzimage", "vmlinux"],
+    [("bzimage", BANNER_SECONDS), ("vmlinux", VMLINUX_BANNER_SECONDS)],
 )
-def test_debian_s_cloud_kernel_prints_its_banner_on_com1(
-    kernel: Callable[[], Path], seconds: int
-) -> None:
+def test_debian_s_cloud_kernel_prints_its_banner_on_com1(kernel: str, seconds: int) -> None:
     """The stock kernel through the 64-bit entry: its first lines reach COM1 in time.
 
     It goes no further here: the kernel's own boot on this host needs work
     other parts of pyvmm are doing (issue 15: the assist layer, the host
     probe).
     """
-    seen, errors = first_lines(kernel(), seconds + SLACK_SECONDS)
+    seen, errors = first_lines(getattr(stock_kernel(), kernel), seconds + SLACK_SECONDS)
     shown = "\n".join(f"{at:6.1f} s  {line}" for at, line in seen) + "\n" + errors[-2000:]
     assert seen[0][1].startswith("[    0.000000] Linux version "), shown
     assert seen[-1][1].endswith("Command line: console=ttyS0 earlyprintk=serial,ttyS0"), shown
