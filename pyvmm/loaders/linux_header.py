@@ -63,11 +63,9 @@ HEADER_END_2_12 = 0x268
 
 # loadflags (boot.rst, "Details of Header Fields", loadflags).
 LOADED_HIGH = 1 << 0  # the protected-mode code is loaded at 0x100000 (a bzImage)
-KEEP_SEGMENTS = 1 << 6
-CAN_USE_HEAP = 1 << 7
-# xloadflags (protocol 2.12+).
+# xloadflags (protocol 2.12+). pyvmm keeps everything below 4 GiB, where its identity
+# map reaches, so XLF_CAN_BE_LOADED_ABOVE_4G (bit 1) changes nothing here.
 XLF_KERNEL_64 = 1 << 0  # has the legacy 64-bit entry point at 0x200
-XLF_CAN_BE_LOADED_ABOVE_4G = 1 << 1
 
 # boot.rst, "Details of Header Fields", type_of_loader: "If your boot loader does not
 # have an assigned ID ..., enter 0xFF here." Linux ignores an initrd when it is 0
