@@ -421,6 +421,7 @@ int close(int fd);
 void *pyvmm_mmap(size_t length, int prot, int flags, int fd, int64_t offset);
 int munmap(void *addr, size_t length);
 int madvise(void *addr, size_t length, int advice);
+int pyvmm_cmpxchg16b(uint64_t host_address, uint64_t *expected, uint64_t low, uint64_t high);
 """
 
 _SOURCE = r"""
@@ -554,6 +555,27 @@ static int64_t pyvmm_run_fast(int fd, struct kvm_run *run, int complete, uint64_
     if (ioctl(fd, KVM_RUN, 0) < 0)
         return -errno;
     return pyvmm_decode_fast(run, out);
+}
+
+/* LOCK CMPXCHG16B on 16 aligned bytes of this process (guest RAM), for the
+   emulation assist layer (pyvmm.arch.x86_64.assist): other vCPUs see it happen
+   at once, as they would the guest's own. expected[0..1] is RDX:RAX's value,
+   low:high the new value; returns 1 (equal: stored) or 0 (not: expected[] then
+   holds what memory held). */
+static int pyvmm_cmpxchg16b(uint64_t host_address, uint64_t *expected, uint64_t low,
+                            uint64_t high)
+{
+    uint64_t want_low = expected[0], want_high = expected[1];
+    uint8_t equal;
+
+    __asm__ __volatile__("lock cmpxchg16b %1\n\tsete %0"
+                         : "=q"(equal), "+m"(*(volatile uint64_t(*)[2])(uintptr_t)host_address),
+                           "+a"(want_low), "+d"(want_high)
+                         : "b"(low), "c"(high)
+                         : "memory", "cc");
+    expected[0] = want_low;
+    expected[1] = want_high;
+    return equal;
 }
 
 /* Returns NULL instead of MAP_FAILED so Python can test it simply. */
