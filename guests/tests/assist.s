@@ -22,14 +22,16 @@
 #   pxor: 00ff00ff00ff00ff
 #   fnstsw after fninit, fnclex: 0000
 #   crc32c of 123456789: e3069283
+#   cmpxchg16b: ZF=1 0000000022222222 ZF=0 0000000022222222
 #   assist: done
 #
-# (`popcnt: not in CPUID`, `clac/stac: no SMAP in CPUID` or `crc32: no
-# SSE4.2 in CPUID` instead of their lines where the guest's CPUID lacks
-# them) and the run ends through debug-exit 0x15 (status 43).  int3 runs
-# once, popcnt 4 times, stac, clac, fwait, ldmxcsr, stmxcsr, movd, fnstsw and
-# fnclex once each, movq 4 times, pxor twice, crc32 9 times (the SSE ones
-# after the guest turns SSE on: CR0.EM clear, CR4.OSFXSR set).
+# (`popcnt: not in CPUID`, `clac/stac: no SMAP in CPUID`, `crc32: no SSE4.2
+# in CPUID` or `cmpxchg16b: no CX16 in CPUID` instead of their lines where
+# the guest's CPUID lacks them) and the run ends through debug-exit 0x15
+# (status 43).  int3 runs once, popcnt 4 times, stac, clac, fwait, ldmxcsr,
+# stmxcsr, movd, fnstsw and fnclex once each, movq 4 times, pxor and
+# cmpxchg16b twice, crc32 9 times (the SSE ones after the guest turns SSE
+# on: CR0.EM clear, CR4.OSFXSR set).
 	.code64
 	.text
 	.globl	_start
@@ -247,11 +249,65 @@ fwait_test:
 	call	newline
 
 done:
+	mov	$1, %eax
+	cpuid
+	bt	$13, %ecx		# CPUID.1:ECX.CX16
+	jc	1f
+	lea	m_no_cx16(%rip), %rsi
+	call	puts
+	jmp	finish
+1:	lea	m_cx16(%rip), %rsi
+	call	puts
+	lea	pair(%rip), %rdi	# holds 0x11111111:0
+	mov	$0x11111111, %eax	# RDX:RAX = what it holds: stored
+	xor	%edx, %edx
+	mov	$0x22222222, %ebx
+	xor	%ecx, %ecx
+	lock cmpxchg16b (%rdi)
+	call	print_zf_and_pair
+	mov	$0x33333333, %eax	# not what it holds: RDX:RAX := it
+	lock cmpxchg16b (%rdi)
+	call	print_zf_and_rax
+	call	newline
+
+finish:
 	lea	m_done(%rip), %rsi
 	call	puts
 	mov	$0x15, %al
 	out	%al, $0xf4
 	hlt
+
+# print_zf_and_pair: print "ZF=<bit> " then the low quadword of pair, and a space.
+print_zf_and_pair:
+	pushfq
+	lea	m_zf(%rip), %rsi
+	call	puts
+	pop	%rax
+	mov	$6, %ecx
+	call	putbit
+	mov	$' ', %al
+	call	putc
+	mov	pair(%rip), %rax
+	mov	$16, %ecx
+	call	puthex
+	mov	$' ', %al
+	jmp	putc
+
+# print_zf_and_rax: print "ZF=<bit> " then RAX (what cmpxchg16b loaded).
+print_zf_and_rax:
+	pushfq
+	push	%rax
+	lea	m_zf(%rip), %rsi
+	call	puts
+	pop	%rbx
+	pop	%rax
+	mov	$6, %ecx
+	call	putbit
+	mov	$' ', %al
+	call	putc
+	mov	%rbx, %rax
+	mov	$16, %ecx
+	jmp	puthex
 
 # print_ac: print the string at %rsi, then RFLAGS.AC and a newline.
 print_ac:
@@ -281,6 +337,7 @@ bp_handler:
 	jmp	*bp_rip(%rip)
 
 	.p2align 4
+pair:		.quad	0x11111111, 0
 pattern:	.quad	0x0000000000000077, 0
 	.p2align 3
 idtr:	.word	256*16 - 1
@@ -316,6 +373,9 @@ m_fnstsw:	.asciz	"fnstsw after fninit, fnclex: "
 m_crc32:	.asciz	"crc32c of 123456789: "
 m_no_crc32:	.asciz	"crc32: no SSE4.2 in CPUID\n"
 digits:		.asciz	"123456789"
+m_cx16:		.asciz	"cmpxchg16b: "
+m_zf:		.asciz	"ZF="
+m_no_cx16:	.asciz	"cmpxchg16b: no CX16 in CPUID\n"
 m_done:		.asciz	"assist: done\n"
 
 	.include "print64.inc"

@@ -479,8 +479,8 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         default="assist",
         help="assist (default): pyvmm performs the few instructions KVM's emulator gives up "
         "on (int3, clac/stac, popcnt, fwait, fnstsw, fnclex, crc32, ldmxcsr/stmxcsr, "
-        "movd/movq, pxor: a host without VT-x/AMD-V emulates kernel code) and the guest goes "
-        "on; none: such a failure ends the run as internal-error",
+        "movd/movq, pxor, cmpxchg16b: a host without VT-x/AMD-V emulates kernel code) and the "
+        "guest goes on; none: such a failure ends the run as internal-error",
     )
     parser.add_argument(
         "--drive",

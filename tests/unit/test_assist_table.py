@@ -462,6 +462,7 @@ def test_the_table_is_what_the_readme_says() -> None:
         "fnstsw",
         "fnclex",
         "crc32",
+        "cmpxchg16b",
     }
 
 
@@ -649,3 +650,51 @@ def test_wait_is_an_instruction_of_its_own() -> None:
     """fclex (9b db e2) is WAIT then FNCLEX: the CPU, and KVM, stop at the WAIT first."""
     decoded = decode(bytes.fromhex("9bdbe2"), 64)
     assert decoded.mnemonic == "wait" and decoded.size == 1
+
+
+# ---------------------------------------------------------------------------
+# lock cmpxchg16b: against the host CPU, equal and unequal in turn.
+
+CMPXCHG16B = bytes.fromhex("f0480fc70b")  # lock cmpxchg16b xmmword ptr [rbx]
+
+needs_cx16 = pytest.mark.skipif(not _host_has("cx16"), reason="the host CPU has no cmpxchg16b")
+
+
+@needs_cx16
+def test_cmpxchg16b_matches_the_host_cpu() -> None:
+    decoded = decode(CMPXCHG16B, 64)
+    assert decoded.text == "lock cmpxchg16b xmmword ptr [rbx]" and decoded.lock
+    rng = random.Random(f"{SEED} cmpxchg16b")
+    buffer = (ctypes.c_uint8 * 256)()
+    start = (ctypes.addressof(buffer) + 15) & ~15
+    for case in range(CASES):
+        gprs, rflags = random_state(rng)
+        offset = 16 * rng.randrange(8)
+        gprs[REGISTERS["rbx"].index] = start + offset
+        memory = rng.getrandbits(128)
+        if case % 2:  # equal: RDX:RAX is what memory holds
+            gprs[RAX], gprs[REGISTERS["rdx"].index] = memory & MASK64, memory >> 64
+        ctypes.memmove(start + offset, memory.to_bytes(16, "little"), 16)
+        before = ctypes.string_at(start, 128)
+
+        def read(linear: int, size: int, before: bytes = before, offset: int = offset) -> bytes:
+            assert linear == start + offset and size == 16
+            return before[offset : offset + 16]
+
+        performed = perform(decoded, CpuState(tuple(gprs), 0x1000, rflags, 64), read)
+        assert performed.atomic and performed.exception is None
+        native = run_native(CMPXCHG16B, gprs, rflags)
+        assert_same(native, performed.state)
+        ((linear, data),) = performed.writes
+        assert linear == start + offset
+        assert data == ctypes.string_at(start + offset, 16)
+        assert bool(performed.state.rflags & RFLAGS_ZF) == bool(case % 2)
+
+
+def test_cmpxchg16b_off_16_bytes_is_gp0() -> None:
+    gprs = [0] * 16
+    gprs[REGISTERS["rbx"].index] = 0x1008
+    state = CpuState(tuple(gprs), 0x1000, 0x2, 64)
+    performed = perform(decode(CMPXCHG16B, 64), state, _no_memory)
+    assert performed.exception.vector == 13 and performed.exception.error_code == 0
+    assert performed.state == state and performed.writes == ()

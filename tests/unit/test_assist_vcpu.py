@@ -162,6 +162,30 @@ def test_a_store_to_a_read_only_page_is_left_alone() -> None:
     assert "set_regs" not in vcpu.calls
 
 
+def test_cmpxchg16b_stores_atomically_into_guest_ram() -> None:
+    """The store goes through the host's own LOCK CMPXCHG16B on guest RAM: equal, RCX:RBX
+    is stored and ZF set; unequal, RDX:RAX gets memory and memory stays."""
+    memory = _memory()
+    memory.write(0x2000, bytes(range(16)))
+    vcpu = FakeVcpu()
+    vcpu.regs.rbx, vcpu.regs.rcx = 0x1111, 0x2222
+    vcpu.regs.rax = int.from_bytes(bytes(range(8)), "little")
+    vcpu.regs.rdx = int.from_bytes(bytes(range(8, 16)), "little")
+    vcpu.regs.rdi = 0x2000
+    code = bytes.fromhex("f0480fc70f")  # lock cmpxchg16b [rdi]
+    assert assist(vcpu, code, memory).performed
+    assert memory.read(0x2000, 16) == (0x1111).to_bytes(8, "little") + (0x2222).to_bytes(
+        8, "little"
+    )
+    assert vcpu.regs.rflags & 0x40
+    assert assist(vcpu, code, memory).performed  # RDX:RAX no longer matches
+    assert not vcpu.regs.rflags & 0x40
+    assert (vcpu.regs.rax, vcpu.regs.rdx) == (0x1111, 0x2222)
+    assert memory.read(0x2000, 16) == (0x1111).to_bytes(8, "little") + (0x2222).to_bytes(
+        8, "little"
+    )
+
+
 def test_an_instruction_outside_the_table_changes_nothing() -> None:
     vcpu = FakeVcpu()
     result = assist(vcpu, bytes.fromhex("d900"), None)  # fld dword ptr [rax]

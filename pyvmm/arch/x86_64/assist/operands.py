@@ -164,7 +164,7 @@ def decode(code: bytes, bits: int) -> Decoded | None:
             else:
                 return _unsupported(insn)
         return Decoded(
-            insn.mnemonic,
+            insn.mnemonic.split()[-1],  # "lock cmpxchg16b": the prefix is in `lock`
             insn.size,
             f"{insn.mnemonic} {insn.op_str}".strip(),
             tuple(operands),
@@ -176,7 +176,8 @@ def decode(code: bytes, bits: int) -> Decoded | None:
 
 def _unsupported(insn: Any) -> Decoded:
     """An instruction with operands the table has no use for: a name, no operands."""
-    return Decoded(insn.mnemonic, insn.size, f"{insn.mnemonic} {insn.op_str}".strip(), (), 0, False)
+    text = f"{insn.mnemonic} {insn.op_str}".strip()
+    return Decoded(insn.mnemonic.split()[-1], insn.size, text, (), 0, False)
 
 
 def effective_address(

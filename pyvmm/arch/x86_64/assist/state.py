@@ -119,12 +119,15 @@ class Performed:
 
     A fault (#UD, #NM, #MF, #GP) leaves the state as it was: RIP still at the
     instruction. A trap (#BP from int3) comes with RIP after it. `writes`
-    are the memory stores, (linear address, bytes), in order.
+    are the memory stores, (linear address, bytes), in order. `atomic`: the
+    one write is a locked read-modify-write of what the function read there,
+    to be stored only if memory still holds it (else performed again).
     """
 
     state: CpuState
     exception: Exception_ | None = None
     writes: tuple[tuple[int, bytes], ...] = ()
+    atomic: bool = False
 
 
 def fault(state: CpuState, vector: int, error_code: int | None = None) -> Performed:

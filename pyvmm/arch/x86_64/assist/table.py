@@ -23,7 +23,9 @@ CPU under it has.
 - fnstsw ax, fnstsw m16: the x87 status word; fnclex: its exception flags,
   ES and B cleared (#NM with CR0.EM or CR0.TS set, SDM vol. 2A, 2.5 type "x87");
 - crc32 r32/r64, r/m8/16/32/64: CRC-32C (polynomial 0x11EDC6F41) accumulated
-  over the source's bytes.
+  over the source's bytes;
+- (lock) cmpxchg16b m128: RCX:RBX stored if RDX:RAX equals it (ZF), else
+  RDX:RAX loaded from it; atomic (#GP(0) off 16 bytes).
 
 The SSE entries raise #UD with CR0.EM set or CR4.OSFXSR clear, #NM with
 CR0.TS set (SDM vol. 2A, 2.5 "Exception Classifications", types 4 and 5).
@@ -42,6 +44,7 @@ from pyvmm.arch.x86_64.assist.state import (
     CR0_PE,
     CR0_TS,
     CR4_OSFXSR,
+    MASK64,
     RFLAGS_AC,
     RFLAGS_VM,
     RFLAGS_ZF,
@@ -289,6 +292,30 @@ def perform_crc32(decoded: Decoded, state: CpuState, read: ReadMemory) -> Perfor
     return Performed(state.with_gpr(destination.index, crc).advanced(decoded.size))
 
 
+def perform_cmpxchg16b(decoded: Decoded, state: CpuState, read: ReadMemory) -> Performed:
+    """CMPXCHG16B m128 (SDM vol. 2A, "CMPXCHG8B/CMPXCHG16B"): if RDX:RAX equals m128,
+    ZF := 1 and m128 := RCX:RBX; else ZF := 0 and RDX:RAX := m128 (the CPU writes m128
+    back unchanged); other flags stay. #GP(0) if m128 is not on 16 bytes. The store
+    is atomic: the glue makes it only if memory still holds what was read."""
+    operand = decoded.operands[0] if len(decoded.operands) == 1 else None
+    if not isinstance(operand, Memory) or operand.size != 16:
+        raise NotPerformed(f"{decoded.text}: an operand pyvmm does not handle")
+    linear = linear_address(operand, state, decoded.size, decoded.address_bits)
+    if linear % 16:
+        return fault(state, VECTOR_GP, 0)
+    old = int.from_bytes(read(linear, 16), "little")
+    rax, rcx, rdx, rbx = (state.gprs[index] for index in (0, 1, 2, 3))
+    if old == rdx << 64 | rax:
+        new = rcx << 64 | rbx
+        after = state.with_rflags(state.rflags | RFLAGS_ZF)
+    else:
+        new = old
+        after = state.with_gpr(0, old & MASK64).with_gpr(2, old >> 64)
+        after = after.with_rflags(state.rflags & ~RFLAGS_ZF)
+    write = (linear, new.to_bytes(16, "little"))
+    return Performed(after.advanced(decoded.size), writes=(write,), atomic=True)
+
+
 # The table: mnemonic (capstone's) -> the function that performs it.
 TABLE: dict[str, Perform] = {
     "int3": perform_int3,
@@ -304,6 +331,7 @@ TABLE: dict[str, Perform] = {
     "fnstsw": perform_fnstsw,
     "fnclex": perform_fnclex,
     "crc32": perform_crc32,
+    "cmpxchg16b": perform_cmpxchg16b,
 }
 
 # Entries that need the x87 and SSE state (KVM_GET_XSAVE; written back with KVM_SET_XSAVE).

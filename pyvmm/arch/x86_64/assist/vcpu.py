@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pyvmm._kvm import ffi
+from pyvmm._kvm import ffi, lib
 from pyvmm.arch.x86_64.assist.operands import decode
 from pyvmm.arch.x86_64.assist.state import (
     CR0_WP,
@@ -116,6 +116,31 @@ def _store_sse(vcpu: Any, xsave: Any, state: CpuState) -> None:
     vcpu.set_xsave(xsave)
 
 
+# How many times a locked instruction is performed again when memory changed under it.
+ATOMIC_TRIES = 1000
+
+
+def _store_atomic(
+    memory: GuestMemory,
+    paging: PagingRegisters,
+    writes: tuple[tuple[int, bytes], ...],
+    reads: dict[int, bytes],
+    max_phys_bits: int,
+) -> bool:
+    """The one 16-byte store of a locked instruction, made with the host's own LOCK
+    CMPXCHG16B on guest RAM: only if memory still holds what was read (then True)."""
+    ((linear, data),) = writes
+    old = reads[linear]
+    found = walk(memory, paging, linear, max_phys_bits)
+    if found.gpa is None or len(data) != 16 or len(old) != 16:
+        raise AssertionError("a locked store is 16 bytes the instruction read")
+    expected = ffi.new(
+        "uint64_t[2]", [int.from_bytes(old[:8], "little"), int.from_bytes(old[8:], "little")]
+    )
+    low, high = int.from_bytes(data[:8], "little"), int.from_bytes(data[8:], "little")
+    return bool(lib.pyvmm_cmpxchg16b(memory.host_address(found.gpa), expected, low, high))
+
+
 def check_writable(
     memory: GuestMemory,
     paging: PagingRegisters,
@@ -167,25 +192,43 @@ def assist(
         except GuestMemoryError as error:
             raise OperandFault(f"its memory operand: {error}") from None
 
-    try:
-        performed = TABLE[decoded.mnemonic](decoded, state, read)
-    except NotPerformed as why:
-        return AssistResult(False, decoded.mnemonic, str(why))
-    after = performed.state
-    for linear, data in performed.writes:
-        problem = (
-            "no guest memory to write to"
-            if memory is None
-            else check_writable(memory, paging, state, linear, len(data), max_phys_bits)
-        )
-        if problem is not None:  # the CPU would raise #PF; pyvmm does not make one up
-            return AssistResult(False, decoded.mnemonic, problem)
-    for linear, data in performed.writes:
-        assert memory is not None
+    perform = TABLE[decoded.mnemonic]
+    reads: dict[int, bytes] = {}  # what the instruction read, by linear address
+
+    def recording(linear: int, size: int) -> bytes:
+        reads[linear] = read(linear, size)
+        return reads[linear]
+
+    for _ in range(ATOMIC_TRIES):
+        reads.clear()
         try:
-            write_virtual(memory, paging, linear, data, max_phys_bits)
+            performed = perform(decoded, state, recording)
+        except NotPerformed as why:
+            return AssistResult(False, decoded.mnemonic, str(why))
+        for linear, data in performed.writes:
+            problem = (
+                "no guest memory to write to"
+                if memory is None
+                else check_writable(memory, paging, state, linear, len(data), max_phys_bits)
+            )
+            if problem is not None:  # the CPU would raise #PF; pyvmm does not make one up
+                return AssistResult(False, decoded.mnemonic, problem)
+        if not performed.writes:
+            break
+        assert memory is not None
+        if performed.atomic:
+            if _store_atomic(memory, paging, performed.writes, reads, max_phys_bits):
+                break
+            continue  # another vCPU or a device changed it meanwhile: again, as the CPU would
+        try:
+            for linear, data in performed.writes:
+                write_virtual(memory, paging, linear, data, max_phys_bits)
         except (GuestPageFault, GuestMemoryError) as error:
             return AssistResult(False, decoded.mnemonic, f"its memory operand: {error}")
+        break
+    else:
+        return AssistResult(False, decoded.mnemonic, "its memory operand kept changing")
+    after = performed.state
     if xsave is not None and (
         after.xmm != state.xmm or after.mxcsr != state.mxcsr or after.fsw != state.fsw
     ):
