@@ -20,7 +20,7 @@ moved to MMIO at 0xd0000000), so a pyvmm boot timer on 0x3f0 reads
 Firecracker's guests too. Port 0x3f0 is the primary floppy controller's first
 register, which pyvmm does not have and neither test kernel probes. A shell
 cannot write a port, and Debian's kernel has no /dev/port (CONFIG_DEVPORT is
-off), so the write is a 60-byte static program written here,
+off), so the write is a 169-byte static program written here,
 /bin/pyvmm-boot-timer: ioperm(0x3f0, 1, 1), outb, exit (CONFIG_X86_IOPL_IOPERM,
 on in both kernels).
 """
