@@ -17,11 +17,11 @@ import pytest
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.cpu import setup_vcpu
 from pyvmm.arch.x86_64.gdt import decode_descriptor
-from pyvmm.arch.x86_64.placement import check_entry_placement, plan_placement
+from pyvmm.arch.x86_64.placement import Placement, check_entry_placement, plan_placement
 from pyvmm.arch.x86_64.registers import CR0_PG, CR4_PAE, EFER_LMA, EFER_LME
 from pyvmm.errors import BadElf, ImageTooLarge, LoaderError
 from pyvmm.loaders import copied_whole, describe_format, load_image
-from pyvmm.loaders.entry import CpuMode
+from pyvmm.loaders.entry import CpuMode, EntryPoint
 from pyvmm.loaders.linux import (
     BadBzImage,
     BadInitrd,
@@ -69,7 +69,7 @@ def boot(
     append: str = "",
     initrd: bytes | None = None,
     **kwargs: object,
-) -> tuple[object, object]:
+) -> tuple[EntryPoint, Placement]:
     """Plan and load as the builder does: (EntryPoint, Placement)."""
     modules = () if initrd is None else (("initrd.cpio", initrd),)
     placement = plan_placement(
@@ -138,12 +138,12 @@ def test_notes_that_run_past_the_file_are_no_vmlinux() -> None:
 def test_a_bzimage_boots_through_its_64_bit_entry(memory: GuestMemory) -> None:
     image = build_bzimage()
     entry, placement = boot(image, memory, "console=ttyS0 quiet", INITRD)
-    assert entry.protocol == "linux" and entry.mode is CpuMode.LONG  # type: ignore[attr-defined]
+    assert entry.protocol == "linux" and entry.mode is CpuMode.LONG
     # The protected-mode kernel (after 1 + setup_sects sectors) at pref_address, entered 0x200 in.
-    assert entry.entry == VMLINUX_PADDR + 0x200  # type: ignore[attr-defined]
+    assert entry.entry == VMLINUX_PADDR + 0x200
     assert memory.read(VMLINUX_PADDR, len(image) - 1024) == image[1024:]
     assert memory.read(VMLINUX_PADDR + 0x200, len(ENTRY_CODE)) == ENTRY_CODE
-    assert entry.registers == (("rsi", ZERO_PAGE),)  # type: ignore[attr-defined]
+    assert entry.registers == (("rsi", ZERO_PAGE),)
 
     page = memory.read(ZERO_PAGE, 4096)
     # The setup header is the image's, from 0x1f1 to its end (0x202 + the byte at 0x201)...
@@ -175,16 +175,16 @@ def test_a_bzimage_boots_through_its_64_bit_entry(memory: GuestMemory) -> None:
     assert (0x10_0000, 127 * MIB, 1) in e820_of(page)
     assert page[0x1EF] == 0
     # The pieces the loader wrote are named, and pyvmm's own structures stay at home.
-    names = [segment.name for segment in entry.segments]  # type: ignore[attr-defined]
+    names = [segment.name for segment in entry.segments]
     assert names == ["kernel", "zero page", "command line", "initrd"]
-    assert placement.places == layout.DEFAULT_PLACES  # type: ignore[attr-defined]
-    assert (0x500, 0x520, "pyvmm's GDT") in placement.reserved  # type: ignore[attr-defined]
+    assert placement.places == layout.DEFAULT_PLACES
+    assert (0x500, 0x520, "pyvmm's GDT") in placement.reserved
 
 
 def test_the_entry_state_is_the_64_bit_boot_protocol_s(memory: GuestMemory) -> None:
     entry, placement = boot(build_bzimage(), memory)
     vcpu = FakeVcpu()
-    setup_vcpu(vcpu, entry, memory, placement.places)  # type: ignore[arg-type, attr-defined]
+    setup_vcpu(vcpu, entry, memory, placement.places)  # type: ignore[arg-type]
     regs, sregs = vcpu.regs, vcpu.sregs
     assert regs.rip == VMLINUX_PADDR + 0x200 and regs.rsi == ZERO_PAGE
     assert regs.rflags & (1 << 9) == 0  # interrupts off
@@ -211,7 +211,7 @@ def test_the_entry_state_is_the_64_bit_boot_protocol_s(memory: GuestMemory) -> N
 def test_a_relocatable_bzimage_goes_low_when_pref_address_is_past_ram() -> None:
     with GuestMemory.from_ranges(layout.ram_ranges(8 * MIB)) as memory:
         entry, _ = boot(build_bzimage(pref_address=64 * MIB), memory)
-    assert entry.entry == 2 * MIB + 0x200  # type: ignore[attr-defined]
+    assert entry.entry == 2 * MIB + 0x200
 
 
 def test_a_kernel_larger_than_ram_is_one_line() -> None:
@@ -305,7 +305,7 @@ def test_options_that_do_not_apply_to_linux(
 def test_a_vmlinux_gets_the_header_a_bzimage_would_carry(memory: GuestMemory) -> None:
     image = build_vmlinux()
     entry, _ = boot(image, memory, "console=ttyS0", INITRD)
-    assert entry.protocol == "linux" and entry.entry == VMLINUX_PADDR  # type: ignore[attr-defined]
+    assert entry.protocol == "linux" and entry.entry == VMLINUX_PADDR
     assert memory.read(VMLINUX_PADDR, len(ENTRY_CODE)) == ENTRY_CODE
     assert memory.read(VMLINUX_PADDR + 0x1000, 0x1000) == bytes(0x1000)  # its bss
     page = memory.read(ZERO_PAGE, 4096)
@@ -319,7 +319,7 @@ def test_a_vmlinux_gets_the_header_a_bzimage_would_carry(memory: GuestMemory) ->
     assert get(page, "cmd_line_ptr") == CMDLINE
     assert memory.read(get(page, "ramdisk_image"), len(INITRD)) == INITRD
     assert e820_of(page)[0] == (0, 0x9_FC00, 1)
-    names = [segment.name for segment in entry.segments]  # type: ignore[attr-defined]
+    names = [segment.name for segment in entry.segments]
     assert names == ["kernel segment 0", "zero page", "command line", "initrd"]
 
 
@@ -328,11 +328,11 @@ def test_format_linux_boots_a_vmlinux_without_notes_and_elf_boots_it_plain(
 ) -> None:
     image = build_vmlinux(notes=b"")
     entry, _ = boot(image, memory)
-    assert entry.protocol == "elf64"  # type: ignore[attr-defined]
+    assert entry.protocol == "elf64"
     entry, _ = boot(image, memory, image_format="linux")
-    assert entry.protocol == "linux"  # type: ignore[attr-defined]
+    assert entry.protocol == "linux"
     entry, _ = boot(build_vmlinux(), memory, image_format="elf")
-    assert entry.protocol == "elf64" and entry.registers == ()  # type: ignore[attr-defined]
+    assert entry.protocol == "elf64" and entry.registers == ()
 
 
 def test_format_linux_refuses_what_is_no_kernel(memory: GuestMemory) -> None:
@@ -345,7 +345,7 @@ def test_format_linux_refuses_what_is_no_kernel(memory: GuestMemory) -> None:
 def test_a_vmlinux_segment_over_the_zero_page_moves_the_zero_page(memory: GuestMemory) -> None:
     image = build_vmlinux(paddr=0x6000, vaddr=0x6000)
     entry, _ = boot(image, memory)
-    zero_page = dict(entry.registers)["rsi"]  # type: ignore[attr-defined]
+    zero_page = dict(entry.registers)["rsi"]
     assert zero_page not in range(0x6000, 0x8000) and zero_page % 4096 == 0
     assert memory.read(zero_page + 0x202, 4) == b"HdrS"
 
