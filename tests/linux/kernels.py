@@ -347,8 +347,9 @@ def _build_tiny(
     ensure_build_tools(progress)
     source = source_tree(info, installed, root, progress, times)
     build = root / "tiny" / f"{key}.build"
-    if build.exists():
-        shutil.rmtree(build)
+    # Under the lock no other build runs: any build tree left is an interrupted one's.
+    for stale in (root / "tiny").glob("*.build"):
+        shutil.rmtree(stale)
     build.mkdir(parents=True)
     log = build / "build.log"
     with progress.step("configuring: tinyconfig + the fragment", times, "configure_s"):
