@@ -7,8 +7,10 @@ skipped, with one line, only when apt cannot give it its package.
 
 from __future__ import annotations
 
+import gzip
 import struct
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -28,7 +30,7 @@ from tests.linux.initramfs import (
     build_initramfs,
     init_script,
 )
-from tests.linux.kernels import TINY_CONFIG, dropped_settings, stock_kernel, tiny_kernel
+from tests.linux.kernels import REPO, TINY_CONFIG, dropped_settings, stock_kernel, tiny_kernel
 
 pytestmark = pytest.mark.linux
 
@@ -68,6 +70,24 @@ def test_busybox_initramfs() -> None:
         assert members[applet].data == b"/bin/busybox", applet
     other = build_initramfs(["true"], shell=True)
     assert other.key != first.key
+    packed = build_initramfs(DEFAULT_COMMANDS, compress=True)
+    assert packed.path.name.endswith(".cpio.gz") and packed.key != first.key
+    assert gzip.decompress(packed.path.read_bytes()) == first.path.read_bytes()
+
+
+def test_the_command_prepares_an_initramfs() -> None:
+    """`python -m tests.linux.kernels --initramfs`: progress on stderr, paths on stdout."""
+    prepared(lambda: build_initramfs(["echo from-the-command"]))  # skips without apt
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.linux.kernels", "--initramfs", "--command",
+         "echo from-the-command"],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    path = Path(line.split()[1])
+    assert line.startswith("initramfs ") and path.is_file()
+    assert "echo from-the-command" in read_newc(path.read_bytes())[-1].data.decode()
 
 
 def test_tiny_kernel_builds_from_the_kept_configuration() -> None:
