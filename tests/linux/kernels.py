@@ -216,12 +216,15 @@ def ensure_build_tools(progress: Progress) -> None:
 
 def source_version() -> tuple[debian.PackageInfo, bool]:
     """The linux-source package to build, and whether it is installed already."""
-    result = subprocess.run(
-        ["dpkg-query", "-W", "-f", "${Status}\t${Version}", SOURCE_PACKAGE],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    try:
+        result = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Status}\t${Version}", SOURCE_PACKAGE],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:  # no dpkg: show_package says what apt cannot do
+        return debian.show_package(SOURCE_PACKAGE), False
     status, _, version = result.stdout.partition("\t")
     if result.returncode == 0 and status.endswith(" installed") and SOURCE_TARBALL.exists():
         return debian.PackageInfo(SOURCE_PACKAGE, version, (), None, None), True
