@@ -44,7 +44,7 @@ def build_from_args(
     by SIGPIPE, as a program writing to a closed pipe ends.
     """
     from pyvmm.kvm.system import DEFAULT_KVM_PATH
-    from pyvmm.loaders import read_image
+    from pyvmm.loaders import boots_as_linux, read_image
     from pyvmm.machine.early_vm import start_vm
     from pyvmm.machine.ram_size import check_ram_size
     from pyvmm.shipped import resolve_image
@@ -60,13 +60,22 @@ def build_from_args(
     )
     # Lets tests (and odd hosts) point pyvmm at another KVM device node.
     kvm_path = os.environ.get("PYVMM_KVM_PATH", DEFAULT_KVM_PATH)
+    append, hide_cpuid = args.append, ()
+    if not getattr(args, "no_auto_append", False) and boots_as_linux(
+        image, getattr(args, "format", None), args.multiboot
+    ):
+        # Before the VM: the boot timer counts from its creation, not from the probe.
+        append, hide_cpuid = adapt_linux_to_host(args.append, kvm_path, console is not None)
     irqchip = None if args.kernel_irqchip is None else args.kernel_irqchip == "on"
     # The VM and its irqchip first: the host's wait after making the irqchip
     # then passes while the rest of pyvmm is imported (see early_vm.py).
     vga_text = getattr(args, "vga", "none") != "none"  # only `boot` shows the screen
     early = start_vm(kvm_path, irqchip is not False, ram_size, vga_text)
     try:
-        return _build(args, console, console_input, ram_size, image, cmdline, modules, early)
+        return _build(
+            args, console, console_input, ram_size, image, cmdline, modules, early,
+            append, hide_cpuid,
+        )  # fmt: skip
     except BaseException:
         early.close()  # idempotent: build_machine may have closed it already
         raise
@@ -81,6 +90,8 @@ def _build(
     cmdline: str,
     modules: tuple[tuple[str, bytes], ...],
     early: EarlyVm,
+    append: str | None,
+    hide_cpuid: tuple[str, ...],
 ) -> Machine:
     from pyvmm.console.output import ConsoleWriter
     from pyvmm.machine.builder import MachineConfig, build_machine
@@ -101,7 +112,7 @@ def _build(
         cpus=args.smp,
         cmdline=cmdline,
         modules=modules,
-        append=args.append,
+        append=append,
         force_multiboot=args.multiboot,
         image_format=getattr(args, "format", None),
         irqchip=early.irqchip if args.kernel_irqchip is None else args.kernel_irqchip == "on",
@@ -115,12 +126,37 @@ def _build(
         balloon=getattr(args, "balloon", False),
         ioeventfd=None if getattr(args, "ioeventfd", None) is None else args.ioeventfd == "on",
         kvm_path=early.kvm_path,
+        hide_cpuid=hide_cpuid,
     )
     machine = build_machine(config, early)
     # The write fails inside a vCPU's exit dispatch, maybe in a vCPU thread:
     # request_stop is made for that (debug-exit ends runs the same way).
     writer.on_reader_gone = lambda: machine.group.request_stop(closed_console_outcome(writer))
     return machine
+
+
+def adapt_linux_to_host(
+    append: str | None, kvm_path: str, say: bool
+) -> tuple[str | None, tuple[str, ...]]:
+    """A Linux kernel's command line and hidden CPUID features for this host (linux_host.py).
+
+    Prints (when `say`) one line on stderr saying what was added. A probe
+    that fails is said too, and the kernel boots as given.
+    """
+    from pyvmm.arch.x86_64.host_probe import ProbeError
+    from pyvmm.errors import KvmError
+    from pyvmm.machine.linux_host import adapt_to_host, describe_adaptation
+
+    try:
+        adaptation = adapt_to_host(append, kvm_path)
+    except (ProbeError, KvmError) as error:
+        if say:
+            print(f"pyvmm: the host probe failed ({error}): nothing added", file=sys.stderr)
+        return append, ()
+    line = describe_adaptation(adaptation)
+    if line is not None and say:
+        print(line, file=sys.stderr)
+    return adaptation.append, adaptation.hidden
 
 
 def _drive(args: argparse.Namespace) -> Drive | None:
@@ -211,6 +247,12 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
         assists = machine.loop.assists
         if assists:
             print(format_assists(assists), file=sys.stderr)
+        if machine.boot_timer is not None:
+            from pyvmm.devices.boot_timer import describe_boot_time
+
+            boot_time = describe_boot_time(machine.boot_timer)
+            if boot_time is not None:
+                print(boot_time, file=sys.stderr)
     return outcome
 
 

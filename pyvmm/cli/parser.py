@@ -422,6 +422,13 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         "ARGS, as with QEMU (an error for other images)",
     )
     parser.add_argument(
+        "--no-auto-append",
+        action="store_true",
+        help="boot a Linux kernel as given: without the options that hide, on this host, CPU "
+        "features its KVM cannot run (noxsave clearcpuid=..., from the findings `pyvmm host` "
+        "prints), added after --append by default, and without hiding them in CPUID",
+    )
+    parser.add_argument(
         "--initrd",
         "-initrd",
         metavar="FILES",

@@ -384,6 +384,17 @@ def plan_image(
 IMAGE_FORMATS = (None, "multiboot", "linux", "elf", "flat")
 
 
+def boots_as_linux(
+    image: bytes, image_format: str | None = None, force_multiboot: bool = False
+) -> bool:
+    """Whether `plan_image` would boot `image` through Linux's boot protocol (loaders/linux.py)."""
+    if force_multiboot or image_format not in (None, "linux"):
+        return False
+    if image_format == "linux":
+        return True
+    return _multiboot_header(image) is None and _is_linux(image)
+
+
 def _is_linux(image: bytes) -> bool:
     """A bzImage or a vmlinux (loaders/linux.py), imported only for an image that may be one."""
     if image[0x202:0x206] != b"HdrS" and not is_elf(image):

@@ -22,6 +22,7 @@ from pyvmm.arch.x86_64.host_support import keeps_32bit_paging
 from pyvmm.arch.x86_64.pic import acknowledge_irq_vector, set_bios_pic_state
 from pyvmm.arch.x86_64.placement import check_entry_placement, plan_placement
 from pyvmm.closing import ClosesOnExit
+from pyvmm.devices.boot_timer import BOOT_TIMER_PORT, BOOT_TIMER_SIZE, BootTimer
 from pyvmm.devices.bus import Bus, BusDevice, Shifted
 from pyvmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit, debug_exit_status
 from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FW_CFG_PORT_SIZE, FwCfg
@@ -108,7 +109,9 @@ class MachineConfig:
       them and the machine an irqchip; False: MMIO exits and KVM_IRQ_LINE;
       True: required, UsageError without);
     - `emulate`: pyvmm performs the instructions KVM's emulator gives up on
-      when its table has them (arch/x86_64/assist; False: --emulate none).
+      when its table has them (arch/x86_64/assist; False: --emulate none);
+    - `hide_cpuid`: CPU features cleared in every vCPU's CPUID, by Linux's
+      names (host_findings.FEATURE_BITS; machine/linux_host.py chooses them).
 
     A plain class, not a dataclass: creating a dataclass costs more at
     start-up than the whole exit path (tests/integration/test_startup_imports.py).
@@ -126,6 +129,7 @@ class MachineConfig:
         "drive",
         "emulate",
         "force_multiboot",
+        "hide_cpuid",
         "image",
         "image_format",
         "ioeventfd",
@@ -169,6 +173,7 @@ class MachineConfig:
         balloon: bool = False,
         ioeventfd: bool | None = None,
         emulate: bool = True,
+        hide_cpuid: tuple[str, ...] = (),
     ) -> None:
         self.image = image
         self.ram_size = ram_size
@@ -195,6 +200,7 @@ class MachineConfig:
         self.balloon = balloon
         self.ioeventfd = ioeventfd
         self.emulate = emulate
+        self.hide_cpuid = hide_cpuid
 
     def replace(self, **changes: object) -> MachineConfig:
         """A copy with `changes` (field=value) applied, as dataclasses.replace."""
@@ -282,6 +288,8 @@ class Machine(ClosesOnExit):
         self.rtc: Mc146818Rtc | None = None
         # Set by build_machine: where pyvmm put its GDT, page tables, TSS and stack.
         self.vmm_places = layout.DEFAULT_PLACES
+        # Set by build_machine: the boot timer at port 0x3f0 (devices/boot_timer.py).
+        self.boot_timer: BootTimer | None = None
 
     def run(self, timeout: float | None = None, observer: ExitObserver | None = None) -> RunOutcome:
         """Run every vCPU (KVM_RUN, KVM API doc 4.10) until the run ends; how it ended.
@@ -521,7 +529,9 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
             set_bios_pic_state(vm)  # vector bases 0x08/0x70, as a BIOS leaves them
         vcpus = [resources.enter_context(vm.create_vcpu(index)) for index in range(config.cpus)]
         for index, each in enumerate(vcpus):
-            max_phys_bits = setup_cpuid(kvm, each, apic_id=index, cpus=config.cpus)
+            max_phys_bits = setup_cpuid(
+                kvm, each, apic_id=index, cpus=config.cpus, hidden=config.hide_cpuid
+            )
         vcpu = vcpus[0]
         # Only the boot CPU starts at the entry point; the others wait for INIT/SIPI.
         setup_vcpu(vcpu, entry, memory, placement.places)
@@ -557,6 +567,8 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
             group.post,
         )
         attach_debug_exit(pio_bus, group.request_stop)
+        boot_timer = BootTimer(early.created_at)
+        pio_bus.insert(boot_timer, BOOT_TIMER_PORT, BOOT_TIMER_SIZE, "boot timer")
         pio_bus.insert(IgnoredPort(), POST_PORT, 1, "POST port")
         attach_qemu_board(pio_bus, config)
         attach_reset_sources(pio_bus, interrupts, group.request_stop)  # 0x60/0x64, 0x92, 0xcf9
@@ -640,6 +652,7 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         machine.rtc = rtc
         machine.virtio = virtio
         machine.no_bios, machine.vga_text = no_bios, vga_text
+        machine.boot_timer = boot_timer
     return machine
 
 

@@ -16,6 +16,8 @@ else is built as always.
 
 from __future__ import annotations
 
+import time
+
 from pyvmm._kvm import lib
 from pyvmm.arch.x86_64 import layout
 from pyvmm.kvm.system import Kvm, open_kvm
@@ -35,9 +37,12 @@ class EarlyVm:
     (and closes it when the machine closes). `close` releases it otherwise:
     the VM first, then its RAM. `watches_vga` says whether the slots were
     made for a VGA text watch, `vga_text` is that watch (`attach_guest_memory`).
+    `created_at` is when KVM_CREATE_VM returned (time.monotonic): the boot
+    timer (devices/boot_timer.py) counts from it, as Firecracker's does.
     """
 
     __slots__ = (
+        "created_at",
         "irqchip",
         "kvm",
         "kvm_path",
@@ -67,6 +72,7 @@ class EarlyVm:
         self.ram_size = ram_size
         self.watches_vga = watches_vga
         self.vga_text = vga_text
+        self.created_at = time.monotonic()  # start_vm sets the VM's own time
 
     def close(self) -> None:
         self.vm.close()
@@ -93,6 +99,7 @@ def start_vm(kvm_path: str, irqchip: bool, ram_size: int, vga_text: bool) -> Ear
         memory = resources.enter_context(GuestMemory.from_ranges(layout.ram_ranges(ram_size)))
         kvm = resources.enter_context(open_kvm(kvm_path))
         vm = resources.enter_context(kvm.create_vm())
+        created_at = time.monotonic()
         # Needed by Intel VT-x to run real mode; harmless elsewhere.
         vm.set_tss_addr(layout.KVM_TSS_GPA)
         vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_GPA)
@@ -101,4 +108,6 @@ def start_vm(kvm_path: str, irqchip: bool, ram_size: int, vga_text: bool) -> Ear
             vm.create_irqchip()
             vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
         resources.pop_all()
-    return EarlyVm(kvm, vm, memory, irqchip, kvm_path, ram_size, vga_text, watch)
+    early = EarlyVm(kvm, vm, memory, irqchip, kvm_path, ram_size, vga_text, watch)
+    early.created_at = created_at
+    return early

@@ -92,6 +92,7 @@ PYVMM_MODULES = [
     "pyvmm.console.output",
     "pyvmm.devices",
     "pyvmm.devices.acpi_pm",
+    "pyvmm.devices.boot_timer",
     "pyvmm.devices.bus",
     "pyvmm.devices.debug_exit",
     "pyvmm.devices.fw_cfg",
@@ -196,6 +197,9 @@ ABSENT_PACKAGES = (
     "pyvmm.machine.device_ranges",  # Machine.attach_*_device
     "pyvmm.machine.facade",  # create_machine, the library's entry
     "pyvmm.machine.monitor",  # --monitor
+    "pyvmm.arch.x86_64.host_probe",  # the host probe: `pyvmm host`, a Linux kernel's boot
+    "pyvmm.arch.x86_64.host_findings",
+    "pyvmm.machine.linux_host",
 )
 # Not imported by the whole command either: the report after the run needs none.
 NEVER = {

@@ -59,11 +59,22 @@ CPUID_ADDRESS_SIZES = 0x8000_0008
 DEFAULT_PHYSICAL_ADDRESS_BITS = 36  # what the SDM says to assume without the leaf
 
 
-def setup_cpuid(kvm: Kvm, vcpu: Vcpu, apic_id: int = 0, cpus: int = 1) -> int:
-    """Expose what the host's KVM supports, with this vCPU's APIC ID. Returns MAXPHYADDR."""
+def setup_cpuid(
+    kvm: Kvm, vcpu: Vcpu, apic_id: int = 0, cpus: int = 1, hidden: tuple[str, ...] = ()
+) -> int:
+    """Expose what the host's KVM supports, with this vCPU's APIC ID. Returns MAXPHYADDR.
+
+    `hidden`: features cleared from the table, by Linux's names
+    (host_findings.FEATURE_BITS), for a host whose KVM cannot run their
+    instructions (machine/linux_host.py).
+    """
     cpuid = kvm.get_supported_cpuid()
     for index in range(cpuid.nent):
         set_topology(cpuid.entries[index], apic_id, cpus)
+    if hidden:
+        from pyvmm.arch.x86_64.host_probe import clear_features
+
+        clear_features(cpuid, hidden)
     vcpu.set_cpuid2(cpuid)
     return physical_address_bits(cpuid)
 

@@ -1,0 +1,77 @@
+"""What a Linux kernel booted on this host gets from the host probe's findings.
+
+The probe (arch/x86_64/host_probe.py, `pyvmm host`) finds which CPU
+features the guest sees whose kernel-mode instructions this host's KVM
+cannot run. Before a Linux kernel boots, pyvmm hides them: through CPUID
+where KVM_SET_CPUID2 takes effect for them, else with Linux's own options
+after the user's command line (`noxsave`, `clearcpuid=...`,
+host_findings.command_line_additions). The findings come from the cache,
+or from a probe run now (under a second) when this host kernel has none.
+On VT-x/AMD-V the probe finds nothing to hide and nothing changes.
+`pyvmm boot --no-auto-append` leaves the kernel as the user gave it.
+
+Only a Linux kernel gets this (the CLI asks `loaders.boots_as_linux`
+first): other images have no command line of Linux's, and their boot
+never imports the probe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyvmm.arch.x86_64.host_findings import command_line_additions, cpuid_hideable, with_additions
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
+if TYPE_CHECKING:
+    from pyvmm.arch.x86_64.host_findings import HostFindings
+
+
+@dataclass(frozen=True)
+class HostAdaptation:
+    """The kernel's command line for this host, and what pyvmm changed to get it.
+
+    `append`: the command line to boot with (the user's --append, None when
+    none and nothing was added); `added`: the options derived from the
+    findings (what `with_additions` merged into `append`); `hidden`: the
+    features cleared in every vCPU's CPUID.
+    """
+
+    append: str | None
+    added: tuple[str, ...] = ()
+    hidden: tuple[str, ...] = ()
+
+
+def adapt_to_findings(findings: HostFindings, append: str | None) -> HostAdaptation:
+    """The command line and CPUID a Linux kernel gets on the host `findings` describe (pure)."""
+    added = command_line_additions(findings)
+    hidden = cpuid_hideable(findings)
+    if added:
+        append = with_additions(append or "", added)
+    return HostAdaptation(append, added, hidden)
+
+
+def describe_adaptation(adaptation: HostAdaptation) -> str | None:
+    """The one line `pyvmm boot` prints about it; None when nothing changed."""
+    parts = []
+    if adaptation.added:
+        parts.append(
+            "added to the kernel's command line for this host (pyvmm host): "
+            + " ".join(adaptation.added)
+        )
+    if adaptation.hidden:
+        parts.append("hidden in the vCPU's CPUID: " + ",".join(adaptation.hidden))
+    if not parts:
+        return None
+    return "pyvmm: " + "; ".join(parts) + " (--no-auto-append: none of it)"
+
+
+def adapt_to_host(append: str | None, kvm_path: str | None = None) -> HostAdaptation:
+    """`adapt_to_findings` with this host's findings (the cache's, or a probe run now).
+
+    Raises KvmUnavailable when `kvm_path` cannot be opened, ProbeError or
+    KvmError when a probe guest misbehaves.
+    """
+    from pyvmm.arch.x86_64.host_probe import probe_host
+
+    report = probe_host(kvm_path=kvm_path)
+    return adapt_to_findings(report.findings, append)

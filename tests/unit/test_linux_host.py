@@ -1,0 +1,160 @@
+"""A Linux kernel gets the host probe's command-line additions and CPUID bits (no KVM).
+
+The findings are invented (tests/unit/test_host_probe.py's hosts): one like
+issue 15's kvm_pvm, one where everything works (VT-x/AMD-V). The CLI's
+part is checked up to the VM's creation, which is stubbed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from pyvmm.arch.x86_64 import host_probe
+from pyvmm.arch.x86_64.host_probe import ProbeReport
+from pyvmm.cli import boot
+from pyvmm.cli.parser import build_parser
+from pyvmm.loaders import boots_as_linux
+from pyvmm.machine import early_vm
+from pyvmm.machine.linux_host import HostAdaptation, adapt_to_findings, describe_adaptation
+from tests.fuzz.image_linux import build_bzimage
+from tests.unit.test_host_probe import pvm_host, vt_x_host
+
+GUESTS = Path(__file__).resolve().parents[2] / "guests"
+PVM_ADDITIONS = "noxsave clearcpuid=pclmulqdq,ssse3,sse4_1,sse4_2,popcnt,aes,avx,avx2,smap,sha_ni"
+
+
+def test_a_pvm_like_host_adds_its_options_after_the_users_and_hides_what_cpuid_can() -> None:
+    adaptation = adapt_to_findings(pvm_host(), "console=ttyS0")
+    assert adaptation.append == f"console=ttyS0 {PVM_ADDITIONS}"
+    assert adaptation.added == tuple(PVM_ADDITIONS.split())
+    assert adaptation.hidden == ("cx16",)
+    assert describe_adaptation(adaptation) == (
+        f"pyvmm: added to the kernel's command line for this host (pyvmm host): {PVM_ADDITIONS}"
+        "; hidden in the vCPU's CPUID: cx16 (--no-auto-append: none of it)"
+    )
+
+
+def test_without_append_the_additions_are_the_whole_command_line() -> None:
+    assert adapt_to_findings(pvm_host(), None).append == PVM_ADDITIONS
+
+
+def test_the_users_clearcpuid_takes_the_additions_names() -> None:
+    adaptation = adapt_to_findings(pvm_host(), "clearcpuid=pku console=ttyS0")
+    assert adaptation.append == (
+        "clearcpuid=pku," + PVM_ADDITIONS.split("=")[1] + " console=ttyS0 noxsave"
+    )
+
+
+@pytest.mark.parametrize("append", [None, "", "console=ttyS0"])
+def test_a_host_where_the_probe_found_nothing_adds_nothing(append: str | None) -> None:
+    adaptation = adapt_to_findings(vt_x_host(), append)
+    assert adaptation == HostAdaptation(append, (), ())
+    assert describe_adaptation(adaptation) is None
+
+
+def test_only_a_linux_kernel_boots_as_linux() -> None:
+    bzimage = build_bzimage()
+    hello = (GUESTS / "hello.bin").read_bytes()
+    assert boots_as_linux(bzimage)
+    assert boots_as_linux(bzimage, "linux")
+    assert not boots_as_linux(bzimage, "flat")
+    assert not boots_as_linux(bzimage, force_multiboot=True)
+    assert not boots_as_linux(hello)
+    assert boots_as_linux(hello, "linux")  # --format linux insists
+    assert not boots_as_linux((GUESTS / "multiboot.elf").read_bytes())
+    assert not boots_as_linux((GUESTS / "elf64.elf").read_bytes())
+
+
+class Built(Exception):
+    """Raised by the stubbed builder with what it was given."""
+
+
+def cli_build(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, image: bytes, *options: str
+) -> tuple[str | None, tuple[str, ...], list[str]]:
+    """`pyvmm boot IMAGE OPTIONS` up to the build: the --append and CPUID it gets, and
+    which findings were asked for (the probe is stubbed with issue 15's host)."""
+    path = tmp_path / "image"
+    path.write_bytes(image)
+    asked: list[str] = []
+
+    def probe_host(**kwargs: object) -> ProbeReport:
+        asked.append("probe")
+        return ProbeReport(pvm_host(), cached=True, cache_path=None)
+
+    class Early:
+        def close(self) -> None:
+            pass
+
+    def build(*args: object) -> None:
+        raise Built(args[-2], args[-1])
+
+    monkeypatch.setattr(host_probe, "probe_host", probe_host)
+    monkeypatch.setattr(early_vm, "start_vm", lambda *args: Early())
+    monkeypatch.setattr(boot, "_build", build)
+    args = build_parser().parse_args(["boot", str(path), *options])
+    assert isinstance(args, argparse.Namespace)
+    with pytest.raises(Built) as built:
+        boot.build_from_args(args, None)
+    append, hidden = built.value.args
+    return append, hidden, asked
+
+
+def test_the_cli_adds_the_options_for_a_linux_kernel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    append, hidden, asked = cli_build(
+        monkeypatch, tmp_path, build_bzimage(), "--append", "console=ttyS0"
+    )
+    assert (append, hidden, asked) == (f"console=ttyS0 {PVM_ADDITIONS}", ("cx16",), ["probe"])
+
+
+def test_the_cli_prints_what_it_added(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        host_probe, "probe_host", lambda **kwargs: ProbeReport(pvm_host(), True, None)
+    )
+    assert boot.adapt_linux_to_host("quiet", "/dev/kvm", True) == (
+        f"quiet {PVM_ADDITIONS}",
+        ("cx16",),
+    )
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(
+        f"pyvmm: added to the kernel's command line for this host (pyvmm host): {PVM_ADDITIONS}"
+    )
+
+
+def test_the_cli_says_a_failed_probe_and_boots_the_kernel_as_given(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fails(**kwargs: object) -> ProbeReport:
+        raise host_probe.ProbeError("the CPUID guest did not halt")
+
+    monkeypatch.setattr(host_probe, "probe_host", fails)
+    assert boot.adapt_linux_to_host("quiet", "/dev/kvm", True) == ("quiet", ())
+    assert capsys.readouterr().err == (
+        "pyvmm: the host probe failed (the CPUID guest did not halt): nothing added\n"
+    )
+
+
+def test_no_auto_append_leaves_a_linux_kernel_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    append, hidden, asked = cli_build(
+        monkeypatch, tmp_path, build_bzimage(), "--append", "console=ttyS0", "--no-auto-append"
+    )
+    assert (append, hidden, asked) == ("console=ttyS0", (), [])
+
+
+def test_other_images_get_nothing_and_no_probe(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    hello = (GUESTS / "hello.bin").read_bytes()
+    assert cli_build(monkeypatch, tmp_path, hello) == (None, (), [])
+    multiboot = (GUESTS / "multiboot.elf").read_bytes()
+    assert cli_build(monkeypatch, tmp_path, multiboot, "--append", "x") == ("x", (), [])
