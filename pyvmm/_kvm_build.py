@@ -69,6 +69,7 @@ _CONSTANTS = """
 #define KVM_CAP_VCPU_EVENTS ...
 #define KVM_GET_XSAVE ...
 #define KVM_SET_XSAVE ...
+#define KVM_GET_MSRS ...
 #define KVM_GET_DIRTY_LOG ...
 #define KVM_MEM_LOG_DIRTY_PAGES ...
 
@@ -325,6 +326,19 @@ struct kvm_cpuid_entry2 {
     uint32_t ebx;
     uint32_t ecx;
     uint32_t edx;
+    ...;
+};
+
+/* KVM_GET_MSRS (KVM API doc 4.18): `nmsrs` entries, each an MSR index and its value. */
+struct kvm_msr_entry {
+    uint32_t index;
+    uint64_t data;
+    ...;
+};
+
+struct kvm_msrs {
+    uint32_t nmsrs;
+    struct kvm_msr_entry entries[];
     ...;
 };
 

@@ -247,6 +247,8 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
         assists = machine.loop.assists
         if assists:
             print(format_assists(assists), file=sys.stderr)
+        if machine.loop.syscall_repair is not None:  # this host needs it (pyvmm host)
+            print(f"syscall repairs: {machine.loop.syscall_repair.count}", file=sys.stderr)
         if machine.boot_timer is not None:
             from pyvmm.devices.boot_timer import describe_boot_time
 

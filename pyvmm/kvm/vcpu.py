@@ -93,6 +93,11 @@ class Vcpu(ClosesOnExit):
         """KVM_SET_XSAVE (KVM API doc 4.43)."""
         ioctl_ptr(self.fd, lib.KVM_SET_XSAVE, "KVM_SET_XSAVE", xsave)
 
+    def get_msrs(self, msrs: Any) -> int:
+        """KVM_GET_MSRS (KVM API doc 4.18): fills `msrs` (a `struct kvm_msrs *`) in place;
+        the number of MSRs read."""
+        return ioctl_ptr(self.fd, lib.KVM_GET_MSRS, "KVM_GET_MSRS", msrs)
+
     def set_cpuid2(self, cpuid: Any) -> None:
         ioctl_ptr(self.fd, lib.KVM_SET_CPUID2, "KVM_SET_CPUID2", cpuid)
 

@@ -62,12 +62,18 @@ def dispatch(loop: VcpuLoop, exit: VcpuExit) -> RunOutcome | None:
             if value >> (8 * size) or value < 0:
                 raise loop.mmio_bus.read_too_wide(gpa, size, value)
             buffer[0:size] = value.to_bytes(size, "little")
+        case Debug() as debug if loop.syscall_repair is not None:
+            # The SYSCALL repair's breakpoints and steps (arch/x86_64/syscall_repair.py).
+            if not loop.syscall_repair.on_debug(debug):
+                return final_outcome(loop, debug)
         case InternalError() as failure if (
             failure.is_emulation_failure and loop.assists is not None
         ):
             return _assist(loop, failure)
         case final:
             return final_outcome(loop, final)
+    if loop.syscall_repair is not None:
+        loop.syscall_repair.look()  # has the guest set SYSCALL up, or moved its #PF handler?
     return None
 
 

@@ -1,0 +1,144 @@
+"""The SYSCALL repair's frame rewrite (pyvmm/arch/x86_64/syscall_repair.py), without KVM.
+
+The state is what a kvm_pvm host leaves at the first instruction of the
+guest's #PF handler after a CPL3 `syscall`: RIP/RCX/R11 set by KVM, CS/SS
+the handler's, RSP at the #PF frame, CR2 = LSTAR. The rewrite must give what
+SYSCALL gives on a CPU (Intel SDM vol. 2B, SYSCALL), Linux's selectors.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from pyvmm._kvm import ffi
+from pyvmm.arch.x86_64.syscall_repair import (
+    FRAME_SIZE,
+    PF_FETCH,
+    PF_PRESENT,
+    PF_USER,
+    PF_WRITE,
+    STEP_OVER,
+    ExceptionFrame,
+    SyscallMsrs,
+    complete_syscall,
+    gate_target,
+)
+
+LSTAR = 0xFFFF_FFFF_8180_0040  # entry_SYSCALL_64's kind of address
+MSRS = SyscallMsrs(star=0x0023_0010_0000_0000, lstar=LSTAR, sfmask=0x47700)  # Linux's
+USER_RSP = 0x7FFC_1234_5670
+USER_RFLAGS = 0x246  # IF ZF PF
+RETURN_RIP = 0x40_1007  # after the syscall at 0x401005
+KSTACK = 0xFFFF_C900_0000_8000
+
+
+def frame_bytes(
+    rip: int = LSTAR,
+    cs: int = 0x33,
+    error: int = PF_PRESENT | PF_USER | PF_FETCH,
+    rflags: int = USER_RFLAGS & ~0x47700 | 2,
+) -> bytes:
+    return struct.pack("<6Q", error, rip, cs, rflags, USER_RSP, 0x2B)
+
+
+def state(cr2: int = LSTAR) -> tuple[object, object]:
+    """The registers at the handler's first instruction, as KVM_GET_REGS/SREGS give them."""
+    regs = ffi.new("struct kvm_regs *")
+    regs.rip, regs.rsp = 0xFFFF_FFFF_8180_0B20, KSTACK - FRAME_SIZE
+    regs.rcx, regs.r11, regs.rax, regs.rdi = RETURN_RIP, USER_RFLAGS, 1, 1
+    regs.rflags = 0x2  # the #PF gate cleared IF
+    sregs = ffi.new("struct kvm_sregs *")
+    sregs.cs.selector, sregs.cs.l, sregs.cs.type, sregs.cs.present = 0x10, 1, 11, 1
+    sregs.ss.selector, sregs.ss.type, sregs.ss.present = 0x18, 3, 1
+    sregs.cr2, sregs.efer = cr2, 0xD01
+    return regs, sregs
+
+
+def test_a_half_done_syscall_becomes_the_entry_syscall_makes():
+    regs, sregs = state()
+    repaired = complete_syscall(regs, sregs, MSRS, frame_bytes())
+    assert repaired is not None
+    new_regs, new_sregs = repaired
+    assert new_regs.rip == LSTAR
+    assert new_regs.rsp == USER_RSP  # SYSCALL leaves RSP alone: the #PF frame is dropped
+    assert new_regs.rcx == RETURN_RIP and new_regs.r11 == USER_RFLAGS
+    assert new_regs.rflags == 0x46  # R11 less SFMASK (IF) with bit 1
+    assert (new_regs.rax, new_regs.rdi) == (1, 1)
+    cs, ss = new_sregs.cs, new_sregs.ss
+    assert (cs.selector, cs.base, cs.limit, cs.type) == (0x10, 0, 0xFFFF_FFFF, 11)
+    assert (cs.dpl, cs.s, cs.present, cs.l, cs.db, cs.g) == (0, 1, 1, 1, 0, 1)
+    assert (ss.selector, ss.base, ss.limit, ss.type) == (0x18, 0, 0xFFFF_FFFF, 3)
+    assert (ss.dpl, ss.s, ss.present, ss.l, ss.db, ss.g) == (0, 1, 1, 0, 1, 1)
+    # Inputs stay as they were: a pure function.
+    assert regs.rsp == KSTACK - FRAME_SIZE and sregs.cs.selector == 0x10 and regs.rip != LSTAR
+
+
+def test_cs_and_ss_come_from_star():
+    regs, sregs = state()
+    msrs = SyscallMsrs(star=0x001B_0008_0000_0000 | 3 << 32, lstar=LSTAR, sfmask=0)
+    new_regs, new_sregs = complete_syscall(regs, sregs, msrs, frame_bytes())
+    assert new_sregs.cs.selector == 0x08  # STAR[47:32] with the RPL bits cleared
+    assert new_sregs.ss.selector == 0x13  # STAR[47:32] + 8, as the CPU takes it
+    assert new_regs.rflags == USER_RFLAGS  # nothing masked
+
+
+def test_rf_never_survives():
+    regs, sregs = state()
+    regs.r11 = USER_RFLAGS | 1 << 16
+    new_regs, _ = complete_syscall(regs, sregs, MSRS, frame_bytes())
+    assert not new_regs.rflags & 1 << 16
+
+
+@pytest.mark.parametrize(
+    ("why", "frame", "cr2"),
+    [
+        ("a kernel fault", frame_bytes(cs=0x10), LSTAR),
+        ("a user fault elsewhere", frame_bytes(rip=0x401000), LSTAR),
+        ("CR2 not LSTAR", frame_bytes(), 0x1000),
+        ("a write", frame_bytes(error=PF_PRESENT | PF_USER | PF_WRITE), LSTAR),
+        ("a kernel-mode access", frame_bytes(error=PF_PRESENT | PF_FETCH), LSTAR),
+    ],
+)
+def test_other_page_faults_are_left_to_the_guest(why, frame, cr2):
+    regs, sregs = state(cr2)
+    assert complete_syscall(regs, sregs, MSRS, frame) is None, why
+
+
+def test_no_lstar_no_repair():
+    regs, sregs = state(cr2=0)
+    msrs = SyscallMsrs(star=MSRS.star, lstar=0, sfmask=0)
+    assert complete_syscall(regs, sregs, msrs, frame_bytes(rip=0)) is None
+
+
+def test_frame_fields_in_push_order():
+    frame = ExceptionFrame.from_bytes(frame_bytes() + b"\xff" * 8)
+    assert frame == ExceptionFrame(
+        PF_PRESENT | PF_USER | PF_FETCH, LSTAR, 0x33, USER_RFLAGS & ~0x47700 | 2, USER_RSP, 0x2B
+    )
+    with pytest.raises(ValueError, match="48 bytes"):
+        ExceptionFrame.from_bytes(bytes(40))
+
+
+def gate(target: int, type_attributes: int = 0x8E) -> bytes:
+    return struct.pack(
+        "<HHBBHII", target & 0xFFFF, 0x10, 0, type_attributes, target >> 16 & 0xFFFF,
+        target >> 32, 0,
+    )  # fmt: skip
+
+
+def test_gate_target():
+    assert gate_target(gate(0xFFFF_FFFF_8180_0B20)) == 0xFFFF_FFFF_8180_0B20
+    assert gate_target(gate(0x1234_5678, 0x8F)) == 0x1234_5678  # a trap gate
+    assert gate_target(gate(0x1234_5678, 0x0E)) is None  # not present
+    assert gate_target(gate(0x1234_5678, 0x85)) is None  # a task gate
+
+
+def test_step_over_table_is_what_capstone_says():
+    capstone = pytest.importorskip("capstone")
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    for code in STEP_OVER:
+        insns = list(md.disasm(code + b"\xcc", 0))
+        assert insns[0].size == len(code), code.hex()
+        assert insns[0].mnemonic in ("endbr64", "nop", "cld", "clac"), code.hex()
