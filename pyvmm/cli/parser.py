@@ -487,7 +487,9 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         help="assist (default): pyvmm performs the few instructions KVM's emulator gives up "
         "on (int3, clac/stac, popcnt, fwait, fnstsw, fnclex, crc32, ldmxcsr/stmxcsr, "
         "movd/movq, pxor, cmpxchg16b: a host without VT-x/AMD-V emulates kernel code) and the "
-        "guest goes on; none: such a failure ends the run as internal-error",
+        "guest goes on, and where `pyvmm host` finds a CPL3 syscall left at CPL3, pyvmm "
+        "completes it (the SYSCALL repair); none: such a failure ends the run as "
+        "internal-error, and no repair",
     )
     parser.add_argument(
         "--drive",
