@@ -104,6 +104,9 @@ class GdbServer:
             data_breakpoints=host_reports_data_breakpoints(kvm_path),
         )
         self.session = GdbSession(self.target)
+        if machine.loop.syscall_repair is not None:  # gdb owns the debug registers now
+            machine.loop.syscall_repair.stop()
+            machine.loop.syscall_repair = None
         self.events: queue.Queue[object] = queue.Queue()
         self.connection: socket.socket | None = None
         main = threading.main_thread().ident

@@ -184,6 +184,7 @@ class SyscallRepair:
         self.count = 0  # syscalls completed
         self.handler: int | None = None  # the #PF handler the breakpoint is on
         self.stepping = False  # single-stepping the handler's first instruction
+        self.stopped = False  # a debugger owns the debug registers (pyvmm.gdb)
         self._msrs = ffi.new("struct kvm_msrs *", {"nmsrs": 3, "entries": 3})
         for index, msr in enumerate((MSR_STAR, MSR_LSTAR, MSR_SFMASK)):
             self._msrs.entries[index].index = msr
@@ -210,7 +211,7 @@ class SyscallRepair:
     def look(self) -> None:
         """Put the breakpoint on the guest's #PF handler once the guest has set SYSCALL up,
         or move it where the handler went."""
-        if self.stepping:
+        if self.stepping or self.stopped:
             return
         try:
             sregs = self.vcpu.get_sregs()
@@ -230,6 +231,10 @@ class SyscallRepair:
         log.info("SYSCALL repair: breakpoint on the #PF handler at 0x%x", handler)
         self.handler = handler
         self._arm()
+
+    def stop(self) -> None:
+        """Never arm again: a debugger (`pyvmm boot --gdb`) programs KVM_SET_GUEST_DEBUG."""
+        self.stopped = True
 
     def _arm(self) -> None:
         assert self.handler is not None
