@@ -60,25 +60,28 @@ def build_from_args(
     )
     # Lets tests (and odd hosts) point pyvmm at another KVM device node.
     kvm_path = os.environ.get("PYVMM_KVM_PATH", DEFAULT_KVM_PATH)
-    append, hide_cpuid = args.append, ()
+    append, hide_cpuid, host_line = args.append, (), None
     if not getattr(args, "no_auto_append", False) and boots_as_linux(
         image, getattr(args, "format", None), args.multiboot
     ):
         # Before the VM: the boot timer counts from its creation, not from the probe.
-        append, hide_cpuid = adapt_linux_to_host(args.append, kvm_path, console is not None)
+        append, hide_cpuid, host_line = adapt_linux_to_host(image, args.append, kvm_path)
     irqchip = None if args.kernel_irqchip is None else args.kernel_irqchip == "on"
     # The VM and its irqchip first: the host's wait after making the irqchip
     # then passes while the rest of pyvmm is imported (see early_vm.py).
     vga_text = getattr(args, "vga", "none") != "none"  # only `boot` shows the screen
     early = start_vm(kvm_path, irqchip is not False, ram_size, vga_text)
     try:
-        return _build(
+        machine = _build(
             args, console, console_input, ram_size, image, cmdline, modules, early,
             append, hide_cpuid,
         )  # fmt: skip
     except BaseException:
         early.close()  # idempotent: build_machine may have closed it already
         raise
+    if host_line is not None and console is not None:  # said once the loader took the kernel
+        print(host_line, file=sys.stderr)
+    return machine
 
 
 def _build(
@@ -136,27 +139,20 @@ def _build(
 
 
 def adapt_linux_to_host(
-    append: str | None, kvm_path: str, say: bool
-) -> tuple[str | None, tuple[str, ...]]:
-    """A Linux kernel's command line and hidden CPUID features for this host (linux_host.py).
-
-    Prints (when `say`) one line on stderr saying what was added. A probe
-    that fails is said too, and the kernel boots as given.
-    """
+    image: bytes, append: str | None, kvm_path: str
+) -> tuple[str | None, tuple[str, ...], str | None]:
+    """A Linux kernel's command line and hidden CPUID features for this host (linux_host.py),
+    and the line that says what changed (None: nothing). A probe that fails is
+    said in that line, and the kernel boots as given."""
     from pyvmm.arch.x86_64.host_probe import ProbeError
     from pyvmm.errors import KvmError
     from pyvmm.machine.linux_host import adapt_to_host, describe_adaptation
 
     try:
-        adaptation = adapt_to_host(append, kvm_path)
+        adaptation = adapt_to_host(image, append, kvm_path)
     except (ProbeError, KvmError) as error:
-        if say:
-            print(f"pyvmm: the host probe failed ({error}): nothing added", file=sys.stderr)
-        return append, ()
-    line = describe_adaptation(adaptation)
-    if line is not None and say:
-        print(line, file=sys.stderr)
-    return adaptation.append, adaptation.hidden
+        return append, (), f"pyvmm: the host probe failed ({error}): nothing added"
+    return adaptation.append, adaptation.hidden, describe_adaptation(adaptation)
 
 
 def _drive(args: argparse.Namespace) -> Drive | None:

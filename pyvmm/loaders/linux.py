@@ -489,6 +489,16 @@ def plan_linux(
     )
 
 
+def command_line_limit(image: bytes) -> int:
+    """The most command-line bytes the kernel takes: cmdline_size (a vmlinux: the default).
+
+    Raises LoaderError for a bzImage whose setup header `plan_linux` would refuse.
+    """
+    if is_bzimage(image):
+        return parse_setup_header(image)[0].cmdline_size
+    return SetupHeader(hdr.vmlinux_header()).cmdline_size
+
+
 def initrd_of(modules: Sequence[tuple[str, bytes]]) -> bytes | None:
     """The one initrd --initrd gave (as `qemu -initrd` for a Linux kernel), or None."""
     if not modules:

@@ -33,21 +33,34 @@ class HostAdaptation:
     `append`: the command line to boot with (the user's --append, None when
     none and nothing was added); `added`: the options derived from the
     findings (what `with_additions` merged into `append`); `hidden`: the
-    features cleared in every vCPU's CPUID.
+    features cleared in every vCPU's CPUID; `left_out`: options not added
+    because the command line would have passed the kernel's cmdline_size
+    (`limit` bytes).
     """
 
     append: str | None
     added: tuple[str, ...] = ()
     hidden: tuple[str, ...] = ()
+    left_out: tuple[str, ...] = ()
+    limit: int | None = None
 
 
-def adapt_to_findings(findings: HostFindings, append: str | None) -> HostAdaptation:
-    """The command line and CPUID a Linux kernel gets on the host `findings` describe (pure)."""
+def adapt_to_findings(
+    findings: HostFindings, append: str | None, limit: int | None = None
+) -> HostAdaptation:
+    """The command line and CPUID a Linux kernel gets on the host `findings` describe (pure).
+
+    `limit`: the kernel's cmdline_size; options that would take the command
+    line past it are left out (and the kernel's own check judges the user's).
+    """
     added = command_line_additions(findings)
     hidden = cpuid_hideable(findings)
-    if added:
-        append = with_additions(append or "", added)
-    return HostAdaptation(append, added, hidden)
+    if not added:
+        return HostAdaptation(append, (), hidden)
+    merged = with_additions(append or "", added)
+    if limit is not None and len(merged.encode("utf-8", "replace")) > limit:
+        return HostAdaptation(append, (), hidden, left_out=added, limit=limit)
+    return HostAdaptation(merged, added, hidden)
 
 
 def describe_adaptation(adaptation: HostAdaptation) -> str | None:
@@ -58,6 +71,11 @@ def describe_adaptation(adaptation: HostAdaptation) -> str | None:
             "added to the kernel's command line for this host (pyvmm host): "
             + " ".join(adaptation.added)
         )
+    if adaptation.left_out:
+        parts.append(
+            f"not added to the kernel's command line, which would pass its {adaptation.limit}"
+            "-byte cmdline_size: " + " ".join(adaptation.left_out)
+        )
     if adaptation.hidden:
         parts.append("hidden in the vCPU's CPUID: " + ",".join(adaptation.hidden))
     if not parts:
@@ -65,13 +83,20 @@ def describe_adaptation(adaptation: HostAdaptation) -> str | None:
     return "pyvmm: " + "; ".join(parts) + " (--no-auto-append: none of it)"
 
 
-def adapt_to_host(append: str | None, kvm_path: str | None = None) -> HostAdaptation:
-    """`adapt_to_findings` with this host's findings (the cache's, or a probe run now).
+def adapt_to_host(image: bytes, append: str | None, kvm_path: str | None = None) -> HostAdaptation:
+    """`adapt_to_findings` for the kernel `image` with this host's findings (the
+    cache's, or a probe run now).
 
     Raises KvmUnavailable when `kvm_path` cannot be opened, ProbeError or
     KvmError when a probe guest misbehaves.
     """
     from pyvmm.arch.x86_64.host_probe import probe_host
+    from pyvmm.errors import LoaderError
+    from pyvmm.loaders.linux import command_line_limit
 
+    try:
+        limit: int | None = command_line_limit(image)
+    except LoaderError:
+        limit = None  # the loader says why, in one line, when the machine is built
     report = probe_host(kvm_path=kvm_path)
-    return adapt_to_findings(report.findings, append)
+    return adapt_to_findings(report.findings, append, limit)

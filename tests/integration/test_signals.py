@@ -149,10 +149,10 @@ import pyvmm.machine.builder as builder
 
 real_setup_cpuid = builder.setup_cpuid
 
-def setup_cpuid(kvm, vcpu, apic_id=0, cpus=1):
+def setup_cpuid(kvm, vcpu, apic_id=0, cpus=1, **options):
     if apic_id == cpus // 2:
         os.kill(os.getpid(), signal.SIGTERM)
-    return real_setup_cpuid(kvm, vcpu, apic_id=apic_id, cpus=cpus)
+    return real_setup_cpuid(kvm, vcpu, apic_id=apic_id, cpus=cpus, **options)
 
 builder.setup_cpuid = setup_cpuid
 """

@@ -8,6 +8,7 @@ part is checked up to the VM's creation, which is stubbed out.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from pyvmm.arch.x86_64 import host_probe
 from pyvmm.arch.x86_64.host_probe import ProbeReport
 from pyvmm.cli import boot
 from pyvmm.cli.parser import build_parser
+from pyvmm.errors import LoaderError
 from pyvmm.loaders import boots_as_linux
 from pyvmm.machine import early_vm
 from pyvmm.machine.linux_host import HostAdaptation, adapt_to_findings, describe_adaptation
@@ -90,7 +92,7 @@ def cli_build(
             pass
 
     def build(*args: object) -> None:
-        raise Built(args[-2], args[-1])
+        raise Built(args[-2], args[-1])  # append, hide_cpuid
 
     monkeypatch.setattr(host_probe, "probe_host", probe_host)
     monkeypatch.setattr(early_vm, "start_vm", lambda *args: Early())
@@ -112,34 +114,53 @@ def test_the_cli_adds_the_options_for_a_linux_kernel(
     assert (append, hidden, asked) == (f"console=ttyS0 {PVM_ADDITIONS}", ("cx16",), ["probe"])
 
 
-def test_the_cli_prints_what_it_added(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_cli_says_what_it_added_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         host_probe, "probe_host", lambda **kwargs: ProbeReport(pvm_host(), True, None)
     )
-    assert boot.adapt_linux_to_host("quiet", "/dev/kvm", True) == (
-        f"quiet {PVM_ADDITIONS}",
-        ("cx16",),
-    )
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1
-    assert err[0].startswith(
+    append, hidden, line = boot.adapt_linux_to_host(build_bzimage(), "quiet", "/dev/kvm")
+    assert (append, hidden) == (f"quiet {PVM_ADDITIONS}", ("cx16",))
+    assert line is not None and "\n" not in line
+    assert line.startswith(
         f"pyvmm: added to the kernel's command line for this host (pyvmm host): {PVM_ADDITIONS}"
     )
 
 
 def test_the_cli_says_a_failed_probe_and_boots_the_kernel_as_given(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def fails(**kwargs: object) -> ProbeReport:
         raise host_probe.ProbeError("the CPUID guest did not halt")
 
     monkeypatch.setattr(host_probe, "probe_host", fails)
-    assert boot.adapt_linux_to_host("quiet", "/dev/kvm", True) == ("quiet", ())
-    assert capsys.readouterr().err == (
-        "pyvmm: the host probe failed (the CPUID guest did not halt): nothing added\n"
+    assert boot.adapt_linux_to_host(build_bzimage(), "quiet", "/dev/kvm") == (
+        "quiet",
+        (),
+        "pyvmm: the host probe failed (the CPUID guest did not halt): nothing added",
     )
+
+
+def test_options_that_would_pass_cmdline_size_are_left_out_and_said() -> None:
+    limit = len("console=ttyS0 noxsave")
+    adaptation = adapt_to_findings(pvm_host(), "console=ttyS0", limit)
+    assert adaptation.append == "console=ttyS0" and adaptation.added == ()
+    assert adaptation.left_out == tuple(PVM_ADDITIONS.split())
+    assert describe_adaptation(adaptation) == (
+        f"pyvmm: not added to the kernel's command line, which would pass its {limit}-byte "
+        f"cmdline_size: {PVM_ADDITIONS}; hidden in the vCPU's CPUID: cx16 "
+        "(--no-auto-append: none of it)"
+    )
+    fits = adapt_to_findings(pvm_host(), "console=ttyS0", len(f"console=ttyS0 {PVM_ADDITIONS}"))
+    assert fits.append == f"console=ttyS0 {PVM_ADDITIONS}"
+
+
+def test_the_limit_is_the_kernels_cmdline_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        host_probe, "probe_host", lambda **kwargs: ProbeReport(pvm_host(), True, None)
+    )
+    append, _, line = boot.adapt_linux_to_host(build_bzimage(cmdline_size=64), "quiet", "kvm")
+    assert append == "quiet"
+    assert line is not None and "its 64-byte cmdline_size" in line
 
 
 def test_no_auto_append_leaves_a_linux_kernel_alone(
@@ -158,3 +179,32 @@ def test_other_images_get_nothing_and_no_probe(
     assert cli_build(monkeypatch, tmp_path, hello) == (None, (), [])
     multiboot = (GUESTS / "multiboot.elf").read_bytes()
     assert cli_build(monkeypatch, tmp_path, multiboot, "--append", "x") == ("x", (), [])
+
+
+def test_the_line_comes_once_the_kernel_is_built_and_not_when_it_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bzImage"
+    path.write_bytes(build_bzimage())
+    monkeypatch.setattr(
+        host_probe, "probe_host", lambda **kwargs: ProbeReport(pvm_host(), True, None)
+    )
+    monkeypatch.setattr(early_vm, "start_vm", lambda *args: None)
+    args = build_parser().parse_args(["boot", str(path)])
+    built = object()
+    monkeypatch.setattr(boot, "_build", lambda *args: built)
+    assert boot.build_from_args(args, sys.stdout) is built
+    assert capsys.readouterr().err.startswith("pyvmm: added to the kernel's command line")
+
+    def refuse(*args: object) -> None:
+        raise LoaderError("bzImage speaks boot protocol 2.10")
+
+    class Early:
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(early_vm, "start_vm", lambda *args: Early())
+    monkeypatch.setattr(boot, "_build", refuse)
+    with pytest.raises(LoaderError):
+        boot.build_from_args(args, sys.stdout)
+    assert capsys.readouterr().err == ""
