@@ -32,6 +32,7 @@ USER_RSP = 0x7FFC_1234_5670
 USER_RFLAGS = 0x246  # IF ZF PF
 RETURN_RIP = 0x40_1007  # after the syscall at 0x401005
 KSTACK = 0xFFFF_C900_0000_8000
+SYSCALL = bytes.fromhex("0f05")  # the two bytes before RCX
 
 
 def frame_bytes(
@@ -58,7 +59,7 @@ def state(cr2: int = LSTAR) -> tuple[object, object]:
 
 def test_a_half_done_syscall_becomes_the_entry_syscall_makes():
     regs, sregs = state()
-    repaired = complete_syscall(regs, sregs, MSRS, frame_bytes())
+    repaired = complete_syscall(regs, sregs, MSRS, frame_bytes(), SYSCALL)
     assert repaired is not None
     new_regs, new_sregs = repaired
     assert new_regs.rip == LSTAR
@@ -78,7 +79,7 @@ def test_a_half_done_syscall_becomes_the_entry_syscall_makes():
 def test_cs_and_ss_come_from_star():
     regs, sregs = state()
     msrs = SyscallMsrs(star=0x001B_0008_0000_0000 | 3 << 32, lstar=LSTAR, sfmask=0)
-    new_regs, new_sregs = complete_syscall(regs, sregs, msrs, frame_bytes())
+    new_regs, new_sregs = complete_syscall(regs, sregs, msrs, frame_bytes(), SYSCALL)
     assert new_sregs.cs.selector == 0x08  # STAR[47:32] with the RPL bits cleared
     assert new_sregs.ss.selector == 0x13  # STAR[47:32] + 8, as the CPU takes it
     assert new_regs.rflags == USER_RFLAGS  # nothing masked
@@ -87,7 +88,7 @@ def test_cs_and_ss_come_from_star():
 def test_rf_never_survives():
     regs, sregs = state()
     regs.r11 = USER_RFLAGS | 1 << 16
-    new_regs, _ = complete_syscall(regs, sregs, MSRS, frame_bytes())
+    new_regs, _ = complete_syscall(regs, sregs, MSRS, frame_bytes(), SYSCALL)
     assert not new_regs.rflags & 1 << 16
 
 
@@ -103,13 +104,20 @@ def test_rf_never_survives():
 )
 def test_other_page_faults_are_left_to_the_guest(why, frame, cr2):
     regs, sregs = state(cr2)
-    assert complete_syscall(regs, sregs, MSRS, frame) is None, why
+    assert complete_syscall(regs, sregs, MSRS, frame, SYSCALL) is None, why
+
+
+def test_a_jump_to_lstar_is_no_system_call():
+    # RCX does not follow a `syscall` (or cannot be read): the guest gets its #PF, as on a CPU.
+    regs, sregs = state()
+    assert complete_syscall(regs, sregs, MSRS, frame_bytes(), bytes.fromhex("ffe0")) is None
+    assert complete_syscall(regs, sregs, MSRS, frame_bytes(), None) is None
 
 
 def test_no_lstar_no_repair():
     regs, sregs = state(cr2=0)
     msrs = SyscallMsrs(star=MSRS.star, lstar=0, sfmask=0)
-    assert complete_syscall(regs, sregs, msrs, frame_bytes(rip=0)) is None
+    assert complete_syscall(regs, sregs, msrs, frame_bytes(rip=0), SYSCALL) is None
 
 
 def test_frame_fields_in_push_order():

@@ -8,7 +8,7 @@ fetch at LSTAR, a kernel page, raises #PF, and Linux kills the process
 The repair: an execute breakpoint (KVM_SET_GUEST_DEBUG, DR0) on the guest's
 #PF handler, the target of IDT vector 14. When it fires for a user-mode
 instruction fetch at LSTAR (CR2 = LSTAR, the frame's RIP = LSTAR, its CS at
-CPL3), pyvmm does what SYSCALL should have done (Intel SDM vol. 2B,
+CPL3) with a `syscall` (0f 05) just before RCX, pyvmm does what SYSCALL should have done (Intel SDM vol. 2B,
 SYSCALL): CS and SS from STAR[47:32] at CPL0, RIP = LSTAR, RFLAGS = R11
 masked by SFMASK, RSP the user's (SYSCALL leaves it alone: the #PF frame is
 dropped). Any other #PF goes on to the guest's handler: this host ignores
@@ -61,6 +61,7 @@ PF_FETCH = 1 << 4
 # The frame a 64-bit exception with an error code leaves (Intel SDM vol. 3A, 6.14.2):
 # error code, RIP, CS, RFLAGS, RSP, SS, 8 bytes each.
 FRAME_SIZE = 48
+SYSCALL_OPCODE = bytes.fromhex("0f05")
 RFLAGS_DF = 1 << 10
 RFLAGS_RF = 1 << 16
 RFLAGS_AC = 1 << 18
@@ -135,16 +136,21 @@ def is_half_done_syscall(frame: ExceptionFrame, cr2: int, msrs: SyscallMsrs) -> 
     )
 
 
-def complete_syscall(regs: Any, sregs: Any, msrs: SyscallMsrs, frame_bytes: bytes) -> Any:
+def complete_syscall(
+    regs: Any, sregs: Any, msrs: SyscallMsrs, frame_bytes: bytes, before_rcx: bytes | None
+) -> Any:
     """The registers SYSCALL should have left, as new (regs, sregs); None when the #PF
     whose frame `frame_bytes` is (at sregs' RSP) is not a half-done `syscall`.
 
     `regs` and `sregs` are the vCPU's at the first instruction of the #PF
     handler (`struct kvm_regs`, `struct kvm_sregs`); they are not changed.
-    RCX and R11 are kept: KVM set them as SYSCALL does. CR2 keeps LSTAR.
+    `before_rcx`: the two bytes before RCX, where the `syscall` KVM half did
+    must be (None: unreadable); a user `jmp` to LSTAR is no system call, and
+    its #PF stays the guest's, as on a CPU. RCX and R11 are kept: KVM set
+    them as SYSCALL does. CR2 keeps LSTAR.
     """
     frame = ExceptionFrame.from_bytes(frame_bytes)
-    if not is_half_done_syscall(frame, sregs.cr2, msrs):
+    if not is_half_done_syscall(frame, sregs.cr2, msrs) or before_rcx != SYSCALL_OPCODE:
         return None
     new_regs = ffi.new("struct kvm_regs *")
     new_regs[0] = regs[0]
@@ -254,7 +260,8 @@ class SyscallRepair:
         regs, sregs = self.vcpu.get_regs(), self.vcpu.get_sregs()
         frame = self._read(sregs, regs.rsp, FRAME_SIZE)
         if frame is not None:
-            repaired = complete_syscall(regs, sregs, self.read_msrs(), frame)
+            before_rcx = self._read(sregs, (regs.rcx - 2) % (1 << 64), 2)
+            repaired = complete_syscall(regs, sregs, self.read_msrs(), frame, before_rcx)
             if repaired is not None:
                 self.vcpu.set_regs(repaired[0])
                 self.vcpu.set_sregs(repaired[1])
