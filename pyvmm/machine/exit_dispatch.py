@@ -64,8 +64,9 @@ def dispatch(loop: VcpuLoop, exit: VcpuExit) -> RunOutcome | None:
             buffer[0:size] = value.to_bytes(size, "little")
         case Debug() as debug if loop.syscall_repair is not None:
             # The SYSCALL repair's breakpoints and steps (arch/x86_64/syscall_repair.py).
-            if not loop.syscall_repair.on_debug(debug):
-                return final_outcome(loop, debug)
+            if loop.syscall_repair.on_debug(debug):
+                return None
+            return final_outcome(loop, debug)
         case InternalError() as failure if (
             failure.is_emulation_failure and loop.assists is not None
         ):
