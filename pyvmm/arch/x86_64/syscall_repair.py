@@ -8,13 +8,15 @@ fetch at LSTAR, a kernel page, raises #PF, and Linux kills the process
 The repair: an execute breakpoint (KVM_SET_GUEST_DEBUG, DR0) on the guest's
 #PF handler, the target of IDT vector 14. When it fires for a user-mode
 instruction fetch at LSTAR (CR2 = LSTAR, the frame's RIP = LSTAR, its CS at
-CPL3) with a `syscall` (0f 05) just before RCX, pyvmm does what SYSCALL should have done (Intel SDM vol. 2B,
-SYSCALL): CS and SS from STAR[47:32] at CPL0, RIP = LSTAR, RFLAGS = R11
-masked by SFMASK, RSP the user's (SYSCALL leaves it alone: the #PF frame is
-dropped). Any other #PF goes on to the guest's handler: this host ignores
-RFLAGS.RF, so pyvmm steps over the handler's first instruction itself
-(performs it when it is `endbr64`, a NOP or `cld`, else single-steps it
-with KVM_GUESTDBG_SINGLESTEP) and puts the breakpoint back.
+CPL3) with a `syscall` (0f 05) just before RCX, pyvmm does what SYSCALL
+should have done (Intel SDM vol. 2B, SYSCALL): CS and SS from STAR[47:32]
+at CPL0, RIP = LSTAR, RFLAGS = R11 masked by SFMASK, RSP the user's
+(SYSCALL leaves it alone: the #PF frame is dropped). Any other #PF goes on
+to the guest's handler: this host ignores RFLAGS.RF, so pyvmm steps over
+the handler's first instruction itself (performs it when it is `endbr64`, a
+NOP, `cld` or `clac`, else single-steps it with KVM_GUESTDBG_SINGLESTEP)
+and puts the breakpoint back. A debugger (--gdb) owns the debug registers:
+the repair stops then.
 
 The breakpoint goes in once the guest has set SYSCALL up (EFER.SCE, LSTAR
 not 0, an IDT whose vector 14 is present): pyvmm looks at each exit it
