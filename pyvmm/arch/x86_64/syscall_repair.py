@@ -306,16 +306,29 @@ class RepairWatch:
 
 
 def host_needs_repair(kvm_path: str | None = None) -> bool:
-    """What the host probe says, from its cache (probed once per host kernel, then kept)."""
-    from pyvmm.arch.x86_64.host_findings import needs_syscall_repair
-    from pyvmm.arch.x86_64.host_probe import probe_host
+    """What the host probe says, from its cache (probed once per host kernel, then kept).
 
-    try:
-        report = probe_host(kvm_path=kvm_path)
-    except PyvmmError as error:  # not the main thread, no cache: no repair
-        log.info("SYSCALL repair off: the host probe did not run: %s", error)
-        return False
-    return needs_syscall_repair(report.findings)
+    The cache is read without importing the probe (a few ms, not 100: every
+    long-mode boot asks); only a host not probed yet is probed now.
+    """
+    import os
+
+    from pyvmm.arch.x86_64.host_findings import HostKey, needs_syscall_repair
+    from pyvmm.arch.x86_64.host_probe_cache import cache_directory, load_findings
+    from pyvmm.kvm.host import kvm_backend
+
+    uname = os.uname()
+    key = HostKey(release=uname.release, version=uname.version, backend=kvm_backend())
+    findings = load_findings(key, cache_directory())
+    if findings is None:
+        from pyvmm.arch.x86_64.host_probe import probe_host
+
+        try:
+            findings = probe_host(kvm_path=kvm_path).findings
+        except PyvmmError as error:  # not the main thread, no cache: no repair
+            log.info("SYSCALL repair off: the host probe did not run: %s", error)
+            return False
+    return needs_syscall_repair(findings)
 
 
 def attach_syscall_repair(
