@@ -286,3 +286,16 @@ def test_a_breakpoint_elsewhere_is_not_the_repairs(machine):
     repair.handler = None
     repair.look()
     assert not repair.armed  # a debugger owns the debug registers
+
+
+@pytest.mark.parametrize("rcx", [0, 1, (1 << 64) - 1])
+def test_a_user_fault_whose_rcx_leaves_no_room_for_a_syscall_is_left_alone(machine, rcx):
+    """A user #PF at LSTAR with RCX 0 or 1: the 2 bytes before RCX wrap past 2^64 (or past 0).
+    No syscall instruction can be there: the fault stays the guest's, nothing raises."""
+    repair, vcpu, memory = machine
+    repair.look()
+    frame = struct.pack("<6Q", PF_PRESENT | PF_USER | PF_FETCH, ENTRY, 0x33, 0x46, USER_RSP, 0x2B)
+    debug = hit(vcpu, memory, frame, cr2=ENTRY)
+    vcpu.regs.rcx = rcx
+    assert repair.on_debug(debug)
+    assert repair.count == 0 and vcpu.regs.rip == HANDLER + 4  # stepped over, not repaired

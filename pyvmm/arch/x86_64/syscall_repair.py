@@ -215,6 +215,8 @@ class SyscallRepair:
         from pyvmm.arch.x86_64.page_walk import PagingRegisters
         from pyvmm.arch.x86_64.virtual_memory import read_virtual
 
+        if gva + size > 1 << 64:  # e.g. the 2 bytes before an RCX of 1: nothing to read
+            return None
         paging = PagingRegisters(sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer)
         try:
             return read_virtual(self.memory, paging, gva, size, self.max_phys_bits)
