@@ -60,21 +60,27 @@ def build_from_args(
     )
     # Lets tests (and odd hosts) point pyvmm at another KVM device node.
     kvm_path = os.environ.get("PYVMM_KVM_PATH", DEFAULT_KVM_PATH)
-    append, hide_cpuid, host_line = args.append, (), None
+    append, hide_cpuid, host_line, pit_scale = args.append, (), None, args.pit_scale
     if not getattr(args, "no_auto_append", False) and boots_as_linux(
         image, getattr(args, "format", None), args.multiboot
     ):
         # Before the VM: the boot timer counts from its creation, not from the probe.
-        append, hide_cpuid, host_line = adapt_linux_to_host(image, args.append, kvm_path)
+        append, hide_cpuid, host_line, scale = adapt_linux_to_host(
+            image, args.append, kvm_path, args.pit
+        )
+        if pit_scale is None:
+            pit_scale = scale
     irqchip = None if args.kernel_irqchip is None else args.kernel_irqchip == "on"
+    pit = args.pit or "user"
     # The VM and its irqchip first: the host's wait after making the irqchip
     # then passes while the rest of pyvmm is imported (see early_vm.py).
     vga_text = getattr(args, "vga", "none") != "none"  # only `boot` shows the screen
-    early = start_vm(kvm_path, irqchip is not False, ram_size, vga_text)
+    kernel_pit = pit == "kernel" and irqchip is not False
+    early = start_vm(kvm_path, irqchip is not False, ram_size, vga_text, kernel_pit)
     try:
         machine = _build(
             args, console, console_input, ram_size, image, cmdline, modules, early,
-            append, hide_cpuid,
+            append, hide_cpuid, pit, pit_scale or 1,
         )  # fmt: skip
     except BaseException:
         early.close()  # idempotent: build_machine may have closed it already
@@ -95,6 +101,8 @@ def _build(
     early: EarlyVm,
     append: str | None,
     hide_cpuid: tuple[str, ...],
+    pit: str,
+    pit_scale: int,
 ) -> Machine:
     from pyvmm.console.output import ConsoleWriter
     from pyvmm.machine.builder import MachineConfig, build_machine
@@ -130,6 +138,8 @@ def _build(
         ioeventfd=None if getattr(args, "ioeventfd", None) is None else args.ioeventfd == "on",
         kvm_path=early.kvm_path,
         hide_cpuid=hide_cpuid,
+        pit=pit,
+        pit_scale=pit_scale,
     )
     machine = build_machine(config, early)
     # The write fails inside a vCPU's exit dispatch, maybe in a vCPU thread:
@@ -139,11 +149,14 @@ def _build(
 
 
 def adapt_linux_to_host(
-    image: bytes, append: str | None, kvm_path: str
-) -> tuple[str | None, tuple[str, ...], str | None]:
-    """A Linux kernel's command line and hidden CPUID features for this host (linux_host.py),
-    and the line that says what changed (None: nothing). A probe that fails is
-    said in that line, and the kernel boots as given."""
+    image: bytes, append: str | None, kvm_path: str, pit: str | None = None
+) -> tuple[str | None, tuple[str, ...], str | None, int]:
+    """A Linux kernel's command line, hidden CPUID features and PIT scale for this
+    host (linux_host.py), and the line that says what changed (None: nothing).
+    A probe that fails is said in that line, and the kernel boots as given.
+    With `pit` "kernel" (KVM's PIT, which cannot be slowed) the scale is 1."""
+    from dataclasses import replace
+
     from pyvmm.arch.x86_64.host_probe import ProbeError
     from pyvmm.errors import KvmError
     from pyvmm.machine.linux_host import adapt_to_host, describe_adaptation
@@ -151,8 +164,15 @@ def adapt_linux_to_host(
     try:
         adaptation = adapt_to_host(image, append, kvm_path)
     except (ProbeError, KvmError) as error:
-        return append, (), f"pyvmm: the host probe failed ({error}): nothing added"
-    return adaptation.append, adaptation.hidden, describe_adaptation(adaptation)
+        return append, (), f"pyvmm: the host probe failed ({error}): nothing added", 1
+    if pit == "kernel":
+        adaptation = replace(adaptation, pit_scale=1)
+    return (
+        adaptation.append,
+        adaptation.hidden,
+        describe_adaptation(adaptation),
+        adaptation.pit_scale,
+    )
 
 
 def _drive(args: argparse.Namespace) -> Drive | None:
@@ -245,6 +265,10 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
             print(format_assists(assists), file=sys.stderr)
         if machine.loop.syscall_repair is not None:  # this host needs it (pyvmm host)
             print(f"syscall repairs: {machine.loop.syscall_repair.count}", file=sys.stderr)
+        if machine.pit is not None and machine.pit.interrupts:
+            from pyvmm.machine.pit import describe_pit
+
+            print(describe_pit(machine.pit, machine.config), file=sys.stderr)
         if machine.boot_timer is not None:
             from pyvmm.devices.boot_timer import describe_boot_time
 

@@ -467,6 +467,24 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         "INIT/SIPI). off: no interrupts at all, hlt ends the run at once; one vCPU only",
     )
     parser.add_argument(
+        "--pit",
+        choices=["user", "kernel"],
+        help="the 8254 PIT at ports 0x40-0x43 and 0x61 (default: user, pyvmm's own, whose "
+        "accesses exit and whose IRQ 0 a timer thread raises once the guest programs it; a "
+        "tick the guest missed is dropped). kernel: KVM's in-kernel PIT (KVM_CREATE_PIT2, as "
+        "QEMU and Firecracker use it), whose accesses do not exit and whose missed ticks "
+        "KVM delivers later; needs the in-kernel irqchip",
+    )
+    parser.add_argument(
+        "--pit-scale",
+        type=_parse_pit_scale,
+        metavar="N",
+        help="run the user PIT's clock N times slower than the host's, in its counts and "
+        "its interrupts (default 1; for a Linux kernel, what `pyvmm host` derives: on a "
+        "host where one emulated timer tick costs more than a period, a kernel makes "
+        "progress between slower ticks)",
+    )
+    parser.add_argument(
         "--testdev",
         action="store_true",
         help="add QEMU's pc-testdev (qemu -device pc-testdev), the test device of "
@@ -622,6 +640,15 @@ def _parse_cpus(text: str) -> int:
             "threads or maxcpus: the vCPUs are one package of single-thread cores)"
         )
     return _positive_integer(value, text, "vCPUs", "a machine needs at least one vCPU")
+
+
+def _parse_pit_scale(text: str) -> int:
+    from pyvmm.machine.pit import MAX_PIT_SCALE
+
+    value = _positive_integer(text, text, "times", "1 is a PIT at its programmed rate")
+    if value > MAX_PIT_SCALE:
+        raise argparse.ArgumentTypeError(f"{text} is more than {MAX_PIT_SCALE}")
+    return value
 
 
 def _parse_count(text: str) -> int:

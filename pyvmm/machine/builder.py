@@ -26,6 +26,7 @@ from pyvmm.devices.boot_timer import BOOT_TIMER_PORT, BOOT_TIMER_SIZE, BootTimer
 from pyvmm.devices.bus import Bus, BusDevice, Shifted
 from pyvmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit, debug_exit_status
 from pyvmm.devices.fw_cfg import FW_CFG_PORT_SEL, FW_CFG_PORT_SIZE, FwCfg
+from pyvmm.devices.i8254 import I8254
 from pyvmm.devices.pci_absent import PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT, PciAbsent
 from pyvmm.devices.rtc import Mc146818Rtc
 from pyvmm.devices.serial import Serial16550
@@ -38,6 +39,7 @@ from pyvmm.machine.firmware import attach_firmware, firmware_ranges
 from pyvmm.machine.interrupts import InterruptLines
 from pyvmm.machine.legacy_pc import VgaTextWatch, attach_no_bios
 from pyvmm.machine.outcome import OutcomeKind, RunOutcome, vmm_error
+from pyvmm.machine.pit import attach_pit, check_pit
 from pyvmm.machine.ram_size import check_ram_size, host_memory_size  # noqa: F401 (re-exported)
 from pyvmm.machine.reset import attach_reset_sources
 from pyvmm.machine.rtc_timer import attach_rtc
@@ -93,9 +95,12 @@ class MachineConfig:
     - `max_exits`: each vCPU stops after this many exits;
     - `console_input`: host input for COM1, or for the virtio-console with
       `virtio_console` (console/input.py); None: none;
-    - `irqchip`: in-kernel PIC/IOAPIC/LAPICs and PIT, as QEMU
+    - `irqchip`: in-kernel PIC/IOAPIC/LAPICs, as QEMU
       (kernel_irqchip=on) and Firecracker have them. None: on. False: none,
       and `hlt` exits to pyvmm (one vCPU only: INIT/SIPI need the LAPICs);
+    - `pit`: "user" (pyvmm's 8254, machine/pit.py) or "kernel" (KVM's PIT2,
+      which needs the irqchip); `pit_scale`: the user PIT's clock runs this
+      many times slower than the host's (1: as programmed);
     - `vga_text`: watch the VGA text buffer with KVM's dirty-page log (legacy_pc.py);
     - `testdev`: QEMU's pc-testdev (--testdev); `acpi`: ACPI tables and the
       PM blocks (--acpi on|off; QEMU's -machine acpi=);
@@ -139,6 +144,8 @@ class MachineConfig:
         "max_exits",
         "mode",
         "modules",
+        "pit",
+        "pit_scale",
         "ram_size",
         "testdev",
         "vga_text",
@@ -174,6 +181,8 @@ class MachineConfig:
         ioeventfd: bool | None = None,
         emulate: bool = True,
         hide_cpuid: tuple[str, ...] = (),
+        pit: str = "user",
+        pit_scale: int = 1,
     ) -> None:
         self.image = image
         self.ram_size = ram_size
@@ -201,6 +210,8 @@ class MachineConfig:
         self.ioeventfd = ioeventfd
         self.emulate = emulate
         self.hide_cpuid = hide_cpuid
+        self.pit = pit
+        self.pit_scale = pit_scale
 
     def replace(self, **changes: object) -> MachineConfig:
         """A copy with `changes` (field=value) applied, as dataclasses.replace."""
@@ -230,6 +241,10 @@ class MachineConfig:
     @property
     def wants_irqchip(self) -> bool:
         return self.irqchip is not False
+
+    @property
+    def wants_kernel_pit(self) -> bool:
+        return self.pit == "kernel"
 
 
 class Machine(ClosesOnExit):
@@ -286,6 +301,8 @@ class Machine(ClosesOnExit):
         self.virtio: list[VirtioSlot] = []
         # Set by build_machine: the RTC and CMOS (a reboot carries its contents over).
         self.rtc: Mc146818Rtc | None = None
+        # Set by build_machine: pyvmm's 8254 (None: KVM's PIT, --pit kernel).
+        self.pit: I8254 | None = None
         # Set by build_machine: where pyvmm put its GDT, page tables, TSS and stack.
         self.vmm_places = layout.DEFAULT_PLACES
         # Set by build_machine: the boot timer at port 0x3f0 (devices/boot_timer.py).
@@ -469,11 +486,17 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
     if early is None:
         from pyvmm.machine.early_vm import start_vm
 
-        early = start_vm(config.kvm_path, config.wants_irqchip, config.ram_size, config.vga_text)
+        early = start_vm(
+            config.kvm_path, config.wants_irqchip, config.ram_size, config.vga_text,
+            config.wants_kernel_pit,
+        )  # fmt: skip
     with ExitStack() as resources:
         resources.callback(early.close)  # the VM, then its memory
+        check_pit(config)
         wanted = (config.wants_irqchip, config.kvm_path, config.ram_size, config.vga_text)
         made = (early.irqchip, early.kvm_path, early.ram_size, early.watches_vga)
+        wanted += (config.wants_irqchip and config.wants_kernel_pit,)
+        made += (early.kernel_pit,)
         if wanted != made:
             raise ValueError("the early VM does not match the machine's configuration")
         memory, kvm, vm, vga_text = early.memory, early.kvm, early.vm, early.vga_text
@@ -524,7 +547,7 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
 
         if config.cpus > 1 and config.irqchip is False:
             raise UsageError("-smp needs the in-kernel irqchip: INIT/SIPI go through the LAPICs")
-        # start_vm made the irqchip (the LAPICs INIT/SIPI and IPIs need) and the PIT.
+        # start_vm made the irqchip (the LAPICs INIT/SIPI and IPIs need), and KVM's PIT.
         if config.wants_irqchip and entry.mode is CpuMode.REAL:
             set_bios_pic_state(vm)  # vector bases 0x08/0x70, as a BIOS leaves them
         vcpus = [resources.enter_context(vm.create_vcpu(index)) for index in range(config.cpus)]
@@ -579,6 +602,9 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         rtc = attach_rtc(
             pio_bus, interrupts, config.ram_size, config.cpus, group.post, resources, config.cmos
         )
+        pit = None
+        if not config.wants_kernel_pit:
+            pit = attach_pit(pio_bus, interrupts, group.post, resources, config.pit_scale)
         no_bios = None
         if entry.mode is CpuMode.REAL:
             no_bios = attach_no_bios(
@@ -654,6 +680,7 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         machine.interrupts = interrupts
         machine.firmware = firmware
         machine.rtc = rtc
+        machine.pit = pit
         machine.virtio = virtio
         machine.no_bios, machine.vga_text = no_bios, vga_text
         machine.boot_timer = boot_timer

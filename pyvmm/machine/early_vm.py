@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 
 class EarlyVm:
-    """Guest RAM, an open /dev/kvm and a VM with the RAM in its slots, and with
-    its irqchip and PIT when `irqchip` is True.
+    """Guest RAM, an open /dev/kvm and a VM with the RAM in its slots, with
+    its irqchip when `irqchip` is True, and KVM's PIT as well when `kernel_pit`.
 
     Made by `start_vm`; `build_machine(config, early=...)` takes ownership
     (and closes it when the machine closes). `close` releases it otherwise:
@@ -44,6 +44,7 @@ class EarlyVm:
     __slots__ = (
         "created_at",
         "irqchip",
+        "kernel_pit",
         "kvm",
         "kvm_path",
         "memory",
@@ -63,6 +64,7 @@ class EarlyVm:
         ram_size: int,
         watches_vga: bool,
         vga_text: VgaTextWatch | None,
+        kernel_pit: bool = False,
     ) -> None:
         self.kvm = kvm
         self.vm = vm
@@ -72,6 +74,7 @@ class EarlyVm:
         self.ram_size = ram_size
         self.watches_vga = watches_vga
         self.vga_text = vga_text
+        self.kernel_pit = kernel_pit
         self.created_at = time.monotonic()  # start_vm sets the VM's own time
 
     def close(self) -> None:
@@ -80,9 +83,11 @@ class EarlyVm:
         self.memory.close()
 
 
-def start_vm(kvm_path: str, irqchip: bool, ram_size: int, vga_text: bool) -> EarlyVm:
+def start_vm(
+    kvm_path: str, irqchip: bool, ram_size: int, vga_text: bool, kernel_pit: bool = False
+) -> EarlyVm:
     """Map `ram_size` bytes of guest RAM, open `kvm_path`, create a VM holding the RAM,
-    and with `irqchip` its PIC/IOAPIC/LAPICs and PIT, last.
+    and with `irqchip` its PIC/IOAPIC/LAPICs, last (and KVM's PIT with `kernel_pit`).
 
     What `build_machine` would do first: KVM_CREATE_VM, KVM_SET_TSS_ADDR,
     KVM_SET_IDENTITY_MAP_ADDR, KVM_SET_USER_MEMORY_REGION (with the VGA text
@@ -106,8 +111,11 @@ def start_vm(kvm_path: str, irqchip: bool, ram_size: int, vga_text: bool) -> Ear
         watch = attach_guest_memory(vm, memory, vga_text)
         if irqchip:
             vm.create_irqchip()
-            vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
+            if kernel_pit:  # else pyvmm's 8254 (machine/pit.py)
+                vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
         resources.pop_all()
-    early = EarlyVm(kvm, vm, memory, irqchip, kvm_path, ram_size, vga_text, watch)
+    early = EarlyVm(
+        kvm, vm, memory, irqchip, kvm_path, ram_size, vga_text, watch, irqchip and kernel_pit
+    )
     early.created_at = created_at
     return early

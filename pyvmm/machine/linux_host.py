@@ -19,7 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyvmm.arch.x86_64.host_findings import command_line_additions, cpuid_hideable, with_additions
+from pyvmm.arch.x86_64.host_findings import (
+    command_line_additions,
+    cpuid_hideable,
+    timer_scale,
+    with_additions,
+)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
@@ -35,7 +40,8 @@ class HostAdaptation:
     findings (what `with_additions` merged into `append`); `hidden`: the
     features cleared in every vCPU's CPUID; `left_out`: options not added
     because the command line would have passed the kernel's cmdline_size
-    (`limit` bytes).
+    (`limit` bytes); `pit_scale`: how many times slower than programmed
+    pyvmm's PIT runs (host_findings.timer_scale; 1: as programmed).
     """
 
     append: str | None
@@ -43,6 +49,7 @@ class HostAdaptation:
     hidden: tuple[str, ...] = ()
     left_out: tuple[str, ...] = ()
     limit: int | None = None
+    pit_scale: int = 1
 
 
 def adapt_to_findings(
@@ -55,12 +62,13 @@ def adapt_to_findings(
     """
     added = command_line_additions(findings)
     hidden = cpuid_hideable(findings)
+    scale = timer_scale(findings)
     if not added:
-        return HostAdaptation(append, (), hidden)
+        return HostAdaptation(append, (), hidden, pit_scale=scale)
     merged = with_additions(append or "", added)
     if limit is not None and len(merged.encode("utf-8", "replace")) > limit:
-        return HostAdaptation(append, (), hidden, left_out=added, limit=limit)
-    return HostAdaptation(merged, added, hidden)
+        return HostAdaptation(append, (), hidden, left_out=added, limit=limit, pit_scale=scale)
+    return HostAdaptation(merged, added, hidden, pit_scale=scale)
 
 
 def describe_adaptation(adaptation: HostAdaptation) -> str | None:
@@ -78,6 +86,8 @@ def describe_adaptation(adaptation: HostAdaptation) -> str | None:
         )
     if adaptation.hidden:
         parts.append("hidden in the vCPU's CPUID: " + ",".join(adaptation.hidden))
+    if adaptation.pit_scale != 1:
+        parts.append(f"the PIT runs {adaptation.pit_scale} times slower (--pit-scale)")
     if not parts:
         return None
     return "pyvmm: " + "; ".join(parts) + " (--no-auto-append: none of it)"

@@ -35,8 +35,10 @@ def test_a_pvm_like_host_adds_its_options_after_the_users_and_hides_what_cpuid_c
     assert adaptation.hidden == ("cx16",)
     assert describe_adaptation(adaptation) == (
         f"pyvmm: added to the kernel's command line for this host (pyvmm host): {PVM_ADDITIONS}"
-        "; hidden in the vCPU's CPUID: cx16 (--no-auto-append: none of it)"
+        "; hidden in the vCPU's CPUID: cx16; the PIT runs 10 times slower (--pit-scale) "
+        "(--no-auto-append: none of it)"
     )
+    assert adaptation.pit_scale == 10
 
 
 def test_without_append_the_additions_are_the_whole_command_line() -> None:
@@ -53,7 +55,7 @@ def test_the_users_clearcpuid_takes_the_additions_names() -> None:
 @pytest.mark.parametrize("append", [None, "", "console=ttyS0"])
 def test_a_host_where_the_probe_found_nothing_adds_nothing(append: str | None) -> None:
     adaptation = adapt_to_findings(vt_x_host(), append)
-    assert adaptation == HostAdaptation(append, (), ())
+    assert adaptation == HostAdaptation(append, (), (), pit_scale=1)
     assert describe_adaptation(adaptation) is None
 
 
@@ -78,7 +80,8 @@ def cli_build(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, image: bytes, *options: str
 ) -> tuple[str | None, tuple[str, ...], list[str]]:
     """`pyvmm boot IMAGE OPTIONS` up to the build: the --append and CPUID it gets, and
-    which findings were asked for (the probe is stubbed with issue 15's host)."""
+    which findings were asked for (the probe is stubbed with issue 15's host).
+    The PIT and its scale it gets are left in `cli_build.pit`."""
     path = tmp_path / "image"
     path.write_bytes(image)
     asked: list[str] = []
@@ -92,7 +95,7 @@ def cli_build(
             pass
 
     def build(*args: object) -> None:
-        raise Built(args[-2], args[-1])  # append, hide_cpuid
+        raise Built(*args[-4:])  # append, hide_cpuid, pit, pit_scale
 
     monkeypatch.setattr(host_probe, "probe_host", probe_host)
     monkeypatch.setattr(early_vm, "start_vm", lambda *args: Early())
@@ -101,7 +104,8 @@ def cli_build(
     assert isinstance(args, argparse.Namespace)
     with pytest.raises(Built) as built:
         boot.build_from_args(args, None)
-    append, hidden = built.value.args
+    append, hidden, pit, scale = built.value.args
+    cli_build.pit = (pit, scale)  # type: ignore[attr-defined]
     return append, hidden, asked
 
 
@@ -118,8 +122,8 @@ def test_the_cli_says_what_it_added_in_one_line(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(
         host_probe, "probe_host", lambda **kwargs: ProbeReport(pvm_host(), True, None)
     )
-    append, hidden, line = boot.adapt_linux_to_host(build_bzimage(), "quiet", "/dev/kvm")
-    assert (append, hidden) == (f"quiet {PVM_ADDITIONS}", ("cx16",))
+    append, hidden, line, scale = boot.adapt_linux_to_host(build_bzimage(), "quiet", "/dev/kvm")
+    assert (append, hidden, scale) == (f"quiet {PVM_ADDITIONS}", ("cx16",), 10)
     assert line is not None and "\n" not in line
     assert line.startswith(
         f"pyvmm: added to the kernel's command line for this host (pyvmm host): {PVM_ADDITIONS}"
@@ -137,6 +141,7 @@ def test_the_cli_says_a_failed_probe_and_boots_the_kernel_as_given(
         "quiet",
         (),
         "pyvmm: the host probe failed (the CPUID guest did not halt): nothing added",
+        1,
     )
 
 
@@ -147,8 +152,8 @@ def test_options_that_would_pass_cmdline_size_are_left_out_and_said() -> None:
     assert adaptation.left_out == tuple(PVM_ADDITIONS.split())
     assert describe_adaptation(adaptation) == (
         f"pyvmm: not added to the kernel's command line, which would pass its {limit}-byte "
-        f"cmdline_size: {PVM_ADDITIONS}; hidden in the vCPU's CPUID: cx16 "
-        "(--no-auto-append: none of it)"
+        f"cmdline_size: {PVM_ADDITIONS}; hidden in the vCPU's CPUID: cx16; the PIT runs 10 "
+        "times slower (--pit-scale) (--no-auto-append: none of it)"
     )
     fits = adapt_to_findings(pvm_host(), "console=ttyS0", len(f"console=ttyS0 {PVM_ADDITIONS}"))
     assert fits.append == f"console=ttyS0 {PVM_ADDITIONS}"
@@ -158,7 +163,7 @@ def test_the_limit_is_the_kernels_cmdline_size(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(
         host_probe, "probe_host", lambda **kwargs: ProbeReport(pvm_host(), True, None)
     )
-    append, _, line = boot.adapt_linux_to_host(build_bzimage(cmdline_size=64), "quiet", "kvm")
+    append, _, line, _ = boot.adapt_linux_to_host(build_bzimage(cmdline_size=64), "quiet", "kvm")
     assert append == "quiet"
     assert line is not None and "its 64-byte cmdline_size" in line
 
@@ -170,6 +175,23 @@ def test_no_auto_append_leaves_a_linux_kernel_alone(
         monkeypatch, tmp_path, build_bzimage(), "--append", "console=ttyS0", "--no-auto-append"
     )
     assert (append, hidden, asked) == ("console=ttyS0", (), [])
+    assert cli_build.pit == ("user", 1)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("options", "pit"),
+    [
+        ((), ("user", 10)),  # the probe's timer scale
+        (("--pit-scale", "3"), ("user", 3)),  # the user's wins
+        (("--pit-scale", "1"), ("user", 1)),
+        (("--pit", "kernel"), ("kernel", 1)),  # KVM's PIT cannot be slowed
+    ],
+)
+def test_a_linux_kernel_gets_the_probes_pit_scale_unless_told(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, options: tuple[str, ...], pit: object
+) -> None:
+    cli_build(monkeypatch, tmp_path, build_bzimage(), *options)
+    assert cli_build.pit == pit  # type: ignore[attr-defined]
 
 
 def test_other_images_get_nothing_and_no_probe(
