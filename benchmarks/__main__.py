@@ -40,6 +40,7 @@ from pyvmm.shipped import run_installed_if_shadowed
 SUITES = {
     "kernels": "benchmarks.suite_kernels",
     "exits": "benchmarks.suite_exits",
+    "linux": "benchmarks.suite_linux",
     "startup": "benchmarks.suite_startup",
     "virtio": "benchmarks.suite_virtio",
 }

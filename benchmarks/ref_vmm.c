@@ -13,7 +13,8 @@
  *   open /dev/kvm, KVM_CREATE_VM, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR,
  *   mmap guest RAM (MAP_NORESERVE), KVM_SET_USER_MEMORY_REGION, copy the
  *   pages in; with the irqchip (pyvmm's default machine): KVM_CREATE_IRQCHIP,
- *   KVM_CREATE_PIT2 and, for a real-mode entry, both PICs loaded as a BIOS
+ *   KVM_CREATE_PIT2 when pyvmm's machine has KVM's PIT (--pit kernel; its
+ *   default PIT is its own, in Python, not created until used) and, for a real-mode entry, both PICs loaded as a BIOS
  *   leaves them (KVM_GET/SET_IRQCHIP, pyvmm/arch/x86_64/pic.py); then per
  *   vCPU KVM_CREATE_VCPU, mmap kvm_run, KVM_SET_CPUID2 (what
  *   KVM_GET_SUPPORTED_CPUID offers, with the vCPU's APIC ID); vCPU 0 gets
@@ -70,6 +71,7 @@
 #define MAX_CPUS 255
 /* The state file's flags word. */
 #define STATE_IRQCHIP 1u
+#define STATE_KERNEL_PIT 2u
 /* SeaBIOS's PIC set-up (pyvmm/arch/x86_64/pic.py): vector bases, every IRQ
  * masked but the master's cascade (IRQ 2). */
 #define PIC_MASTER_VECTOR_BASE 0x08
@@ -90,7 +92,7 @@ struct state {
 	struct kvm_sregs sregs;
 	struct kvm_regs regs;
 	struct kvm_fpu fpu;
-	uint32_t flags; /* STATE_IRQCHIP */
+	uint32_t flags; /* STATE_IRQCHIP, STATE_KERNEL_PIT */
 	struct chunk *chunks;
 	size_t nchunks;
 	unsigned char *file; /* the whole file: chunk data points into it */
@@ -189,7 +191,7 @@ static uint64_t get_u64(const unsigned char *p)
 /*
  * State file, little-endian:
  *   "PYVMMREF", u32 sizeof(kvm_sregs), u32 sizeof(kvm_regs), u32 sizeof(kvm_fpu),
- *   u32 flags (bit 0: the in-kernel irqchip and PIT), the three structs' raw
+ *   u32 flags (bit 0: the in-kernel irqchip; bit 1: KVM's PIT too), the three structs' raw
  *   bytes, then chunks to EOF: u64 gpa, u64 size, data.
  * The sizes must match this compiler's view of <linux/kvm.h>.
  */
@@ -208,7 +210,7 @@ static void load_state(const char *path, struct state *state)
 	if (size < offset + sizeof(state->sregs) + sizeof(state->regs) + sizeof(state->fpu))
 		die("%s is truncated", path);
 	state->flags = get_u32(file + 20);
-	if (state->flags & ~STATE_IRQCHIP)
+	if (state->flags & ~(STATE_IRQCHIP | STATE_KERNEL_PIT))
 		die("%s: unknown flags 0x%x", path, state->flags);
 	memcpy(&state->sregs, file + offset, sizeof(state->sregs));
 	offset += sizeof(state->sregs);
@@ -432,7 +434,8 @@ static void cycle(const char *kvm_path, const struct state *state, uint64_t ram_
 		struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
 
 		xioctl(vm, KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP");
-		xioctl(vm, KVM_CREATE_PIT2, &pit, "KVM_CREATE_PIT2");
+		if (state->flags & STATE_KERNEL_PIT)
+			xioctl(vm, KVM_CREATE_PIT2, &pit, "KVM_CREATE_PIT2");
 		if (!(state->sregs.cr0 & 1)) /* real mode: what a BIOS leaves */
 			set_bios_pic_state(vm);
 	}

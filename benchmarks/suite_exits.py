@@ -18,7 +18,7 @@ GIL); ref_vmm runs one thread per vCPU with no lock at all. The sample is
 the wall time of the whole run (AP start-up included, a few hundred
 instructions) divided by the exits of all vCPUs: the ratio pyvmm/C is what
 concurrency costs pyvmm beyond the single-vCPU rows. Both VMMs build the
-same machine: the in-kernel irqchip and PIT, as pyvmm's default.
+same machine: the in-kernel irqchip (and no PIT in the kernel), as pyvmm's default.
 
     python -m benchmarks.suite_exits [--quick] [--json]
 """
@@ -74,8 +74,9 @@ RAM_SIZE = 128 * layout.MIB  # pyvmm's (and QEMU's) default -m
 SNAPSHOT_LIMIT = 2 * layout.MIB
 PAGE_SIZE = 4096
 STATE_MAGIC = b"PYVMMREF"
-# The state file's flags word: the machine has KVM's in-kernel irqchip and PIT.
+# The state file's flags word: the machine has KVM's in-kernel irqchip; and KVM's PIT.
 STATE_IRQCHIP = 1
+STATE_KERNEL_PIT = 2
 
 C_LABEL = "C reference VMM"
 PYVMM_LABEL = "pyvmm"
@@ -249,10 +250,11 @@ def write_state_file(
 
     Layout (little-endian, read by ref_vmm.c's load_state): b"PYVMMREF", the
     sizes of struct kvm_sregs, kvm_regs and kvm_fpu as u32, a u32 of flags
-    (STATE_IRQCHIP when the machine has the in-kernel irqchip and PIT, so that
-    ref_vmm creates them too), the three structs' raw bytes, then one record
-    per non-zero page below `limit`: u64 gpa, u64 size, the bytes. `irqchip`
-    overrides what the machine has (None: what it has).
+    (STATE_IRQCHIP when the machine has the in-kernel irqchip, STATE_KERNEL_PIT
+    when it has KVM's PIT too, so that ref_vmm creates them as well), the
+    three structs' raw bytes, then one record per non-zero page below
+    `limit`: u64 gpa, u64 size, the bytes. `irqchip` overrides what the
+    machine has (None: what it has).
     """
     structs = [
         bytes(ffi.buffer(machine.vcpu.get_sregs())),
@@ -262,6 +264,8 @@ def write_state_file(
     if irqchip is None:
         irqchip = machine.config is None or machine.config.wants_irqchip
     flags = STATE_IRQCHIP if irqchip else 0
+    if irqchip and machine.config is not None and machine.config.wants_kernel_pit:
+        flags |= STATE_KERNEL_PIT
     parts = [STATE_MAGIC, struct.pack("<4I", *(len(raw) for raw in structs), flags), *structs]
     pages = 0
     zero = bytes(PAGE_SIZE)

@@ -40,6 +40,11 @@ _CONSTANTS = """
 #define KVM_IRQCHIP_PIC_SLAVE ...
 #define KVM_IRQCHIP_IOAPIC ...
 #define KVM_IRQFD ...
+#define KVM_SET_GSI_ROUTING ...
+#define KVM_IRQ_ROUTING_IRQCHIP ...
+#define KVM_IRQCHIP_PIC_MASTER ...
+#define KVM_IRQCHIP_PIC_SLAVE ...
+#define KVM_IRQCHIP_IOAPIC ...
 #define KVM_IRQFD_FLAG_DEASSIGN ...
 #define KVM_IRQFD_FLAG_RESAMPLE ...
 #define KVM_CAP_IRQFD ...
@@ -283,6 +288,31 @@ struct kvm_irqchip {
     ...;
 };
 
+/* KVM_SET_GSI_ROUTING (KVM API doc 4.52): which irqchip pins each GSI drives. */
+struct kvm_irq_routing_irqchip {
+    uint32_t irqchip;
+    uint32_t pin;
+};
+/* kvm_irq_routing_entry's anonymous `u` union, named by a typedef in the C source below. */
+typedef union {
+    struct kvm_irq_routing_irqchip irqchip;
+    uint32_t pad[8];
+    ...;
+} pyvmm_irq_routing_target;
+struct kvm_irq_routing_entry {
+    uint32_t gsi;
+    uint32_t type;
+    uint32_t flags;
+    pyvmm_irq_routing_target u;
+    ...;
+};
+struct kvm_irq_routing {
+    uint32_t nr;
+    uint32_t flags;
+    struct kvm_irq_routing_entry entries[];
+    ...;
+};
+
 /* KVM_IRQFD (KVM API doc 4.75). */
 struct kvm_irqfd {
     uint32_t fd;
@@ -459,6 +489,7 @@ typedef PYVMM_EXIT_TYPE(internal) pyvmm_exit_internal;
 typedef PYVMM_EXIT_TYPE(emulation_failure) pyvmm_exit_emulation_failure;
 typedef PYVMM_EXIT_TYPE(system_event) pyvmm_exit_system_event;
 typedef __typeof__(((struct kvm_irqchip *)0)->chip) pyvmm_irqchip_state;
+typedef __typeof__(((struct kvm_irq_routing_entry *)0)->u) pyvmm_irq_routing_target;
 typedef __typeof__(((struct kvm_vcpu_events *)0)->exception) pyvmm_vcpu_events_exception;
 
 static int pyvmm_ioctl_ptr(int fd, unsigned long request, void *arg)

@@ -9,6 +9,7 @@ from pyvmm.kvm.vcpu import Vcpu
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 
@@ -66,6 +67,23 @@ class Vm(ClosesOnExit):
         """
         request = ffi.new("struct kvm_irq_level *", {"irq": gsi, "level": level})
         ioctl_ptr(self.fd, lib.KVM_IRQ_LINE, "KVM_IRQ_LINE", request)
+
+    def set_gsi_routing(self, routes: Sequence[tuple[int, int, int]]) -> None:
+        """KVM_SET_GSI_ROUTING (KVM API doc 4.52): replace the GSI routing with `routes`.
+
+        Each route is (gsi, irqchip, pin): input `gsi` drives `pin` of
+        `irqchip` (KVM_IRQCHIP_PIC_MASTER, _PIC_SLAVE or _IOAPIC); a GSI may
+        have several routes, and a GSI with none drives nothing. Needs
+        KVM_CREATE_IRQCHIP first; raises KvmError otherwise.
+        """
+        table = ffi.new("struct kvm_irq_routing *", {"nr": len(routes), "entries": len(routes)})
+        for index, (gsi, irqchip, pin) in enumerate(routes):
+            entry = table.entries[index]
+            entry.gsi = gsi
+            entry.type = lib.KVM_IRQ_ROUTING_IRQCHIP
+            entry.u.irqchip.irqchip = irqchip
+            entry.u.irqchip.pin = pin
+        ioctl_ptr(self.fd, lib.KVM_SET_GSI_ROUTING, "KVM_SET_GSI_ROUTING", table)
 
     def get_irqchip(self, chip_id: int) -> Any:
         """KVM_GET_IRQCHIP (KVM API doc 4.26): a `struct kvm_irqchip *` holding chip `chip_id`.

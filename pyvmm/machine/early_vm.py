@@ -20,6 +20,7 @@ import time
 
 from pyvmm._kvm import lib
 from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64.gsi_routes import pc_gsi_routes
 from pyvmm.kvm.system import Kvm, open_kvm
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory.guest_memory import GuestMemory
@@ -91,8 +92,8 @@ def start_vm(
 
     What `build_machine` would do first: KVM_CREATE_VM, KVM_SET_TSS_ADDR,
     KVM_SET_IDENTITY_MAP_ADDR, KVM_SET_USER_MEMORY_REGION (with the VGA text
-    page's logged slot when `vga_text`), KVM_CREATE_IRQCHIP, KVM_CREATE_PIT2
-    (KVM API doc 4.2, 4.35, 4.24, 4.71). Raises KvmUnavailable or KvmError
+    page's logged slot when `vga_text`), KVM_CREATE_IRQCHIP, KVM_SET_GSI_ROUTING,
+    KVM_CREATE_PIT2 (KVM API doc 4.2, 4.35, 4.24, 4.52, 4.71). Raises KvmUnavailable or KvmError
     as `build_machine` does (OSError if the RAM cannot be mapped); nothing
     stays open then.
     """
@@ -111,6 +112,8 @@ def start_vm(
         watch = attach_guest_memory(vm, memory, vga_text)
         if irqchip:
             vm.create_irqchip()
+            # IRQ 0 on IOAPIC pin 2, as the firmware tables say (gsi_routes.py).
+            vm.set_gsi_routing(pc_gsi_routes())
             if kernel_pit:  # else pyvmm's 8254 (machine/pit.py)
                 vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
         resources.pop_all()

@@ -111,9 +111,12 @@ def test_a_host_where_everything_works_needs_nothing() -> None:
 
 def test_a_pvm_like_host_gets_noxsave_and_clearcpuid_for_what_cpuid_cannot_hide() -> None:
     findings = pvm_host()
+    # and, its timer being slow (scale 10), the tick on the PIT: no LAPIC or TSC deadline timer.
     assert command_line_additions(findings) == (
         "noxsave",
-        "clearcpuid=pclmulqdq,ssse3,sse4_1,sse4_2,popcnt,aes,avx,avx2,smap,sha_ni",
+        "clearcpuid=pclmulqdq,ssse3,sse4_1,sse4_2,popcnt,aes,avx,avx2,smap,sha_ni,"
+        "tsc_deadline_timer",
+        "noapictimer",
     )
     assert cpuid_hideable(findings) == ("cx16",)
     assert unhideable_failures(findings) == ("int3", "fwait", "ldmxcsr", "iret (protected mode)")
@@ -121,17 +124,31 @@ def test_a_pvm_like_host_gets_noxsave_and_clearcpuid_for_what_cpuid_cannot_hide(
     assert not findings.cpuid.takes_effect
 
 
+def fast_timer(findings: HostFindings) -> HostFindings:
+    """The same host with a timer tick of 0.3 ms (scale 1): only feature options remain."""
+    return dataclasses.replace(
+        findings, timer=dataclasses.replace(findings.timer, ticks=1000, window=0.3)
+    )
+
+
+def test_a_fast_timer_keeps_the_lapic_timer() -> None:
+    quick = fast_timer(pvm_host())
+    assert timer_scale(quick) == 1
+    assert not {"noapictimer"} & set(command_line_additions(quick))
+    assert "tsc_deadline_timer" not in " ".join(command_line_additions(quick))
+
+
 def test_only_features_the_guest_sees_are_hidden() -> None:
     cpuid = CpuidFinding(visible=("xsave", "popcnt"), hidden=(), ignored=("xsave",), control=True)
     findings = pvm_host(cpuid=cpuid)
     assert features_to_hide(findings) == ("popcnt", "xsave")
-    assert command_line_additions(findings) == ("noxsave", "clearcpuid=popcnt")
+    assert command_line_additions(fast_timer(findings)) == ("noxsave", "clearcpuid=popcnt")
 
 
 def test_features_cpuid_hides_stay_off_the_command_line() -> None:
     cpuid = CpuidFinding(visible=ALL_FEATURES, hidden=ALL_FEATURES, ignored=(), control=True)
     findings = pvm_host(cpuid=cpuid)
-    assert command_line_additions(findings) == ()
+    assert command_line_additions(fast_timer(findings)) == ()
     assert set(cpuid_hideable(findings)) == set(features_to_hide(findings))
 
 
@@ -148,7 +165,7 @@ def test_one_failing_instruction_hides_only_its_features() -> None:
         InstructionFinding(name, EMULATION_FAILURE if name == "popcnt" else WORKS) for name in NAMES
     )
     findings = pvm_host(instructions=instructions)
-    assert command_line_additions(findings) == ("clearcpuid=popcnt",)
+    assert command_line_additions(fast_timer(findings)) == ("clearcpuid=popcnt",)
     assert unhideable_failures(findings) == ()
 
 
@@ -172,10 +189,10 @@ def test_a_feature_the_guest_does_not_see_is_not_hidden() -> None:
     visible = tuple(name for name in ALL_FEATURES if name not in ("rdtscp", "pku"))
     cpuid = CpuidFinding(visible=visible, hidden=(), ignored=visible, control=True)
     findings = pvm_host(instructions=instructions, cpuid=cpuid)
-    assert command_line_additions(findings) == ("clearcpuid=sse4_2",)
+    assert command_line_additions(fast_timer(findings)) == ("clearcpuid=sse4_2",)
     cpuid = CpuidFinding(visible=ALL_FEATURES, hidden=(), ignored=ALL_FEATURES, control=True)
     findings = pvm_host(instructions=instructions, cpuid=cpuid)
-    assert command_line_additions(findings) == ("clearcpuid=sse4_2,pku,rdtscp",)
+    assert command_line_additions(fast_timer(findings)) == ("clearcpuid=sse4_2,pku,rdtscp",)
 
 
 def test_every_hidden_feature_has_a_cpuid_bit_and_every_probe_a_name() -> None:

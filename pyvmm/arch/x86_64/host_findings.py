@@ -85,6 +85,10 @@ NOT_RUN = "not-run"
 # The timer scale: a tick may take at most TICK_BUDGET of the guest's time at
 # GUEST_HZ (Debian's kernels: CONFIG_HZ=250, a tick every 4 ms).
 GUEST_HZ = 250
+# Linux's names: the feature flag (/proc/cpuinfo) and the option that keep a
+# kernel's tick on the PIT.
+TSC_DEADLINE_TIMER = "tsc_deadline_timer"
+NOAPICTIMER = "noapictimer"
 TICK_BUDGET = 0.15
 MAX_TIMER_SCALE = 100
 
@@ -218,15 +222,28 @@ def cpuid_hideable(findings: HostFindings) -> tuple[str, ...]:
 
 
 def command_line_additions(findings: HostFindings) -> tuple[str, ...]:
-    """Linux options that hide what CPUID cannot: `noxsave`, `clearcpuid=a,b,...`."""
+    """Linux options for this host: `noxsave`, `clearcpuid=a,b,...`, `noapictimer`.
+
+    They hide what CPUID cannot. With a timer scale above 1 they also keep
+    the kernel's tick on the PIT, which pyvmm slows (`--pit-scale`), rather
+    than on the LAPIC timer, which ticks at the programmed rate: `noapictimer`,
+    and `tsc_deadline_timer` cleared, since a kernel that has the TSC
+    deadline timer shuts the PIT down before it looks at `noapictimer`
+    (Linux 6.1 arch/x86/kernel/apic/apic.c, apic_needs_pit).
+    """
     hideable = set(cpuid_hideable(findings))
     rest = [name for name in features_to_hide(findings) if name not in hideable]
+    slow_timer = timer_scale(findings) > 1
+    if slow_timer:
+        rest.append(TSC_DEADLINE_TIMER)
     options = []
     if NOXSAVE[2:] in rest:
         options.append(NOXSAVE)
         rest.remove(NOXSAVE[2:])
     if rest:
         options.append("clearcpuid=" + ",".join(rest))
+    if slow_timer:
+        options.append(NOAPICTIMER)
     return tuple(options)
 
 
