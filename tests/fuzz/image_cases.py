@@ -6,6 +6,7 @@ Case N of seed S depends on (S, N) only, so a failure replays alone.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyvmm.arch.x86_64 import layout
@@ -18,6 +19,7 @@ from tests.fuzz.image_seeds import FAMILIES, GIB, MIB, SeedImage, seed_corpus
 # (2 MiB low, 2 MiB at 4 GiB) that stands for "-m 4G and more" at no host cost.
 RAM_CONFIGS: dict[str, list[tuple[int, int]]] = {
     "2M": layout.ram_ranges(2 * MIB),
+    "256M": layout.ram_ranges(256 * MIB),  # where a real kernel fits
     "3M": layout.ram_ranges(3 * MIB),
     "8M": layout.ram_ranges(8 * MIB),
     "64M": layout.ram_ranges(64 * MIB),
@@ -66,13 +68,17 @@ class Case:
         )
 
 
-def make_case(seed: int, index: int) -> Case:
+def make_case(seed: int, index: int, corpus: Sequence[SeedImage] | None = None) -> Case:
+    """Case `index` of campaign `seed`; `corpus` replaces the seed corpus (e.g. real kernels)."""
     rng = random.Random(f"image-fuzz:{seed}:{index}")
-    family = rng.choice(FAMILIES)
-    # Now and then only well-formed seeds: mutated, they reach deeper than a defect does.
-    only_sound = rng.random() < 0.4
-    seeds = [s for s in seed_corpus() if s.family == family and (s.sound or not only_sound)]
-    source = rng.choice(seeds)
+    if corpus:
+        source = rng.choice(list(corpus))
+    else:
+        family = rng.choice(FAMILIES)
+        # Now and then only well-formed seeds: mutated, they reach deeper than a defect does.
+        only_sound = rng.random() < 0.4
+        seeds = [s for s in seed_corpus() if s.family == family and (s.sound or not only_sound)]
+        source = rng.choice(seeds)
     ram = rng.choice(list(RAM_CONFIGS))
     ram_size = sum(size for _, size in RAM_CONFIGS[ram])
     image = bytearray(source.data)

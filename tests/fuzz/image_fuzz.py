@@ -12,6 +12,7 @@ the seed and case number that reproduce it:
 
     python -m tests.fuzz.image_fuzz --count 20000 --seed 1
     python -m tests.fuzz.image_fuzz --seed 1 --case 1234   # replay one, traceback included
+    python -m tests.fuzz.image_fuzz --real-kernels --count 300  # Debian's and the small kernel
 
 Case N of seed S depends on (S, N) only, so a failure replays alone. The seeds,
 mutations, cases and oracle are in image_seeds.py, image_mutations.py,
@@ -40,6 +41,7 @@ from pyvmm.loaders import EntryPoint, load_image, read_image
 from pyvmm.memory.guest_memory import GuestMemory
 from tests.fuzz.image_cases import RAM_CONFIGS, Case, make_case
 from tests.fuzz.image_oracle import MACHINE_RANGES, check_loaded, check_rejected, note_on
+from tests.fuzz.image_seeds import SeedImage
 
 MIB = 1 << 20
 # Beyond these a case is a failure: a loader must refuse a huge image before allocating.
@@ -266,19 +268,34 @@ class Report:
         return "\n".join(lines)
 
 
-def run_campaign(count: int, seed: int, start: int = 0) -> Report:
-    """Cases start .. start+count-1 of `seed`."""
+def run_campaign(
+    count: int, seed: int, start: int = 0, corpus: Sequence[SeedImage] | None = None
+) -> Report:
+    """Cases start .. start+count-1 of `seed` (from `corpus` instead of the seeds, if given)."""
     report = Report(seed)
     started = time.perf_counter()
     for index in range(start, start + count):
-        report.add(run_case(make_case(seed, index)))
+        report.add(run_case(make_case(seed, index, corpus)))
     report.seconds = time.perf_counter() - started
     return report
 
 
-def replay(seed: int, index: int) -> int:
+def real_kernels() -> tuple[SeedImage, ...]:
+    """Debian's stock kernel and the small test kernel, bzImage and vmlinux each (cached by
+    tests/linux/kernels.py; made on first use: a download, a build)."""
+    from tests.linux.kernels import stock_kernel, tiny_kernel
+
+    seeds = []
+    for kernel in (tiny_kernel(), stock_kernel()):
+        for kind in ("bzimage", "vmlinux"):
+            path = getattr(kernel, kind)
+            seeds.append(SeedImage(f"linux/real-{kernel.name}-{kind}", "linux", path.read_bytes()))
+    return tuple(seeds)
+
+
+def replay(seed: int, index: int, corpus: Sequence[SeedImage] | None = None) -> int:
     """Run one case without catching anything, so that a VMM bug shows its traceback."""
-    case = make_case(seed, index)
+    case = make_case(seed, index, corpus)
     print(case.describe())
     with GuestMemory.from_ranges(RAM_CONFIGS[case.ram]) as memory:
         try:
@@ -304,10 +321,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dump", type=Path, help="write each failing image into this directory")
     parser.add_argument("--kinds", type=int, default=25, help="message kinds to list")
     parser.add_argument("--per-image", action="store_true", help="outcomes per seed image")
+    parser.add_argument(
+        "--real-kernels",
+        action="store_true",
+        help="mutate real Linux kernels instead (Debian's stock one and the small test "
+        "kernel, bzImage and vmlinux; from the cache of tests/linux/kernels.py)",
+    )
     args = parser.parse_args(argv)
+    corpus = real_kernels() if args.real_kernels else None
     if args.case is not None:
-        return replay(args.seed, args.case)
-    report = run_campaign(args.count, args.seed, args.start)
+        return replay(args.seed, args.case, corpus)
+    report = run_campaign(args.count, args.seed, args.start, corpus)
     print(report.summary(args.kinds, args.per_image))
     if args.dump and report.failures:
         args.dump.mkdir(parents=True, exist_ok=True)

@@ -365,8 +365,9 @@ def check_linux(
     append = (case.append or "").encode("utf-8")
     if len(append) > get(zero_page, "cmdline_size"):
         problems.append(f"a {len(append)}-byte command line over cmdline_size was accepted")
+    # By name: a real vmlinux has several kernel pieces before it (the synthetic ones, one).
     ranges = linux_ranges(case, memory, entry)
-    cmdline = ranges[2][0] if len(ranges) > 2 else -1
+    cmdline = next((start for start, _, what in ranges if what == "the command line"), -1)
     if (
         not memory.contains(cmdline, len(append) + 1)
         or memory.read(cmdline, len(append) + 1) != append + b"\0"
