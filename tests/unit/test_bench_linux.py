@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from benchmarks.suite_linux import BootFailed, Milestone, milestones, pyvmm_notes, watch
+from benchmarks.suite_linux import pyvmm_notes
+from tests.linux.console import BootFailed, Milestone, milestones, watch
 
 # Prints a boot's lines, a shell prompt, then echoes what is typed, as a guest console would.
 FAKE = r"""
@@ -60,7 +61,7 @@ def test_pyvmm_notes_read_its_stats() -> None:
         "syscall repairs: 212\nPIT: 300 IRQ 0 delivered, 2 dropped (late)\n"
         "boot time: 33.512 s from VM creation to the guest's boot-timer write (port 0x3f0)\n"
     )
-    from benchmarks.suite_linux import Boot
+    from tests.linux.console import Boot
 
     notes = pyvmm_notes(Boot(stderr=stderr))
     assert notes["boot_time_s"] == 33.512
