@@ -82,6 +82,26 @@ def test_the_stock_kernel_reaches_a_shell_that_runs_a_typed_command() -> None:
     assert kernel.release in lines, boot.output[-3000:]  # /init's `uname -r`
     assert SHELL_ANSWER in lines
     assert "guest powered the machine off" in boot.stderr, boot.stderr[-3000:]
+    # kvm-clock where the host offers it (KVM_FEATURE_CLOCKSOURCE2 in CPUID 0x40000001).
+    if host_offers_kvmclock():
+        assert "kvm-clock: Using msrs 4b564d01 and 4b564d00" in boot.output
+        assert "clocksource: Switched to clocksource kvm-clock" in boot.output
     # What pyvmm did for this host, said in one line (none of it on VT-x/AMD-V).
     added = [line for line in boot.stderr.splitlines() if line.startswith("pyvmm: added")]
     assert len(added) <= 1
+
+
+KVM_CPUID_FEATURES = 0x40000001
+KVM_FEATURE_CLOCKSOURCE2 = 3  # Documentation/virt/kvm/x86/cpuid.rst
+
+
+def host_offers_kvmclock() -> bool:
+    from pyvmm.kvm.system import DEFAULT_KVM_PATH, open_kvm
+
+    with open_kvm(DEFAULT_KVM_PATH) as kvm:
+        cpuid = kvm.get_supported_cpuid()
+        for index in range(cpuid.nent):  # type: ignore[attr-defined]
+            entry = cpuid.entries[index]  # type: ignore[attr-defined]
+            if entry.function == KVM_CPUID_FEATURES:
+                return bool(entry.eax >> KVM_FEATURE_CLOCKSOURCE2 & 1)
+    return False
