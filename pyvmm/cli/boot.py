@@ -263,8 +263,9 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
         assists = machine.loop.assists
         if assists:
             print(format_assists(assists), file=sys.stderr)
-        if machine.loop.syscall_repair is not None:  # this host needs it (pyvmm host)
-            print(f"syscall repairs: {machine.loop.syscall_repair.count}", file=sys.stderr)
+        repairs = [loop.syscall_repair for loop in machine.group.loops if loop.syscall_repair]
+        if repairs:  # this host needs them (pyvmm host)
+            print(f"syscall repairs: {sum(each.count for each in repairs)}", file=sys.stderr)
         if machine.pit is not None and machine.pit.interrupts:
             from pyvmm.machine.pit import describe_pit
 

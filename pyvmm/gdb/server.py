@@ -104,9 +104,10 @@ class GdbServer:
             data_breakpoints=host_reports_data_breakpoints(kvm_path),
         )
         self.session = GdbSession(self.target)
-        if machine.loop.syscall_repair is not None:  # gdb owns the debug registers now
-            machine.loop.syscall_repair.stop()
-            machine.loop.syscall_repair = None
+        for loop in machine.group.loops:  # gdb owns the debug registers now
+            if loop.syscall_repair is not None:
+                loop.syscall_repair.stop()
+                loop.syscall_repair = None
         self.events: queue.Queue[object] = queue.Queue()
         self.connection: socket.socket | None = None
         main = threading.main_thread().ident

@@ -581,10 +581,10 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         loop = loops[0]
         group = VcpuGroup(loops, watch_halts=config.wants_irqchip)
         resources.callback(group.close)  # its watchdog stops before the vCPUs close
-        if config.emulate and config.cpus == 1 and entry.mode is CpuMode.LONG:
+        if config.emulate and entry.mode is CpuMode.LONG:
             from pyvmm.arch.x86_64.syscall_repair import attach_syscall_repair
 
-            attach_syscall_repair(loop, group.post, resources, config.kvm_path)
+            attach_syscall_repair(loops, group.post, resources, config.kvm_path)
         interrupts = InterruptLines(vm, config.wants_irqchip)
         serial = attach_serial(
             pio_bus,

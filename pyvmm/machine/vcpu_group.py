@@ -106,8 +106,10 @@ class VcpuGroup:
         self._watch_closed = False
         self._generation = 0
         self._watchdog: threading.Thread | None = None
-        # Device work posted by other threads, run by vCPU 0 (deque: thread-safe appends).
-        self._posted: collections.deque[Callable[[], None]] = collections.deque()
+        # Work posted by other threads, per vCPU (deques: thread-safe appends).
+        self._posted: list[collections.deque[Callable[[], None]]] = [
+            collections.deque() for _ in loops
+        ]
         # Called once when the run is asked to stop (devices cut long work short).
         self.on_stop: list[Callable[[], None]] = []
         for loop in loops:
@@ -137,15 +139,17 @@ class VcpuGroup:
             if ident != current:
                 signal.pthread_kill(ident, KICK_SIGNAL)
 
-    def post(self, work: Callable[[], None]) -> None:
-        """Run `work` in vCPU 0's thread before its next KVM_RUN; from any thread.
+    def post(self, work: Callable[[], None], vcpu: int = 0) -> None:
+        """Run `work` in vCPU `vcpu`'s thread before its next KVM_RUN; from any thread.
 
         For device work that comes from outside the vCPUs (host input for
-        COM1): vCPU 0 is kicked out of KVM_RUN (even out of a `hlt`), runs it
-        (under the device lock when there are several vCPUs) and goes on.
+        COM1), which goes to vCPU 0, and for work on one vCPU's own state
+        (the SYSCALL repair's look at its IDT): the vCPU is kicked out of
+        KVM_RUN (even out of a `hlt`), runs it (under the device lock when
+        there are several vCPUs) and goes on.
         """
-        self._posted.append(work)
-        loop = self.loops[0]
+        self._posted[vcpu].append(work)
+        loop = self.loops[vcpu]
         run = loop.vcpu.run_struct
         if run is not None:
             # Seen by a KVM_RUN about to start: the kick alone could land just before it.
@@ -157,8 +161,9 @@ class VcpuGroup:
 
     def _on_interrupted(self, loop: VcpuLoop) -> None:
         """After an interrupted KVM_RUN, in `loop`'s own thread: posted work, the halt watch."""
-        if self._posted and loop is self.loops[0]:
-            self._run_posted(loop)
+        posted = self._posted[self._position[id(loop)]]
+        if posted:
+            self._run_posted(loop, posted)
         if self._confirming:
             self._hold(loop)
             return
@@ -176,10 +181,10 @@ class VcpuGroup:
         if everyone:
             self._confirm_halted(loop)
 
-    def _run_posted(self, loop: VcpuLoop) -> None:
+    def _run_posted(self, loop: VcpuLoop, posted: collections.deque[Callable[[], None]]) -> None:
         lock = loop.device_lock
-        while self._posted:
-            work = self._posted.popleft()
+        while posted:
+            work = posted.popleft()
             if lock is None:
                 work()
             else:

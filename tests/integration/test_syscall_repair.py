@@ -51,3 +51,13 @@ def test_system_calls_from_cpl3_work_with_or_without_the_repair():
         assert bare.returncode == STAYED_STATUS, bare.stderr
         assert bare.stdout.splitlines() == [*LINES[:3], STAYED]
         assert repairs == [f"syscall repairs: {CALLS}"]
+
+
+def test_the_repair_is_on_every_vcpu_of_an_smp_machine():
+    """-smp 2: vCPU 0 makes the calls (vCPU 1 waits for INIT/SIPI); its repair serves them."""
+    result = boot("--stats", "-smp", "2")
+    assert result.returncode == STATUS, result.stderr
+    assert result.stdout.splitlines() == LINES
+    bare = boot("--emulate", "none")
+    repairs = [line for line in result.stderr.splitlines() if line.startswith("syscall repairs:")]
+    assert repairs == ([] if bare.returncode == STATUS else [f"syscall repairs: {CALLS}"])

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from pyvmm.machine.vcpu_loop import VcpuLoop
     from pyvmm.memory.guest_memory import GuestMemory
 
+    Post = Callable[[Callable[[], None], int], None]  # VcpuGroup.post(work, vcpu)
+
 log = logging.getLogger(__name__)
 
 # MSRs SYSCALL reads (Intel SDM vol. 4, table 2-2).
@@ -294,11 +296,11 @@ class SyscallRepair:
 
 
 class RepairWatch:
-    """Every POLL_INTERVAL (ARMED_POLL_INTERVAL once armed), asks vCPU 0's thread to look
-    (`post`: the vCPU group runs it between two KVM_RUNs)."""
+    """Every POLL_INTERVAL (ARMED_POLL_INTERVAL once armed), asks each repaired vCPU's
+    thread to look (`post(work, vcpu)`: the vCPU group runs it between two KVM_RUNs)."""
 
-    def __init__(self, repair: SyscallRepair, post: Callable[[Callable[[], None]], None]) -> None:
-        self.repair = repair
+    def __init__(self, repairs: list[SyscallRepair], post: Post) -> None:
+        self.repairs = repairs
         self._post = post
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="syscall-repair", daemon=True)
@@ -312,8 +314,11 @@ class RepairWatch:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
     def _watch(self) -> None:
-        while not self._closed.wait(ARMED_POLL_INTERVAL if self.repair.armed else POLL_INTERVAL):
-            self._post(self.repair.look)
+        while not self._closed.wait(
+            ARMED_POLL_INTERVAL if all(each.armed for each in self.repairs) else POLL_INTERVAL
+        ):
+            for index, repair in enumerate(self.repairs):
+                self._post(repair.look, index)
 
     def close(self) -> None:
         self._closed.set()
@@ -346,16 +351,24 @@ def host_needs_repair(kvm_path: str | None = None) -> bool:
 
 
 def attach_syscall_repair(
-    loop: VcpuLoop,
-    post: Callable[[Callable[[], None]], None],
+    loops: list[VcpuLoop],
+    post: Post,
     resources: ExitStack,
     kvm_path: str | None = None,
-) -> SyscallRepair | None:
-    """Give `loop` (a single-vCPU machine's) the repair if this host needs it."""
-    if loop.memory is None or not host_needs_repair(kvm_path):
-        return None
-    repair = SyscallRepair(loop.vcpu, loop.memory, loop.max_phys_bits)
-    loop.syscall_repair = repair
-    watch = RepairWatch(repair, post)
+) -> list[SyscallRepair]:
+    """Give each of `loops` (vCPU i is loops[i]) its repair if this host needs it.
+
+    Each vCPU has its own breakpoint (debug registers are per vCPU) and finds
+    its own #PF handler; one thread asks them all to look.
+    """
+    if not loops or loops[0].memory is None or not host_needs_repair(kvm_path):
+        return []
+    repairs = []
+    for loop in loops:
+        assert loop.memory is not None
+        repair = SyscallRepair(loop.vcpu, loop.memory, loop.max_phys_bits)
+        loop.syscall_repair = repair
+        repairs.append(repair)
+    watch = RepairWatch(repairs, post)
     resources.callback(watch.close)
-    return repair
+    return repairs
