@@ -68,6 +68,9 @@ STATS = {
     "syscall_repairs": re.compile(r"^syscall repairs: (\d+)", re.M),
     "assists": re.compile(r"^emulation assists: (\d+)", re.M),
     "pit_irqs": re.compile(r"^PIT: (\d+) IRQ 0 delivered", re.M),
+    "assist_s": re.compile(r"^emulation assists: \d+, ([\d.]+) s", re.M),
+    "syscall_repair_s": re.compile(r"^syscall repairs: \d+, ([\d.]+) s", re.M),
+    "run_s": re.compile(r"^time: ([\d.]+) s", re.M),
 }
 
 

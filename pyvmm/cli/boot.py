@@ -260,12 +260,16 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
     if statistics is not None:
         finish_guest_line(machine.console)
         print(statistics.summary(), file=sys.stderr)
+        run_seconds = statistics.run_seconds
         assists = machine.loop.assists
         if assists:
-            print(format_assists(assists), file=sys.stderr)
+            seconds = sum(loop.assist_ns for loop in machine.group.loops) / 1e9
+            print(format_assists(assists, seconds, run_seconds), file=sys.stderr)
         repairs = [loop.syscall_repair for loop in machine.group.loops if loop.syscall_repair]
         if repairs:  # this host needs them (pyvmm host)
-            print(f"syscall repairs: {sum(each.count for each in repairs)}", file=sys.stderr)
+            seconds = sum(each.ns for each in repairs) / 1e9
+            count = sum(each.count for each in repairs)
+            print(f"syscall repairs: {count}{_share(seconds, run_seconds)}", file=sys.stderr)
         if machine.pit is not None and machine.pit.interrupts:
             from pyvmm.machine.pit import describe_pit
 
@@ -279,9 +283,22 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
     return outcome
 
 
-def format_assists(assists: dict[str, int]) -> str:
-    """--stats: the instructions pyvmm performed for KVM's emulator, by mnemonic."""
-    lines = [f"emulation assists: {sum(assists.values())}"]
+def _share(seconds: float, run_seconds: float | None) -> str:
+    """ ", 0.012 s, 0.03 % of the run": what part of the run a piece of pyvmm's work took."""
+    if run_seconds is None or run_seconds <= 0:
+        return f", {seconds:.3f} s"
+    return f", {seconds:.3f} s, {100 * seconds / run_seconds:.2f} % of the run"
+
+
+def format_assists(
+    assists: dict[str, int], seconds: float | None = None, run_seconds: float | None = None
+) -> str:
+    """--stats: the instructions pyvmm performed for KVM's emulator, by mnemonic, and the
+    time they took (`seconds`) as a part of the run's (`run_seconds`)."""
+    total = f"emulation assists: {sum(assists.values())}"
+    if seconds is not None:
+        total += _share(seconds, run_seconds)
+    lines = [total]
     for mnemonic, count in sorted(assists.items(), key=lambda item: (-item[1], item[0])):
         lines.append(f"  {mnemonic:<26} {count:>10}")
     return "\n".join(lines)

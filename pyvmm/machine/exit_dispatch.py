@@ -9,6 +9,8 @@ first such exit, so that a run that never has one never imports it.
 
 from __future__ import annotations
 
+import time
+
 from pyvmm.arch.x86_64.emulation_failure import describe_internal_error
 from pyvmm.arch.x86_64.pio import handle_io_in, handle_io_out
 from pyvmm.arch.x86_64.register_dump import format_registers
@@ -64,7 +66,10 @@ def dispatch(loop: VcpuLoop, exit: VcpuExit) -> RunOutcome | None:
             buffer[0:size] = value.to_bytes(size, "little")
         case Debug() as debug if loop.syscall_repair is not None:
             # The SYSCALL repair's breakpoints and steps (arch/x86_64/syscall_repair.py).
-            if loop.syscall_repair.on_debug(debug):
+            started = time.perf_counter_ns()
+            ours = loop.syscall_repair.on_debug(debug)
+            loop.syscall_repair.ns += time.perf_counter_ns() - started
+            if ours:
                 return None
             return final_outcome(loop, debug)
         case InternalError() as failure if (
@@ -83,7 +88,9 @@ def _assist(loop: VcpuLoop, failure: InternalError) -> RunOutcome | None:
     (pyvmm.arch.x86_64.assist); otherwise the internal-error outcome, as without it."""
     from pyvmm.arch.x86_64.assist.vcpu import assist
 
+    started = time.perf_counter_ns()
     result = assist(loop.vcpu, failure.insn_bytes, loop.memory, loop.max_phys_bits)
+    loop.assist_ns += time.perf_counter_ns() - started
     assists = loop.assists
     if result.performed and result.mnemonic is not None and assists is not None:
         assists[result.mnemonic] = assists.get(result.mnemonic, 0) + 1

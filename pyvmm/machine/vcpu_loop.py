@@ -126,6 +126,7 @@ class VcpuLoop:
         # The emulation assist layer (arch/x86_64/assist): instructions performed, by
         # mnemonic, shared by the machine's vCPUs; None: off (--emulate none).
         self.assists: dict[str, int] | None = None
+        self.assist_ns = 0  # time spent performing them (--stats)
         # The SYSCALL repair (arch/x86_64/syscall_repair.py), where the host needs it.
         self.syscall_repair: Any = None
         self._stop: RunOutcome | None = None

@@ -24,6 +24,11 @@ class ExitStatistics:
     def exits(self) -> int:
         return sum(self.by_reason.values())
 
+    @property
+    def run_seconds(self) -> float:
+        """KVM_RUN and pyvmm's handling of the exits together: the run's time, in seconds."""
+        return (self.run_ns + sum(self.handle_ns)) / 1e9
+
     def on_interrupted(self, run_ns: int) -> None:
         self.interrupts += 1
         self.run_ns += run_ns

@@ -50,7 +50,7 @@ def test_system_calls_from_cpl3_work_with_or_without_the_repair():
     else:
         assert bare.returncode == STAYED_STATUS, bare.stderr
         assert bare.stdout.splitlines() == [*LINES[:3], STAYED]
-        assert repairs == [f"syscall repairs: {CALLS}"]
+        assert len(repairs) == 1 and repairs[0].startswith(f"syscall repairs: {CALLS}, ")
 
 
 def test_the_repair_is_on_every_vcpu_of_an_smp_machine():
@@ -60,4 +60,7 @@ def test_the_repair_is_on_every_vcpu_of_an_smp_machine():
     assert result.stdout.splitlines() == LINES
     bare = boot("--emulate", "none")
     repairs = [line for line in result.stderr.splitlines() if line.startswith("syscall repairs:")]
-    assert repairs == ([] if bare.returncode == STATUS else [f"syscall repairs: {CALLS}"])
+    if bare.returncode == STATUS:
+        assert repairs == []
+    else:
+        assert len(repairs) == 1 and repairs[0].startswith(f"syscall repairs: {CALLS}, ")

@@ -197,6 +197,7 @@ class SyscallRepair:
         self.memory = memory
         self.max_phys_bits = max_phys_bits
         self.count = 0  # syscalls completed
+        self.ns = 0  # time spent on its debug exits, repaired or stepped over (--stats)
         self.handler: int | None = None  # the #PF handler the breakpoint is on
         self.stepping = False  # single-stepping the handler's first instruction
         self.stopped = False  # a debugger owns the debug registers (pyvmm.gdb)
