@@ -139,6 +139,6 @@ def render_derived(findings: HostFindings) -> list[str]:
         f"  hidden in CPUID      {hideable}",
         f"  needs an assist      {assists}",
         f"  SYSCALL repair       {repair}",
-        f"  timer scale          {scale} (a tick at most {TICK_BUDGET:.0%} of a "
+        f"  timer scale          {scale} (timer interrupts at most {TICK_BUDGET:.0%} of a "
         f"{GUEST_HZ} Hz guest's time)",
     ]

@@ -73,7 +73,7 @@ def test_the_stock_kernel_reaches_a_shell_that_runs_a_typed_command() -> None:
     except debian.PackageUnavailable as error:
         pytest.skip(f"cannot download the package: {error}")
     command = [
-        sys.executable, "-m", "pyvmm", "boot", "-m", "256M", "--stats",
+        sys.executable, "-m", "pyvmm", "boot", "-m", "128M", "--stats",
         "--timeout", str(STOCK_LIMIT), "--initrd", str(initramfs.path),
         "--append", "console=ttyS0 cryptomgr.notests reboot=k", str(kernel.vmlinux),
     ]  # fmt: skip

@@ -125,9 +125,10 @@ def test_a_pvm_like_host_gets_noxsave_and_clearcpuid_for_what_cpuid_cannot_hide(
 
 
 def fast_timer(findings: HostFindings) -> HostFindings:
-    """The same host with a timer tick of 0.3 ms (scale 1): only feature options remain."""
+    """The same host with ticks that kept up with the probe's PIT (scale 1): only feature
+    options remain."""
     return dataclasses.replace(
-        findings, timer=dataclasses.replace(findings.timer, ticks=1000, window=0.3)
+        findings, timer=dataclasses.replace(findings.timer, ticks=1497, window=0.3)
     )
 
 
@@ -226,9 +227,9 @@ def test_no_additions_leave_the_command_line_alone() -> None:
     [
         (0, 1),  # no tick measured: nothing to scale
         (1497, 1),  # kept up with a 200 us PIT
-        (600, 1),  # 0.5 ms a tick: 12.5 % of 4 ms
-        (400, 2),  # 0.75 ms: 18.75 % of 4 ms, 9.4 % of 8 ms
-        (58, 9),  # 5.2 ms, as on issue 15's host
+        (600, 5),  # 0.5 ms a tick, two a period: 25 % of 4 ms, 5 % of 20 ms
+        (400, 8),  # 0.75 ms: 37.5 % of 4 ms, 4.7 % of 32 ms
+        (58, 52),  # 5.2 ms, as on issue 15's host
         (1, MAX_TIMER_SCALE),  # 300 ms: capped
     ],
 )
@@ -239,8 +240,9 @@ def test_timer_scale(ticks: int, scale: int) -> None:
 
 def test_timer_scale_follows_hz_and_budget() -> None:
     timer = TimerFinding(ticks=300, window=0.3, period=0.0002, handler_instructions=7)  # 1 ms
-    assert timer_scale(pvm_host(timer=timer), hz=1000, budget=0.5) == 2
-    assert timer_scale(pvm_host(timer=timer), hz=100, budget=0.1) == 1
+    assert timer_scale(pvm_host(timer=timer), hz=1000, budget=0.5) == 4
+    assert timer_scale(pvm_host(timer=timer), hz=100, budget=0.1) == 2
+    assert timer_scale(pvm_host(timer=timer), hz=100, budget=0.2) == 1
 
 
 # -- JSON --------------------------------------------------------------------------

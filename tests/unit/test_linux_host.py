@@ -38,10 +38,10 @@ def test_a_pvm_like_host_adds_its_options_after_the_users_and_hides_what_cpuid_c
     assert adaptation.hidden == ("cx16",)
     assert describe_adaptation(adaptation) == (
         f"pyvmm: added to the kernel's command line for this host (pyvmm host): {PVM_ADDITIONS}"
-        "; hidden in the vCPU's CPUID: cx16; the PIT runs 10 times slower (--pit-scale) "
+        "; hidden in the vCPU's CPUID: cx16; the PIT runs 60 times slower (--pit-scale) "
         "(--no-auto-append: none of it)"
     )
-    assert adaptation.pit_scale == 10
+    assert adaptation.pit_scale == 60
 
 
 def test_without_append_the_additions_are_the_whole_command_line() -> None:
@@ -125,7 +125,7 @@ def test_the_cli_says_what_it_added_in_one_line(monkeypatch: pytest.MonkeyPatch)
         host_probe, "probe_host", lambda **kwargs: ProbeReport(pvm_host(), True, None)
     )
     append, hidden, line, scale = boot.adapt_linux_to_host(build_bzimage(), "quiet", "/dev/kvm")
-    assert (append, hidden, scale) == (f"quiet {PVM_ADDITIONS}", ("cx16",), 10)
+    assert (append, hidden, scale) == (f"quiet {PVM_ADDITIONS}", ("cx16",), 60)
     assert line is not None and "\n" not in line
     assert line.startswith(
         f"pyvmm: added to the kernel's command line for this host (pyvmm host): {PVM_ADDITIONS}"
@@ -154,7 +154,7 @@ def test_options_that_would_pass_cmdline_size_are_left_out_and_said() -> None:
     assert adaptation.left_out == tuple(PVM_ADDITIONS.split())
     assert describe_adaptation(adaptation) == (
         f"pyvmm: not added to the kernel's command line, which would pass its {limit}-byte "
-        f"cmdline_size: {PVM_ADDITIONS}; hidden in the vCPU's CPUID: cx16; the PIT runs 10 "
+        f"cmdline_size: {PVM_ADDITIONS}; hidden in the vCPU's CPUID: cx16; the PIT runs 60 "
         "times slower (--pit-scale) (--no-auto-append: none of it)"
     )
     fits = adapt_to_findings(pvm_host(), "console=ttyS0", len(f"console=ttyS0 {PVM_ADDITIONS}"))
@@ -183,7 +183,7 @@ def test_no_auto_append_leaves_a_linux_kernel_alone(
 @pytest.mark.parametrize(
     ("options", "pit"),
     [
-        ((), ("user", 10)),  # the probe's timer scale
+        ((), ("user", 60)),  # the probe's timer scale (a 6 ms tick)
         (("--pit-scale", "3"), ("user", 3)),  # the user's wins
         (("--pit-scale", "1"), ("user", 1)),
         (("--pit", "kernel"), ("kernel", 1)),  # KVM's PIT cannot be slowed
