@@ -322,7 +322,11 @@ class RepairWatch:
                 self._post(repair.look, index)
 
     def close(self) -> None:
+        """Stop the thread and wait for it: a post in flight must not outlive the vCPUs
+        (it writes to their kvm_run pages, which closing them unmaps)."""
         self._closed.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 def host_needs_repair(kvm_path: str | None = None) -> bool:
