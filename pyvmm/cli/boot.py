@@ -65,11 +65,9 @@ def build_from_args(
         image, getattr(args, "format", None), args.multiboot
     ):
         # Before the VM: the boot timer counts from its creation, not from the probe.
-        append, hide_cpuid, host_line, scale = adapt_linux_to_host(
-            image, args.append, kvm_path, args.pit
+        append, hide_cpuid, host_line, pit_scale = adapt_linux_to_host(
+            image, args.append, kvm_path, args.pit, args.pit_scale
         )
-        if pit_scale is None:
-            pit_scale = scale
     irqchip = None if args.kernel_irqchip is None else args.kernel_irqchip == "on"
     pit = args.pit or "user"
     # The VM and its irqchip first: the host's wait after making the irqchip
@@ -149,24 +147,28 @@ def _build(
 
 
 def adapt_linux_to_host(
-    image: bytes, append: str | None, kvm_path: str, pit: str | None = None
+    image: bytes,
+    append: str | None,
+    kvm_path: str,
+    pit: str | None = None,
+    pit_scale: int | None = None,
 ) -> tuple[str | None, tuple[str, ...], str | None, int]:
     """A Linux kernel's command line, hidden CPUID features and PIT scale for this
     host (linux_host.py), and the line that says what changed (None: nothing).
     A probe that fails is said in that line, and the kernel boots as given.
-    With `pit` "kernel" (KVM's PIT, which cannot be slowed) the scale is 1."""
-    from dataclasses import replace
-
+    `pit_scale` (--pit-scale) wins over the probe's; with `pit` "kernel"
+    (KVM's PIT, which cannot be slowed) the scale is 1."""
     from pyvmm.arch.x86_64.host_probe import ProbeError
     from pyvmm.errors import KvmError
     from pyvmm.machine.linux_host import adapt_to_host, describe_adaptation
 
-    try:
-        adaptation = adapt_to_host(image, append, kvm_path)
-    except (ProbeError, KvmError) as error:
-        return append, (), f"pyvmm: the host probe failed ({error}): nothing added", 1
     if pit == "kernel":
-        adaptation = replace(adaptation, pit_scale=1)
+        pit_scale = 1
+    try:
+        adaptation = adapt_to_host(image, append, kvm_path, pit_scale)
+    except (ProbeError, KvmError) as error:
+        line = f"pyvmm: the host probe failed ({error}): nothing added"
+        return append, (), line, pit_scale or 1
     return (
         adaptation.append,
         adaptation.hidden,

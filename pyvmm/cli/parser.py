@@ -426,7 +426,9 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="boot a Linux kernel as given: without the options that hide, on this host, CPU "
         "features its KVM cannot run (noxsave clearcpuid=..., from the findings `pyvmm host` "
-        "prints), added after --append by default, and without hiding them in CPUID",
+        "prints), added after --append by default, without hiding them in CPUID, and "
+        "without the slowed PIT and the options that put the kernel's tick on it "
+        "(noapictimer, tsc_deadline_timer cleared)",
     )
     parser.add_argument(
         "--initrd",
@@ -461,7 +463,7 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kernel-irqchip",
         choices=["on", "off"],
-        help="KVM's in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and PIT (default: "
+        help="KVM's in-kernel interrupt controllers (PIC, IOAPIC, LAPICs; default: "
         "on, as QEMU's kernel_irqchip=on; hlt then waits for an interrupt, and the run ends "
         "as halted once no vCPU can run again: each halted with IF=0 or waiting for "
         "INIT/SIPI). off: no interrupts at all, hlt ends the run at once; one vCPU only",
@@ -480,7 +482,7 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         type=_parse_pit_scale,
         metavar="N",
         help="run the user PIT's clock N times slower than the host's, in its counts and "
-        "its interrupts (default 1; for a Linux kernel, what `pyvmm host` derives: on a "
+        "its interrupts (1 to 1000; default 1; for a Linux kernel, what `pyvmm host` derives: on a "
         "host where one emulated timer tick costs more than a period, a kernel makes "
         "progress between slower ticks)",
     )

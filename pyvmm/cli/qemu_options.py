@@ -135,15 +135,16 @@ def _irqchip(name: str, value: str, context: CommandContext) -> list[str]:
     if value == "on":
         return translated(name, "--kernel-irqchip", value, context)
     if value in ("off", "split"):
-        # QEMU's `off` and `split` move the PIC, IOAPIC and PIT into QEMU itself: the
-        # guest still has them. pyvmm has no userspace irqchip, and its
-        # --kernel-irqchip off removes them: translating would change the machine.
+        # QEMU's `off` and `split` move the PIC and IOAPIC into QEMU itself: the guest
+        # still has them. pyvmm has no userspace irqchip, and its --kernel-irqchip
+        # off removes them: translating would change the machine.
         raise refuse(
             context,
             name,
-            f"kernel-irqchip={value} gives the guest QEMU's userspace PIC, IOAPIC and PIT; "
-            "pyvmm has none: its interrupt controllers are KVM's (leave the option out), and "
-            "pyvmm's own --kernel-irqchip off removes them altogether",
+            f"kernel-irqchip={value} gives the guest QEMU's userspace PIC and IOAPIC; pyvmm "
+            "has none: its interrupt controllers are KVM's (leave the option out), and "
+            "pyvmm's own --kernel-irqchip off removes them altogether (its PIT is its own "
+            "either way: --pit)",
         )
     raise refuse(context, name, f"kernel-irqchip={value} is not available: pyvmm takes on")
 

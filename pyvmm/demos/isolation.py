@@ -500,7 +500,7 @@ def report_hostile(report: Report, hostile: HostileRun) -> list[bool]:
         ("", "", not_exits, True),
     ]
     report.section(
-        f"hostile VM: pyvmm boot -m {HOSTILE_MEMORY} --mode long --timeout "
+        f"hostile VM: pyvmm boot -m {HOSTILE_MEMORY} --mode long --pit kernel --timeout "
         f"{HOSTILE_TIMEOUT:g} -v --stats guests/hostile.bin (child process, "
         f"{format_seconds(hostile.seconds)})"
     )

@@ -53,16 +53,21 @@ class HostAdaptation:
 
 
 def adapt_to_findings(
-    findings: HostFindings, append: str | None, limit: int | None = None
+    findings: HostFindings,
+    append: str | None,
+    limit: int | None = None,
+    pit_scale: int | None = None,
 ) -> HostAdaptation:
     """The command line and CPUID a Linux kernel gets on the host `findings` describe (pure).
 
     `limit`: the kernel's cmdline_size; options that would take the command
     line past it are left out (and the kernel's own check judges the user's).
+    `pit_scale`: the PIT scale the user chose (--pit-scale; 1 for KVM's PIT),
+    None for the findings' own; the tick options come only with a scale above 1.
     """
-    added = command_line_additions(findings)
+    scale = timer_scale(findings) if pit_scale is None else pit_scale
+    added = command_line_additions(findings, scale)
     hidden = cpuid_hideable(findings)
-    scale = timer_scale(findings)
     if not added:
         return HostAdaptation(append, (), hidden, pit_scale=scale)
     merged = with_additions(append or "", added)
@@ -93,7 +98,9 @@ def describe_adaptation(adaptation: HostAdaptation) -> str | None:
     return "pyvmm: " + "; ".join(parts) + " (--no-auto-append: none of it)"
 
 
-def adapt_to_host(image: bytes, append: str | None, kvm_path: str | None = None) -> HostAdaptation:
+def adapt_to_host(
+    image: bytes, append: str | None, kvm_path: str | None = None, pit_scale: int | None = None
+) -> HostAdaptation:
     """`adapt_to_findings` for the kernel `image` with this host's findings (the
     cache's, or a probe run now).
 
@@ -109,4 +116,4 @@ def adapt_to_host(image: bytes, append: str | None, kvm_path: str | None = None)
     except LoaderError:
         limit = None  # the loader says why, in one line, when the machine is built
     report = probe_host(kvm_path=kvm_path)
-    return adapt_to_findings(report.findings, append, limit)
+    return adapt_to_findings(report.findings, append, limit, pit_scale)

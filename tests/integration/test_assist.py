@@ -85,7 +85,10 @@ def assist_counts(stderr: str) -> dict[str, int]:
         if match is None:
             break
         counts[match.group(1)] = int(match.group(2))
-    assert sum(counts.values()) == int(lines[start].split(":")[1])
+    # "emulation assists: 30, 0.019 s, 0.5 % of the run"
+    total = re.match(r"^emulation assists: (\d+), [\d.]+ s", lines[start])
+    assert total is not None, lines[start]
+    assert sum(counts.values()) == int(total.group(1))
     return counts
 
 

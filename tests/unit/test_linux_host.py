@@ -192,8 +192,20 @@ def test_no_auto_append_leaves_a_linux_kernel_alone(
 def test_a_linux_kernel_gets_the_probes_pit_scale_unless_told(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, options: tuple[str, ...], pit: object
 ) -> None:
-    cli_build(monkeypatch, tmp_path, build_bzimage(), *options)
+    append, _, _ = cli_build(monkeypatch, tmp_path, build_bzimage(), *options)
     assert cli_build.pit == pit  # type: ignore[attr-defined]
+    # The tick goes to the PIT only when the PIT is slowed.
+    slowed = pit[1] > 1  # type: ignore[index]
+    assert ("noapictimer" in (append or "").split()) == slowed
+    assert ("tsc_deadline_timer" in (append or "")) == slowed
+
+
+def test_the_line_about_the_host_gives_the_scale_the_kernel_gets() -> None:
+    assert "the PIT runs 7 times slower" in str(
+        describe_adaptation(adapt_to_findings(pvm_host(), "x", pit_scale=7))
+    )
+    plain = adapt_to_findings(pvm_host(), "x", pit_scale=1)
+    assert "PIT" not in str(describe_adaptation(plain)) and "noapictimer" not in str(plain.append)
 
 
 def test_other_images_get_nothing_and_no_probe(

@@ -226,7 +226,7 @@ def cpuid_hideable(findings: HostFindings) -> tuple[str, ...]:
     return tuple(name for name in features_to_hide(findings) if name in findings.cpuid.hidden)
 
 
-def command_line_additions(findings: HostFindings) -> tuple[str, ...]:
+def command_line_additions(findings: HostFindings, scale: int | None = None) -> tuple[str, ...]:
     """Linux options for this host: `noxsave`, `clearcpuid=a,b,...`, `noapictimer`.
 
     They hide what CPUID cannot. With a timer scale above 1 they also keep
@@ -234,11 +234,12 @@ def command_line_additions(findings: HostFindings) -> tuple[str, ...]:
     than on the LAPIC timer, which ticks at the programmed rate: `noapictimer`,
     and `tsc_deadline_timer` cleared, since a kernel that has the TSC
     deadline timer shuts the PIT down before it looks at `noapictimer`
-    (Linux 6.1 arch/x86/kernel/apic/apic.c, apic_needs_pit).
+    (Linux 6.1 arch/x86/kernel/apic/apic.c, apic_needs_pit). `scale`: the
+    PIT's scale the kernel will run with (None: timer_scale(findings)).
     """
     hideable = set(cpuid_hideable(findings))
     rest = [name for name in features_to_hide(findings) if name not in hideable]
-    slow_timer = timer_scale(findings) > 1
+    slow_timer = (timer_scale(findings) if scale is None else scale) > 1
     if slow_timer:
         rest.append(TSC_DEADLINE_TIMER)
     options = []
