@@ -130,7 +130,17 @@ def describe_tick(findings: HostFindings) -> str:
 def render_derived(findings: HostFindings) -> list[str]:
     additions = " ".join(command_line_additions(findings)) or "none"
     hideable = ", ".join(cpuid_hideable(findings)) or "none"
-    assists = ", ".join(unhideable_failures(findings)) or "none"
+    from pyvmm.arch.x86_64.assist.table import TABLE
+
+    # The probe's names ("fwait", "pxor xmm") against the table's mnemonics.
+    def assisted(name: str) -> bool:
+        return name.split()[0].removeprefix("f") in TABLE or name.split()[0] in TABLE
+
+    failures = unhideable_failures(findings)
+    assists = ", ".join(name for name in failures if assisted(name)) or "none"
+    unassisted = [name for name in failures if not assisted(name)]
+    if unassisted:
+        assists += f"; none performs {', '.join(unassisted)}: a guest must avoid it"
     repair = "needed" if needs_syscall_repair(findings) else "not needed"
     scale = timer_scale(findings)
     return [
