@@ -127,15 +127,30 @@ def describe_tick(findings: HostFindings) -> str:
     return text
 
 
+def assisted(name: str) -> bool:
+    """Whether the assist layer performs the probe's instruction `name`: the last
+    instruction of its code (after the set-up), decoded as the layer decodes a
+    failure, names an entry of the table."""
+    from pyvmm.arch.x86_64.assist.operands import decode
+    from pyvmm.arch.x86_64.assist.table import TABLE
+    from pyvmm.arch.x86_64.host_probe import INSTRUCTIONS
+    from pyvmm.loaders.entry import CpuMode
+
+    probe = next((each for each in INSTRUCTIONS if each.name == name), None)
+    if probe is None:
+        return False
+    bits, code, last = 64 if probe.mode is CpuMode.LONG else 32, probe.code, None
+    while code:
+        last = decode(code, bits)
+        if last is None:
+            return False
+        code = code[last.size :]
+    return last is not None and last.mnemonic in TABLE
+
+
 def render_derived(findings: HostFindings) -> list[str]:
     additions = " ".join(command_line_additions(findings)) or "none"
     hideable = ", ".join(cpuid_hideable(findings)) or "none"
-    from pyvmm.arch.x86_64.assist.table import TABLE
-
-    # The probe's names ("fwait", "pxor xmm") against the table's mnemonics.
-    def assisted(name: str) -> bool:
-        return name.split()[0].removeprefix("f") in TABLE or name.split()[0] in TABLE
-
     failures = unhideable_failures(findings)
     assists = ", ".join(name for name in failures if assisted(name)) or "none"
     unassisted = [name for name in failures if not assisted(name)]
