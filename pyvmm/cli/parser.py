@@ -120,9 +120,24 @@ is ignored and written anew.
 
 DEMO_EPILOG = """\
 exit status: 0 when the evidence supports the property, 4 when it does not,
-2 when the demo cannot run (no usable /dev/kvm, a guest that did not start...).
+2 when the demo cannot run (no usable /dev/kvm, a guest that did not start,
+a missing extra: unicorn for binary-translation, crun or runc for containers).
 The demos' guests and kernels ship with pyvmm: they run from any directory.
+binary-translation needs unicorn: pip install unicorn (pip install '.[demos]'
+in a checkout); containers needs an OCI runtime: apt-get install crun (or runc).
 """
+
+# pyvmm.demos.DEMOS's names, in its order (a unit test keeps them equal); listed
+# here so that parsing a command line does not import the demos.
+DEMO_NAMES = [
+    "equivalence",
+    "efficiency",
+    "isolation",
+    "paravirtualization",
+    "binary-translation",
+    "sensitive-instructions",
+    "containers",
+]
 
 
 def _boot_epilog() -> str:
@@ -329,19 +344,21 @@ def build_parser() -> _Parser:
 
     demo = commands.add_parser(
         "demo",
-        help="show Popek & Goldberg's VMM properties on real guests",
+        help="show Popek & Goldberg's VMM properties and the rest of the course on real guests",
         description="Run a teaching demo: equivalence, efficiency\n"
-        "or isolation (resource control), or paravirtualization (virtio against the\n"
-        "emulated UART). Without NAME, list the demos.",
+        "or isolation (resource control), paravirtualization (virtio against the\n"
+        "emulated UART), binary-translation (native, direct execution, unicorn,\n"
+        "emulated ring 0), sensitive-instructions (x86's virtualization holes) or\n"
+        "containers (a process, an OCI container and a VM). Without NAME, list them.",
         epilog=DEMO_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
         "name",
         nargs="?",
-        choices=["equivalence", "efficiency", "isolation", "paravirtualization"],
+        choices=DEMO_NAMES,
         metavar="NAME",
-        help="equivalence, efficiency, isolation or paravirtualization",
+        help=", ".join(DEMO_NAMES[:-1]) + " or " + DEMO_NAMES[-1],
     )
     demo.set_defaults(verbose=0)
     host = commands.add_parser(

@@ -43,6 +43,18 @@ DEMOS: dict[str, tuple[str, str]] = {
         "pyvmm.demos.paravirtualization",
         "the same bytes through an emulated UART and virtio; virtio-blk; the balloon",
     ),
+    "binary-translation": (
+        "pyvmm.demos.translation",
+        "the same kernels natively, at CPL3, translated by unicorn, at CPL0: the ladder",
+    ),
+    "sensitive-instructions": (
+        "pyvmm.demos.sensitive",
+        "x86's holes: sensitive unprivileged instructions at CPL3, UMIP, a tiny translator",
+    ),
+    "containers": (
+        "pyvmm.demos.containers",
+        "one workload as a process, an OCI container and a VM: start-up, memory, crossings",
+    ),
 }
 
 

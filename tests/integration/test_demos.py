@@ -42,7 +42,15 @@ def test_demo_without_name_lists_the_demos() -> None:
     result = run_pyvmm("demo")
     assert result.returncode == 0, result.stderr
     names = [line.split()[0] for line in result.stdout.splitlines()[1:]]
-    assert names == ["equivalence", "efficiency", "isolation", "paravirtualization"]
+    assert names == [
+        "equivalence",
+        "efficiency",
+        "isolation",
+        "paravirtualization",
+        "binary-translation",
+        "sensitive-instructions",
+        "containers",
+    ]
 
 
 def test_unknown_demo_is_a_usage_error() -> None:

@@ -258,3 +258,11 @@ def test_boot_help_says_when_hlt_ends_the_run(capsys: pytest.CaptureFixture[str]
         "halted 0 no vCPU can run again: each executed HLT with interrupts off (IF=0) or "
         "waits for INIT/SIPI (with --kernel-irqchip off: the guest executed HLT)"
     ) in text
+
+
+def test_demo_names_are_the_demos() -> None:
+    """The parser lists the demos without importing them; the two lists must agree."""
+    from pyvmm.cli.parser import DEMO_NAMES
+    from pyvmm.demos import DEMOS
+
+    assert list(DEMOS) == DEMO_NAMES
