@@ -129,6 +129,7 @@ class GuestAnswers:
     run: MonitorRun
     virtual_gdt: tuple[int, int]  # (base, limit) the guest's own GDT
     cr0: int  # the guest's CR0 as pyvmm's entry state set it
+    user_cs: int  # the CPL3 code selector pyvmm loaded (KVM_SET_SREGS)
 
 
 def answers(data: bytes) -> dict[str, str]:
@@ -203,6 +204,7 @@ def run_guest(name: str, image: bytes, code: bytes, side_table: dict, umip: bool
         run,
         (sregs.gdt.base, sregs.gdt.limit),
         sregs.cr0,
+        sregs.cs.selector,
     )
 
 
@@ -286,6 +288,14 @@ def explain(
         "privileged, so a pure trap-and-emulate VMM never sees them: x86 broke the theorem's "
         "condition until VT-x and AMD-V (2005-06) added a real guest ring 0."
     )
+    cs_read = plain.answers["mov eax, cs"].split()[0]
+    if int(cs_read, 16) != plain.user_cs:
+        report.text(
+            f"On this host mov from CS read {cs_read}, not the selector 0x{plain.user_cs:x} "
+            f"pyvmm loaded: its KVM ({detect_host().backend.split()[0]}) runs guest CPL3 code on the "
+            "host CPU the way the host runs a process, with the host's user selectors and "
+            "IF, so these instructions reveal even the host beneath the VMM."
+        )
     plain_sgdt = plain.answers["sgdt [mem]"]
     if plain_sgdt.startswith(f"base 0x{MONITOR_GDT:x} "):
         report.text(
@@ -296,7 +306,7 @@ def explain(
     if umip is not None:
         caught = [row.text for row in ROWS if umip.trapped[row.text]]
         report.text(
-            f"With CR4.UMIP (2017's CPUs; KVM emulates it where the CPU lacks it) the "
+            f"With CR4.UMIP (CPUs since 2017; KVM on VT-x emulates it where the CPU lacks it) the "
             f"descriptor-table instructions fault at CPL3: the monitor received "
             f"{len(caught)} traps ({', '.join(caught)}) and emulated them with the virtual "
             "CPU's values. The others still run silently: UMIP closes part of the hole only."

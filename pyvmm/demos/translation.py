@@ -40,7 +40,7 @@ QUOTE = (
 
 REPEAT = 3
 # Translation may not beat direct execution by more than timing noise (a ratio of ratios).
-NOISE = 0.8
+NOISE = 0.67
 # Emulated CPL0 must cost at least this many times the dearer of the other two ways.
 INTERPRETATION_GAP = 10.0
 
