@@ -290,9 +290,10 @@ def explain(
     )
     cs_read = plain.answers["mov eax, cs"].split()[0]
     if int(cs_read, 16) != plain.user_cs:
+        backend = detect_host().backend.split()[0]
         report.text(
             f"On this host mov from CS read {cs_read}, not the selector 0x{plain.user_cs:x} "
-            f"pyvmm loaded: its KVM ({detect_host().backend.split()[0]}) runs guest CPL3 code on the "
+            f"pyvmm loaded: its KVM ({backend}) runs guest CPL3 code on the "
             "host CPU the way the host runs a process, with the host's user selectors and "
             "IF, so these instructions reveal even the host beneath the VMM."
         )
