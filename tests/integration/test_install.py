@@ -160,6 +160,18 @@ def test_demos_run_from_any_directory(installed: Installation, demo: str, where:
         assert failure not in result.stdout
 
 
+def test_containers_demo_runs_from_elsewhere(installed: Installation, tmp_path: Path) -> None:
+    """The workload ships with pyvmm; the OCI runtime is the host's (skipped without one)."""
+    from tests.integration.test_demo_containers import require_oci_runtime
+
+    runtime = require_oci_runtime(tmp_path)
+    result = installed.run(installed.elsewhere, "pyvmm", "demo", "containers")
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = " ".join(result.stdout.split())
+    assert f"container ({runtime})" in text
+    assert "verdict: the container is a process on the host's kernel" in text
+
+
 def test_binary_translation_wants_its_extra_then_runs(installed: Installation) -> None:
     """`pip install .` has no unicorn: one line naming the extra; with `.[demos]` the demo runs."""
     missing = installed.run(installed.elsewhere, "pyvmm", "demo", "binary-translation")
