@@ -121,10 +121,13 @@ is ignored and written anew.
 DEMO_EPILOG = """\
 exit status: 0 when the evidence supports the property, 4 when it does not,
 2 when the demo cannot run (no usable /dev/kvm, a guest that did not start,
-a missing extra: unicorn for binary-translation, crun or runc for containers).
+something it needs is missing), as for a mistyped command line.
 The demos' guests and kernels ship with pyvmm: they run from any directory.
-binary-translation needs unicorn: pip install unicorn (pip install '.[demos]'
-in a checkout); containers needs an OCI runtime: apt-get install crun (or runc).
+What two of them need beyond pyvmm:
+  binary-translation  the unicorn package: pip install unicorn
+                      (pyvmm's extra: pip install '.[demos]' in a checkout)
+  containers          root, and an OCI runtime: apt-get install crun, or runc
+                      where crun refuses the host's cgroups (hybrid mode)
 """
 
 # pyvmm.demos.DEMOS's names, in its order (a unit test keeps them equal); listed
@@ -345,11 +348,12 @@ def build_parser() -> _Parser:
     demo = commands.add_parser(
         "demo",
         help="show Popek & Goldberg's VMM properties and the rest of the course on real guests",
-        description="Run a teaching demo: equivalence, efficiency\n"
-        "or isolation (resource control), paravirtualization (virtio against the\n"
-        "emulated UART), binary-translation (native, direct execution, unicorn,\n"
-        "emulated ring 0), sensitive-instructions (x86's virtualization holes) or\n"
-        "containers (a process, an OCI container and a VM). Without NAME, list them.",
+        description="Run a teaching demo; without NAME, list them. Popek and Goldberg's\n"
+        "three properties: equivalence, efficiency, isolation (resource control).\n"
+        "Then: paravirtualization (virtio against the emulated UART),\n"
+        "binary-translation (native, direct execution, unicorn, emulated ring 0),\n"
+        "sensitive-instructions (x86's virtualization holes, UMIP, a translator),\n"
+        "containers (one workload as a process, an OCI container and a VM).",
         epilog=DEMO_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -358,7 +362,7 @@ def build_parser() -> _Parser:
         nargs="?",
         choices=DEMO_NAMES,
         metavar="NAME",
-        help=", ".join(DEMO_NAMES[:-1]) + " or " + DEMO_NAMES[-1],
+        help="the demo to run (the names above)",
     )
     demo.set_defaults(verbose=0)
     host = commands.add_parser(

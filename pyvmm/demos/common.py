@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import textwrap
 import time
@@ -31,6 +32,25 @@ GUEST_RUN_LIMIT = 60.0
 EVIDENCE_HOLDS = 0
 EVIDENCE_FAILS = 4  # even: odd statuses are a debug-exit's alone
 CANNOT_RUN = 2
+
+
+def stop_if_interrupted(outcome: RunOutcome) -> None:
+    """End the demo the way the signal that stopped this run ends pyvmm.
+
+    A run turns SIGINT, SIGTERM and SIGHUP into its INTERRUPTED outcome; a
+    demo must not report that as evidence for or against anything, so it is
+    raised again (KeyboardInterrupt for SIGINT, StoppedBySignal for the
+    others) and `pyvmm` prints `pyvmm: stopped by SIGNAME` and ends by it.
+    """
+    from pyvmm.machine.outcome import OutcomeKind
+
+    if outcome.kind is not OutcomeKind.INTERRUPTED or outcome.signal is None:
+        return
+    if outcome.signal == signal.SIGINT:
+        raise KeyboardInterrupt
+    from pyvmm.machine.run_signals import StoppedBySignal
+
+    raise StoppedBySignal(outcome.signal)
 
 
 class DemoCannotRun(Exception):
@@ -146,6 +166,7 @@ def run_guest(
     with build_machine(config) as machine:
         start = time.perf_counter()
         outcome = machine.run(timeout=timeout)
+        stop_if_interrupted(outcome)
         seconds = time.perf_counter() - start
         memory = [machine.memory.read(gpa, size) for gpa, size in results]
         run = GuestRun(
@@ -176,7 +197,11 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def paragraph(text: str, indent: str = "") -> str:
     return textwrap.fill(
-        " ".join(text.split()), TEXT_WIDTH, initial_indent=indent, subsequent_indent=indent
+        " ".join(text.split()),
+        TEXT_WIDTH,
+        initial_indent=indent,
+        subsequent_indent=indent,
+        break_on_hyphens=False,  # names such as sensitive-instructions stay whole
     )
 
 

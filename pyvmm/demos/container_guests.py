@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyvmm.arch.x86_64 import layout
+from pyvmm.demos.common import stop_if_interrupted
 from pyvmm.demos.kernels import ResultPort
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.machine.builder import MachineConfig, build_machine
@@ -95,6 +96,7 @@ def run_exit_loop(count: int) -> ExitLoopRun:
         started = time.perf_counter()
         outcome = machine.run(GUEST_TIMEOUT)
         seconds = time.perf_counter() - started
+        stop_if_interrupted(outcome)
         exits = machine.loop.exit_count
     if outcome.kind is not OutcomeKind.DEBUG_EXIT or outcome.exit_status != DEBUG_EXIT_STATUS:
         raise GuestRunError(f"the exit loop ended: {outcome.message}")
@@ -291,6 +293,7 @@ def run_walk() -> WalkRun:
         entry = _tables(machine.vcpu.get_sregs())
         rss_before = vm_rss()
         outcome = machine.run(GUEST_TIMEOUT)
+        stop_if_interrupted(outcome)
         after = _tables(machine.vcpu.get_sregs())
         rss_after = vm_rss()
         threads = thread_names()

@@ -337,6 +337,8 @@ def run(out: TextIO) -> int:
             raise DemoCannotRun(str(error)) from None
         except PyvmmError:
             raise  # KVM's errors (KvmError is an OSError too): `pyvmm demo` reports them
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): pyvmm stops quietly
         except OSError as error:  # the scratch directory, /proc: nothing about the evidence
             raise DemoCannotRun(f"a file it needs could not be used: {error}") from None
 

@@ -39,6 +39,7 @@ from functools import cache
 from pathlib import Path
 
 from pyvmm.arch.x86_64 import layout
+from pyvmm.demos.common import stop_if_interrupted
 from pyvmm.errors import PyvmmError
 from pyvmm.loaders.entry import CpuMode
 from pyvmm.machine.builder import MachineConfig, build_machine
@@ -259,6 +260,7 @@ def run_in_guest(
         machine.memory.write(PARAMS_GPA, struct.pack("<QQQ", index, n, BUFFER_GPA))
         started = time.perf_counter()
         outcome = machine.run(timeout)
+        stop_if_interrupted(outcome)
         seconds = time.perf_counter() - started
         exits = machine.loop.exit_count
     where = f"{kernel}({n}) at CPL{ring}"

@@ -40,6 +40,7 @@ from pyvmm.demos.common import (
     format_seconds,
     guest_image,
     paragraph,
+    stop_if_interrupted,
 )
 from pyvmm.machine.outcome import OutcomeKind
 
@@ -131,6 +132,7 @@ def run_driver(arguments: str, **devices: object) -> DriverRun:
     with build_machine(config) as machine:
         start = time.perf_counter()
         outcome = machine.run(timeout=RUN_LIMIT)
+        stop_if_interrupted(outcome)
         seconds = time.perf_counter() - start
         if (outcome.kind, outcome.exit_status) != (OutcomeKind.DEBUG_EXIT, SUCCESS):
             failed = [line for line in bytes(console).splitlines() if b"FAILED" in line]

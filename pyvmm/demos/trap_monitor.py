@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyvmm.demos.common import stop_if_interrupted
 from pyvmm.demos.rewriter import decode_one
 from pyvmm.demos.virtual_cpu import GPRS, Memory, NotSensitive, UserState, VirtualCpu
 from pyvmm.errors import KvmError, PyvmmError
@@ -166,6 +167,7 @@ class TrapMonitor:
         while True:
             remaining = max(deadline - time.perf_counter(), 0.001)
             outcome = self.machine.run(timeout=remaining)
+            stop_if_interrupted(outcome)
             if outcome.kind is OutcomeKind.DEBUG and self._port.pending:
                 self._port.pending = False
                 result.traps.append(self._take_trap())

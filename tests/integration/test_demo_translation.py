@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from pyvmm.kvm.host import kvm_backend
 from tests.integration.test_demos import run_demo_in
@@ -41,3 +47,30 @@ def test_binary_translation_ladder(tmp_path: Path) -> None:
         assert "the ladder holds: direct < translated < interpreted" in out
     else:
         assert "CPL0 row is therefore direct execution too" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("demo", ["binary-translation", "sensitive-instructions"])
+def test_ctrl_c_stops_a_demo_as_it_stops_pyvmm(tmp_path: Path, demo: str) -> None:
+    """SIGINT to the demo's process group mid-run: no verdict, `stopped by SIGINT`, death by it.
+
+    A guest run turns the signal into its outcome; a demo must not report that
+    outcome as evidence (it once ended 'the evidence does not hold', status 4).
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pyvmm", "demo", demo],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    # Once the first table's heading is out, guests are running.
+    assert child.stdout is not None
+    while "host:" not in child.stdout.readline():
+        pass
+    os.killpg(child.pid, signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGINT, out + err
+    assert err.splitlines() == ["pyvmm: stopped by SIGINT"], err
+    assert "verdict" not in out

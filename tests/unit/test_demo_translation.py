@@ -79,3 +79,17 @@ def test_ladder_rule() -> None:
     assert not translation.ladder_order_holds([ladder(1.0, 6.0, 30)], emulated)
     assert translation.ladder_order_holds([ladder(1.0, 6.0, 1.0)], hardware)
     assert ladder(1.0, 6.0, 1.0).identical(translation.RING0)
+
+
+def test_an_interrupted_run_is_raised_again_not_reported() -> None:
+    import signal
+
+    from pyvmm.demos.common import stop_if_interrupted
+    from pyvmm.machine.outcome import interrupted, timed_out
+    from pyvmm.machine.run_signals import StoppedBySignal
+
+    stop_if_interrupted(timed_out(5))  # any other outcome: nothing happens
+    with pytest.raises(KeyboardInterrupt):
+        stop_if_interrupted(interrupted("SIGINT", signal.SIGINT))
+    with pytest.raises(StoppedBySignal, match="SIGTERM"):
+        stop_if_interrupted(interrupted("SIGTERM", signal.SIGTERM))
