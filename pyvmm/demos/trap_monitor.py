@@ -43,6 +43,8 @@ TRAP_PORT = 0xE0
 STUB = bytes([0xE6, TRAP_PORT, 0xEB, 0xFE])
 KERNEL_CODE_SELECTOR = 0x08
 GATE_INTERRUPT_64 = 0x8E  # present, DPL 0, 64-bit interrupt gate (SDM 3A, 6.14.1)
+# Traps: the frame's RIP is already past the instruction (#BP, #OF; SDM 3A, 6.5).
+TRAP_CLASS_VECTORS = frozenset({3, 4})
 # Exceptions that push an error code (SDM 3A, table 6-1).
 ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
 VECTOR_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 6: "#UD", 7: "#NM", 13: "#GP", 14: "#PF"}
@@ -200,8 +202,10 @@ class TrapMonitor:
                 emulated = True
             except NotSensitive:
                 pass
-        # Return past the instruction (all the exceptions taken here are faults).
+        # Return past the instruction: a fault's frame points at it, a trap's after it.
         size = instruction.size if instruction is not None else 1
+        if vector in TRAP_CLASS_VECTORS:
+            size = 0
         for name in GPRS:
             setattr(regs, name, state.registers[name])
         regs.rip = rip + size

@@ -91,3 +91,23 @@ def test_virtual_answers_match_a_real_cpl0_run() -> None:
         compared.append(row.text)
     # Everything up to lar runs at CPL0 everywhere.
     assert compared[:9] == [row.text for row in sensitive.ROWS[:9]]
+
+
+def test_monitor_steps_over_what_it_does_not_emulate() -> None:
+    """int3 (a trap: resume after it) and ud2 (a fault: step over it) are recorded, not fatal."""
+    from pyvmm.demos.trap_monitor import TrapMonitor
+
+    image = bytes.fromhex(
+        "cc"  # int3          #BP, a trap
+        "0f0b"  # ud2         #UD, a fault
+        "b8 2a000000".replace(" ", "")  # mov eax, 42
+        + "e6f4"  # out 0xf4, al: debug-exit status 85
+    )
+    config = MachineConfig(
+        image=image, ram_size=sensitive.RAM_SIZE, console=lambda data: None, mode=CpuMode.USER
+    )
+    with build_machine(config) as machine:
+        run = TrapMonitor(machine).run(timeout=30)
+    assert run.outcome.exit_status == 85, run.outcome.message
+    assert [(trap.name, trap.emulated) for trap in run.traps] == [("#BP", False), ("#UD", False)]
+    assert run.traps[1].instruction == "ud2"
