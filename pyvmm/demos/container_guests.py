@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64.gdt import flat_gdt, gdt_bytes, interrupt_gate
 from pyvmm.demos.common import stop_if_interrupted
 from pyvmm.demos.kernels import ResultPort
 from pyvmm.loaders.entry import CpuMode
@@ -128,8 +129,8 @@ WALK_IMAGE_SIZE = 0x5000
 RESULT_PORT = 0xE00  # two 32-bit `out`s, low half at +0, high at +4 (kernels.ResultPort)
 RESULT_PORT_SIZE = 8
 
-# null; 64-bit code (selector 0x08); data (0x10): the selectors pyvmm's own GDT has.
-WALK_GDT = struct.pack("<3Q", 0, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF)
+# null; 64-bit code (selector 0x08); data (0x10): the table pyvmm's long mode starts with.
+WALK_GDT = gdt_bytes(flat_gdt(long_mode=True))
 GDT_LIMIT = len(WALK_GDT) - 1
 IDT_LIMIT = IDT_VECTORS * 16 - 1
 
@@ -180,13 +181,6 @@ WALK_HANDLER = bytes.fromhex(
 )
 
 
-def _gate(handler: int) -> bytes:
-    """A 64-bit interrupt gate, present, DPL 0, code selector 0x08 (SDM vol. 3A, 6.14.1)."""
-    return struct.pack(
-        "<HHBBHII", handler & 0xFFFF, 0x08, 0, 0x8E, (handler >> 16) & 0xFFFF, handler >> 32, 0
-    )
-
-
 def walk_image() -> bytes:
     """The RAM walk: code, its GDT, IDT and page tables (2 MiB pages, the low 1 GiB)."""
     image = bytearray(WALK_IMAGE_SIZE)
@@ -201,7 +195,7 @@ def walk_image() -> bytes:
     put(GDTR_OFFSET, struct.pack("<HQ", GDT_LIMIT, LOAD_GPA + GDT_OFFSET))
     put(IDTR_OFFSET, struct.pack("<HQ", IDT_LIMIT, LOAD_GPA + IDT_OFFSET))
     put(HANDLER_OFFSET, WALK_HANDLER)
-    put(IDT_OFFSET, _gate(LOAD_GPA + HANDLER_OFFSET) * IDT_VECTORS)
+    put(IDT_OFFSET, interrupt_gate(LOAD_GPA + HANDLER_OFFSET) * IDT_VECTORS)
     present_writable = 0x3
     put(PML4_OFFSET, struct.pack("<Q", LOAD_GPA + PDPT_OFFSET | present_writable))
     put(PDPT_OFFSET, struct.pack("<Q", LOAD_GPA + PD_OFFSET | present_writable))

@@ -21,6 +21,7 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,11 +226,15 @@ def _wait_for_file(path: Path, deadline: float) -> str | None:
     return None
 
 
-def look_at_running(command: list[str], pid_file: Path | None, what: str) -> HostView:
-    """Start `command` (the world mode), look at its process from the host, let it end.
+@contextlib.contextmanager
+def _waiting(
+    command: list[str], pid_file: Path | None, what: str
+) -> Iterator[tuple[subprocess.Popen[bytes], int, bytes]]:
+    """Start `command`; once it prints WAITING, yield (child, the workload's host pid, output).
 
-    The process's host pid is the child's own, or for a runtime's `run
-    --pid-file` what the runtime writes to `pid_file`. Raises RunFailed.
+    The pid is the child's own, or, for a runtime's `run --pid-file`, what
+    the runtime writes to `pid_file`. The child is killed if the block
+    raises. Raises RunFailed when it cannot start or never waits.
     """
     try:
         child = subprocess.Popen(
@@ -248,7 +253,16 @@ def look_at_running(command: list[str], pid_file: Path | None, what: str) -> Hos
             child.kill()
             _, stderr = child.communicate()
             raise RunFailed(_describe(what, child.returncode, stderr.decode(errors="replace")))
-        pid = int(pid_text)
+        yield child, int(pid_text), shown
+
+
+def look_at_running(command: list[str], pid_file: Path | None, what: str) -> HostView:
+    """Start `command` (the world mode), look at its process from the host, let it end.
+
+    The process's host pid is the child's own, or for a runtime's `run
+    --pid-file` what the runtime writes to `pid_file`. Raises RunFailed.
+    """
+    with _waiting(command, pid_file, what) as (child, pid, shown):
         try:
             fields = status_fields(pid)
             inside_links = namespace_links(pid)
@@ -309,22 +323,7 @@ def run_until_oom(command: list[str], pid_file: Path, what: str) -> OomRun:
     until it is deleted, so the OOM killer's count can be read after the kill.
     """
     reaper = become_subreaper()
-    try:
-        child = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-    except OSError as error:
-        raise RunFailed(f"{what} could not start: {error}") from None
-    with _killed_on_error(child):
-        assert child.stdout is not None
-        deadline = time.monotonic() + RUN_TIMEOUT
-        shown = _read_until(child.stdout.fileno(), WAITING, deadline)
-        pid_text = _wait_for_file(pid_file, deadline) if WAITING.encode() in shown else None
-        if pid_text is None or not pid_text.isdigit():
-            child.kill()
-            _, stderr = child.communicate()
-            raise RunFailed(_describe(what, child.returncode, stderr.decode(errors="replace")))
-        pid = int(pid_text)
+    with _waiting(command, pid_file, what) as (child, pid, shown):
         try:
             view = oci.CgroupView.of(pid)
         except OSError as error:

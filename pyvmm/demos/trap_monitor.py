@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyvmm.arch.x86_64.gdt import interrupt_gate
 from pyvmm.demos.common import stop_if_interrupted
 from pyvmm.demos.rewriter import decode_one
 from pyvmm.demos.virtual_cpu import GPRS, Memory, NotSensitive, UserState, VirtualCpu
@@ -41,8 +42,6 @@ VECTORS = 32
 TRAP_PORT = 0xE0
 # `out %al, $TRAP_PORT; jmp .`: the monitor moves RIP before the jmp ever runs.
 STUB = bytes([0xE6, TRAP_PORT, 0xEB, 0xFE])
-KERNEL_CODE_SELECTOR = 0x08
-GATE_INTERRUPT_64 = 0x8E  # present, DPL 0, 64-bit interrupt gate (SDM 3A, 6.14.1)
 # Traps: the frame's RIP is already past the instruction (#BP, #OF; SDM 3A, 6.5).
 TRAP_CLASS_VECTORS = frozenset({3, 4})
 # Exceptions that push an error code (SDM 3A, table 6-1).
@@ -99,20 +98,6 @@ class _TrapPort:
         self.loop.pause()  # KVM_RUN completes the `out`, then returns: a consistent state
 
 
-def gate(handler: int) -> bytes:
-    """A 16-byte 64-bit interrupt gate to `handler` in the kernel code segment."""
-    return struct.pack(
-        "<HHBBHII",
-        handler & 0xFFFF,
-        KERNEL_CODE_SELECTOR,
-        0,
-        GATE_INTERRUPT_64,
-        (handler >> 16) & 0xFFFF,
-        handler >> 32,
-        0,
-    )
-
-
 class TrapMonitor:
     """Owns one built machine (pyvmm.machine.builder) in user mode; see the module docstring.
 
@@ -136,7 +121,9 @@ class TrapMonitor:
         )
         gdt = machine.memory.read(sregs.gdt.base, sregs.gdt.limit + 1)
         machine.memory.write(MONITOR_GDT, gdt)
-        idt = b"".join(gate(MONITOR_STUBS + STUB_SIZE * vector) for vector in range(VECTORS))
+        idt = b"".join(
+            interrupt_gate(MONITOR_STUBS + STUB_SIZE * vector) for vector in range(VECTORS)
+        )
         machine.memory.write(MONITOR_IDT, idt)
         for vector in range(VECTORS):
             machine.memory.write(MONITOR_STUBS + STUB_SIZE * vector, STUB)

@@ -14,7 +14,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,21 +21,12 @@ import pytest
 from pyvmm.demos import containers
 from pyvmm.demos.common import DemoCannotRun
 from pyvmm.shipped import shipped_file
-
-DEMO_TIMEOUT = 120
+from tests.integration.test_demos import run_demo_in as run_demo
 
 
 def run_demo_in(directory: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """`python -m pyvmm demo containers` with `directory` as the current directory."""
-    return subprocess.run(
-        [sys.executable, "-m", "pyvmm", "demo", "containers"],
-        capture_output=True,
-        text=True,
-        timeout=DEMO_TIMEOUT,
-        cwd=directory,
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-    )
+    return run_demo(directory, "containers", **env)
 
 
 def require_oci_runtime(scratch: Path) -> str:

@@ -23,6 +23,7 @@ from pyvmm.demos import DEMOS, container_guests, containers, oci, run_demo
 from pyvmm.demos.common import CANNOT_RUN, DemoCannotRun
 from pyvmm.demos.container_runs import RunFailed, results
 from pyvmm.demos.kernels import load_kernel_image
+from tests.unit.test_demo_text import assemble, needs_binutils
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD = REPO / "guests" / "container" / "workload.elf"
@@ -453,23 +454,6 @@ def test_workload_usage() -> None:
 
 # ----------------------------------------------------------------------------
 # The VM side's guests.
-
-needs_binutils = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("as", "objcopy")), reason="GNU binutils not installed"
-)
-
-
-def assemble(source: str, tmp_path: Path) -> bytes:
-    """64-bit Intel-syntax `source` assembled by GNU as, as raw bytes."""
-    (tmp_path / "code.s").write_text(".intel_syntax noprefix\n.code64\n" + source + "\n")
-    subprocess.run(
-        ["as", "--64", "-o", str(tmp_path / "code.o"), str(tmp_path / "code.s")], check=True
-    )
-    subprocess.run(
-        ["objcopy", "-O", "binary", "-j", ".text", str(tmp_path / "code.o"), str(tmp_path / "b")],
-        check=True,
-    )
-    return (tmp_path / "b").read_bytes()
 
 
 @needs_binutils

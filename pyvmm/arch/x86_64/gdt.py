@@ -1,6 +1,7 @@
-"""GDT descriptors and the segment registers they load (pure).
+"""GDT descriptors and the segment registers they load, and 64-bit IDT gates (pure).
 
-Encoding per the Intel SDM vol. 3A, 3.4.5 "Segment Descriptors".
+Encoding per the Intel SDM vol. 3A, 3.4.5 "Segment Descriptors" and 6.14.1
+"64-Bit Mode IDT".
 """
 
 from __future__ import annotations
@@ -52,6 +53,20 @@ class Segment:
     s: int
     long: int
     g: int
+
+
+GATE_INTERRUPT_64 = 0x8E  # present, DPL 0, type 0xE: 64-bit interrupt gate
+
+
+def interrupt_gate(handler: int, selector: int = CODE_SELECTOR) -> bytes:
+    """A 16-byte 64-bit interrupt gate to `handler` (a linear address) through `selector`."""
+    low = (
+        (handler & 0xFFFF)
+        | selector << 16
+        | GATE_INTERRUPT_64 << 40
+        | (handler >> 16 & 0xFFFF) << 48
+    )
+    return low.to_bytes(8, "little") + (handler >> 32 & 0xFFFF_FFFF).to_bytes(8, "little")
 
 
 def encode_descriptor(base: int, limit: int, access: int, flags: int) -> int:

@@ -44,6 +44,7 @@ from pyvmm.arch.x86_64.gdt import (
     USER_DATA_SELECTOR,
     decode_descriptor,
     gdt_bytes,
+    interrupt_gate,
     tss_bytes,
     user_mode_gdt,
 )
@@ -324,17 +325,10 @@ LOOP_INSTRUCTIONS = 20_000
 def idt_bytes(handlers: dict[int, int] | None = None) -> bytes:
     """256 64-bit interrupt gates (DPL 0, CODE_SELECTOR): each vector to its stub,
     or to `handlers[vector]`."""
-    gates = []
-    for vector in range(256):
-        offset = (handlers or {}).get(vector, STUBS_GPA + STUB_SIZE * vector)
-        low = (
-            (offset & 0xFFFF)
-            | CODE_SELECTOR << 16
-            | 0x8E << 40  # present, DPL 0, type 0xE: 64-bit interrupt gate
-            | (offset >> 16 & 0xFFFF) << 48
-        )
-        gates.append(low.to_bytes(8, "little") + (offset >> 32).to_bytes(8, "little"))
-    return b"".join(gates)
+    return b"".join(
+        interrupt_gate((handlers or {}).get(vector, STUBS_GPA + STUB_SIZE * vector))
+        for vector in range(256)
+    )
 
 
 def stub_vector(rip: int) -> int | None:
