@@ -12,7 +12,9 @@
  *
  *   open /dev/kvm, KVM_CREATE_VM, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR,
  *   mmap guest RAM (MAP_NORESERVE), KVM_SET_USER_MEMORY_REGION, copy the
- *   pages in; with the irqchip (pyvmm's default machine): KVM_CREATE_IRQCHIP,
+ *   pages in; with the split irqchip (pyvmm's default machine): KVM_ENABLE_CAP
+ *   (KVM_CAP_SPLIT_IRQCHIP), the LAPICs alone; with KVM's whole irqchip (pyvmm's
+ *   --kernel-irqchip on): KVM_CREATE_IRQCHIP,
  *   KVM_CREATE_PIT2 when pyvmm's machine has KVM's PIT (--pit kernel; its
  *   default PIT is its own, in Python, not created until used) and, for a real-mode entry, both PICs loaded as a BIOS
  *   leaves them (KVM_GET/SET_IRQCHIP, pyvmm/arch/x86_64/pic.py); then per
@@ -72,6 +74,7 @@
 /* The state file's flags word. */
 #define STATE_IRQCHIP 1u
 #define STATE_KERNEL_PIT 2u
+#define STATE_SPLIT_IRQCHIP 4u /* with STATE_IRQCHIP: only the LAPICs are KVM's */
 /* SeaBIOS's PIC set-up (pyvmm/arch/x86_64/pic.py): vector bases, every IRQ
  * masked but the master's cascade (IRQ 2). */
 #define PIC_MASTER_VECTOR_BASE 0x08
@@ -92,7 +95,7 @@ struct state {
 	struct kvm_sregs sregs;
 	struct kvm_regs regs;
 	struct kvm_fpu fpu;
-	uint32_t flags; /* STATE_IRQCHIP, STATE_KERNEL_PIT */
+	uint32_t flags; /* STATE_IRQCHIP, STATE_KERNEL_PIT, STATE_SPLIT_IRQCHIP */
 	struct chunk *chunks;
 	size_t nchunks;
 	unsigned char *file; /* the whole file: chunk data points into it */
@@ -191,7 +194,8 @@ static uint64_t get_u64(const unsigned char *p)
 /*
  * State file, little-endian:
  *   "PYVMMREF", u32 sizeof(kvm_sregs), u32 sizeof(kvm_regs), u32 sizeof(kvm_fpu),
- *   u32 flags (bit 0: the in-kernel irqchip; bit 1: KVM's PIT too), the three structs' raw
+ *   u32 flags (bit 0: the in-kernel irqchip; bit 1: KVM's PIT too; bit 2: the irqchip is
+ *   split, KVM_CAP_SPLIT_IRQCHIP: the LAPICs alone), the three structs' raw
  *   bytes, then chunks to EOF: u64 gpa, u64 size, data.
  * The sizes must match this compiler's view of <linux/kvm.h>.
  */
@@ -210,7 +214,7 @@ static void load_state(const char *path, struct state *state)
 	if (size < offset + sizeof(state->sregs) + sizeof(state->regs) + sizeof(state->fpu))
 		die("%s is truncated", path);
 	state->flags = get_u32(file + 20);
-	if (state->flags & ~(STATE_IRQCHIP | STATE_KERNEL_PIT))
+	if (state->flags & ~(STATE_IRQCHIP | STATE_KERNEL_PIT | STATE_SPLIT_IRQCHIP))
 		die("%s: unknown flags 0x%x", path, state->flags);
 	memcpy(&state->sregs, file + offset, sizeof(state->sregs));
 	offset += sizeof(state->sregs);
@@ -430,7 +434,13 @@ static void cycle(const char *kvm_path, const struct state *state, uint64_t ram_
 		memcpy(ram + chunk->gpa, chunk->data, chunk->size);
 	}
 
-	if (state->flags & STATE_IRQCHIP) {
+	if (state->flags & STATE_SPLIT_IRQCHIP) {
+		/* pyvmm's default: KVM's LAPICs, the PIC and IOAPIC in the VMM (no guest
+		   here programs them: the exit guests take no interrupt). */
+		struct kvm_enable_cap cap = {.cap = KVM_CAP_SPLIT_IRQCHIP, .args = {24}};
+
+		xioctl(vm, KVM_ENABLE_CAP, &cap, "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)");
+	} else if (state->flags & STATE_IRQCHIP) {
 		struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
 
 		xioctl(vm, KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP");

@@ -77,6 +77,7 @@ STATE_MAGIC = b"PYVMMREF"
 # The state file's flags word: the machine has KVM's in-kernel irqchip; and KVM's PIT.
 STATE_IRQCHIP = 1
 STATE_KERNEL_PIT = 2
+STATE_SPLIT_IRQCHIP = 4
 
 C_LABEL = "C reference VMM"
 PYVMM_LABEL = "pyvmm"
@@ -251,7 +252,8 @@ def write_state_file(
     Layout (little-endian, read by ref_vmm.c's load_state): b"PYVMMREF", the
     sizes of struct kvm_sregs, kvm_regs and kvm_fpu as u32, a u32 of flags
     (STATE_IRQCHIP when the machine has the in-kernel irqchip, STATE_KERNEL_PIT
-    when it has KVM's PIT too, so that ref_vmm creates them as well), the
+    when it has KVM's PIT too, STATE_SPLIT_IRQCHIP when that irqchip is split,
+    so that ref_vmm creates the same), the
     three structs' raw bytes, then one record per non-zero page below
     `limit`: u64 gpa, u64 size, the bytes. `irqchip` overrides what the
     machine has (None: what it has).
@@ -266,6 +268,8 @@ def write_state_file(
     flags = STATE_IRQCHIP if irqchip else 0
     if irqchip and machine.config is not None and machine.config.wants_kernel_pit:
         flags |= STATE_KERNEL_PIT
+    if irqchip and machine.split_irqchip is not None:
+        flags |= STATE_SPLIT_IRQCHIP
     parts = [STATE_MAGIC, struct.pack("<4I", *(len(raw) for raw in structs), flags), *structs]
     pages = 0
     zero = bytes(PAGE_SIZE)

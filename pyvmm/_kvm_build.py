@@ -32,6 +32,12 @@ _CONSTANTS = """
 #define KVM_GET_FPU ...
 #define KVM_SET_GUEST_DEBUG ...
 #define KVM_CREATE_IRQCHIP ...
+#define KVM_ENABLE_CAP ...
+#define KVM_CAP_SPLIT_IRQCHIP ...
+#define KVM_SIGNAL_MSI ...
+#define KVM_CAP_SIGNAL_MSI ...
+#define KVM_INTERRUPT ...
+#define KVM_IRQ_ROUTING_MSI ...
 #define KVM_CREATE_PIT2 ...
 #define KVM_IRQ_LINE ...
 #define KVM_GET_IRQCHIP ...
@@ -248,6 +254,29 @@ struct kvm_pit_config {
     ...;
 };
 
+/* KVM_ENABLE_CAP (KVM API doc 4.37): turn on capability `cap` with `args`. */
+struct kvm_enable_cap {
+    uint32_t cap;
+    uint32_t flags;
+    uint64_t args[4];
+    ...;
+};
+
+/* KVM_SIGNAL_MSI (KVM API doc 4.71): one MSI message to the in-kernel local APICs. */
+struct kvm_msi {
+    uint32_t address_lo;
+    uint32_t address_hi;
+    uint32_t data;
+    uint32_t flags;
+    ...;
+};
+
+/* KVM_INTERRUPT (KVM API doc 4.16): an external interrupt's vector (the PIC's INTA answer). */
+struct kvm_interrupt {
+    uint32_t irq;
+    ...;
+};
+
 struct kvm_irq_level {
     uint32_t irq;  /* in an anonymous union with `status` */
     uint32_t level;
@@ -294,8 +323,15 @@ struct kvm_irq_routing_irqchip {
     uint32_t pin;
 };
 /* kvm_irq_routing_entry's anonymous `u` union, named by a typedef in the C source below. */
+struct kvm_irq_routing_msi {
+    uint32_t address_lo;
+    uint32_t address_hi;
+    uint32_t data;
+    ...;
+};
 typedef union {
     struct kvm_irq_routing_irqchip irqchip;
+    struct kvm_irq_routing_msi msi;
     uint32_t pad[8];
     ...;
 } pyvmm_irq_routing_target;
@@ -427,6 +463,7 @@ typedef struct {
     unsigned long long data[16];
     ...;
 } pyvmm_exit_system_event;
+typedef struct { uint8_t vector; ...; } pyvmm_exit_eoi;
 
 struct kvm_run {
     uint8_t request_interrupt_window;
@@ -446,6 +483,7 @@ struct kvm_run {
     pyvmm_exit_internal internal;
     pyvmm_exit_emulation_failure emulation_failure;
     pyvmm_exit_system_event system_event;
+    pyvmm_exit_eoi eoi;
     ...;
 };
 """
@@ -488,6 +526,7 @@ typedef PYVMM_EXIT_TYPE(mmio) pyvmm_exit_mmio;
 typedef PYVMM_EXIT_TYPE(internal) pyvmm_exit_internal;
 typedef PYVMM_EXIT_TYPE(emulation_failure) pyvmm_exit_emulation_failure;
 typedef PYVMM_EXIT_TYPE(system_event) pyvmm_exit_system_event;
+typedef PYVMM_EXIT_TYPE(eoi) pyvmm_exit_eoi;
 typedef __typeof__(((struct kvm_irqchip *)0)->chip) pyvmm_irqchip_state;
 typedef __typeof__(((struct kvm_irq_routing_entry *)0)->u) pyvmm_irq_routing_target;
 typedef __typeof__(((struct kvm_vcpu_events *)0)->exception) pyvmm_vcpu_events_exception;

@@ -45,7 +45,7 @@ def build_from_args(
     """
     from pyvmm.kvm.system import DEFAULT_KVM_PATH
     from pyvmm.loaders import boots_as_linux, read_image
-    from pyvmm.machine.early_vm import start_vm
+    from pyvmm.machine.early_vm import irqchip_mode, start_vm
     from pyvmm.machine.ram_size import check_ram_size
     from pyvmm.shipped import resolve_image
 
@@ -68,13 +68,20 @@ def build_from_args(
         append, hide_cpuid, host_line, pit_scale = adapt_linux_to_host(
             image, args.append, kvm_path, args.pit, args.pit_scale
         )
-    irqchip = None if args.kernel_irqchip is None else args.kernel_irqchip == "on"
     pit = args.pit or "user"
+    ioeventfd = None if getattr(args, "ioeventfd", None) is None else args.ioeventfd == "on"
+    virtio = bool(
+        getattr(args, "console", "serial") == "virtio"
+        or getattr(args, "drive", None)
+        or getattr(args, "virtio_rng", False)
+        or getattr(args, "balloon", False)
+    )
+    mode = irqchip_mode(args.kernel_irqchip, pit == "kernel", ioeventfd, virtio)
     # The VM and its irqchip first: the host's wait after making the irqchip
     # then passes while the rest of pyvmm is imported (see early_vm.py).
     vga_text = getattr(args, "vga", "none") != "none"  # only `boot` shows the screen
-    kernel_pit = pit == "kernel" and irqchip is not False
-    early = start_vm(kvm_path, irqchip is not False, ram_size, vga_text, kernel_pit)
+    kernel_pit = pit == "kernel" and mode == "on"
+    early = start_vm(kvm_path, mode != "off", ram_size, vga_text, kernel_pit, mode == "split")
     try:
         machine = _build(
             args, console, console_input, ram_size, image, cmdline, modules, early,
@@ -124,7 +131,7 @@ def _build(
         append=append,
         force_multiboot=args.multiboot,
         image_format=getattr(args, "format", None),
-        irqchip=early.irqchip if args.kernel_irqchip is None else args.kernel_irqchip == "on",
+        irqchip=args.kernel_irqchip,
         vga_text=early.watches_vga,
         acpi=args.acpi == "on",
         emulate=getattr(args, "emulate", "assist") != "none",

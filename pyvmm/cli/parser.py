@@ -267,7 +267,7 @@ def build_parser() -> _Parser:
         metavar="KINDS",
         help="print one line per VM exit on stderr; --trace KINDS or --trace=KINDS keeps only "
         "those (comma-separated: io, mmio, hlt, shutdown, fail-entry, internal-error, "
-        "system-event, unknown)",
+        "system-event, irq, unknown)",
     )
     boot.add_argument(
         "--trace-file",
@@ -483,11 +483,13 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--kernel-irqchip",
-        choices=["on", "off"],
-        help="KVM's in-kernel interrupt controllers (PIC, IOAPIC, LAPICs; default: "
-        "on, as QEMU's kernel_irqchip=on; hlt then waits for an interrupt, and the run ends "
-        "as halted once no vCPU can run again: each halted with IF=0 or waiting for "
-        "INIT/SIPI). off: no interrupts at all, hlt ends the run at once; one vCPU only",
+        choices=["on", "split", "off"],
+        help="where the interrupt controllers are, as QEMU's -accel kvm,kernel-irqchip=: "
+        "split (the default) puts the LAPICs in KVM and pyvmm's own PIC pair and IOAPIC in "
+        "the VMM; on puts all of them in KVM (the default with --pit kernel or "
+        "--ioeventfd on, which need it). Either way hlt waits for an interrupt, and the "
+        "run ends as halted once no vCPU can run again: each halted with IF=0 or waiting "
+        "for INIT/SIPI. off: no interrupts at all, hlt ends the run at once; one vCPU only",
     )
     parser.add_argument(
         "--pit",

@@ -132,21 +132,20 @@ KVM_ONLY = "pyvmm runs on KVM only"
 
 
 def _irqchip(name: str, value: str, context: CommandContext) -> list[str]:
-    if value == "on":
+    if value in ("on", "split"):
         return translated(name, "--kernel-irqchip", value, context)
-    if value in ("off", "split"):
-        # QEMU's `off` and `split` move the PIC and IOAPIC into QEMU itself: the guest
-        # still has them. pyvmm has no userspace irqchip, and its --kernel-irqchip
-        # off removes them: translating would change the machine.
+    if value == "off":
+        # QEMU's `off` moves the LAPICs into QEMU too: the guest still has all of
+        # them. pyvmm's --kernel-irqchip off removes them: translating would change
+        # the machine.
         raise refuse(
             context,
             name,
-            f"kernel-irqchip={value} gives the guest QEMU's userspace PIC and IOAPIC; pyvmm "
-            "has none: its interrupt controllers are KVM's (leave the option out), and "
-            "pyvmm's own --kernel-irqchip off removes them altogether (its PIT is its own "
-            "either way: --pit)",
+            "kernel-irqchip=off gives the guest QEMU's userspace PIC, IOAPIC and LAPICs; "
+            "pyvmm's LAPICs are KVM's: use kernel-irqchip=split (pyvmm's default: its own "
+            "PIC and IOAPIC) or on; pyvmm's own --kernel-irqchip off removes them altogether",
         )
-    raise refuse(context, name, f"kernel-irqchip={value} is not available: pyvmm takes on")
+    raise refuse(context, name, f"kernel-irqchip={value} is not available: pyvmm takes on or split")
 
 
 def _acpi(name: str, value: str, context: CommandContext) -> list[str]:
@@ -429,9 +428,10 @@ TABLE: tuple[QemuOption, ...] = (
         "ACCEL[,PROP=VALUE...]",
         _accel,
         accepts="-accel kvm",
-        becomes="-accel kvm,kernel-irqchip=on -> --kernel-irqchip on",
-        otherwise="another accelerator (pyvmm runs on KVM only), kernel-irqchip=off|split "
-        "(QEMU's userspace irqchip: pyvmm has none)",
+        becomes="-accel kvm,kernel-irqchip=on -> --kernel-irqchip on; "
+        "-accel kvm,kernel-irqchip=split -> --kernel-irqchip split",
+        otherwise="another accelerator (pyvmm runs on KVM only), kernel-irqchip=off "
+        "(QEMU's userspace LAPICs: pyvmm's are KVM's)",
     ),
     _entry("-no-kvm", None, refused(KVM_ONLY), otherwise="pyvmm runs on KVM only"),
     _entry(
@@ -441,9 +441,10 @@ TABLE: tuple[QemuOption, ...] = (
         accepts="-machine pc; -machine q35 (and their versions: pyvmm's PC has what a kernel "
         "finds on both); -machine accel=kvm",
         becomes="-machine kernel_irqchip=on -> --kernel-irqchip on; "
+        "-machine kernel_irqchip=split -> --kernel-irqchip split; "
         "-machine acpi=on|off -> --acpi on|off",
-        otherwise="another machine type, kernel_irqchip=off|split (QEMU's userspace "
-        "irqchip: pyvmm has none) or another property: pyvmm has one machine",
+        otherwise="another machine type, kernel_irqchip=off (QEMU's userspace LAPICs: "
+        "pyvmm's are KVM's) or another property: pyvmm has one machine",
     ),
     _entry("-no-acpi", None, _no_acpi, becomes="-no-acpi -> --acpi off"),
     _entry(

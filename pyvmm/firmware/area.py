@@ -17,6 +17,12 @@ entries (pyvmm.arch.x86_64.no_bios): the tables start a page above.
 
 from __future__ import annotations
 
+# Re-exported for the tables (the device owns them; see below).
+from pyvmm.devices.ioapic import IO_APIC_GPA as IO_APIC_GPA
+from pyvmm.devices.ioapic import IO_APIC_ID as IO_APIC_ID
+from pyvmm.devices.ioapic import IO_APIC_PINS as IO_APIC_PINS
+from pyvmm.devices.ioapic import IO_APIC_VERSION as IO_APIC_VERSION
+
 KIB = 1 << 10
 
 # ACPI NVS: the FACS, which the OS may write (the global lock, its waking vector).
@@ -30,13 +36,9 @@ BIOS_TABLES_GPA = 0xF_1000
 BIOS_TABLES_END = 0xF_3000
 
 # The PC's interrupt controllers at their power-on addresses, where KVM's in-kernel
-# irqchip puts them (Intel SDM vol. 3A, 11.4.1 "The Local APIC Block Diagram"; the
-# 82093AA I/O APIC datasheet, 3.0 "Register Description").
+# irqchip puts them (Intel SDM vol. 3A, 11.4.1 "The Local APIC Block Diagram"). The
+# I/O APIC's address, ID, version and pins are the device's (pyvmm's own with the
+# split irqchip, made to match KVM's): the tables describe what it is.
 LOCAL_APIC_GPA = 0xFEE0_0000
-IO_APIC_GPA = 0xFEC0_0000
-# KVM's I/O APIC: ID 0 at reset, version 0x11, 24 pins (linux arch/x86/kvm/ioapic.h).
-IO_APIC_ID = 0
-IO_APIC_VERSION = 0x11
-IO_APIC_PINS = 24
 # KVM's local APIC version register, bits 7:0 (linux arch/x86/kvm/lapic.c, APIC_VERSION).
 LOCAL_APIC_VERSION = 0x14

@@ -117,6 +117,20 @@ class Debug:
 
 
 @dataclass(frozen=True, slots=True)
+class IrqWindowOpen:
+    """The guest can take an external interrupt now (asked for with
+    `request_interrupt_window`; KVM API doc 5, KVM_EXIT_IRQ_WINDOW_OPEN)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IoapicEoi:
+    """A LAPIC ended level-triggered `vector`, an IOAPIC's (split irqchip only;
+    KVM API doc 5, KVM_EXIT_IOAPIC_EOI)."""
+
+    vector: int
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown:
     """Any exit pyvmm does not handle; `name` is the header's name for it."""
 
@@ -138,11 +152,14 @@ VcpuExit = (
     | InternalError
     | SystemEvent
     | Debug
+    | IrqWindowOpen
+    | IoapicEoi
     | Unknown
 )
 
 _HLT = Hlt()
 _SHUTDOWN = Shutdown()
+_IRQ_WINDOW_OPEN = IrqWindowOpen()
 
 
 def decode(run: Any) -> VcpuExit:
@@ -173,6 +190,10 @@ def decode(run: Any) -> VcpuExit:
         event = run.system_event
         ndata = min(event.ndata, 16)
         return SystemEvent(event.type, tuple(event.data[0:ndata]))
+    if reason == lib.KVM_EXIT_IRQ_WINDOW_OPEN:
+        return _IRQ_WINDOW_OPEN
+    if reason == lib.KVM_EXIT_IOAPIC_EOI:
+        return IoapicEoi(run.eoi.vector)
     if reason == lib.KVM_EXIT_DEBUG:
         arch = run.debug.arch
         return Debug(arch.exception, arch.pc, arch.dr6, arch.dr7)

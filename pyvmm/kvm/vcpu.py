@@ -101,6 +101,17 @@ class Vcpu(ClosesOnExit):
     def set_cpuid2(self, cpuid: Any) -> None:
         ioctl_ptr(self.fd, lib.KVM_SET_CPUID2, "KVM_SET_CPUID2", cpuid)
 
+    def interrupt(self, vector: int) -> None:
+        """KVM_INTERRUPT (KVM API doc 4.16): queue external interrupt `vector` (the PIC's).
+
+        With the split irqchip KVM holds one such vector and injects it when
+        the guest can take it; ask when the last exit said
+        `ready_for_interrupt_injection`. Raises KvmError (EEXIST: one is
+        still queued; ENXIO: the PIC is KVM's own).
+        """
+        request = ffi.new("struct kvm_interrupt *", {"irq": vector})
+        ioctl_ptr(self.fd, lib.KVM_INTERRUPT, "KVM_INTERRUPT", request)
+
     def get_mp_state(self) -> int:
         """KVM_GET_MP_STATE (KVM API doc 4.38): a KVM_MP_STATE_* value (RUNNABLE, HALTED...)."""
         state = ffi.new("struct kvm_mp_state *")

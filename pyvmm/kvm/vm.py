@@ -59,6 +59,50 @@ class Vm(ClosesOnExit):
         """In-kernel PIC, IOAPIC and a LAPIC per vCPU (before any vCPU exists)."""
         ioctl_int(self.fd, lib.KVM_CREATE_IRQCHIP, "KVM_CREATE_IRQCHIP")
 
+    def enable_split_irqchip(self, ioapic_pins: int) -> None:
+        """KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) (KVM API doc 7.8): LAPICs in the kernel only.
+
+        The PIC and the IOAPIC are then the VMM's: it delivers the IOAPIC's
+        interrupts as MSIs (`signal_msi`), the PIC's with KVM_INTERRUPT, and
+        gets KVM_EXIT_IOAPIC_EOI for the level-triggered vectors named by the
+        MSI routes of GSIs below `ioapic_pins` (`set_msi_routing`). Before
+        any vCPU exists; raises KvmError (EINVAL: an irqchip exists already).
+        """
+        cap = ffi.new(
+            "struct kvm_enable_cap *",
+            {"cap": lib.KVM_CAP_SPLIT_IRQCHIP, "args": [ioapic_pins, 0, 0, 0]},
+        )
+        ioctl_ptr(self.fd, lib.KVM_ENABLE_CAP, "KVM_ENABLE_CAP", cap)
+
+    def signal_msi(self, address: int, data: int) -> None:
+        """KVM_SIGNAL_MSI (KVM API doc 4.71): send the MSI (`address`, `data`) to the LAPICs.
+
+        Address and data as Intel SDM vol. 3A 11.11.1-11.11.2 lay them out.
+        From any thread; KVM wakes a halted destination itself. Raises KvmError.
+        """
+        msi = ffi.new(
+            "struct kvm_msi *",
+            {"address_lo": address & 0xFFFF_FFFF, "address_hi": address >> 32, "data": data},
+        )
+        ioctl_ptr(self.fd, lib.KVM_SIGNAL_MSI, "KVM_SIGNAL_MSI", msi)
+
+    def set_msi_routing(self, messages: Sequence[tuple[int, int]]) -> None:
+        """KVM_SET_GSI_ROUTING (KVM API doc 4.52) with MSI routes: GSI n sends `messages[n]`.
+
+        Each message is (address, data). With the split irqchip KVM reads
+        these routes to learn which vectors are level-triggered IOAPIC
+        interrupts, whose EOIs come back as KVM_EXIT_IOAPIC_EOI. Raises KvmError.
+        """
+        table = ffi.new("struct kvm_irq_routing *", {"nr": len(messages), "entries": len(messages)})
+        for gsi, (address, data) in enumerate(messages):
+            entry = table.entries[gsi]
+            entry.gsi = gsi
+            entry.type = lib.KVM_IRQ_ROUTING_MSI
+            entry.u.msi.address_lo = address & 0xFFFF_FFFF
+            entry.u.msi.address_hi = address >> 32
+            entry.u.msi.data = data
+        ioctl_ptr(self.fd, lib.KVM_SET_GSI_ROUTING, "KVM_SET_GSI_ROUTING", table)
+
     def irq_line(self, gsi: int, level: int) -> None:
         """KVM_IRQ_LINE (KVM API doc 4.25): set the level of input `gsi` of the irqchip.
 

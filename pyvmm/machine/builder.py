@@ -19,7 +19,6 @@ from pyvmm.arch.x86_64.cpu import (
     setup_vcpu,
 )
 from pyvmm.arch.x86_64.host_support import keeps_32bit_paging
-from pyvmm.arch.x86_64.pic import acknowledge_irq_vector, set_bios_pic_state
 from pyvmm.arch.x86_64.placement import check_entry_placement, plan_placement
 from pyvmm.closing import ClosesOnExit
 from pyvmm.devices.boot_timer import BOOT_TIMER_PORT, BOOT_TIMER_SIZE, BootTimer
@@ -65,6 +64,7 @@ if TYPE_CHECKING:
     from pyvmm.kvm.vm import Vm
     from pyvmm.machine.early_vm import EarlyVm
     from pyvmm.machine.io_thread import IoThread
+    from pyvmm.machine.split_irqchip import SplitIrqchip
     from pyvmm.machine.vcpu_loop import ExitObserver
     from pyvmm.machine.virtio import Drive, VirtioSlot
     from pyvmm.observe.translation import Translation
@@ -95,9 +95,12 @@ class MachineConfig:
     - `max_exits`: each vCPU stops after this many exits;
     - `console_input`: host input for COM1, or for the virtio-console with
       `virtio_console` (console/input.py); None: none;
-    - `irqchip`: in-kernel PIC/IOAPIC/LAPICs, as QEMU
-      (kernel_irqchip=on) and Firecracker have them. None: on. False: none,
-      and `hlt` exits to pyvmm (one vCPU only: INIT/SIPI need the LAPICs);
+    - `irqchip`: where the interrupt controllers are (QEMU's kernel_irqchip=):
+      "split" (KVM's LAPICs, pyvmm's PIC pair and IOAPIC: machine/split_irqchip.py),
+      "on" or True (KVM's PIC, IOAPIC and LAPICs, as Firecracker has them),
+      "off" or False (none, and `hlt` exits to pyvmm; one vCPU only: INIT/SIPI
+      need the LAPICs); None: split, or on where KVM's PIT or irqfds need it
+      (early_vm.irqchip_mode);
     - `pit`: "user" (pyvmm's 8254, machine/pit.py) or "kernel" (KVM's PIT2,
       which needs the irqchip); `pit_scale`: the user PIT's clock runs this
       many times slower than the host's (1: as programmed);
@@ -169,7 +172,7 @@ class MachineConfig:
         image_format: str | None = None,
         max_exits: int | None = None,
         console_input: InputBuffer | None = None,
-        irqchip: bool | None = None,
+        irqchip: bool | str | None = None,
         vga_text: bool = False,
         testdev: bool = False,
         acpi: bool = True,
@@ -239,8 +242,20 @@ class MachineConfig:
         return f"MachineConfig({', '.join(shown)})"
 
     @property
+    def irqchip_mode(self) -> str:
+        """The mode: on, split or off (early_vm.irqchip_mode); ValueError for a bad `irqchip`."""
+        from pyvmm.machine.early_vm import irqchip_mode
+
+        virtio = bool(self.virtio_console or self.drive or self.virtio_rng or self.balloon)
+        return irqchip_mode(self.irqchip, self.pit == "kernel", self.ioeventfd, virtio)
+
+    @property
     def wants_irqchip(self) -> bool:
-        return self.irqchip is not False
+        return self.irqchip_mode != "off"
+
+    @property
+    def wants_split_irqchip(self) -> bool:
+        return self.irqchip_mode == "split"
 
     @property
     def wants_kernel_pit(self) -> bool:
@@ -293,6 +308,7 @@ class Machine(ClosesOnExit):
         self.vga_text: VgaTextWatch | None = None
         # Set by build_machine: which device drives which GSI (see interrupts.py).
         self.interrupts: InterruptLines | None = None
+        self.split_irqchip: SplitIrqchip | None = None
         # Set by build_machine: what it was built from (`pyvmm boot --reboot` builds it again).
         self.config: MachineConfig | None = None
         # Set by build_machine: the MP and ACPI tables written into RAM (see firmware.py).
@@ -488,15 +504,15 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
 
         early = start_vm(
             config.kvm_path, config.wants_irqchip, config.ram_size, config.vga_text,
-            config.wants_kernel_pit,
+            config.wants_kernel_pit, config.wants_split_irqchip,
         )  # fmt: skip
     with ExitStack() as resources:
         resources.callback(early.close)  # the VM, then its memory
         check_pit(config)
         wanted = (config.wants_irqchip, config.kvm_path, config.ram_size, config.vga_text)
         made = (early.irqchip, early.kvm_path, early.ram_size, early.watches_vga)
-        wanted += (config.wants_irqchip and config.wants_kernel_pit,)
-        made += (early.kernel_pit,)
+        wanted += (config.wants_irqchip and config.wants_kernel_pit, config.wants_split_irqchip)
+        made += (early.kernel_pit, early.split)
         if wanted != made:
             raise ValueError("the early VM does not match the machine's configuration")
         memory, kvm, vm, vga_text = early.memory, early.kvm, early.vm, early.vga_text
@@ -545,10 +561,19 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
             entry.mode.value,
         )
 
-        if config.cpus > 1 and config.irqchip is False:
+        if config.cpus > 1 and not config.wants_irqchip:
             raise UsageError("-smp needs the in-kernel irqchip: INIT/SIPI go through the LAPICs")
         # start_vm made the irqchip (the LAPICs INIT/SIPI and IPIs need), and KVM's PIT.
-        if config.wants_irqchip and entry.mode is CpuMode.REAL:
+        split = None
+        if config.wants_split_irqchip:
+            from pyvmm.machine.split_irqchip import SplitIrqchip
+
+            split = SplitIrqchip(vm)
+            if entry.mode is CpuMode.REAL:
+                split.initialize_pic()  # vector bases 0x08/0x70, as a BIOS leaves them
+        elif config.wants_irqchip and entry.mode is CpuMode.REAL:
+            from pyvmm.arch.x86_64.pic import set_bios_pic_state  # KVM's PICs
+
             set_bios_pic_state(vm)  # vector bases 0x08/0x70, as a BIOS leaves them
         vcpus = [resources.enter_context(vm.create_vcpu(index)) for index in range(config.cpus)]
         for index, each in enumerate(vcpus):
@@ -585,7 +610,10 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
             from pyvmm.arch.x86_64.syscall_repair import attach_syscall_repair
 
             attach_syscall_repair(loops, group.post, resources, config.kvm_path)
-        interrupts = InterruptLines(vm, config.wants_irqchip)
+        if split is not None:
+            split.attach(pio_bus, mmio_bus)
+            split.connect(loop, group.post)
+        interrupts = InterruptLines(vm, config.wants_irqchip, split)
         serial = attach_serial(
             pio_bus,
             config.console,
@@ -608,12 +636,7 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         no_bios = None
         if entry.mode is CpuMode.REAL:
             no_bios = attach_no_bios(
-                pio_bus,
-                memory,
-                group.request_stop,
-                acknowledge_irq=(
-                    functools.partial(acknowledge_irq_vector, vm) if config.wants_irqchip else None
-                ),
+                pio_bus, memory, group.request_stop, acknowledge_irq=bios_eoi(config, vm, split)
             )
         if config.testdev:  # after the no-BIOS trap, which keeps port 0xe5
             from pyvmm.devices.testdev import attach_pc_testdev
@@ -678,6 +701,7 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         machine.config = config
         machine.vmm_places = placement.places
         machine.interrupts = interrupts
+        machine.split_irqchip = split
         machine.firmware = firmware
         machine.rtc = rtc
         machine.pit = pit
@@ -685,6 +709,20 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         machine.no_bios, machine.vga_text = no_bios, vga_text
         machine.boot_timer = boot_timer
     return machine
+
+
+def bios_eoi(
+    config: MachineConfig, vm: Vm, split: SplitIrqchip | None
+) -> Callable[[int], int | None] | None:
+    """What ends a PIC interrupt the no-BIOS trap's default handler gets: pyvmm's PICs,
+    KVM's (arch/x86_64/pic.py), or None without interrupt controllers."""
+    if split is not None:
+        return split.end_of_interrupt_for_vector
+    if not config.wants_irqchip:
+        return None
+    from pyvmm.arch.x86_64.pic import acknowledge_irq_vector
+
+    return functools.partial(acknowledge_irq_vector, vm)
 
 
 def stop_virtio(slots: list[VirtioSlot]) -> None:
@@ -702,11 +740,11 @@ def virtio_io_thread(config: MachineConfig, vm: Vm, group: VcpuGroup) -> IoThrea
 
     if config.ioeventfd is False:
         return None
-    if not config.wants_irqchip:
+    if config.irqchip_mode != "on":
         if config.ioeventfd:
             raise UsageError(
-                "--ioeventfd on needs the in-kernel irqchip (an irqfd raises one of its "
-                "inputs): leave out --kernel-irqchip off, or use --ioeventfd off"
+                "--ioeventfd on needs KVM's whole irqchip (an irqfd raises one of its "
+                f"inputs): --kernel-irqchip on, not {config.irqchip_mode}; or --ioeventfd off"
             )
         return None
     if not eventfds_available(vm):

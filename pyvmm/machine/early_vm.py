@@ -20,7 +20,7 @@ import time
 
 from pyvmm._kvm import lib
 from pyvmm.arch.x86_64 import layout
-from pyvmm.arch.x86_64.gsi_routes import pc_gsi_routes
+from pyvmm.devices.ioapic import IO_APIC_PINS
 from pyvmm.kvm.system import Kvm, open_kvm
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory.guest_memory import GuestMemory
@@ -30,9 +30,40 @@ if TYPE_CHECKING:
     from pyvmm.machine.legacy_pc import VgaTextWatch
 
 
+IRQCHIP_MODES = ("on", "split", "off")
+
+
+def irqchip_mode(
+    requested: bool | str | None, kernel_pit: bool, ioeventfd: bool | None, virtio: bool
+) -> str:
+    """Where the machine's interrupt controllers are: "on", "split" or "off".
+
+    `requested`: "on" or True (KVM's PIC, IOAPIC and LAPICs:
+    KVM_CREATE_IRQCHIP), "split" (KVM's LAPICs, pyvmm's PIC and IOAPIC:
+    KVM_CAP_SPLIT_IRQCHIP, machine/split_irqchip.py), "off" or False (none);
+    None chooses split unless something needs KVM's whole irqchip: KVM's PIT
+    (`kernel_pit`) or virtio's irqfds (`ioeventfd` True, or None with
+    `virtio` devices), whose level-triggered resampling needs KVM's IOAPIC.
+    Raises ValueError for another `requested`.
+    """
+    if requested is True:
+        return "on"
+    if requested is False:
+        return "off"
+    if requested is None:
+        wants_kernel = kernel_pit or ioeventfd or (ioeventfd is None and virtio)
+        return "on" if wants_kernel else "split"
+    if requested not in IRQCHIP_MODES:
+        raise ValueError(f"irqchip: one of {', '.join(IRQCHIP_MODES)}, not {requested!r}")
+    return requested
+
+
 class EarlyVm:
     """Guest RAM, an open /dev/kvm and a VM with the RAM in its slots, with
     its irqchip when `irqchip` is True, and KVM's PIT as well when `kernel_pit`.
+
+    `split`: the irqchip is KVM's LAPICs only (KVM_CAP_SPLIT_IRQCHIP), the
+    PIC and IOAPIC being pyvmm's.
 
     Made by `start_vm`; `build_machine(config, early=...)` takes ownership
     (and closes it when the machine closes). `close` releases it otherwise:
@@ -50,6 +81,7 @@ class EarlyVm:
         "kvm_path",
         "memory",
         "ram_size",
+        "split",
         "vga_text",
         "vm",
         "watches_vga",
@@ -66,6 +98,7 @@ class EarlyVm:
         watches_vga: bool,
         vga_text: VgaTextWatch | None,
         kernel_pit: bool = False,
+        split: bool = False,
     ) -> None:
         self.kvm = kvm
         self.vm = vm
@@ -76,6 +109,7 @@ class EarlyVm:
         self.watches_vga = watches_vga
         self.vga_text = vga_text
         self.kernel_pit = kernel_pit
+        self.split = split
         self.created_at = time.monotonic()  # start_vm sets the VM's own time
 
     def close(self) -> None:
@@ -85,10 +119,17 @@ class EarlyVm:
 
 
 def start_vm(
-    kvm_path: str, irqchip: bool, ram_size: int, vga_text: bool, kernel_pit: bool = False
+    kvm_path: str,
+    irqchip: bool,
+    ram_size: int,
+    vga_text: bool,
+    kernel_pit: bool = False,
+    split: bool = False,
 ) -> EarlyVm:
     """Map `ram_size` bytes of guest RAM, open `kvm_path`, create a VM holding the RAM,
-    and with `irqchip` its PIC/IOAPIC/LAPICs, last (and KVM's PIT with `kernel_pit`).
+    and with `irqchip` its PIC/IOAPIC/LAPICs, last (and KVM's PIT with `kernel_pit`);
+    with `split` too, only the LAPICs (KVM_ENABLE_CAP, KVM_CAP_SPLIT_IRQCHIP: KVM API
+    doc 7.8), which leaves no wait at the close.
 
     What `build_machine` would do first: KVM_CREATE_VM, KVM_SET_TSS_ADDR,
     KVM_SET_IDENTITY_MAP_ADDR, KVM_SET_USER_MEMORY_REGION (with the VGA text
@@ -110,7 +151,11 @@ def start_vm(
         vm.set_tss_addr(layout.KVM_TSS_GPA)
         vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_GPA)
         watch = attach_guest_memory(vm, memory, vga_text)
-        if irqchip:
+        if irqchip and split:
+            vm.enable_split_irqchip(IO_APIC_PINS)
+        elif irqchip:
+            from pyvmm.arch.x86_64.gsi_routes import pc_gsi_routes
+
             vm.create_irqchip()
             # IRQ 0 on IOAPIC pin 2, as the firmware tables say (gsi_routes.py).
             vm.set_gsi_routing(pc_gsi_routes())
@@ -118,7 +163,8 @@ def start_vm(
                 vm.create_pit2(lib.KVM_PIT_SPEAKER_DUMMY)
         resources.pop_all()
     early = EarlyVm(
-        kvm, vm, memory, irqchip, kvm_path, ram_size, vga_text, watch, irqchip and kernel_pit
-    )
+        kvm, vm, memory, irqchip, kvm_path, ram_size, vga_text, watch,
+        irqchip and kernel_pit and not split, irqchip and split,
+    )  # fmt: skip
     early.created_at = created_at
     return early

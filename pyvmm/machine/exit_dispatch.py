@@ -21,8 +21,10 @@ from pyvmm.kvm.exits import (
     FailEntry,
     Hlt,
     InternalError,
+    IoapicEoi,
     IoIn,
     IoOut,
+    IrqWindowOpen,
     MmioRead,
     MmioWrite,
     Shutdown,
@@ -72,6 +74,10 @@ def dispatch(loop: VcpuLoop, exit: VcpuExit) -> RunOutcome | None:
             if ours:
                 return None
             return final_outcome(loop, debug)
+        case IrqWindowOpen() if loop.split_irqchip is not None:
+            loop.split_irqchip.window_open(loop)
+        case IoapicEoi(vector=vector) if loop.split_irqchip is not None:
+            loop.split_irqchip.eoi(vector)
         case InternalError() as failure if (
             failure.is_emulation_failure and loop.assists is not None
         ):

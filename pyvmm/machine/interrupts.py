@@ -1,7 +1,8 @@
 """The machine's interrupt lines: how a device's `IrqLine` reaches the guest.
 
 A device drives a level (pyvmm.devices.irq.IrqLine); here a level becomes an
-input of the in-kernel irqchip, numbered by GSI as on a PC (ISA IRQ n is GSI
+input of the in-kernel irqchip (KVM_IRQ_LINE) or of pyvmm's own PIC and
+IOAPIC with the split irqchip (split_irqchip.py), numbered by GSI as on a PC (ISA IRQ n is GSI
 n: the timer 0, the keyboard 1, COM1 4, the RTC 8). Without an irqchip there
 is nothing to deliver to, and a line is connected to nothing.
 """
@@ -13,6 +14,10 @@ import threading
 
 from pyvmm.devices.irq import IrqLine, NoIrq
 from pyvmm.kvm.vm import Vm
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from pyvmm.machine.split_irqchip import SplitIrqchip
 
 # GSIs the in-kernel irqchip has: the PIC's 16 ISA IRQs and the IOAPIC's 24 pins.
 IOAPIC_PINS = 24
@@ -112,9 +117,10 @@ class _Source:
 class InterruptLines:
     """Hands out the lines of each GSI: one owner each, and shared lines ORed with it."""
 
-    def __init__(self, vm: Vm, irqchip: bool) -> None:
+    def __init__(self, vm: Vm, irqchip: bool, split: SplitIrqchip | None = None) -> None:
         self.vm = vm
         self.irqchip = irqchip
+        self.split = split  # the PIC and IOAPIC are pyvmm's (split_irqchip.py)
         self._taken: dict[int, str] = {}
         self._inputs: dict[int, SharedInput] = {}
 
@@ -138,7 +144,12 @@ class InterruptLines:
         if not self.irqchip:
             return NoIrq()
         if gsi not in self._inputs:
-            self._inputs[gsi] = SharedInput(KvmIrqLine(self.vm, gsi))
+            output: IrqLine = KvmIrqLine(self.vm, gsi)
+            if self.split is not None:
+                from pyvmm.machine.split_irqchip import SplitIrqLine
+
+                output = SplitIrqLine(self.split, gsi)
+            self._inputs[gsi] = SharedInput(output)
         return self._inputs[gsi].source()
 
     @property

@@ -129,6 +129,8 @@ class VcpuLoop:
         self.assist_ns = 0  # time spent performing them (--stats)
         # The SYSCALL repair (arch/x86_64/syscall_repair.py), where the host needs it.
         self.syscall_repair: Any = None
+        # pyvmm's PIC and IOAPIC (machine/split_irqchip.py) with KVM's split irqchip.
+        self.split_irqchip: Any = None
         self._stop: RunOutcome | None = None
         self._pause = False
         # Shared by every vCPU of an SMP machine: one device access at a time.

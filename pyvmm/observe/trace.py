@@ -14,8 +14,10 @@ from pyvmm.kvm.exits import (
     FailEntry,
     Hlt,
     InternalError,
+    IoapicEoi,
     IoIn,
     IoOut,
+    IrqWindowOpen,
     MmioRead,
     MmioWrite,
     Shutdown,
@@ -34,6 +36,7 @@ CATEGORIES = (
     "fail-entry",
     "internal-error",
     "system-event",
+    "irq",
     "unknown",
 )
 
@@ -54,6 +57,8 @@ def exit_category(exit: VcpuExit) -> str:
             return "internal-error"
         case SystemEvent():
             return "system-event"
+        case IrqWindowOpen() | IoapicEoi():
+            return "irq"
     return "unknown"
 
 
@@ -70,6 +75,10 @@ def exit_reason(exit: VcpuExit) -> str:
     }
     if isinstance(exit, Unknown):
         return exit.name
+    if isinstance(exit, IrqWindowOpen):
+        return "KVM_EXIT_IRQ_WINDOW_OPEN"
+    if isinstance(exit, IoapicEoi):
+        return "KVM_EXIT_IOAPIC_EOI"
     # A category of its own for none of the others: KVM_EXIT_DEBUG (gdb, the SYSCALL repair).
     return names.get(exit_category(exit), f"KVM_EXIT_{type(exit).__name__.upper()}")
 
@@ -127,6 +136,8 @@ def exit_details(exit: VcpuExit) -> dict[str, Any]:
             return {"hardware_entry_failure_reason": reason}
         case SystemEvent(type=event_type):
             return {"event": event_type}
+        case IoapicEoi(vector=vector):
+            return {"vector": vector}
     return {}
 
 

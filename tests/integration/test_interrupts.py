@@ -126,7 +126,9 @@ def test_a_real_mode_guest_finds_the_pics_as_a_bios_leaves_them() -> None:
 
 def test_the_bios_pic_state_is_read_back_from_kvm() -> None:
     def pics(mode: CpuMode | None, image: bytes) -> list[tuple[int, int, int]]:
-        config = MachineConfig(image=image, ram_size=16 << 20, console=lambda data: None, mode=mode)
+        config = MachineConfig(
+            image=image, ram_size=16 << 20, console=lambda data: None, mode=mode, irqchip="on"
+        )
         with build_machine(config) as machine:
             chips = [
                 machine.vm.get_irqchip(chip)  # owns the memory `.chip.pic` points into
@@ -137,6 +139,25 @@ def test_the_bios_pic_state_is_read_back_from_kvm() -> None:
     assert pics(None, b"\xf4") == [(0x08, 0xFB, 1), (0x70, 0xFF, 1)]  # real mode
     # Other entry modes: KVM's reset state, for the operating system to program.
     assert pics(CpuMode.PROTECTED, b"\xf4") == [(0, 0, 0), (0, 0, 0)]
+
+
+def test_the_split_irqchip_pics_start_as_kvms_do() -> None:
+    """The default machine's own PICs (split irqchip) start in the same two states."""
+
+    def pics(mode: CpuMode | None) -> list[tuple[int, int, int]]:
+        config = MachineConfig(
+            image=b"\xf4", ram_size=16 << 20, console=lambda data: None, mode=mode
+        )
+        with build_machine(config) as machine:
+            assert machine.split_irqchip is not None
+            state = machine.split_irqchip.state()["pic"]
+            return [
+                (state[c]["irq_base"], state[c]["imr"], state[c]["init4"])
+                for c in ("master", "slave")
+            ]
+
+    assert pics(None) == [(0x08, 0xFB, 1), (0x70, 0xFF, 1)]
+    assert pics(CpuMode.PROTECTED) == [(0, 0, 0), (0, 0, 0)]
 
 
 def test_hlt_with_interrupts_enabled_and_no_irqchip_says_nothing_can_wake_it() -> None:

@@ -106,6 +106,8 @@ def test_serial_stdio_is_not_read_as_dash_s() -> None:
         (["-machine", "kernel_irqchip=on"], "kernel_irqchip", "on"),
         (["-M", "accel=kvm,kernel-irqchip=on"], "kernel_irqchip", "on"),
         (["-accel", "kvm,kernel-irqchip=on"], "kernel_irqchip", "on"),
+        (["-machine", "kernel_irqchip=split"], "kernel_irqchip", "split"),
+        (["-accel", "kvm,kernel-irqchip=split"], "kernel_irqchip", "split"),
         (["-append", "console=ttyS0"], "append", "console=ttyS0"),
         (["-initrd", "a,b"], "initrd", "a,b"),
         (["-smp", "cpus=2"], "smp", 2),
@@ -147,9 +149,8 @@ def test_display_curses_becomes_vga_text_where_the_option_exists() -> None:
         (["-bios", "bios.bin", HELLO], "pyvmm has no firmware"),
         (["-machine", "isapc", HELLO], "cannot use -machine isapc: pyvmm has one machine"),
         (["-M", "microvm,accel=kvm", HELLO], "cannot use -M microvm: pyvmm has one machine"),
-        # QEMU's off/split move the irqchip into QEMU; pyvmm's --kernel-irqchip off removes it.
-        (["-machine", "kernel_irqchip=split", HELLO], "QEMU's userspace PIC and IOAPIC"),
-        (["-machine", "kernel_irqchip=off", HELLO], "pyvmm has none: its interrupt controllers"),
+        # QEMU's off moves the LAPICs into QEMU too; pyvmm's --kernel-irqchip off removes them.
+        (["-machine", "kernel_irqchip=off", HELLO], "QEMU's userspace PIC, IOAPIC and LAPICs"),
         (["-accel", "kvm,kernel-irqchip=off", HELLO], "--kernel-irqchip off removes them"),
         (["-accel", "tcg", HELLO], "pyvmm runs on KVM only"),
         (["-machine", "accel=tcg", HELLO], "pyvmm runs on KVM only"),
