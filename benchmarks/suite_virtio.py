@@ -126,7 +126,9 @@ def guest_read(
     from pyvmm.machine.virtio import Drive
 
     arguments = f"blkread={mib}" + (" irq" if irq else "")
-    run = run_driver(arguments, drive=Drive(path, read_only=True), ioeventfd=ioeventfd)
+    # KVM's whole irqchip on both sides: A's interrupt is KVM_IRQ_LINE, B's an irqfd.
+    drive = Drive(path, read_only=True)
+    run = run_driver(arguments, drive=drive, ioeventfd=ioeventfd, irqchip="on")
     taken = re.search(rb"^irq: (\d+) interrupts$", run.console, re.MULTILINE)
     seconds = run.seconds_between(b"blkread: start", b"blkread: read")
     return seconds, run.exits, int(taken.group(1)) if taken else 0

@@ -486,10 +486,11 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["on", "split", "off"],
         help="where the interrupt controllers are, as QEMU's -accel kvm,kernel-irqchip=: "
         "split (the default) puts the LAPICs in KVM and pyvmm's own PIC pair and IOAPIC in "
-        "the VMM; on puts all of them in KVM (the default with --pit kernel or "
-        "--ioeventfd on, which need it). Either way hlt waits for an interrupt, and the "
-        "run ends as halted once no vCPU can run again: each halted with IF=0 or waiting "
-        "for INIT/SIPI. off: no interrupts at all, hlt ends the run at once; one vCPU only",
+        "the VMM; on puts all of them in KVM (the default with --pit kernel, --ioeventfd "
+        "on or virtio devices, whose PIT or irqfds need it). Either way hlt waits for an "
+        "interrupt, and the run ends as halted once no vCPU can run again: each halted "
+        "with IF=0 or waiting for INIT/SIPI. off: no interrupts at all, hlt ends the run "
+        "at once; one vCPU only",
     )
     parser.add_argument(
         "--pit",

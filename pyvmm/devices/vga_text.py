@@ -24,7 +24,10 @@ CP437 = (
     + _CONTROL_GLYPHS
     + bytes(range(0x20, 0x7F)).decode("ascii")
     + "⌂"
-    + bytes(range(0x80, 0xFF)).decode("cp437")
+    # 0x80-0xfe as Python's cp437 codec decodes them (spelled out: importing the
+    # codec costs more at start-up than the table; tests/unit/test_vga_text.py checks it)
+    + "ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜ¢£¥₧ƒáíóúñÑªº¿⌐¬½¼¡«»░▒▓│┤╡╢╖╕╣║╗╝╜╛┐"
+    "└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀αßΓπΣσµτΦΘΩδ∞φε∩≡±≥≤⌠⌡÷≈°∙·√ⁿ²■"
     + " "  # 0xff is a non-breaking space: a plain one keeps columns aligned
 )
 # Codes that draw nothing: NUL, space and 0xff.

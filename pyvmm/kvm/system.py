@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import errno
-import grp
 import os
-import pwd
 import stat
 
 from pyvmm._kvm import ffi, lib
@@ -61,6 +59,8 @@ def permission_hint(path: str, groups: list[int] | None = None, user: str | None
     joining; hosts differ (a `kvm` group, no such group, root:root 0600).
     `groups` defaults to this process's groups, `user` to its user's name.
     """
+    import grp  # only to explain a refusal
+
     try:
         node = os.stat(path)
     except OSError:
@@ -97,6 +97,8 @@ def permission_hint(path: str, groups: list[int] | None = None, user: str | None
 
 
 def _user_name(uid: int) -> str:
+    import pwd
+
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:

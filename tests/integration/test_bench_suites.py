@@ -132,10 +132,11 @@ def test_ref_vmm_refuses_several_vcpus_without_the_irqchip(tmp_path: Path) -> No
 def test_state_file_says_whether_the_machine_has_the_irqchip(tmp_path: Path) -> None:
     machine, _ = suite_exits.build_smp_machine(1, 1)
     with machine:
-        suite_exits.write_state_file(machine, tmp_path / "on.bin")
+        suite_exits.write_state_file(machine, tmp_path / "split.bin")
         suite_exits.write_state_file(machine, tmp_path / "off.bin", irqchip=False)
-    flags = {name: (tmp_path / name).read_bytes()[20:24] for name in ("on.bin", "off.bin")}
-    assert flags == {"on.bin": b"\x01\0\0\0", "off.bin": b"\0\0\0\0"}
+    flags = {name: (tmp_path / name).read_bytes()[20:24] for name in ("split.bin", "off.bin")}
+    # The default machine's irqchip is split: STATE_IRQCHIP | STATE_SPLIT_IRQCHIP.
+    assert flags == {"split.bin": b"\x05\0\0\0", "off.bin": b"\0\0\0\0"}
 
 
 def test_exit_suite_without_a_compiler_is_skipped_with_a_reason(
@@ -213,12 +214,13 @@ def test_startup_suite_runs_every_comparison_or_says_why_not() -> None:
         boot_pairs=1, cycle_pairs=2, cycles=3, rss_pairs=1, qemu_timeout=60, fast_boot_pairs=2
     )
     rows = suite_startup.collect(quick=True, plan=plan)
-    boot, microvm, fastest, python_boot, cycle, rss, python_rss = rows
+    boot, microvm, fastest, python_boot, irqchips, cycle, rss, python_rss = rows
     assert [row.name for row in rows] == [
         BOOT_NAME,
         MICROVM_BOOT_NAME,
         suite_startup.FASTEST_BOOT_NAME,
         PYTHON_BOOT_NAME,
+        suite_startup.IRQCHIP_BOOT_NAME,
         CYCLE_NAME,
         RSS_NAME,
         PYTHON_RSS_NAME,
@@ -241,6 +243,8 @@ def test_startup_suite_runs_every_comparison_or_says_why_not() -> None:
             assert row.unit == "ms"
     assert_measured(python_boot, 2)
     assert python_boot.unit == "ms"
+    assert_measured(irqchips, 2)
+    assert (irqchips.a_label, irqchips.b_label) == ("pyvmm --kernel-irqchip on", "pyvmm")
     if suite_exits.gnu_time() is None:
         assert_skipped(python_rss, "apt-get install time")
     else:

@@ -57,9 +57,29 @@ def test_eventfds_need_the_irqchip_and_say_so_in_one_line() -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1
     assert result.stderr == (
-        "pyvmm boot: --ioeventfd on needs the in-kernel irqchip (an irqfd raises one of its "
-        "inputs): leave out --kernel-irqchip off, or use --ioeventfd off\n"
+        "pyvmm boot: --ioeventfd on needs KVM's whole irqchip (an irqfd raises one of its "
+        "inputs): --kernel-irqchip on, not off; or --ioeventfd off\n"
     )
+
+
+def test_eventfds_refuse_the_split_irqchip_too() -> None:
+    """An irqfd's level-triggered resampling needs KVM's IOAPIC: split has pyvmm's."""
+    result = run_pyvmm(
+        "boot", "--ioeventfd", "on", "--kernel-irqchip", "split", "--virtio-rng",
+        guest("hello.bin"),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "pyvmm boot: --ioeventfd on needs KVM's whole irqchip (an irqfd raises one of its "
+        "inputs): --kernel-irqchip on, not split; or --ioeventfd off\n"
+    )
+
+
+def test_virtio_devices_choose_kvm_s_whole_irqchip_by_default() -> None:
+    """Left to choose, a machine with virtio devices takes KVM's irqchip and the irqfds."""
+    result = run_pyvmm("boot", "-v", "--virtio-rng", guest("hello.bin"))
+    assert result.returncode == 0, result.stderr
+    assert "(ioeventfd and irqfd)" in result.stderr
 
 
 def test_without_the_irqchip_the_default_is_the_plain_path() -> None:

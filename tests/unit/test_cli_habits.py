@@ -463,7 +463,7 @@ def test_kvm_hint_after_joining_the_group(node: Path, monkeypatch: pytest.Monkey
     os.chown(node, 0, group.gr_gid)
     os.chmod(node, 0o660)
     joined = grp.struct_group((group.gr_name, "x", group.gr_gid, ["someone"]))
-    monkeypatch.setattr(kvm_system.grp, "getgrgid", lambda gid: joined)
+    monkeypatch.setattr(grp, "getgrgid", lambda gid: joined)  # permission_hint imports grp
     hint = kvm_system.permission_hint(str(node), groups=[], user="someone")
     assert f"log in again (or run newgrp {group.gr_name})" in hint
 

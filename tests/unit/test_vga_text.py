@@ -186,3 +186,10 @@ def test_the_bios_calls_are_collected_one_line_per_kind() -> None:
     lines = collect_legacy_pc(machine, "auto").bios_lines
     assert len(lines) == 2 and lines[0].startswith("int 0x10 AH=0x0e (video teletype output) at")
     assert lines[1] == "and 3 more calls, of kinds past the first 64"
+
+
+def test_the_high_half_of_the_glyph_table_is_code_page_437() -> None:
+    from pyvmm.devices.vga_text import CP437
+
+    assert len(CP437) == 256
+    assert CP437[0x80:0xFF] == bytes(range(0x80, 0xFF)).decode("cp437")
