@@ -29,9 +29,10 @@ A device's clock may run `scale` times slower than the host's (the PIT's
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Callable
+
+from pyvmm.quiet_threads import signals_blocked
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
@@ -41,10 +42,6 @@ else:
 
 NS_PER_S = 1_000_000_000
 
-# Raised by a thread itself (a fault), never sent: blocking them would not help.
-_SYNCHRONOUS_SIGNALS = frozenset(
-    {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
-)
 
 Clock = Callable[[], int]  # the device's time in its own nanoseconds
 Post = Callable[[Callable[[], None]], None]  # runs work in a vCPU thread (VcpuGroup.post)
@@ -130,12 +127,8 @@ class DeviceTimer:
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         # The new thread inherits this mask: asynchronous signals stay with the
         # threads that handle them (the main thread, the vCPU kick).
-        blocked = signal.valid_signals() - _SYNCHRONOUS_SIGNALS
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-        try:
+        with signals_blocked():
             self._thread.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def _run(self) -> None:
         while self._wait_until_due():

@@ -7,6 +7,8 @@ types one command a line; the answers are those of QEMU's HMP:
     balloon N       the guest's memory target, N MiB (K, M, G, T suffixes as -m):
                     the balloon's num_pages becomes (RAM - N MiB) / 4 KiB
     info balloon    balloon: actual=<MiB>, the guest's memory less its balloon
+    info pic        the 8259As' registers, and the IOAPIC's redirection table when
+                    it is pyvmm's (the split irqchip; machine/irqchip_info.py)
     help            the commands
     quit            end the run (outcome quit, status 0), as QEMU's quit
 
@@ -34,7 +36,6 @@ import errno
 import os
 import re
 import select
-import signal
 import socket
 import threading
 import time
@@ -44,6 +45,7 @@ from pyvmm.devices.virtio.balloon import BALLOON_PAGE_SIZE
 from pyvmm.errors import Log, UsageError
 from pyvmm.machine.outcome import quit_requested
 from pyvmm.memory.size import MIB, format_size, parse_memory_size
+from pyvmm.quiet_threads import signals_blocked
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
 
         def set_balloon_target(self, pages: int) -> None: ...
         def balloon_actual(self) -> int: ...
+        def pic_info(self) -> str: ...
         def quit(self) -> None: ...
 
 
@@ -75,21 +78,23 @@ CALL_TIMEOUT = 2.0
 SEND_TIMEOUT = 5.0
 WAIT_SLICE = 0.05  # how often a waiting command looks whether the run ended
 SUN_PATH_MAX = 107  # struct sockaddr_un's sun_path (108 bytes) less its NUL
-# The process's signals stay the main thread's (its handlers end the run).
-_SYNCHRONOUS_SIGNALS = frozenset(
-    {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
-)
 
 # (usage, what it does): `help` prints them as QEMU's HMP does, "usage -- what".
 COMMANDS = (
     ("balloon target", "request VM to change its memory allocation (in MB)"),
     ("help|? [cmd]", "show the help"),
     ("info balloon", "show balloon information"),
+    ("info pic", "show PIC state"),
     ("quit|q", "quit the emulator: end the run (exit status 0)"),
 )
-INFO_COMMANDS = (("info balloon", "show balloon information"),)
+INFO_COMMANDS = (("info balloon", "show balloon information"), ("info pic", "show PIC state"))
 
 USAGE = "--monitor unix:PATH[,server][,nowait]"
+# The kvm_pic_state fields `info pic` shows (KVM API doc 4.26, KVM_GET_IRQCHIP).
+KVM_PIC_FIELDS = (
+    "irr", "imr", "isr", "priority_add", "irq_base", "read_reg_select", "elcr",
+    "special_fully_nested_mode",
+)  # fmt: skip
 
 
 def parse_monitor(text: str) -> str | None:
@@ -191,6 +196,11 @@ class Hmp:
     def _info(self, arguments: list[str], control: Control | None) -> str:
         if not arguments:
             return "".join(f"{usage} -- {what}\n" for usage, what in INFO_COMMANDS)
+        if arguments[0] == "pic":
+            self._no_arguments("info pic", arguments[1:])
+            if control is None:
+                raise MonitorError("the guest is not running")
+            return control.pic_info()
         if arguments[0] != "balloon":
             return f"unknown command: 'info {printable(arguments[0])}'\n"
         self._no_arguments("info balloon", arguments[1:])
@@ -264,6 +274,7 @@ class MachineControl:
         balloons = [slot.device for slot in machine.virtio if slot.kind == "balloon"]
         self._balloon: Any = balloons[0] if balloons else None
         self.has_balloon = self._balloon is not None
+        self._machine = machine
         self._detached = threading.Event()
 
     def detach(self) -> None:
@@ -309,6 +320,32 @@ class MachineControl:
 
     def balloon_actual(self) -> int:
         return self.call(lambda: self._balloon.actual)
+
+    def pic_info(self) -> str:
+        """`info pic`: pyvmm's PICs and IOAPIC, or KVM's PICs (KVM_GET_IRQCHIP)."""
+        from pyvmm.machine.irqchip_info import ioapic_lines, pic_line
+
+        if not self.running:
+            raise MonitorError("the guest is not running")
+        machine = self._machine
+        split = machine.split_irqchip
+        if split is not None:  # its own lock: no need for vCPU 0's thread
+            state = split.state()
+            pics = state["pic"]
+            return (
+                pic_line(0, pics["master"])
+                + pic_line(1, pics["slave"])
+                + ioapic_lines(state["ioapic"])
+            )
+        if machine.config is not None and machine.config.irqchip_mode != "on":
+            raise MonitorError("this machine has no PIC (--kernel-irqchip off)")
+        from pyvmm._kvm import lib
+
+        lines = []
+        for index, chip_id in enumerate((lib.KVM_IRQCHIP_PIC_MASTER, lib.KVM_IRQCHIP_PIC_SLAVE)):
+            pic = machine.vm.get_irqchip(chip_id).chip.pic  # a VM ioctl: from any thread
+            lines.append(pic_line(index, {name: getattr(pic, name) for name in KVM_PIC_FIELDS}))
+        return "".join(lines)
 
     def quit(self) -> None:
         self._group.request_stop(quit_requested("the monitor's quit"))
@@ -385,12 +422,8 @@ class Monitor(ClosesOnExit):
             control.quit()
         if self._thread is None and self._socket is not None:
             self._thread = threading.Thread(target=self._serve, name="monitor", daemon=True)
-            blocked = signal.valid_signals() - _SYNCHRONOUS_SIGNALS
-            previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-            try:
+            with signals_blocked():
                 self._thread.start()
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
     def detach(self) -> None:
         with self._lock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pyvmm.arch.x86_64 import layout
 from pyvmm.errors import UsageError
 from pyvmm.memory.size import RAM_GRANULE, format_size
@@ -36,11 +38,8 @@ def check_ram_size(ram_size: int, requested: str | None = None, *, option: str =
 
 
 def host_memory_size() -> int | None:
+    """The host's RAM in bytes (/proc/meminfo's MemTotal, as sysconf(3) gives it), or None."""
     try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
         return None
-    return None

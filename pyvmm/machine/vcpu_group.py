@@ -50,6 +50,7 @@ from collections.abc import Callable
 from pyvmm.machine.outcome import EXIT_HALTED, OutcomeKind, RunOutcome, vmm_error
 from pyvmm.machine.vcpu_loop import VcpuLoop
 from pyvmm.machine.vcpu_states import describe_halted, read_vcpu_state
+from pyvmm.quiet_threads import signals_blocked
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
 if TYPE_CHECKING:
@@ -67,10 +68,6 @@ WATCH_MAX_INTERVAL = 0.128
 # that does not (busy with an exit: output to a slow console) is not stuck.
 CONFIRM_TIMEOUT = 0.05
 HOLD_POLL = 0.005
-# Raised by the thread itself (a fault), not sent: blocking them would not help.
-_SYNCHRONOUS_SIGNALS = frozenset(
-    {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
-)
 
 
 class VcpuGroup:
@@ -286,12 +283,8 @@ class VcpuGroup:
         if self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, name="halt-watch", daemon=True)
             # Like the vCPU threads, it leaves process signals to the main thread.
-            blocked = signal.valid_signals() - _SYNCHRONOUS_SIGNALS
-            previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-            try:
+            with signals_blocked():
                 self._watchdog.start()
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
     def _stop_watching(self) -> None:
         with self._watch_changed:
@@ -409,17 +402,13 @@ class VcpuGroup:
                 self._all_finished.set()  # one vCPU (with the halt watch): nothing to wait for
         # New threads inherit this mask. A signal that comes meanwhile waits, and
         # its handler runs in this thread as soon as the mask is put back.
-        blocked = signal.valid_signals() - _SYNCHRONOUS_SIGNALS - {KICK_SIGNAL}
-        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-        try:
+        with signals_blocked(keep=frozenset({KICK_SIGNAL})):
             for index, thread in enumerate(self._threads):
                 try:
                     thread.start()
                 except RuntimeError as error:  # "can't start new thread": out of threads
                     self._give_up_starting(index, error)
                     break
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
     def _give_up_starting(self, index: int, error: RuntimeError) -> None:
         """Thread `index` could not start: it and the ones after it never will."""

@@ -147,3 +147,46 @@ def test_a_guest_that_ends_by_itself_takes_the_socket_with_it(tmp_path: Path) ->
     assert (result.returncode, result.stdout) == (0, "Hello, world!\n"), result.stderr
     assert not path.exists()
     assert os.listdir(tmp_path) == []
+
+
+def info_pic(tmp_path: Path, *options: str) -> str:
+    """`info pic` asked of a guest asleep in `hlt` with every IRQ masked, then `quit`."""
+    path = tmp_path / f"pic{len(options)}.sock"
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "pyvmm", "boot", *options, "--monitor", f"unix:{path}",
+            "--timeout", "60", guest("tests/wait_irq.bin"),
+        ],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "waiting\n"
+        session = Session(path)
+        text = session.ask("info pic")
+        session.sock.sendall(b"quit\n")
+        assert process.wait(timeout=DEADLINE) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    return text
+
+
+def test_info_pic_shows_the_same_pics_whoever_runs_them(tmp_path: Path) -> None:
+    """pyvmm's own PICs (split, the default) and KVM's (on) read alike; the IOAPIC is shown
+    when it is pyvmm's."""
+    split = info_pic(tmp_path).splitlines()
+    kernel = info_pic(tmp_path, "--kernel-irqchip", "on").splitlines()
+    assert (
+        split[:2]
+        == kernel
+        == [
+            "pic0: irr=00 imr=fb isr=00 hprio=0 irq_base=08 rr_sel=0 elcr=00 fnm=0",
+            "pic1: irr=00 imr=ff isr=00 hprio=0 irq_base=70 rr_sel=0 elcr=00 fnm=0",
+        ]
+    )
+    assert split[2] == "ioapic0: ver=0x11 id=0x00 sel=0x00"
+    assert split[3].startswith("  pin 0  0x0000000000010000 dest=0 vec=0   active-hi edge  masked")
+    assert split[-2:] == ["  IRR (none)", "  Remote IRR (none)"]

@@ -151,6 +151,7 @@ PYVMM_MODULES = [
     "pyvmm.memory.guest_memory",
     "pyvmm.memory.host_mapping",
     "pyvmm.memory.size",
+    "pyvmm.quiet_threads",
     "pyvmm.shipped",
 ]
 

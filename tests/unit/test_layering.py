@@ -17,7 +17,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pyvmm"
 
 # In order: a module may import from its own layer and from earlier ones.
 LAYERS = [
-    ("pyvmm._kvm", "pyvmm._kvm_build", "pyvmm.errors", "pyvmm.closing", "pyvmm.shipped"),
+    (
+        "pyvmm._kvm",
+        "pyvmm._kvm_build",
+        "pyvmm.errors",
+        "pyvmm.closing",
+        "pyvmm.shipped",
+        "pyvmm.quiet_threads",
+    ),
     ("pyvmm.kvm",),
     ("pyvmm.memory",),
     ("pyvmm.devices",),

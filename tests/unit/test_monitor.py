@@ -55,6 +55,9 @@ class FakeControl:
     def balloon_actual(self) -> int:
         return self.actual
 
+    def pic_info(self) -> str:
+        return "pic0: irr=00 imr=fb isr=00 hprio=0 irq_base=08 rr_sel=0 elcr=00 fnm=0\n"
+
     def quit(self) -> None:
         self.quits += 1
 
@@ -238,7 +241,9 @@ def test_info_balloon_is_the_guests_memory_less_its_balloon() -> None:
     assert answer("info balloon", control) == "balloon: actual=64\n"
     control.actual = 0xFFFF_FFFF  # a driver's nonsense never reads as a negative size
     assert answer("info balloon", control) == "balloon: actual=0\n"
-    assert answer("info", control) == "info balloon -- show balloon information\n"
+    assert answer("info", control) == (
+        "info balloon -- show balloon information\ninfo pic -- show PIC state\n"
+    )
     assert answer("info cpus", control) == "unknown command: 'info cpus'\n"
     assert answer("info balloon now", control).startswith("Error: info balloon: extraneous")
 
@@ -249,12 +254,19 @@ def test_help_lists_the_commands_as_qemu_does() -> None:
         "balloon target -- request VM to change its memory allocation (in MB)",
         "help|? [cmd] -- show the help",
         "info balloon -- show balloon information",
+        "info pic -- show PIC state",
         "quit|q -- quit the emulator: end the run (exit status 0)",
     ]
     assert answer("?") == text
     assert answer("help quit") == "quit|q -- quit the emulator: end the run (exit status 0)\n"
     assert answer("help q") == answer("help quit")
     assert answer("help frob") == "unknown command: 'frob'\n"
+
+
+def test_info_pic_asks_the_machine() -> None:
+    assert answer("info pic").startswith("pic0: irr=00 imr=fb isr=00")
+    assert Hmp().execute("info pic", None).text == "Error: the guest is not running\n"
+    assert answer("info pic 1").startswith("Error: info pic: extraneous")
 
 
 def test_quit_and_the_rest() -> None:

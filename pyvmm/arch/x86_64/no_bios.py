@@ -81,6 +81,17 @@ def ivt_entry(vector: int) -> bytes:
     return struct.pack("<HH", stub_offset(vector), layout.NO_BIOS_STUBS_SEGMENT)
 
 
+def full_ivt() -> bytes:
+    """Every IVT entry pointing at its vector's stub (made once)."""
+    global _full_ivt
+    if not _full_ivt:
+        _full_ivt = b"".join(ivt_entry(vector) for vector in range(VECTORS))
+    return _full_ivt
+
+
+_full_ivt = b""
+
+
 def vector_of_stub(segment: int, ip: int) -> int | None:
     """The vector whose stub holds CS:IP (at its `out` or just after), or None."""
     if segment != layout.NO_BIOS_STUBS_SEGMENT or not 0 <= ip < VECTORS * STUB_SIZE:
@@ -102,6 +113,9 @@ def install(memory: GuestMemory) -> int:
         return 0
     memory.write(layout.NO_BIOS_STUBS_GPA, stubs)
     ivt = bytearray(memory.read(layout.IVT_GPA, layout.IVT_SIZE))
+    if not any(ivt):  # the usual case: the image left the IVT alone
+        memory.write(layout.IVT_GPA, full_ivt())
+        return VECTORS
     pointed = 0
     for vector in range(VECTORS):
         if not any(ivt[vector * 4 : vector * 4 + 4]):

@@ -30,13 +30,13 @@ bytes): tests/unit/test_syscall_repair.py.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from dataclasses import dataclass
 
 from pyvmm._kvm import ffi, lib
 from pyvmm.arch.x86_64.registers import EFER_LMA, EFER_SCE, RFLAGS_RESERVED
 from pyvmm.errors import GuestMemoryError, GuestPageFault, PyvmmError
+from pyvmm.quiet_threads import signals_blocked
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
@@ -76,10 +76,6 @@ IDT_GATE_SIZE = 16
 INTERRUPT_GATE, TRAP_GATE = 0xE, 0xF
 POLL_INTERVAL = 0.1  # seconds between looks while the guest has not set SYSCALL up
 ARMED_POLL_INTERVAL = 1.0  # between looks afterwards (has the #PF handler moved?)
-# Signals a thread raises itself by faulting: never blocked.
-SYNCHRONOUS_SIGNALS = frozenset(
-    {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
-)
 
 # First instructions of a #PF handler pyvmm performs itself instead of stepping:
 # the bytes, and the RFLAGS bits they clear. Linux's start with endbr64 (IBT
@@ -307,12 +303,8 @@ class RepairWatch:
         self._thread = threading.Thread(target=self._watch, name="syscall-repair", daemon=True)
         # As the vCPU group's threads: process signals (--timeout's SIGALRM, Ctrl-C) must
         # go to the vCPU's thread, where they interrupt KVM_RUN (machine/vcpu_group.py).
-        blocked = signal.valid_signals() - SYNCHRONOUS_SIGNALS
-        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-        try:
+        with signals_blocked():
             self._thread.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
     def _watch(self) -> None:
         while not self._closed.wait(
