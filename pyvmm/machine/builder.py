@@ -576,10 +576,12 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
 
             set_bios_pic_state(vm)  # vector bases 0x08/0x70, as a BIOS leaves them
         vcpus = [resources.enter_context(vm.create_vcpu(index)) for index in range(config.cpus)]
+        cpuid = kvm.get_supported_cpuid()  # once: each vCPU's is this one, rewritten
         for index, each in enumerate(vcpus):
             max_phys_bits = setup_cpuid(
-                kvm, each, apic_id=index, cpus=config.cpus, hidden=config.hide_cpuid
-            )
+                kvm, each, apic_id=index, cpus=config.cpus, hidden=config.hide_cpuid,
+                supported=cpuid,
+            )  # fmt: skip
         vcpu = vcpus[0]
         # Only the boot CPU starts at the entry point; the others wait for INIT/SIPI.
         setup_vcpu(vcpu, entry, memory, placement.places)
@@ -678,7 +680,7 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         firmware = attach_firmware(
             kvm, memory, pio_bus, group.request_stop,
             cpus=config.cpus, interrupt_controllers=config.wants_irqchip, acpi=config.acpi,
-            virtio=tuple((slot.gpa, slot.gsi) for slot in virtio),
+            virtio=tuple((slot.gpa, slot.gsi) for slot in virtio), cpuid=cpuid,
         )  # fmt: skip
         if vga_text is not None:
             vga_text.mark_start()

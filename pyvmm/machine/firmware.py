@@ -23,6 +23,10 @@ from pyvmm.kvm.system import Kvm
 from pyvmm.machine.outcome import RunOutcome, powered_off
 from pyvmm.memory.guest_memory import GuestMemory
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
+
 log = Log(__name__)
 
 CPUID_VERSION_INFORMATION = 1  # leaf 1: EAX the signature, EDX the feature flags
@@ -35,9 +39,11 @@ def firmware_ranges(*, interrupt_controllers: bool, acpi: bool) -> list[tuple[in
     return tables.firmware_ranges(interrupt_controllers=interrupt_controllers, acpi=acpi)
 
 
-def cpu_identity(kvm: Kvm) -> CpuIdentity:
-    """CPUID leaf 1's EAX and EDX as every vCPU sees them (KVM_GET_SUPPORTED_CPUID, 4.46)."""
-    cpuid = kvm.get_supported_cpuid()
+def cpu_identity(kvm: Kvm, cpuid: Any = None) -> CpuIdentity:
+    """CPUID leaf 1's EAX and EDX as every vCPU sees them: from `cpuid`, the table the
+    vCPUs were given, or KVM_GET_SUPPORTED_CPUID's (KVM API doc 4.46) when None."""
+    if cpuid is None:
+        cpuid = kvm.get_supported_cpuid()
     for index in range(cpuid.nent):  # type: ignore[attr-defined]
         entry = cpuid.entries[index]  # type: ignore[attr-defined]
         if entry.function == CPUID_VERSION_INFORMATION:
@@ -64,6 +70,7 @@ def attach_firmware(
     acpi: bool,
     clock: Callable[[], int] = time.monotonic_ns,
     virtio: tuple[tuple[int, int], ...] = (),
+    cpuid: Any = None,
 ) -> tables.FirmwareTables:
     """Write the MP and ACPI tables for this machine; with `acpi`, attach the PM device.
 
@@ -74,7 +81,7 @@ def attach_firmware(
     """
     config = tables.FirmwareConfig(
         cpus=cpus,
-        cpu=cpu_identity(kvm),
+        cpu=cpu_identity(kvm, cpuid),
         interrupt_controllers=interrupt_controllers,
         acpi=acpi,
         rtc=pio_bus.find(RTC_PORT) is not None,

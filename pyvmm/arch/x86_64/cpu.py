@@ -60,15 +60,22 @@ DEFAULT_PHYSICAL_ADDRESS_BITS = 36  # what the SDM says to assume without the le
 
 
 def setup_cpuid(
-    kvm: Kvm, vcpu: Vcpu, apic_id: int = 0, cpus: int = 1, hidden: tuple[str, ...] = ()
+    kvm: Kvm,
+    vcpu: Vcpu,
+    apic_id: int = 0,
+    cpus: int = 1,
+    hidden: tuple[str, ...] = (),
+    supported: Any = None,
 ) -> int:
     """Expose what the host's KVM supports, with this vCPU's APIC ID. Returns MAXPHYADDR.
 
     `hidden`: features cleared from the table, by Linux's names
     (host_findings.FEATURE_BITS), for a host whose KVM cannot run their
-    instructions (machine/linux_host.py).
+    instructions (machine/linux_host.py). `supported`: the table
+    KVM_GET_SUPPORTED_CPUID gave, to reuse for every vCPU (it is rewritten
+    for this one); None asks KVM.
     """
-    cpuid = kvm.get_supported_cpuid()
+    cpuid = kvm.get_supported_cpuid() if supported is None else supported
     for index in range(cpuid.nent):
         set_topology(cpuid.entries[index], apic_id, cpus)
     if hidden:
