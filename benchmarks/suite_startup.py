@@ -13,10 +13,12 @@ debug-exit port, status 85):
   - QEMU in its fastest configuration running the same bytes (below);
   - `python -c pass` on the same interpreter, with the same environment: the
     floor of any start-up written in Python;
+- pyvmm with KVM's whole irqchip (`--kernel-irqchip on`) against its
+  default split irqchip: what the host's wait at the close costs a boot;
 - VM create -> run -> destroy cycles inside one process: the C reference VMM
-  (`ref_vmm --cycles N`, with the same in-kernel irqchip and BIOS PIC state
-  as pyvmm's machine, and KVM's PIT only when pyvmm's has it: `--pit
-  kernel`) against pyvmm's `build_machine` + `run` + `close`;
+  (`ref_vmm --cycles N`, with the same irqchip as pyvmm's machine, split by
+  default, and KVM's PIT only when pyvmm's has it: `--pit kernel`) against
+  pyvmm's `build_machine` + `run` + `close`;
 - peak resident memory of one boot with 128 MiB of guest RAM: the C VMM, and
   `python -c pass`, against `pyvmm boot -m 128M`. Measured with GNU time
   (%M), not with os.wait4 from here: a child spawned by this (large) Python
