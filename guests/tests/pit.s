@@ -31,7 +31,7 @@
 # unexpected interrupt or exception prints "pit: unexpected interrupt" and
 # ends with 0x7f (status 255); a wait that never ends prints "pit: stuck"
 # and ends with 0x7e (status 253). Its IRQ 0 needs an interrupt controller
-# (under pyvmm, the in-kernel irqchip).
+# (under pyvmm, any --kernel-irqchip but off).
 	.set	MB_MAGIC, 0x1badb002
 	.set	MB_FLAGS, 0x3
 	.set	PIT_CH0, 0x40

@@ -5,7 +5,7 @@
 #   qemu-system-x86_64 -nodefaults -accel tcg -display none -serial stdio \
 #       -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 -m 128M \
 #       -kernel guests/tests/rtc.elf
-#   pyvmm boot -m 128M --kernel-irqchip on guests/tests/rtc.elf
+#   pyvmm boot -m 128M guests/tests/rtc.elf
 #
 # (-nodefaults: QEMU's default floppy drive would show in bytes 0x10 and 0x14.
 # QEMU's equipment byte is 06, FPU and PS/2 mouse; pyvmm has no mouse: 02.)
@@ -30,7 +30,8 @@
 #   rtc: done
 # and ends through the debug-exit port with 0x10 (exit status 33).  Any other
 # interrupt or exception prints "rtc: unexpected interrupt" and ends with
-# 0x7f (status 255).  Under pyvmm the interrupts need the in-kernel irqchip.
+# 0x7f (status 255).  Under pyvmm the interrupts need interrupt controllers
+# (any --kernel-irqchip but off).
 	.set	MB_MAGIC, 0x1badb002
 	.set	MB_FLAGS, 0x3
 	.set	RTC_INDEX, 0x70

@@ -6,7 +6,7 @@
 #   qemu-system-x86_64 -accel tcg -display none -serial stdio -no-reboot \
 #       -device isa-debug-exit,iobase=0xf4,iosize=0x04 -device pc-testdev \
 #       -kernel guests/tests/testdev.elf
-#   pyvmm boot --testdev --kernel-irqchip on guests/tests/testdev.elf
+#   pyvmm boot --testdev guests/tests/testdev.elf
 #
 # Each check prints "name=value ok" or "name=value FAIL want=expected"; the
 # run ends through debug-exit with the number of failed checks (status 1

@@ -82,6 +82,8 @@ at a time, e.g. socat - UNIX-CONNECT:PATH, with QEMU's HMP commands:
   balloon N       ask the guest to keep N MiB (the balloon's num_pages becomes
                   (RAM - N MiB) / 4 KiB; needs --balloon)
   info balloon    balloon: actual=<MiB>, the guest's memory less its balloon
+  info pic        the PICs' registers, and the IOAPIC's redirection table when
+                  it is pyvmm's (the default split irqchip)
   help            the commands
   quit            end the run (outcome quit, status 0)
 The socket file is removed when the run ends.
@@ -302,7 +304,8 @@ def build_parser() -> _Parser:
         metavar="unix:PATH",
         help="a human monitor on the UNIX socket PATH, as QEMU's -monitor "
         "unix:PATH,server,nowait (those words are taken and change nothing): balloon N "
-        "(the guest's memory target, MiB), info balloon, help, quit (see monitor below)",
+        "(the guest's memory target, MiB), info balloon, info pic, help, quit (see monitor "
+        "below)",
     )
     boot.add_argument(
         "--gdb",
@@ -478,8 +481,8 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="number of vCPUs (default 1; 1 to 255, the xAPIC limit, and at most what "
-        "this host's KVM allows, KVM_CAP_MAX_VCPUS; more than one needs the in-kernel "
-        "irqchip)",
+        "this host's KVM allows, KVM_CAP_MAX_VCPUS; more than one needs KVM's LAPICs, "
+        "so not --kernel-irqchip off)",
     )
     parser.add_argument(
         "--kernel-irqchip",
@@ -499,7 +502,8 @@ def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
         "accesses exit and whose IRQ 0 a timer thread raises once the guest programs it; a "
         "tick the guest missed is dropped). kernel: KVM's in-kernel PIT (KVM_CREATE_PIT2, as "
         "QEMU and Firecracker use it), whose accesses do not exit and whose missed ticks "
-        "KVM delivers later; needs the in-kernel irqchip",
+        "KVM delivers later; needs KVM's whole irqchip, which it brings unless "
+        "--kernel-irqchip says otherwise",
     )
     parser.add_argument(
         "--pit-scale",

@@ -561,8 +561,13 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
             entry.mode.value,
         )
 
+        mode = config.irqchip_mode
+        log.info("interrupt controllers: %s (--kernel-irqchip %s)", IRQCHIP_MODES[mode], mode)
         if config.cpus > 1 and not config.wants_irqchip:
-            raise UsageError("-smp needs the in-kernel irqchip: INIT/SIPI go through the LAPICs")
+            raise UsageError(
+                "-smp needs KVM's LAPICs (INIT/SIPI go through them): --kernel-irqchip split "
+                "(the default) or on, not off"
+            )
         # start_vm made the irqchip (the LAPICs INIT/SIPI and IPIs need), and KVM's PIT.
         split = None
         if config.wants_split_irqchip:
@@ -667,7 +672,7 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
             group.on_stop.append(stop_devices)  # a device's long work ends with the run,
             resources.callback(stop_devices)  # and before the I/O thread is joined
             for slot in virtio:
-                path = "ioeventfd and irqfd" if slot.eventfds else "MMIO exit and KVM_IRQ_LINE"
+                path = "ioeventfd and irqfd" if slot.eventfds else PLAIN_PATHS[mode]
                 log.info("virtio-mmio %s at 0x%x, GSI %d (%s)", slot.kind, slot.gpa, slot.gsi, path)
                 if slot.kind == "block" and config.drive is not None:
                     log.info(
@@ -713,6 +718,19 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
     return machine
 
 
+# What `-v` says of each --kernel-irqchip mode, and of a virtio device's interrupt without irqfds.
+IRQCHIP_MODES = {
+    "split": "KVM's LAPICs, pyvmm's PICs and IOAPIC",
+    "on": "KVM's PICs, IOAPIC and LAPICs",
+    "off": "none",
+}
+PLAIN_PATHS = {
+    "split": "MMIO exit and pyvmm's IOAPIC",
+    "on": "MMIO exit and KVM_IRQ_LINE",
+    "off": "MMIO exit, no interrupt controller",
+}
+
+
 def bios_eoi(
     config: MachineConfig, vm: Vm, split: SplitIrqchip | None
 ) -> Callable[[int], int | None] | None:
@@ -742,12 +760,7 @@ def virtio_io_thread(config: MachineConfig, vm: Vm, group: VcpuGroup) -> IoThrea
 
     if config.ioeventfd is False:
         return None
-    if config.irqchip_mode != "on":
-        if config.ioeventfd:
-            raise UsageError(
-                "--ioeventfd on needs KVM's whole irqchip (an irqfd raises one of its "
-                f"inputs): --kernel-irqchip on, not {config.irqchip_mode}; or --ioeventfd off"
-            )
+    if config.irqchip_mode != "on":  # refuses --ioeventfd on without KVM's irqchip
         return None
     if not eventfds_available(vm):
         if config.ioeventfd:

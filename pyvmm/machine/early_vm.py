@@ -21,6 +21,7 @@ import time
 from pyvmm._kvm import lib
 from pyvmm.arch.x86_64 import layout
 from pyvmm.devices.ioapic import IO_APIC_PINS
+from pyvmm.errors import UsageError
 from pyvmm.kvm.system import Kvm, open_kvm
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory.guest_memory import GuestMemory
@@ -44,17 +45,27 @@ def irqchip_mode(
     None chooses split unless something needs KVM's whole irqchip: KVM's PIT
     (`kernel_pit`) or virtio's irqfds (`ioeventfd` True, or None with
     `virtio` devices), whose level-triggered resampling needs KVM's IOAPIC.
-    Raises ValueError for another `requested`.
+    Raises ValueError for another `requested`, UsageError when KVM's PIT or
+    irqfds are asked for with a mode that lacks KVM's PIC and IOAPIC.
     """
     if requested is True:
-        return "on"
-    if requested is False:
-        return "off"
-    if requested is None:
+        requested = "on"
+    elif requested is False:
+        requested = "off"
+    elif requested is None:
         wants_kernel = kernel_pit or ioeventfd or (ioeventfd is None and virtio)
         return "on" if wants_kernel else "split"
-    if requested not in IRQCHIP_MODES:
+    elif requested not in IRQCHIP_MODES:
         raise ValueError(f"irqchip: one of {', '.join(IRQCHIP_MODES)}, not {requested!r}")
+    if requested != "on" and kernel_pit:
+        raise UsageError(
+            f"--pit kernel needs KVM's whole irqchip: --kernel-irqchip on, not {requested}"
+        )
+    if requested != "on" and ioeventfd:
+        raise UsageError(
+            "--ioeventfd on needs KVM's whole irqchip (an irqfd raises one of its "
+            f"inputs): --kernel-irqchip on, not {requested}; or --ioeventfd off"
+        )
     return requested
 
 

@@ -41,11 +41,6 @@ def check_pit(config: MachineConfig) -> None:
         raise UsageError(f"--pit: 'kernel' or 'user', not {config.pit!r}")
     if not 1 <= config.pit_scale <= MAX_PIT_SCALE:
         raise UsageError(f"--pit-scale: 1 to {MAX_PIT_SCALE}, not {config.pit_scale}")
-    if config.pit == KERNEL and config.irqchip_mode != "on":
-        raise UsageError(
-            "--pit kernel needs KVM's whole irqchip: --kernel-irqchip on, "
-            f"not {config.irqchip_mode}"
-        )
     if config.pit == KERNEL and config.pit_scale != 1:
         raise UsageError(
             "--pit-scale slows pyvmm's own PIT, not KVM's: use --pit user (the default)"

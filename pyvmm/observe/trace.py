@@ -259,6 +259,8 @@ def _format_details(record: dict[str, Any]) -> str:
             f"gpa=0x{record['gpa']:x} size={record['size']} {record['direction']} "
             f"data=0x{record['data']:x}"
         )
+    if "vector" in record:  # KVM_EXIT_IOAPIC_EOI
+        return f"vector=0x{record['vector']:02x}"
     return " ".join(
         f"{key}={value}"
         for key, value in record.items()

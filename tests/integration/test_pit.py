@@ -34,8 +34,9 @@ def test_qemu_prints_the_expected_lines() -> None:
 
 
 @pytest.mark.parametrize(
-    "options", [[], ["--pit", "kernel"], ["--pit-scale", "10"], ["-smp", "2"]],
-    ids=["user", "kernel", "scale-10", "smp"],
+    "options",
+    [[], ["--kernel-irqchip", "on"], ["--pit", "kernel"], ["--pit-scale", "10"], ["-smp", "2"]],
+    ids=["user", "kvm-irqchip", "kernel", "scale-10", "smp"],
 )  # fmt: skip
 def test_pit_guest_matches_qemu(options: list[str]) -> None:
     result = run_pyvmm(

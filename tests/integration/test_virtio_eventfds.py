@@ -39,7 +39,8 @@ def test_both_paths_serve_the_driver_alike(tmp_path: Path, ioeventfd: str) -> No
         assert wanted in lines
     assert "balloon: reported 8 MiB" in lines
     assert image[SECTOR : 2 * SECTOR] == b"pyvmm virtio-blk sector 1\n".ljust(SECTOR, b"\0")
-    path = "ioeventfd and irqfd" if ioeventfd == "on" else "MMIO exit and KVM_IRQ_LINE"
+    # Left to choose, --ioeventfd off gives the split irqchip: pyvmm's IOAPIC.
+    path = "ioeventfd and irqfd" if ioeventfd == "on" else "MMIO exit and pyvmm's IOAPIC"
     for kind, base, gsi in (("console", 0, 5), ("block", 0x200, 6), ("balloon", 0x600, 10)):
         assert f"virtio-mmio {kind} at 0x{0xFEB00000 + base:x}, GSI {gsi} ({path})" in stderr
     notifies = sum(int(count) for count in NOTIFY.findall(stderr))
@@ -80,6 +81,9 @@ def test_virtio_devices_choose_kvm_s_whole_irqchip_by_default() -> None:
     result = run_pyvmm("boot", "-v", "--virtio-rng", guest("hello.bin"))
     assert result.returncode == 0, result.stderr
     assert "(ioeventfd and irqfd)" in result.stderr
+    assert "interrupt controllers: KVM's PICs, IOAPIC and LAPICs (--kernel-irqchip on)" in (
+        result.stderr
+    )
 
 
 def test_without_the_irqchip_the_default_is_the_plain_path() -> None:
@@ -87,9 +91,10 @@ def test_without_the_irqchip_the_default_is_the_plain_path() -> None:
         "boot", "-v", "--kernel-irqchip", "off", "--virtio-rng", guest("hello.bin"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "virtio-mmio entropy at 0xfeb00400, GSI 7 (MMIO exit and KVM_IRQ_LINE)" in (
+    assert "virtio-mmio entropy at 0xfeb00400, GSI 7 (MMIO exit, no interrupt controller)" in (
         result.stderr
     )
+    assert "interrupt controllers: none (--kernel-irqchip off)" in result.stderr
 
 
 @pytest.mark.parametrize("ioeventfd", ["on", "off"])
