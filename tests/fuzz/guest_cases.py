@@ -167,7 +167,7 @@ class GuestCase:
     regs: tuple[Tweak, ...] = ()
     sregs: tuple[Tweak, ...] = ()
     cpus: int = 1
-    irqchip: bool | None = None
+    irqchip: bool | str | None = None  # MachineConfig's: None split, "on" KVM's, False none
     ram_size: int = RAM_SIZE
     # Bytes waiting on COM1's receive side (None: no host input, as without a stdin).
     console_input: bytes | None = None
@@ -209,8 +209,14 @@ def generate_case(
     ram_size = rng.choices(sizes, weights)[0]
     ctx = Context(mode, default_load_gpa(mode), ram_size)
     cpus = pick_cpus(rng)
-    # The in-kernel irqchip is the default; one vCPU may go without (hlt then exits).
-    irqchip = False if cpus == 1 and rng.random() < 0.05 else None
+    # The split irqchip is the default; KVM's whole one now and then; one vCPU may go
+    # without (hlt then exits).
+    draw = rng.random()
+    irqchip: bool | str | None = None
+    if cpus == 1 and draw < 0.05:
+        irqchip = False
+    elif draw > 0.8:
+        irqchip = "on"
     image = generate_code(rng, ctx)
     if cpus > 1 and rng.random() < 0.5:  # wake the other vCPUs first, then go on
         image = snippet_start_cpu(rng, Asm(ctx.bits), ctx) + image

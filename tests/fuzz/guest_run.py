@@ -372,6 +372,8 @@ def cli_command(case: GuestCase, limits: Limits, image: str, disk: str | None = 
     command += ["--max-exits", str(limits.max_exits), "-smp", str(case.cpus)]
     if case.irqchip is False:
         command += ["--kernel-irqchip", "off"]
+    elif case.irqchip == "on":
+        command += ["--kernel-irqchip", "on"]
     if case.observer in ("text", "json", "both"):
         style = "json" if case.observer == "json" else "text"
         command += ["--trace=all", "--trace-format", style, "--trace-file", os.devnull]
@@ -408,7 +410,7 @@ def set_registers(vcpu: Any, case: GuestCase) -> None:
 
 
 def check_halted(result: CaseResult, machine: Machine, irqchip: bool) -> None:
-    """With the in-kernel irqchip, halted means no vCPU can ever run again: each is
+    """With the LAPICs in KVM (split or on), halted means no vCPU can ever run again: each is
     halted with IF=0 or waits for INIT/SIPI (KVM_GET_MP_STATE, RFLAGS.IF)."""
     outcome = result.outcome
     if not irqchip or outcome is None or outcome.kind is not OutcomeKind.HALTED:
