@@ -168,3 +168,26 @@ def test_hlt_with_interrupts_enabled_and_no_irqchip_says_nothing_can_wake_it() -
         "pyvmm: guest halted with interrupts enabled (IF=1), waiting for one, but this machine "
         "has no interrupt controllers (--kernel-irqchip off): nothing can wake it\n"
     )
+
+
+def test_an_ioapic_message_no_lapic_takes_is_counted_by_the_real_kvm() -> None:
+    """Lowest priority to a logical broadcast: KVM_SIGNAL_MSI says EPERM (no LAPIC took
+    it); pyvmm's IOAPIC counts it as lost, as a real bus loses it, and nothing fails."""
+    from pyvmm.devices.ioapic import IOREGSEL, IOWIN
+
+    config = MachineConfig(image=b"\xf4", ram_size=16 << 20, console=lambda data: None)
+    with build_machine(config) as machine:
+        split = machine.split_irqchip
+        assert split is not None
+        for register, value in ((0x1A, 0x0000_0931 | 1 << 11), (0x1B, 0xFF00_0000)):
+            split.ioapic.write(IOREGSEL, 4, register)
+            split.ioapic.write(IOWIN, 4, value)
+        split.set_level(5, True)
+        assert (split.msis, split.undelivered) == (0, 1)
+        split.set_level(5, False)
+        split.ioapic.write(IOREGSEL, 4, 0x1A)
+        split.ioapic.write(IOWIN, 4, 0x0000_0031)  # fixed, physical, to APIC 0
+        split.ioapic.write(IOREGSEL, 4, 0x1B)
+        split.ioapic.write(IOWIN, 4, 0)
+        split.set_level(5, True)
+        assert (split.msis, split.undelivered) == (1, 1)  # vCPU 0's LAPIC took this one

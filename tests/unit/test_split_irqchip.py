@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 from types import SimpleNamespace
+
+import pytest
 
 from pyvmm.devices.ioapic import IOREGSEL, IOWIN
 from pyvmm.machine.split_irqchip import SplitIrqchip, ioapic_pin, pic_input
@@ -114,3 +117,59 @@ def test_gsi_2_drives_nothing_and_gsi_16_only_the_ioapic() -> None:
     split.set_level(2, True)
     split.set_level(16, True)
     assert vm.msis == [(0xFEE0_0000, 0x50)] and posted == []
+
+
+def test_a_message_no_lapic_takes_is_lost_not_fatal() -> None:
+    """KVM_SIGNAL_MSI answers EPERM when no LAPIC takes the message (lowest priority to
+    a logical broadcast): the guest's mistake, counted, and the run goes on."""
+    from pyvmm.errors import KvmError
+
+    split, vm, _, _ = chip()
+
+    def refuse(address: int, data: int) -> None:
+        raise KvmError("KVM_SIGNAL_MSI", errno.EPERM)
+
+    vm.signal_msi = refuse  # type: ignore[method-assign]
+    program(split, 5, 0x0931 | 1 << 11, destination=0xFF)  # lowest priority, logical, all
+    split.set_level(5, True)
+    assert (split.msis, split.undelivered) == (0, 1)
+
+    def broken(address: int, data: int) -> None:
+        raise KvmError("KVM_SIGNAL_MSI", errno.EINVAL)
+
+    vm.signal_msi = broken  # type: ignore[method-assign]
+    split.set_level(5, False)
+    with pytest.raises(KvmError):  # anything else is pyvmm's fault: it ends the run
+        split.set_level(5, True)
+
+
+def test_whatever_a_guest_writes_the_chips_stay_in_range() -> None:
+    """Random accesses of any size to every register, random lines and EOIs: no exception,
+    and what reaches KVM is always a vector and an MSI in the LAPICs' window."""
+    import random
+
+    split, vm, vcpu, posted = chip()
+    run = vcpu.run_struct
+    run.ready_for_interrupt_injection = run.if_flag = 1
+    devices = [split.pic.master, split.pic.slave, split.pic.elcr, split.ioapic]
+    rng = random.Random(7)
+    for _ in range(20_000):
+        device = rng.choice(devices)
+        size = rng.choice((1, 2, 4, 8))
+        offset = rng.randrange(2)
+        if device is split.ioapic:  # mostly IOREGSEL and IOWIN, sometimes anywhere
+            offset = rng.choice((0x00, 0x10, 0x10, rng.randrange(0x100)))
+        if rng.random() < 0.5:
+            device.write(offset, size, rng.getrandbits(8 * size))
+        else:
+            assert 0 <= device.read(offset, size) < 1 << (8 * size)
+        split.set_level(rng.randrange(24), rng.random() < 0.5)
+        if rng.random() < 0.1:
+            split.eoi(rng.randrange(256))
+        if posted:
+            posted.clear()
+            split.inject()
+    assert vcpu.vectors and all(0 <= vector < 256 for vector in vcpu.vectors)
+    assert vm.msis and all(
+        0xFEE0_0000 <= address < 0xFEF0_0000 and data < 1 << 16 for address, data in vm.msis
+    )
