@@ -169,6 +169,9 @@ class SplitIrqchip:
                 vector = self.pic.acknowledge()
                 bsp.vcpu.interrupt(vector)
                 self.extints += 1
+                # KVM holds one such vector until the guest takes it (KVM_INTERRUPT would
+                # say EEXIST): not ready again until KVM's next exit says so.
+                run.ready_for_interrupt_injection = 0
             run.request_interrupt_window = 1 if self.pic.output else 0
 
     def _pic_output(self, high: bool) -> None:

@@ -168,8 +168,30 @@ def test_whatever_a_guest_writes_the_chips_stay_in_range() -> None:
             split.eoi(rng.randrange(256))
         if posted:
             posted.clear()
+            run.ready_for_interrupt_injection = 1  # as KVM's next exit would say
             split.inject()
     assert vcpu.vectors and all(0 <= vector < 256 for vector in vcpu.vectors)
     assert vm.msis and all(
         0xFEE0_0000 <= address < 0xFEF0_0000 and data < 1 << 16 for address, data in vm.msis
     )
+
+
+def test_one_vector_at_a_time_reaches_kvm_between_two_runs() -> None:
+    """A higher-priority IRQ that comes before the vCPU ran again waits for the next
+    window: KVM holds one PIC vector at a time (a second KVM_INTERRUPT: EEXIST)."""
+    split, _, vcpu, posted = chip()
+    split.initialize_pic()
+    split.pic.master.write(1, 1, 0xEA)  # OCW1: IRQs 0 and 4 unmasked
+    run = vcpu.run_struct
+    run.ready_for_interrupt_injection = run.if_flag = 1
+    split.set_level(4, True)  # COM1
+    split.inject()
+    assert vcpu.vectors == [0x0C] and run.ready_for_interrupt_injection == 0
+    split.set_level(0, True)  # the timer, higher priority, before KVM_RUN
+    for work in posted:
+        work()
+    assert vcpu.vectors == [0x0C]  # not a second KVM_INTERRUPT
+    assert run.request_interrupt_window == 1  # KVM says when it can take IRQ 0
+    run.ready_for_interrupt_injection = 1  # the window exit
+    split.window_open(None)  # type: ignore[arg-type]
+    assert vcpu.vectors == [0x0C, 0x08]
