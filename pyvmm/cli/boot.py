@@ -279,6 +279,9 @@ def run_boot(args: argparse.Namespace) -> RunOutcome:
             seconds = sum(each.ns for each in repairs) / 1e9
             count = sum(each.count for each in repairs)
             print(f"syscall repairs: {count}{_share(seconds, run_seconds)}", file=sys.stderr)
+        split = machine.split_irqchip
+        if split is not None and (split.msis or split.extints or split.undelivered):
+            print(split.describe(), file=sys.stderr)
         if machine.pit is not None and machine.pit.interrupts:
             from pyvmm.machine.pit import describe_pit
 

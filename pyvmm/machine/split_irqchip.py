@@ -205,6 +205,16 @@ class SplitIrqchip:
             self.vm.set_msi_routing(routes)
             self._routes = routes
 
+    def describe(self) -> str:
+        """--stats' line: what pyvmm's PIC and IOAPIC handed to KVM's LAPICs."""
+        line = (
+            f"split irqchip: {self.extints} PIC vectors (KVM_INTERRUPT), "
+            f"{self.msis} IOAPIC messages (KVM_SIGNAL_MSI)"
+        )
+        if self.undelivered:
+            line += f", {self.undelivered} taken by no LAPIC"
+        return line
+
     def state(self) -> dict[str, object]:
         """The PICs' and the IOAPIC's registers, for the monitor."""
         with self.lock:
