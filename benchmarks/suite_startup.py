@@ -408,7 +408,7 @@ def compare_boot_python(plan: Plan, workdir: Path, progress: Progress | None) ->
     pyvmm = pyvmm_boot(workdir)
     comparison.notes.update(
         {
-            "python_command": " ".join(bare_python(pyvmm)),
+            "python_command": " ".join(["python", *bare_python(pyvmm)[1:]]),
             "pyvmm_command": " ".join(["python", *pyvmm.argv[1:]]),
             "python_version": sys.version.split()[0],
             "timed": "spawn to exit of the whole process, both with pyvmm's environment; "
@@ -607,7 +607,7 @@ def compare_rss_python(
     added = [b - a for a, b in zip(comparison.a, comparison.b, strict=True)]
     comparison.notes.update(
         {
-            "python_command": " ".join(bare_python(pyvmm)),
+            "python_command": " ".join(["python", *bare_python(pyvmm)[1:]]),
             "guest_ram_kib": RAM_SIZE >> 10,
             "guest_ram": RSS_GUEST_RAM_NOTE,
             "pyvmm_added_kib_median": statistics.median(added),
