@@ -562,7 +562,9 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         )
 
         mode = config.irqchip_mode
-        log.info("interrupt controllers: %s (--kernel-irqchip %s)", IRQCHIP_MODES[mode], mode)
+        log.info(
+            "interrupt controllers: %s (--kernel-irqchip %s)", IRQCHIP_DESCRIPTIONS[mode], mode
+        )
         if config.cpus > 1 and not config.wants_irqchip:
             raise UsageError(
                 "-smp needs KVM's LAPICs (INIT/SIPI go through them): --kernel-irqchip split "
@@ -719,7 +721,7 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
 
 
 # What `-v` says of each --kernel-irqchip mode, and of a virtio device's interrupt without irqfds.
-IRQCHIP_MODES = {
+IRQCHIP_DESCRIPTIONS = {
     "split": "KVM's LAPICs, pyvmm's PICs and IOAPIC",
     "on": "KVM's PICs, IOAPIC and LAPICs",
     "off": "none",

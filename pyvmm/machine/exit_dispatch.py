@@ -75,7 +75,7 @@ def dispatch(loop: VcpuLoop, exit: VcpuExit) -> RunOutcome | None:
                 return None
             return final_outcome(loop, debug)
         case IrqWindowOpen() if loop.split_irqchip is not None:
-            loop.split_irqchip.window_open(loop)
+            loop.split_irqchip.inject()
         case IoapicEoi(vector=vector) if loop.split_irqchip is not None:
             loop.split_irqchip.eoi(vector)
         case InternalError() as failure if (

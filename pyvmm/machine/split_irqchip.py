@@ -7,8 +7,8 @@ VM with KVM's whole irqchip (KVM_CREATE_IRQCHIP) makes its process wait
 about 15 ms at the close when it lived less than 20 ms (README, "The price
 of Python"), and because every interrupt is then visible in Python.
 
-How an interrupt travels, by GSI as on a PC (gsi_routes.py has the same
-wiring for KVM's own irqchip): GSI 0, the PIT, drives PIC input 0 and
+How an interrupt travels, by GSI as on a PC (gsi_routes.py, the same
+wiring as KVM's own irqchip is given): GSI 0, the PIT, drives PIC input 0 and
 IOAPIC pin 2; GSIs 1 and 3-15 drive the PIC input and the IOAPIC pin of
 their number; 16-23 the IOAPIC alone.
 
@@ -33,7 +33,15 @@ from __future__ import annotations
 import errno
 import threading
 
-from pyvmm.devices.i8259 import PicPair
+from pyvmm.arch.x86_64.gsi_routes import ioapic_pin, pic_input
+from pyvmm.devices.i8259 import (
+    ELCR_PORT,
+    ELCR_PORT_SIZE,
+    MASTER_PORT,
+    PIC_PORT_SIZE,
+    SLAVE_PORT,
+    PicPair,
+)
 from pyvmm.devices.ioapic import IO_APIC_PINS, IoApic
 from pyvmm.errors import KvmError
 
@@ -44,30 +52,6 @@ if TYPE_CHECKING:
     from pyvmm.devices.bus import Bus
     from pyvmm.kvm.vm import Vm
     from pyvmm.machine.vcpu_loop import VcpuLoop
-
-PIC_MASTER_PORT = 0x20
-PIC_SLAVE_PORT = 0xA0
-ELCR_PORT = 0x4D0
-PIT_GSI = 0
-TIMER_PIN = 2  # the IOAPIC pin the PIT's IRQ 0 drives (the MADT's override)
-CASCADE_IRQ = 2  # the master's input wired to the slave: no device drives it
-ISA_IRQS = 16
-
-
-def ioapic_pin(gsi: int) -> int | None:
-    """The IOAPIC pin GSI `gsi` drives (None: none)."""
-    if gsi == PIT_GSI:
-        return TIMER_PIN
-    if gsi == TIMER_PIN:
-        return None
-    return gsi
-
-
-def pic_input(gsi: int) -> int | None:
-    """The ISA IRQ (PIC input) GSI `gsi` drives (None: none)."""
-    if gsi >= ISA_IRQS or gsi == CASCADE_IRQ:
-        return None
-    return gsi
 
 
 class _Locked:
@@ -95,8 +79,9 @@ class SplitIrqchip:
     mmio_bus)` puts the devices on the buses; `connect(bsp_loop, post)`
     names the boot CPU's loop (the PIC's interrupts go to it) and the vCPU
     group's `post`, which runs work in that vCPU's thread. `set_level(gsi,
-    high)` is an input from any thread; `window_open` and `eoi` serve the
-    two exits the split irqchip brings (exit_dispatch.py).
+    high)` is an input from any thread; `inject` and `eoi` serve the two
+    exits the split irqchip brings (exit_dispatch.py): KVM_EXIT_IRQ_WINDOW_OPEN
+    and KVM_EXIT_IOAPIC_EOI.
     """
 
     def __init__(self, vm: Vm) -> None:
@@ -116,9 +101,9 @@ class SplitIrqchip:
         from pyvmm.devices.ioapic import IO_APIC_GPA, WINDOW_SIZE
 
         lock = self.lock
-        pio_bus.insert(_Locked(self.pic.master, lock), PIC_MASTER_PORT, 2, "PIC (master)")
-        pio_bus.insert(_Locked(self.pic.slave, lock), PIC_SLAVE_PORT, 2, "PIC (slave)")
-        pio_bus.insert(_Locked(self.pic.elcr, lock), ELCR_PORT, 2, "ELCR")
+        pio_bus.insert(_Locked(self.pic.master, lock), MASTER_PORT, PIC_PORT_SIZE, "PIC (master)")
+        pio_bus.insert(_Locked(self.pic.slave, lock), SLAVE_PORT, PIC_PORT_SIZE, "PIC (slave)")
+        pio_bus.insert(_Locked(self.pic.elcr, lock), ELCR_PORT, ELCR_PORT_SIZE, "ELCR")
         mmio_bus.insert(_Locked(self.ioapic, lock), IO_APIC_GPA, WINDOW_SIZE, "IOAPIC")
 
     def connect(self, bsp: VcpuLoop, post: Callable[[Callable[[], None]], None]) -> None:
@@ -152,14 +137,11 @@ class SplitIrqchip:
         with self.lock:
             self.ioapic.eoi(vector)
 
-    def window_open(self, loop: VcpuLoop) -> None:
-        """KVM_EXIT_IRQ_WINDOW_OPEN on `loop`'s vCPU: give it the PIC's vector now."""
-        self.inject()
-
     def inject(self) -> None:
-        """In the boot CPU's thread: hand the PIC's interrupt to KVM if the vCPU can take
-        it (KVM_INTERRUPT), and keep asking for an interrupt window while the PIC's
-        output stays high (QEMU's kvm_arch_pre_run)."""
+        """In the boot CPU's thread (posted, or at KVM_EXIT_IRQ_WINDOW_OPEN): hand the
+        PIC's interrupt to KVM if the vCPU can take it (KVM_INTERRUPT), and keep asking
+        for an interrupt window while the PIC's output stays high (QEMU's
+        kvm_arch_pre_run)."""
         bsp = self._bsp
         if bsp is None:
             return

@@ -74,6 +74,7 @@ PYVMM_MODULES = [
     "pyvmm.arch",
     "pyvmm.arch.x86_64",
     "pyvmm.arch.x86_64.cpu",
+    "pyvmm.arch.x86_64.gsi_routes",
     "pyvmm.arch.x86_64.host_support",
     "pyvmm.arch.x86_64.layout",
     "pyvmm.arch.x86_64.no_bios",

@@ -27,18 +27,35 @@ TIMER_PIN = 2  # the IOAPIC pin the PIT's IRQ 0 drives
 CASCADE = 2  # the slave PIC's input on the master
 
 
+ISA_IRQS = 16
+
+
+def pic_input(gsi: int) -> int | None:
+    """The ISA IRQ (8259 input, 0-15; 8-15 on the slave) GSI `gsi` drives; None: none."""
+    if gsi >= ISA_IRQS or gsi == CASCADE:
+        return None
+    return gsi
+
+
+def ioapic_pin(gsi: int) -> int | None:
+    """The IOAPIC pin GSI `gsi` drives; None: none (GSI 2, whose pin is the PIT's)."""
+    if gsi == PIT_GSI:
+        return TIMER_PIN
+    if gsi == TIMER_PIN:
+        return None
+    return gsi
+
+
 def pc_gsi_routes() -> list[tuple[int, int, int]]:
-    """(gsi, irqchip, pin) for every input of the PC's interrupt controllers."""
-    routes = [
-        (PIT_GSI, lib.KVM_IRQCHIP_PIC_MASTER, 0),
-        (PIT_GSI, lib.KVM_IRQCHIP_IOAPIC, TIMER_PIN),
-    ]
-    for gsi in range(1, 16):
-        if gsi == CASCADE:
-            continue
-        chip = lib.KVM_IRQCHIP_PIC_MASTER if gsi < 8 else lib.KVM_IRQCHIP_PIC_SLAVE
-        routes.append((gsi, chip, gsi % 8))
-    for gsi in range(1, IOAPIC_PINS):
-        if gsi != TIMER_PIN:
-            routes.append((gsi, lib.KVM_IRQCHIP_IOAPIC, gsi))
+    """(gsi, irqchip, pin) for every input of KVM's PICs and IOAPIC, wired as
+    `pic_input` and `ioapic_pin` say (pyvmm's own split irqchip uses them too)."""
+    routes = []
+    for gsi in range(IOAPIC_PINS):
+        irq = pic_input(gsi)
+        if irq is not None:
+            chip = lib.KVM_IRQCHIP_PIC_MASTER if irq < 8 else lib.KVM_IRQCHIP_PIC_SLAVE
+            routes.append((gsi, chip, irq % 8))
+        pin = ioapic_pin(gsi)
+        if pin is not None:
+            routes.append((gsi, lib.KVM_IRQCHIP_IOAPIC, pin))
     return routes

@@ -22,19 +22,21 @@ kvm_pic_state`; ICW3 has no field there, KVM wires the cascade to IRQ 2.
 from __future__ import annotations
 
 from pyvmm._kvm import lib
+
+# SeaBIOS's vector bases and masks (src/hw/pic.h), as pyvmm's own 8259 model has them.
+from pyvmm.devices.i8259 import (
+    CASCADE_IRQ,
+    MASTER_IMR,
+    MASTER_VECTOR_BASE,
+    SLAVE_IMR,
+    SLAVE_VECTOR_BASE,
+)
 from pyvmm.kvm.vm import Vm
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see pyvmm/__init__.py)
 if TYPE_CHECKING:
     from typing import Any
 
-# SeaBIOS src/hw/pic.h: BIOS_HWIRQ0_VECTOR, BIOS_HWIRQ8_VECTOR.
-MASTER_VECTOR_BASE = 0x08
-SLAVE_VECTOR_BASE = 0x70
-CASCADE_IRQ = 2
-# PIC_IRQMASK_DEFAULT: every IRQ masked but the cascade.
-MASTER_IMR = 0xFF & ~(1 << CASCADE_IRQ)
-SLAVE_IMR = 0xFF
 
 # chip id -> (ICW2 vector base, OCW1 mask)
 BIOS_PICS = {
