@@ -622,6 +622,8 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
         if split is not None:
             split.attach(pio_bus, mmio_bus)
             split.connect(loop, group.post)
+            for each_loop in loops:  # any vCPU's LAPIC may end an IOAPIC interrupt
+                each_loop.split_irqchip = split
         interrupts = InterruptLines(vm, config.wants_irqchip, split)
         serial = attach_serial(
             pio_bus,

@@ -110,7 +110,6 @@ class SplitIrqchip:
         """The PIC's interrupts go to `bsp`; `post(work)` runs work in its thread."""
         self._bsp = bsp
         self._post = post
-        bsp.split_irqchip = self
 
     def initialize_pic(self) -> None:
         """The PICs as a BIOS leaves them (vector bases 0x08 and 0x70)."""

@@ -191,3 +191,16 @@ def test_an_ioapic_message_no_lapic_takes_is_counted_by_the_real_kvm() -> None:
         split.ioapic.write(IOWIN, 4, 0)
         split.set_level(5, True)
         assert (split.msis, split.undelivered) == (1, 1)  # vCPU 0's LAPIC took this one
+
+
+def test_every_vcpu_serves_the_split_irqchip_s_exits() -> None:
+    """A level-triggered IOAPIC vector may be ended by any vCPU's LAPIC: each loop
+    serves KVM_EXIT_IOAPIC_EOI, not only the boot CPU's."""
+    from pyvmm.kvm.exits import IoapicEoi
+    from pyvmm.machine.exit_dispatch import dispatch
+
+    config = MachineConfig(image=b"\xf4", ram_size=16 << 20, console=lambda data: None, cpus=2)
+    with build_machine(config) as machine:
+        assert machine.split_irqchip is not None
+        assert all(loop.split_irqchip is machine.split_irqchip for loop in machine.group.loops)
+        assert dispatch(machine.group.loops[1], IoapicEoi(0x41)) is None  # served, run goes on
