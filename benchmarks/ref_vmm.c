@@ -245,17 +245,25 @@ static void load_state(const char *path, struct state *state)
 	state->file = file;
 }
 
-/* What KVM offers, with `apic_id` as the CPU's initial (x2)APIC ID, as pyvmm's setup_cpuid. */
+/* What KVM offers, with `apic_id` as the CPU's initial (x2)APIC ID, as pyvmm's setup_cpuid.
+   KVM_GET_SUPPORTED_CPUID runs once per process, as in pyvmm and QEMU (cpuid_cache). */
 static struct kvm_cpuid2 *supported_cpuid(int kvm, unsigned apic_id)
 {
+	static struct kvm_cpuid2 *supported;
 	size_t size = sizeof(struct kvm_cpuid2) + CPUID_MAX_ENTRIES * sizeof(struct kvm_cpuid_entry2);
-	struct kvm_cpuid2 *cpuid = calloc(1, size);
+	struct kvm_cpuid2 *cpuid = malloc(size);
 	uint32_t i;
 
 	if (!cpuid)
 		die("out of memory");
-	cpuid->nent = CPUID_MAX_ENTRIES;
-	xioctl(kvm, KVM_GET_SUPPORTED_CPUID, cpuid, "KVM_GET_SUPPORTED_CPUID");
+	if (!supported) {
+		supported = calloc(1, size);
+		if (!supported)
+			die("out of memory");
+		supported->nent = CPUID_MAX_ENTRIES;
+		xioctl(kvm, KVM_GET_SUPPORTED_CPUID, supported, "KVM_GET_SUPPORTED_CPUID");
+	}
+	memcpy(cpuid, supported, size);
 	for (i = 0; i < cpuid->nent; i++) {
 		struct kvm_cpuid_entry2 *entry = &cpuid->entries[i];
 

@@ -94,6 +94,21 @@ class FirmwareConfig:
         self.extra_tables = extra_tables
         self.virtio = virtio
 
+    def key(self) -> tuple[object, ...]:
+        """Every field, as one hashable value: configs with equal keys get equal tables."""
+        return (
+            self.cpus,
+            self.cpu.signature,
+            self.cpu.features,
+            self.interrupt_controllers,
+            self.acpi,
+            self.rtc,
+            self.i8042,
+            self.reset_register,
+            self.extra_tables,
+            self.virtio,
+        )
+
 
 class Placed:
     """One structure: `data` at guest-physical `gpa`, named by `what` (read-only)."""
@@ -148,8 +163,28 @@ class _Area:
         return Placed(gpa, data, what)
 
 
+# The tables are a pure function of the config: a process that builds many alike
+# machines (the library's create-run-destroy) builds their bytes once.
+_BUILT_LIMIT = 16
+_built: dict[tuple[object, ...], FirmwareTables] = {}
+
+
 def build_firmware(config: FirmwareConfig) -> FirmwareTables:
-    """The firmware structures for `config` (ValueError for a vCPU count outside 1..255)."""
+    """The firmware structures for `config` (ValueError for a vCPU count outside 1..255).
+
+    Equal configs (`FirmwareConfig.key`) give the same, read-only, FirmwareTables.
+    """
+    key = config.key()
+    tables = _built.get(key)
+    if tables is None:
+        tables = _build(config)
+        if len(_built) >= _BUILT_LIMIT:
+            _built.pop(next(iter(_built)))  # the oldest
+        _built[key] = tables
+    return tables
+
+
+def _build(config: FirmwareConfig) -> FirmwareTables:
     bios = _Area(area.BIOS_TABLES_GPA, area.BIOS_TABLES_END, "BIOS tables")
     # What a scan of the BIOS area looks for comes first: the floating pointer, the RSDP.
     pointer = (

@@ -17,6 +17,7 @@ from pyvmm.arch.x86_64.cpu import (
     default_load_gpa,
     setup_cpuid,
     setup_vcpu,
+    supported_cpuid,
 )
 from pyvmm.arch.x86_64.host_support import keeps_32bit_paging
 from pyvmm.arch.x86_64.placement import check_entry_placement, plan_placement
@@ -583,7 +584,7 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
 
             set_bios_pic_state(vm)  # vector bases 0x08/0x70, as a BIOS leaves them
         vcpus = [resources.enter_context(vm.create_vcpu(index)) for index in range(config.cpus)]
-        cpuid = kvm.get_supported_cpuid()  # once: each vCPU's is this one, rewritten
+        cpuid = supported_cpuid(kvm)  # once: each vCPU's is this one, rewritten
         for index, each in enumerate(vcpus):
             max_phys_bits = setup_cpuid(
                 kvm, each, apic_id=index, cpus=config.cpus, hidden=config.hide_cpuid,

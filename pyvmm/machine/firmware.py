@@ -43,7 +43,9 @@ def cpu_identity(kvm: Kvm, cpuid: Any = None) -> CpuIdentity:
     """CPUID leaf 1's EAX and EDX as every vCPU sees them: from `cpuid`, the table the
     vCPUs were given, or KVM_GET_SUPPORTED_CPUID's (KVM API doc 4.46) when None."""
     if cpuid is None:
-        cpuid = kvm.get_supported_cpuid()
+        from pyvmm.arch.x86_64.cpu import supported_cpuid
+
+        cpuid = supported_cpuid(kvm)
     for index in range(cpuid.nent):  # type: ignore[attr-defined]
         entry = cpuid.entries[index]  # type: ignore[attr-defined]
         if entry.function == CPUID_VERSION_INFORMATION:

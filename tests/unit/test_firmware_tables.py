@@ -345,3 +345,42 @@ def test_the_fadt_and_dsdt_describe_only_the_devices_there() -> None:
         reset_register=False,
     )
     assert acpi_pm.PM_TMR_BLK == 0x608  # what the FADT says is where the device sits
+
+
+# --- the tables of equal configs are built once
+
+
+def test_equal_configs_share_their_tables_and_every_field_tells_configs_apart() -> None:
+    first = build(2, rtc=False)
+    assert build(2, rtc=False) is first  # built once
+    fresh = tables_tests_fresh(2, rtc=False)
+    assert [(p.gpa, p.data, p.what) for p in first.placed] == [
+        (p.gpa, p.data, p.what) for p in fresh.placed
+    ]
+    base = FirmwareConfig(2, CPU, True)
+    changed = {
+        "acpi": False,
+        "cpu": CpuIdentity(CPU.signature + 1, CPU.features),
+        "cpus": 3,
+        "extra_tables": (sdt.table(b"HPET", 1, bytes(20)),),
+        "i8042": False,
+        "interrupt_controllers": False,
+        "reset_register": False,
+        "rtc": False,
+        "virtio": ((0xD000_0000, 5),),
+    }
+    assert sorted(changed) == sorted(FirmwareConfig.__slots__)  # every field is tried
+    for field, value in changed.items():
+        other = FirmwareConfig(2, CPU, True)
+        setattr(other, field, value)
+        assert other.key() != base.key(), field
+    identity = CpuIdentity(CPU.signature, CPU.features + 1)
+    assert FirmwareConfig(2, identity, True).key() != base.key()
+    assert build_firmware(FirmwareConfig(2, identity, True)) is not build_firmware(base)
+
+
+def tables_tests_fresh(cpus: int, **overrides: object) -> FirmwareTables:
+    """Built without the cache: what build_firmware's first call made."""
+    from pyvmm.firmware import tables
+
+    return tables._build(FirmwareConfig(cpus, CPU, True, **overrides))  # type: ignore[arg-type]

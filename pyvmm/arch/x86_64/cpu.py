@@ -6,6 +6,9 @@ GDT and page tables into guest memory and loads registers accordingly.
 
 from __future__ import annotations
 
+import os
+
+from pyvmm._kvm import ffi
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.registers import (
     CR0_ET,
@@ -59,6 +62,25 @@ CPUID_ADDRESS_SIZES = 0x8000_0008
 DEFAULT_PHYSICAL_ADDRESS_BITS = 36  # what the SDM says to assume without the leaf
 
 
+# KVM_GET_SUPPORTED_CPUID's answer by the KVM device's number (st_rdev): what a
+# loaded kvm module supports does not change, so a process asks once per device,
+# as QEMU does (target/i386/kvm/kvm.c: get_supported_cpuid's cpuid_cache).
+_supported_by_device: dict[int, Any] = {}
+
+
+def supported_cpuid(kvm: Kvm) -> Any:
+    """A new `struct kvm_cpuid2 *` with what this host's KVM supports (KVM API doc
+    4.46, KVM_GET_SUPPORTED_CPUID), the caller's to rewrite; the ioctl runs once
+    per KVM device per process."""
+    device = os.fstat(kvm.fd).st_rdev
+    cached = _supported_by_device.get(device)
+    if cached is None:
+        cached = _supported_by_device[device] = kvm.get_supported_cpuid()
+    copy = ffi.new("struct kvm_cpuid2 *", {"nent": cached.nent, "entries": cached.nent})
+    ffi.memmove(copy.entries, cached.entries, cached.nent * ffi.sizeof("struct kvm_cpuid_entry2"))
+    return copy
+
+
 def setup_cpuid(
     kvm: Kvm,
     vcpu: Vcpu,
@@ -73,9 +95,9 @@ def setup_cpuid(
     (host_findings.FEATURE_BITS), for a host whose KVM cannot run their
     instructions (machine/linux_host.py). `supported`: the table
     KVM_GET_SUPPORTED_CPUID gave, to reuse for every vCPU (it is rewritten
-    for this one); None asks KVM.
+    for this one); None takes `supported_cpuid(kvm)`.
     """
-    cpuid = kvm.get_supported_cpuid() if supported is None else supported
+    cpuid = supported_cpuid(kvm) if supported is None else supported
     for index in range(cpuid.nent):
         set_topology(cpuid.entries[index], apic_id, cpus)
     if hidden:
