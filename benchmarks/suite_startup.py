@@ -19,8 +19,8 @@ debug-exit port, status 85):
   (`ref_vmm --cycles N`, with the same irqchip as pyvmm's machine, split by
   default, and KVM's PIT only when pyvmm's has it: `--pit kernel`) against
   pyvmm's `build_machine` + `run` + `close`;
-- peak resident memory of one boot with 128 MiB of guest RAM: the C VMM, and
-  `python -c pass`, against `pyvmm boot -m 128M`. Measured with GNU time
+- peak resident memory of one boot with 128 MiB of guest RAM: the C VMM,
+  `python -c pass` and the import floor, against `pyvmm boot -m 128M`. Measured with GNU time
   (%M), not with os.wait4 from here: a child spawned by this (large) Python
   process inherits its high-water RSS at exec (see `suite_exits.gnu_time`).
 
@@ -124,6 +124,20 @@ KVM_IRQCHIP_LABEL = "pyvmm --kernel-irqchip on"
 CYCLE_NAME = "create, run, destroy cycle, in one process"
 RSS_NAME = f"peak RSS, one boot with -m {RAM_SIZE >> 20}M"
 PYTHON_RSS_NAME = "peak RSS, boot vs bare interpreter"
+FLOOR_BOOT_NAME = "boot to debug exit, vs its import floor"
+FLOOR_RSS_NAME = "peak RSS, boot vs its import floor"
+FLOOR_LABEL = "python, import floor"
+# The floor's program: import each module named on its command line. A name the
+# boot failed to import too (an absent sitecustomize) is passed over, as site does.
+FLOOR_PROGRAM = """\
+import sys
+for name in sys.argv[1:]:
+    try:
+        __import__(name)
+    except ModuleNotFoundError:
+        if name == "pyvmm._kvm":
+            raise
+"""
 
 
 @dataclass(frozen=True)
@@ -395,31 +409,74 @@ def bare_python(pyvmm: PyvmmChild) -> list[str]:
     return [pyvmm.argv[0], "-c", "pass"]
 
 
-def run_bare_python(pyvmm: PyvmmChild, workdir: Path, *, peak_rss: bool = False) -> ProcessResult:
-    result = run_measured(bare_python(pyvmm), 60, workdir, peak_rss=peak_rss, env=pyvmm.env)
+def import_floor(pyvmm: PyvmmChild, workdir: Path) -> list[str]:
+    """The interpreter importing what pyvmm's boot imports, pyvmm's own modules excepted,
+    and the compiled binding: the modules `python -X importtime` lists for that boot."""
+    argv = [pyvmm.argv[0], "-X", "importtime", *pyvmm.argv[1:]]
+    result = subprocess.run(
+        argv, cwd=workdir, env=pyvmm.env, capture_output=True, timeout=60, check=False
+    )
+    if result.returncode != HELLO_EXIT_STATUS:
+        raise BootFailed(f"pyvmm under -X importtime ended with status {result.returncode}")
+    names = []
+    for line in result.stderr.decode(errors="replace").splitlines():
+        if line.startswith("import time:"):
+            name = line.rsplit("|", 1)[-1].strip()
+            if name != "imported package" and name.split(".")[0] != "pyvmm":
+                names.append(name)
+    return [pyvmm.argv[0], "-c", FLOOR_PROGRAM, *names, "pyvmm._kvm"]
+
+
+def run_anchor(argv: list[str], label: str, workdir: Path, env: Mapping[str, str], *,
+               peak_rss: bool = False) -> ProcessResult:  # fmt: skip
+    result = run_measured(argv, 60, workdir, peak_rss=peak_rss, env=env)
     if result.returncode != 0:
-        raise BootFailed(f"{PYTHON_LABEL} ended with status {result.returncode}")
+        tail = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise BootFailed(f"{label} ended with status {result.returncode}: {' '.join(tail)}")
     return result
 
 
 def compare_boot_python(plan: Plan, workdir: Path, progress: Progress | None) -> Comparison:
     """`python -c pass` (same interpreter, same environment) against pyvmm's whole boot."""
-    comparison = Comparison(SUITE, PYTHON_BOOT_NAME, PYTHON_LABEL, PYVMM_LABEL, "ms")
+    pyvmm = pyvmm_boot(workdir)
+    return _compare_boot_anchor(
+        plan, workdir, progress, PYTHON_BOOT_NAME, PYTHON_LABEL, bare_python(pyvmm)
+    )
+
+
+def compare_boot_floor(plan: Plan, workdir: Path, progress: Progress | None) -> Comparison:
+    """pyvmm's import floor (`import_floor`) against pyvmm's whole boot."""
+    floor = import_floor(pyvmm_boot(workdir), workdir)
+    comparison = _compare_boot_anchor(plan, workdir, progress, FLOOR_BOOT_NAME, FLOOR_LABEL, floor)
+    comparison.notes["floor_modules"] = floor[3:]
+    return comparison
+
+
+def _compare_boot_anchor(
+    plan: Plan,
+    workdir: Path,
+    progress: Progress | None,
+    name: str,
+    label: str,
+    anchor: list[str],
+) -> Comparison:
+    comparison = Comparison(SUITE, name, label, PYVMM_LABEL, "ms")
     pyvmm = pyvmm_boot(workdir)
     comparison.notes.update(
         {
-            "python_command": " ".join(["python", *bare_python(pyvmm)[1:]]),
+            "python_command": " ".join(["python", *anchor[1:3]])
+            + (f" ({len(anchor) - 3} module names)" if len(anchor) > 3 else ""),
             "pyvmm_command": " ".join(["python", *pyvmm.argv[1:]]),
             "python_version": sys.version.split()[0],
             "timed": "spawn to exit of the whole process, both with pyvmm's environment; "
-            "B - A is what pyvmm adds to the interpreter's own start-up: imports, the "
-            "machine, the boot",
+            "B - A is what pyvmm adds to its anchor's start-up",
         }
     )
+    run_anchor(anchor, label, workdir, pyvmm.env)
     boot_seconds(PYVMM_LABEL, pyvmm.argv, 60, workdir, pyvmm.env)
     interleave(
         comparison,
-        lambda: run_bare_python(pyvmm, workdir).seconds * 1000,
+        lambda: run_anchor(anchor, label, workdir, pyvmm.env).seconds * 1000,
         lambda: boot_seconds(PYVMM_LABEL, pyvmm.argv, 60, workdir, pyvmm.env) * 1000,
         plan.fast_boot_pairs,
         progress,
@@ -574,12 +631,13 @@ def compare_rss(
         return float(run.max_rss_kib)
 
     interleave(comparison, c_sample, lambda: pyvmm_peak_rss(workdir), plan.rss_pairs, progress)
-    bare = run_bare_python(pyvmm_boot(workdir), workdir, peak_rss=True).max_rss_kib
+    pyvmm = pyvmm_boot(workdir)
+    bare = run_anchor(bare_python(pyvmm), PYTHON_LABEL, workdir, pyvmm.env, peak_rss=True)
     comparison.notes.update(
         {
             "guest_ram_kib": RAM_SIZE >> 10,
             "guest_ram": RSS_GUEST_RAM_NOTE,
-            "python_c_pass_peak_rss_kib": bare,
+            "python_c_pass_peak_rss_kib": bare.max_rss_kib,
             "qemu_peak_rss_kib": dict(qemu_rss),
             "measured": RSS_MEASURED_NOTE,
         }
@@ -591,27 +649,56 @@ def compare_rss_python(
     plan: Plan, workdir: Path, qemu_rss: Mapping[str, int | None], progress: Progress | None
 ) -> Comparison:
     """`python -c pass` (same interpreter, same environment) against pyvmm's boot."""
-    comparison = Comparison(SUITE, PYTHON_RSS_NAME, PYTHON_LABEL, PYVMM_LABEL, "KiB")
+    pyvmm = pyvmm_boot(workdir)
+    comparison = _compare_rss_anchor(
+        plan, workdir, progress, PYTHON_RSS_NAME, PYTHON_LABEL, bare_python(pyvmm)
+    )
+    if "skipped" not in comparison.notes:
+        comparison.notes["qemu_peak_rss_kib"] = dict(qemu_rss)
+    return comparison
+
+
+def compare_rss_floor(plan: Plan, workdir: Path, progress: Progress | None) -> Comparison:
+    """pyvmm's import floor (`import_floor`) against pyvmm's boot."""
+    if gnu_time() is None:
+        comparison = Comparison(SUITE, FLOOR_RSS_NAME, FLOOR_LABEL, PYVMM_LABEL, "KiB")
+        comparison.notes["skipped"] = NO_GNU_TIME
+        return comparison
+    floor = import_floor(pyvmm_boot(workdir), workdir)
+    comparison = _compare_rss_anchor(plan, workdir, progress, FLOOR_RSS_NAME, FLOOR_LABEL, floor)
+    comparison.notes["floor_modules"] = floor[3:]
+    return comparison
+
+
+def _compare_rss_anchor(
+    plan: Plan,
+    workdir: Path,
+    progress: Progress | None,
+    name: str,
+    label: str,
+    anchor: list[str],
+) -> Comparison:
+    comparison = Comparison(SUITE, name, label, PYVMM_LABEL, "KiB")
     if gnu_time() is None:
         comparison.notes["skipped"] = NO_GNU_TIME
         return comparison
-    pyvmm = pyvmm_boot(workdir)
+    env = pyvmm_boot(workdir).env
 
-    def python_sample() -> float:
-        rss = run_bare_python(pyvmm, workdir, peak_rss=True).max_rss_kib
+    def anchor_sample() -> float:
+        rss = run_anchor(anchor, label, workdir, env, peak_rss=True).max_rss_kib
         if rss is None:
-            raise BootFailed(f"GNU time reported no peak RSS for {PYTHON_LABEL}")
+            raise BootFailed(f"GNU time reported no peak RSS for {label}")
         return float(rss)
 
-    interleave(comparison, python_sample, lambda: pyvmm_peak_rss(workdir), plan.rss_pairs, progress)
+    interleave(comparison, anchor_sample, lambda: pyvmm_peak_rss(workdir), plan.rss_pairs, progress)
     added = [b - a for a, b in zip(comparison.a, comparison.b, strict=True)]
     comparison.notes.update(
         {
-            "python_command": " ".join(["python", *bare_python(pyvmm)[1:]]),
+            "python_command": " ".join(["python", *anchor[1:3]])
+            + (f" ({len(anchor) - 3} module names)" if len(anchor) > 3 else ""),
             "guest_ram_kib": RAM_SIZE >> 10,
             "guest_ram": RSS_GUEST_RAM_NOTE,
             "pyvmm_added_kib_median": statistics.median(added),
-            "qemu_peak_rss_kib": dict(qemu_rss),
             "measured": RSS_MEASURED_NOTE,
         }
     )
@@ -634,8 +721,9 @@ def collect(
     plan: Plan | None = None,
     qemu: str = QEMU,
 ) -> list[Comparison]:
-    """Whole-process boot vs QEMU (SeaBIOS, microvm) and a bare interpreter, in-process
-    cycles vs the C VMM, peak RSS vs the C VMM and a bare interpreter.
+    """Whole-process boot vs QEMU (SeaBIOS, microvm), a bare interpreter and pyvmm's import
+    floor, in-process cycles vs the C VMM, peak RSS vs the C VMM, a bare interpreter and
+    the import floor.
 
     `plan` overrides the quick/full sample counts; `qemu` names the QEMU binary.
     """
@@ -653,8 +741,10 @@ def collect(
                 progress(f"{SUITE}: {row.name}: skipped: {row.notes['skipped']}")
         qemu_rss = {QEMU_LABEL: seabios_rss, MICROVM_LABEL: microvm_rss}
         python_boot = compare_boot_python(plan, workdir, progress)
+        floor_boot = compare_boot_floor(plan, workdir, progress)
         irqchips = compare_boot_irqchips(plan, workdir, progress)
         python_rss = compare_rss_python(plan, workdir, qemu_rss, progress)
+        floor_rss = compare_rss_floor(plan, workdir, progress)
         try:
             binary = build_ref_vmm(workdir)
         except RefVmmError as error:
@@ -672,7 +762,10 @@ def collect(
                 write_state_file(machine, bare_state, irqchip=False)
             cycle = compare_cycles(plan, binary, state, progress, bare_state)
             rss = compare_rss(plan, binary, state, workdir, qemu_rss, progress)
-        return [boot, microvm, fastest, python_boot, irqchips, cycle, rss, python_rss]
+        return [
+            boot, microvm, fastest, python_boot, floor_boot, irqchips, cycle, rss, python_rss,
+            floor_rss,
+        ]  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -212,5 +212,8 @@ def open_closed_standard_fds() -> None:
 
 def console_main() -> NoReturn:
     """The `pyvmm` program."""
+    from pyvmm.startup_gc import pause_collection
+
+    pause_collection()  # until the guest runs (Machine.run resumes it)
     open_closed_standard_fds()
     end_process(run_command())

@@ -47,6 +47,7 @@ from pyvmm.machine.run_signals import stop_on_signals, stop_signals_raise
 from pyvmm.machine.vcpu_group import VcpuGroup
 from pyvmm.machine.vcpu_loop import VcpuLoop
 from pyvmm.memory.guest_memory import GuestMemory
+from pyvmm.startup_gc import resume_collection
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
 if TYPE_CHECKING:
@@ -338,6 +339,7 @@ class Machine(ClosesOnExit):
         ones come back after; that needs the main thread: from another
         thread no handler is installed and `timeout` has no effect.
         """
+        resume_collection()  # paused by the pyvmm program while it started up
         with stop_on_signals(self.group.request_stop, timeout):
             outcome = self.group.run(observer)
         if outcome.kind.is_abnormal and outcome.registers is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -214,16 +215,20 @@ def test_startup_suite_runs_every_comparison_or_says_why_not() -> None:
         boot_pairs=1, cycle_pairs=2, cycles=3, rss_pairs=1, qemu_timeout=60, fast_boot_pairs=2
     )
     rows = suite_startup.collect(quick=True, plan=plan)
-    boot, microvm, fastest, python_boot, irqchips, cycle, rss, python_rss = rows
+    boot, microvm, fastest, python_boot, floor_boot, irqchips, cycle, rss, python_rss, floor_rss = (
+        rows
+    )
     assert [row.name for row in rows] == [
         BOOT_NAME,
         MICROVM_BOOT_NAME,
         suite_startup.FASTEST_BOOT_NAME,
         PYTHON_BOOT_NAME,
+        suite_startup.FLOOR_BOOT_NAME,
         suite_startup.IRQCHIP_BOOT_NAME,
         CYCLE_NAME,
         RSS_NAME,
         PYTHON_RSS_NAME,
+        suite_startup.FLOOR_RSS_NAME,
     ]
     assert all(row.suite == "startup" for row in rows)
     assert [row.a_label for row in (boot, microvm, fastest, python_boot, python_rss)] == [
@@ -243,13 +248,24 @@ def test_startup_suite_runs_every_comparison_or_says_why_not() -> None:
             assert row.unit == "ms"
     assert_measured(python_boot, 2)
     assert python_boot.unit == "ms"
+    # The floor imports what the boot imports (argparse, threading...) but pyvmm's modules.
+    assert_measured(floor_boot, 2)
+    assert floor_boot.a_label == suite_startup.FLOOR_LABEL
+    floor = floor_boot.notes["floor_modules"]
+    assert {"argparse", "threading", "_cffi_backend", "pyvmm._kvm"} <= set(floor)
+    assert [name for name in floor if name.startswith("pyvmm")] == ["pyvmm._kvm"]
+    # Its imports take time: slower than the bare interpreter, faster than the boot.
+    assert min(python_boot.a) < statistics.median(floor_boot.a) < max(floor_boot.b)
     assert_measured(irqchips, 2)
     assert (irqchips.a_label, irqchips.b_label) == ("pyvmm --kernel-irqchip on", "pyvmm")
     if suite_exits.gnu_time() is None:
         assert_skipped(python_rss, "apt-get install time")
+        assert_skipped(floor_rss, "apt-get install time")
     else:
         assert_measured(python_rss, 1)
         assert python_rss.unit == "KiB"
+        assert_measured(floor_rss, 1)
+        assert floor_rss.notes["floor_modules"] == floor
 
     if suite_exits.find_compiler() is None:
         assert_skipped(cycle, "no C compiler")

@@ -46,12 +46,19 @@ sys.path.extend(site_dirs)
 from pyvmm.machine.builder import Machine
 
 at_run = []
+collector = []  # (enabled, frozen objects) when the run starts and when it is over
 run = Machine.run
 
 
 def recording_run(self, *args, **kwargs):
+    import gc
+
     at_run.append(sorted(sys.modules))
-    return run(self, *args, **kwargs)
+    collector.append((gc.isenabled(), gc.get_freeze_count()))
+    try:
+        return run(self, *args, **kwargs)
+    finally:
+        collector.append((gc.isenabled(), gc.get_freeze_count()))
 
 
 Machine.run = recording_run
@@ -62,7 +69,7 @@ try:
 except SystemExit as exit:
     status = exit.code
 with open(out, "w") as file:
-    file.write(repr((status, at_run, sorted(sys.modules))))
+    file.write(repr((status, at_run, sorted(sys.modules), collector)))
 """
 
 # Every pyvmm module imported when the guest starts. A change here is a change
@@ -154,6 +161,7 @@ PYVMM_MODULES = [
     "pyvmm.memory.size",
     "pyvmm.quiet_threads",
     "pyvmm.shipped",
+    "pyvmm.startup_gc",
 ]
 
 # Not imported when the guest starts: what this run does not use.
@@ -226,8 +234,11 @@ NEVER = {
 }
 
 
-def boot_recording_modules(tmp_path: Path, image: str) -> tuple[object, list[str], list[str]]:
-    """(exit status, modules when the guest started, modules at the end)."""
+def boot_recording_modules(
+    tmp_path: Path, image: str
+) -> tuple[object, list[str], list[str], list[tuple[bool, int]]]:
+    """(exit status, modules when the guest started, modules at the end, the collector's
+    (enabled, frozen objects) as Machine.run is called and once it returned)."""
     out = tmp_path / "modules"
     result = subprocess.run(
         [sys.executable, "-S", "-c", CHILD, str(out), image, *site.getsitepackages()],
@@ -238,9 +249,9 @@ def boot_recording_modules(tmp_path: Path, image: str) -> tuple[object, list[str
         stdin=subprocess.DEVNULL,
     )
     assert result.stdout == "Hello, world!\n", result.stderr
-    status, at_run, at_end = ast.literal_eval(out.read_text())
+    status, at_run, at_end, collector = ast.literal_eval(out.read_text())
     assert len(at_run) == 1, f"Machine.run was called {len(at_run)} times"
-    return status, at_run[0], at_end
+    return status, at_run[0], at_end, collector
 
 
 def under(name: str, packages: tuple[str, ...] | set[str]) -> bool:
@@ -248,12 +259,21 @@ def under(name: str, packages: tuple[str, ...] | set[str]) -> bool:
 
 
 def test_hello_imports_only_what_its_run_uses(tmp_path: Path) -> None:
-    status, at_run, at_end = boot_recording_modules(tmp_path, guest("hello.bin"))
+    status, at_run, at_end, _ = boot_recording_modules(tmp_path, guest("hello.bin"))
     assert status == 0
     assert [name for name in at_run if under(name, ("pyvmm",))] == PYVMM_MODULES
     assert sorted(name for name in at_run if under(name, ABSENT)) == []
     assert sorted(name for name in at_run if under(name, ABSENT_PACKAGES)) == []
     assert sorted(name for name in at_end if under(name, NEVER)) == []
+
+
+def test_the_collector_is_paused_until_the_guest_runs(tmp_path: Path) -> None:
+    """pyvmm/startup_gc.py: off through start-up; on, with start-up's objects frozen, after."""
+    status, _, _, collector = boot_recording_modules(tmp_path, guest("hello.bin"))
+    assert status == 0
+    (enabled_at_start, frozen_at_start), (enabled_after, frozen_after) = collector
+    assert (enabled_at_start, frozen_at_start) == (False, 0)
+    assert enabled_after and frozen_after > 10_000  # every module's objects, at least
 
 
 def test_the_lists_name_real_modules() -> None:

@@ -24,6 +24,7 @@ LAYERS = [
         "pyvmm.closing",
         "pyvmm.shipped",
         "pyvmm.quiet_threads",
+        "pyvmm.startup_gc",
     ),
     ("pyvmm.kvm",),
     ("pyvmm.memory",),
