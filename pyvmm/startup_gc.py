@@ -6,7 +6,8 @@ walks them every 700 allocations: 17 collections, about 1.9 ms (timed by
 gc.callbacks) of a 33 ms `pyvmm boot guests/hello.bin` here; 4 are left, run
 before the program's first line (importing pyvmm.cli).
 So the program pauses collection first thing (`pause_collection`), and the
-guest's run resumes it (`resume_collection`, from Machine.run), after
+guest's run resumes it (`resume_collection`, from Machine.run; `pyvmm demo`
+and `pyvmm host`, whose work runs outside Machine.run, resume it first), after
 `gc.freeze()` has moved everything start-up made into the permanent
 generation, which no later collection walks: the use the gc module's
 documentation gives for freeze. A program that never paused (the library's

@@ -56,6 +56,9 @@ def run_memmap(args: argparse.Namespace) -> Ending:
 
 def run_demo(args: argparse.Namespace) -> Ending:
     from pyvmm import demos
+    from pyvmm.startup_gc import resume_collection
+
+    resume_collection()  # demos run long outside Machine.run (unicorn, child processes)
 
     if args.name is None:
         sys.stdout.write(demos.list_demos())
@@ -65,6 +68,9 @@ def run_demo(args: argparse.Namespace) -> Ending:
 
 def run_host(args: argparse.Namespace) -> Ending:
     from pyvmm.cli.host import run_host
+    from pyvmm.startup_gc import resume_collection
+
+    resume_collection()  # the probe's guests run outside Machine.run
 
     return Ending(run_host(args))
 

@@ -50,3 +50,29 @@ def test_a_collector_already_off_is_not_turned_on_by_the_resume() -> None:
     startup_gc.pause_collection()  # off already: not ours to turn back on
     startup_gc.resume_collection()
     assert not gc.isenabled()
+
+
+@pytest.mark.parametrize("command", ["demo", "host"])
+def test_commands_that_run_outside_machine_run_resume_at_once(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pyvmm demo` and `pyvmm host` work for long without Machine.run: the collector is on."""
+    import argparse
+
+    from pyvmm import cli
+
+    seen = []
+    if command == "host":
+        import pyvmm.cli.host
+
+        monkeypatch.setattr(
+            pyvmm.cli.host, "run_host", lambda args: seen.append(gc.isenabled()) or 0
+        )
+    else:
+        import pyvmm.demos
+
+        monkeypatch.setattr(pyvmm.demos, "list_demos", lambda: seen.append(gc.isenabled()) or "")
+    gc.enable()
+    startup_gc.pause_collection()
+    cli.COMMANDS[command](argparse.Namespace(name=None, json=False, refresh=False))
+    assert seen == [True]
