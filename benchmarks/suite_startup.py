@@ -427,6 +427,12 @@ def import_floor(pyvmm: PyvmmChild, workdir: Path) -> list[str]:
     return [pyvmm.argv[0], "-c", FLOOR_PROGRAM, *names, "pyvmm._kvm"]
 
 
+def anchor_command(anchor: list[str]) -> str:
+    """An anchor's command for the notes: the interpreter as `python`, the module names counted."""
+    names = len(anchor) - 3
+    return " ".join(["python", *anchor[1:3]]) + (f" ({names} module names)" if names > 0 else "")
+
+
 def run_anchor(argv: list[str], label: str, workdir: Path, env: Mapping[str, str], *,
                peak_rss: bool = False) -> ProcessResult:  # fmt: skip
     result = run_measured(argv, 60, workdir, peak_rss=peak_rss, env=env)
@@ -444,9 +450,10 @@ def compare_boot_python(plan: Plan, workdir: Path, progress: Progress | None) ->
     )
 
 
-def compare_boot_floor(plan: Plan, workdir: Path, progress: Progress | None) -> Comparison:
-    """pyvmm's import floor (`import_floor`) against pyvmm's whole boot."""
-    floor = import_floor(pyvmm_boot(workdir), workdir)
+def compare_boot_floor(
+    plan: Plan, workdir: Path, progress: Progress | None, floor: list[str]
+) -> Comparison:
+    """pyvmm's import floor (the command `import_floor` made) against pyvmm's whole boot."""
     comparison = _compare_boot_anchor(plan, workdir, progress, FLOOR_BOOT_NAME, FLOOR_LABEL, floor)
     comparison.notes["floor_modules"] = floor[3:]
     return comparison
@@ -464,8 +471,7 @@ def _compare_boot_anchor(
     pyvmm = pyvmm_boot(workdir)
     comparison.notes.update(
         {
-            "python_command": " ".join(["python", *anchor[1:3]])
-            + (f" ({len(anchor) - 3} module names)" if len(anchor) > 3 else ""),
+            "python_command": anchor_command(anchor),
             "pyvmm_command": " ".join(["python", *pyvmm.argv[1:]]),
             "python_version": sys.version.split()[0],
             "timed": "spawn to exit of the whole process, both with pyvmm's environment; "
@@ -658,15 +664,13 @@ def compare_rss_python(
     return comparison
 
 
-def compare_rss_floor(plan: Plan, workdir: Path, progress: Progress | None) -> Comparison:
-    """pyvmm's import floor (`import_floor`) against pyvmm's boot."""
-    if gnu_time() is None:
-        comparison = Comparison(SUITE, FLOOR_RSS_NAME, FLOOR_LABEL, PYVMM_LABEL, "KiB")
-        comparison.notes["skipped"] = NO_GNU_TIME
-        return comparison
-    floor = import_floor(pyvmm_boot(workdir), workdir)
+def compare_rss_floor(
+    plan: Plan, workdir: Path, progress: Progress | None, floor: list[str]
+) -> Comparison:
+    """pyvmm's import floor (the command `import_floor` made) against pyvmm's boot."""
     comparison = _compare_rss_anchor(plan, workdir, progress, FLOOR_RSS_NAME, FLOOR_LABEL, floor)
-    comparison.notes["floor_modules"] = floor[3:]
+    if "skipped" not in comparison.notes:
+        comparison.notes["floor_modules"] = floor[3:]
     return comparison
 
 
@@ -694,8 +698,7 @@ def _compare_rss_anchor(
     added = [b - a for a, b in zip(comparison.a, comparison.b, strict=True)]
     comparison.notes.update(
         {
-            "python_command": " ".join(["python", *anchor[1:3]])
-            + (f" ({len(anchor) - 3} module names)" if len(anchor) > 3 else ""),
+            "python_command": anchor_command(anchor),
             "guest_ram_kib": RAM_SIZE >> 10,
             "guest_ram": RSS_GUEST_RAM_NOTE,
             "pyvmm_added_kib_median": statistics.median(added),
@@ -741,10 +744,11 @@ def collect(
                 progress(f"{SUITE}: {row.name}: skipped: {row.notes['skipped']}")
         qemu_rss = {QEMU_LABEL: seabios_rss, MICROVM_LABEL: microvm_rss}
         python_boot = compare_boot_python(plan, workdir, progress)
-        floor_boot = compare_boot_floor(plan, workdir, progress)
+        floor = import_floor(pyvmm_boot(workdir), workdir)
+        floor_boot = compare_boot_floor(plan, workdir, progress, floor)
         irqchips = compare_boot_irqchips(plan, workdir, progress)
         python_rss = compare_rss_python(plan, workdir, qemu_rss, progress)
-        floor_rss = compare_rss_floor(plan, workdir, progress)
+        floor_rss = compare_rss_floor(plan, workdir, progress, floor)
         try:
             binary = build_ref_vmm(workdir)
         except RefVmmError as error:
