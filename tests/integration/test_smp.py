@@ -172,3 +172,41 @@ def test_more_vcpus_than_recommended_is_said_under_verbose_only() -> None:
     quiet = run_pyvmm("boot", *args)
     assert quiet.returncode == EXIT_TIMEOUT, quiet.stderr
     assert "KVM_CAP_NR_VCPUS" not in quiet.stderr
+
+
+def test_machines_in_one_process_ask_kvm_for_cpuid_once_and_keep_their_apic_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """KVM_GET_SUPPORTED_CPUID runs once per process (arch/x86_64/cpu.py: supported_cpuid);
+    each vCPU's table is a copy rewritten with its own APIC ID, so no machine sees another's."""
+    from pyvmm.arch.x86_64 import cpu
+    from pyvmm.kvm.system import Kvm
+
+    asked = []
+    ask = Kvm.get_supported_cpuid
+
+    def counting(self: Kvm, max_entries: int = 256) -> object:
+        asked.append(max_entries)
+        return ask(self, max_entries)
+
+    monkeypatch.setattr(Kvm, "get_supported_cpuid", counting)
+    monkeypatch.setattr(cpu, "_supported_by_device", {})
+    for cpus in (3, 2, 1):
+        console = bytearray()
+        config = MachineConfig(
+            image=guest_bytes("smp.bin"),
+            ram_size=64 << 20,
+            console=console.extend,
+            mode=CpuMode.PROTECTED,
+            cpus=cpus,
+        )
+        with build_machine(config) as machine:
+            outcome = machine.run(timeout=60)
+        assert outcome.kind is OutcomeKind.DEBUG_EXIT and outcome.exit_status == (cpus << 1) | 1
+        ids = re.findall(r"(?:BSP|AP) APIC ID ([0-9a-f]{2})", console.decode())
+        assert sorted(int(each, 16) for each in ids) == list(range(cpus)), console
+    assert asked == [256]
+
+
+def guest_bytes(name: str) -> bytes:
+    return (GUESTS / name).read_bytes()
