@@ -90,7 +90,7 @@ def describe_adaptation(adaptation: HostAdaptation) -> str | None:
             "-byte cmdline_size: " + " ".join(adaptation.left_out)
         )
     if adaptation.hidden:
-        parts.append("hidden in the vCPU's CPUID: " + ",".join(adaptation.hidden))
+        parts.append("hidden in the vCPU's CPUID: " + ", ".join(adaptation.hidden))
     if adaptation.pit_scale != 1:
         parts.append(f"the PIT runs {adaptation.pit_scale} times slower (--pit-scale)")
     if not parts:

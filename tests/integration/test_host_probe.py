@@ -24,6 +24,7 @@ from pyvmm.arch.x86_64.host_findings import (
     EXCEPTION,
     FEATURE_BITS,
     NOT_RUN,
+    TIMEOUT,
     WORKS,
     findings_from_json,
 )
@@ -111,6 +112,8 @@ def direct_outcome(probe: host_probe.InstructionProbe) -> str:
         exit, _regs, _sregs = run_direct(probe.code, probe.mode, probe.cr4)
     except KvmError:
         return "refused"
+    if exit is None:  # the deadline: the instruction never completed (a hypercall here)
+        return "no exit"
     if isinstance(exit, exits.IoOut) and exit.port == PORT_DONE:
         return "ran on"
     if isinstance(exit, exits.InternalError) and exit.is_emulation_failure:
@@ -123,6 +126,7 @@ def direct_outcome(probe: host_probe.InstructionProbe) -> str:
 EXPECTED_DIRECT = {
     EMULATION_FAILURE: "emulation failure",
     EXCEPTION: "faulted",
+    TIMEOUT: "no exit",
     NOT_RUN: "refused",
 }
 

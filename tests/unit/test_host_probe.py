@@ -15,7 +15,9 @@ from pyvmm.arch.x86_64.host_findings import (
     EXCEPTION,
     FEATURE_BITS,
     HIDDEN_BY_INSTRUCTION,
+    KVM_HYPERCALL_FEATURES,
     MAX_TIMER_SCALE,
+    TIMEOUT,
     WORKS,
     BadFindings,
     CpuidFinding,
@@ -71,19 +73,32 @@ PVM_FAILURES = (
 )  # fmt: skip
 
 
+PVM_HANGS = ("vmcall", "vmmcall")  # a CPL0 hypercall there never returns
+
+
 def pvm_host(**changes: object) -> HostFindings:
-    """A host like issue 15's: CPUID leaves 1 and 7 ignored but for cx16, a slow tick."""
+    """A host like issue 15's: CPUID leaves 1 and 7 ignored but for cx16 (KVM's own leaf
+    0x40000001 is taken), a slow tick, hypercalls that never return."""
     findings = dataclasses.replace(
         vt_x_host(),
         key=dataclasses.replace(KEY, backend="kvm_pvm (software, no VT-x/AMD-V)"),
         cpuid=CpuidFinding(
             visible=ALL_FEATURES,
-            hidden=("cx16",),
-            ignored=tuple(name for name in ALL_FEATURES if name != "cx16"),
+            hidden=("cx16", *KVM_HYPERCALL_FEATURES),
+            ignored=tuple(
+                name for name in ALL_FEATURES if name not in ("cx16", *KVM_HYPERCALL_FEATURES)
+            ),
             control=True,
         ),
         instructions=tuple(
-            InstructionFinding(name, EMULATION_FAILURE if name in PVM_FAILURES else WORKS)
+            InstructionFinding(
+                name,
+                EMULATION_FAILURE
+                if name in PVM_FAILURES
+                else TIMEOUT
+                if name in PVM_HANGS
+                else WORKS,
+            )
             for name in NAMES
         ),
         syscall=SyscallFinding(False, "at LSTAR with CS 0x23"),
@@ -118,7 +133,7 @@ def test_a_pvm_like_host_gets_noxsave_and_clearcpuid_for_what_cpuid_cannot_hide(
         "tsc_deadline_timer",
         "noapictimer",
     )
-    assert cpuid_hideable(findings) == ("cx16",)
+    assert cpuid_hideable(findings) == ("cx16", *KVM_HYPERCALL_FEATURES)
     assert unhideable_failures(findings) == ("int3", "fwait", "ldmxcsr", "iret (protected mode)")
     assert needs_syscall_repair(findings)
     assert not findings.cpuid.takes_effect
@@ -168,6 +183,29 @@ def test_one_failing_instruction_hides_only_its_features() -> None:
     findings = pvm_host(instructions=instructions)
     assert command_line_additions(fast_timer(findings)) == ("clearcpuid=popcnt",)
     assert unhideable_failures(findings) == ()
+
+
+@pytest.mark.parametrize("hanging", ["vmcall", "vmmcall"])
+def test_a_hypercall_that_never_returns_hides_kvms_hypercall_features_in_cpuid(
+    hanging: str,
+) -> None:
+    """A two-CPU Linux makes PV IPI hypercalls from its timer interrupt: where a hypercall
+    never returns, the guest must not see the features that make it use them."""
+    instructions = tuple(
+        InstructionFinding(name, TIMEOUT if name == hanging else WORKS) for name in NAMES
+    )
+    findings = dataclasses.replace(vt_x_host(), instructions=instructions)
+    assert features_to_hide(findings) == KVM_HYPERCALL_FEATURES
+    assert cpuid_hideable(findings) == KVM_HYPERCALL_FEATURES
+    assert unhideable_failures(findings) == ()
+    # Linux has no option that hides them: never on its command line, even where CPUID
+    # could not hide them.
+    assert command_line_additions(findings) == ()
+    ignored = CpuidFinding(visible=ALL_FEATURES, hidden=(), ignored=ALL_FEATURES, control=True)
+    assert command_line_additions(dataclasses.replace(findings, cpuid=ignored)) == ()
+    assert {each for name in HIDDEN_BY_INSTRUCTION for each in HIDDEN_BY_INSTRUCTION[name]} >= set(
+        KVM_HYPERCALL_FEATURES
+    )
 
 
 def test_a_faulting_instruction_is_no_emulation_failure() -> None:
@@ -429,6 +467,8 @@ LAST_INSTRUCTION = {
     "swapgs": "swapgs",
     "iretq": "iretq",
     "iret (protected mode)": "iretl",
+    "vmcall": "vmcall",
+    "vmmcall": "vmmcall",
 }
 
 
@@ -515,8 +555,11 @@ def test_features_seen_reads_each_bit() -> None:
         (1, 0): (0, 0, 1 << 26 | 1 << 13, 0),
         (7, 0): (0, 1 << 20, 1 << 3, 0),
         (0x8000_0001, 0): (0, 0, 0, 1 << 27),
+        (0x4000_0001, 0): (1 << 11, 0, 0, 0),
     }
-    assert host_probe.features_seen(answers) == ("cx16", "xsave", "smap", "pku", "rdtscp")
+    assert host_probe.features_seen(answers) == (
+        "cx16", "xsave", "smap", "pku", "rdtscp", "KVM_FEATURE_PV_SEND_IPI",
+    )  # fmt: skip
 
 
 # -- pyvmm host --------------------------------------------------------------------

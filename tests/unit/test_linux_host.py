@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pyvmm.arch.x86_64 import host_probe
+from pyvmm.arch.x86_64.host_findings import KVM_HYPERCALL_FEATURES
 from pyvmm.arch.x86_64.host_probe import ProbeReport
 from pyvmm.cli import boot
 from pyvmm.cli.parser import build_parser
@@ -25,6 +26,8 @@ from tests.fuzz.image_linux import build_bzimage
 from tests.unit.test_host_probe import pvm_host, vt_x_host
 
 GUESTS = Path(__file__).resolve().parents[2] / "guests"
+PVM_HIDDEN = ("cx16", *KVM_HYPERCALL_FEATURES)
+HIDDEN_TEXT = ", ".join(PVM_HIDDEN)
 PVM_ADDITIONS = (
     "noxsave clearcpuid=pclmulqdq,ssse3,sse4_1,sse4_2,popcnt,aes,avx,avx2,smap,sha_ni,"
     "tsc_deadline_timer noapictimer"
@@ -35,10 +38,10 @@ def test_a_pvm_like_host_adds_its_options_after_the_users_and_hides_what_cpuid_c
     adaptation = adapt_to_findings(pvm_host(), "console=ttyS0")
     assert adaptation.append == f"console=ttyS0 {PVM_ADDITIONS}"
     assert adaptation.added == tuple(PVM_ADDITIONS.split())
-    assert adaptation.hidden == ("cx16",)
+    assert adaptation.hidden == PVM_HIDDEN
     assert describe_adaptation(adaptation) == (
         f"pyvmm: added to the kernel's command line for this host (pyvmm host): {PVM_ADDITIONS}"
-        "; hidden in the vCPU's CPUID: cx16; the PIT runs 60 times slower (--pit-scale) "
+        f"; hidden in the vCPU's CPUID: {HIDDEN_TEXT}; the PIT runs 60 times slower (--pit-scale) "
         "(--no-auto-append: none of it)"
     )
     assert adaptation.pit_scale == 60
@@ -117,7 +120,7 @@ def test_the_cli_adds_the_options_for_a_linux_kernel(
     append, hidden, asked = cli_build(
         monkeypatch, tmp_path, build_bzimage(), "--append", "console=ttyS0"
     )
-    assert (append, hidden, asked) == (f"console=ttyS0 {PVM_ADDITIONS}", ("cx16",), ["probe"])
+    assert (append, hidden, asked) == (f"console=ttyS0 {PVM_ADDITIONS}", PVM_HIDDEN, ["probe"])
 
 
 def test_the_cli_says_what_it_added_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,7 +128,7 @@ def test_the_cli_says_what_it_added_in_one_line(monkeypatch: pytest.MonkeyPatch)
         host_probe, "probe_host", lambda **kwargs: ProbeReport(pvm_host(), True, None)
     )
     append, hidden, line, scale = boot.adapt_linux_to_host(build_bzimage(), "quiet", "/dev/kvm")
-    assert (append, hidden, scale) == (f"quiet {PVM_ADDITIONS}", ("cx16",), 60)
+    assert (append, hidden, scale) == (f"quiet {PVM_ADDITIONS}", PVM_HIDDEN, 60)
     assert line is not None and "\n" not in line
     assert line.startswith(
         f"pyvmm: added to the kernel's command line for this host (pyvmm host): {PVM_ADDITIONS}"
@@ -154,8 +157,8 @@ def test_options_that_would_pass_cmdline_size_are_left_out_and_said() -> None:
     assert adaptation.left_out == tuple(PVM_ADDITIONS.split())
     assert describe_adaptation(adaptation) == (
         f"pyvmm: not added to the kernel's command line, which would pass its {limit}-byte "
-        f"cmdline_size: {PVM_ADDITIONS}; hidden in the vCPU's CPUID: cx16; the PIT runs 60 "
-        "times slower (--pit-scale) (--no-auto-append: none of it)"
+        f"cmdline_size: {PVM_ADDITIONS}; hidden in the vCPU's CPUID: {HIDDEN_TEXT}; "
+        "the PIT runs 60 times slower (--pit-scale) (--no-auto-append: none of it)"
     )
     fits = adapt_to_findings(pvm_host(), "console=ttyS0", len(f"console=ttyS0 {PVM_ADDITIONS}"))
     assert fits.append == f"console=ttyS0 {PVM_ADDITIONS}"

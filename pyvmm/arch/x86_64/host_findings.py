@@ -6,7 +6,8 @@ host --json`'s) and the derivations, each a pure function of the findings,
 unit-tested without KVM:
 
 - `features_to_hide`: CPU features the guest sees whose kernel-mode
-  instructions this host's KVM cannot run;
+  instructions this host's KVM cannot run, and KVM's paravirtual features
+  whose hypercalls never return here;
 - `command_line_additions`: of those, the ones KVM_SET_CPUID2 could not hide,
   as Linux command-line options (`noxsave clearcpuid=...`);
 - `needs_syscall_repair`: a CPL3 `syscall` does not reach CPL0;
@@ -26,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pyvmm.errors import PyvmmError
 
 # The version of the findings' JSON: a cache file of another version is ignored.
-FORMAT = 1
+# 2: the hypercall probes (vmcall, vmmcall) and KVM's paravirtual features.
+FORMAT = 2
 
 # CPUID feature bits the probe clears with KVM_SET_CPUID2, by Linux's name for
 # them (the name `clearcpuid=` and /proc/cpuinfo use): (leaf, subleaf, register, bit).
@@ -47,7 +49,18 @@ FEATURE_BITS: dict[str, tuple[int, int, str, int]] = {
     "sha_ni": (7, 0, "ebx", 29),
     "pku": (7, 0, "ecx", 3),
     "rdtscp": (0x8000_0001, 0, "edx", 27),
+    # KVM's paravirtual features whose use is a hypercall, by KVM's names
+    # (Documentation/virt/kvm/x86/cpuid.rst, leaf KVM_CPUID_FEATURES): Linux has
+    # no option that hides them, only CPUID does.
+    "KVM_FEATURE_PV_UNHALT": (0x4000_0001, 0, "eax", 7),  # KVM_HC_KICK_CPU
+    "KVM_FEATURE_PV_SEND_IPI": (0x4000_0001, 0, "eax", 11),  # KVM_HC_SEND_IPI
+    "KVM_FEATURE_PV_SCHED_YIELD": (0x4000_0001, 0, "eax", 13),  # KVM_HC_SCHED_YIELD
 }
+KVM_HYPERCALL_FEATURES = (
+    "KVM_FEATURE_PV_UNHALT",
+    "KVM_FEATURE_PV_SEND_IPI",
+    "KVM_FEATURE_PV_SCHED_YIELD",
+)
 
 # Features whose instructions the kernel runs at CPL0 only where CPUID shows
 # them, by the instruction the probe runs for them. Hiding the feature stops
@@ -70,6 +83,10 @@ HIDDEN_BY_INSTRUCTION: dict[str, tuple[str, ...]] = {
     "crc32": ("sse4_2",),
     "rdtscp": ("rdtscp",),  # Linux's rdtsc_ordered() is rdtscp where CPUID shows it
     "rdpkru": ("pku",),
+    # A hypercall that never returns (kvm_pvm re-runs a CPL0 `vmcall` for ever): a
+    # kernel with two CPUs or more makes one from its timer interrupt (a PV IPI).
+    "vmcall": KVM_HYPERCALL_FEATURES,
+    "vmmcall": KVM_HYPERCALL_FEATURES,
 }
 # Linux spells "hide XSAVE" noxsave (arch/x86/kernel/fpu/init.c); the rest are clearcpuid= names.
 NOXSAVE = "noxsave"
@@ -209,11 +226,18 @@ def failing_instructions(findings: HostFindings) -> tuple[str, ...]:
     return tuple(each.name for each in findings.instructions if each.fails_to_emulate)
 
 
+def unusable_instructions(findings: HostFindings) -> tuple[str, ...]:
+    """The instructions KVM's emulator gave up on, and those that never completed."""
+    return tuple(
+        each.name for each in findings.instructions if each.outcome in (EMULATION_FAILURE, TIMEOUT)
+    )
+
+
 def features_to_hide(findings: HostFindings) -> tuple[str, ...]:
     """Features the guest sees whose instructions KVM cannot run at CPL0, in FEATURE_BITS order."""
     wanted = {
         feature
-        for name in failing_instructions(findings)
+        for name in unusable_instructions(findings)
         for feature in HIDDEN_BY_INSTRUCTION.get(name, ())
     }
     return tuple(name for name in FEATURE_BITS if name in wanted and name in findings.cpuid.visible)
@@ -238,7 +262,11 @@ def command_line_additions(findings: HostFindings, scale: int | None = None) -> 
     PIT's scale the kernel will run with (None: timer_scale(findings)).
     """
     hideable = set(cpuid_hideable(findings))
-    rest = [name for name in features_to_hide(findings) if name not in hideable]
+    rest = [
+        name
+        for name in features_to_hide(findings)
+        if name not in hideable and name not in KVM_HYPERCALL_FEATURES  # no option for them
+    ]
     slow_timer = (timer_scale(findings) if scale is None else scale) > 1
     if slow_timer:
         rest.append(TSC_DEADLINE_TIMER)

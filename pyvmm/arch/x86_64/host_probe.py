@@ -11,7 +11,8 @@ long, and `HostFindings` (host_findings.py) holds the answers:
   given a signature of pyvmm's, is the control;
 - each instruction of `INSTRUCTIONS`, run at CPL0 and followed by `hlt`: it
   works (the `hlt` after it exits), faults (an IDT stub of its vector
-  halts), or KVM exits with KVM_INTERNAL_ERROR_EMULATION;
+  halts), KVM exits with KVM_INTERNAL_ERROR_EMULATION, or it never completes
+  (kvm_pvm runs a CPL0 hypercall, `vmcall` or `vmmcall`, again and again);
 - a CPL3 `syscall` (STAR/LSTAR/SFMASK written by the guest, `sysretq` to
   CPL3): is the CPU at CPL0 when it reaches LSTAR (an `out` there exits)?
 - an execute breakpoint (KVM_SET_GUEST_DEBUG, DR0): resumed with RFLAGS.RF
@@ -165,6 +166,7 @@ class InstructionProbe:
 
 
 SET_EDI_DATA = mov_r32(EDI, DATA_GPA)  # mov $DATA_GPA, %edi
+UNKNOWN_HYPERCALL = 0x7FFF_FFFF  # no KVM hypercall has this number
 INSTRUCTIONS: tuple[InstructionProbe, ...] = (
     InstructionProbe("int3", b"\xcc", vector=3),
     InstructionProbe("clac", b"\x0f\x01\xca"),
@@ -227,6 +229,11 @@ INSTRUCTIONS: tuple[InstructionProbe, ...] = (
         + b"\x48\x8d\x05\x03\x00\x00\x00"  # lea 3(%rip), %rax: past the iretq below
         + b"\x50\x48\xcf",  # push %rax; iretq
     ),
+    # A hypercall KVM does not know, which it answers -KVM_ENOSYS in RAX
+    # (Documentation/virt/kvm/x86/hypercalls.rst): Intel's instruction and AMD's
+    # (KVM takes either on either vendor's CPU).
+    InstructionProbe("vmcall", mov_r32(EAX, UNKNOWN_HYPERCALL) + b"\x0f\x01\xc1"),
+    InstructionProbe("vmmcall", mov_r32(EAX, UNKNOWN_HYPERCALL) + b"\x0f\x01\xd9"),
     # The 32-bit protected-mode kernel's iret (flat segments, paging off).
     InstructionProbe(
         "iret (protected mode)",
