@@ -11,6 +11,7 @@ command-line additions are added by pyvmm itself.
 The stock kernel (Debian's linux-image-cloud-amd64, its vmlinux) boots to
 busybox's shell, where a command typed on the console runs; `poweroff -f`
 ends it. It is the slowest test (see `python -m benchmarks --suite linux`).
+With `-smp 2` it brings its second CPU up, counts both and powers off.
 """
 
 from __future__ import annotations
@@ -89,6 +90,33 @@ def test_the_stock_kernel_reaches_a_shell_that_runs_a_typed_command() -> None:
     # What pyvmm did for this host, said in one line (none of it on VT-x/AMD-V).
     added = [line for line in boot.stderr.splitlines() if line.startswith("pyvmm: added")]
     assert len(added) <= 1
+
+
+def test_the_stock_kernel_brings_up_two_cpus_and_powers_off() -> None:
+    """-smp 2: INIT/SIPI bring the second CPU up, both run, /init counts them and powers
+    off. On a host whose hypercalls never return (`pyvmm host`: vmcall), the kernel would
+    stop in its first PV IPI: pyvmm hides KVM's hypercall features from it there."""
+    try:
+        kernel = stock_kernel()
+        initramfs = build_initramfs(["grep -c ^processor /proc/cpuinfo"])
+    except debian.PackageUnavailable as error:
+        pytest.skip(f"cannot download the package: {error}")
+    result = run_pyvmm(
+        "boot", "-m", "128M", "-smp", "2", "--timeout", str(STOCK_LIMIT),
+        "--initrd", str(initramfs.path),
+        "--append", "console=ttyS0 cryptomgr.notests reboot=k", str(kernel.vmlinux),
+        timeout=STOCK_LIMIT + 60,
+    )  # fmt: skip
+    output = result.stdout.replace("\r", "")
+    lines = output.splitlines()
+    assert result.returncode == 0, output[-3000:] + result.stderr[-3000:]
+    assert any(line.endswith("smp: Brought up 1 node, 2 CPUs") for line in lines), output[-3000:]
+    expected = [f"{MARKER}: $ grep -c ^processor /proc/cpuinfo", "2", f"{MARKER}: exit 0"]
+    position = 0
+    for line in [*expected, POWER_OFF_LINE]:
+        assert line in lines[position:], f"no {line!r} after line {position}:\n{output[-3000:]}"
+        position = lines.index(line, position) + 1
+    assert "guest powered the machine off" in result.stderr, result.stderr[-3000:]
 
 
 KVM_CPUID_FEATURES = 0x40000001
