@@ -490,7 +490,8 @@ struct kvm_run {
 
 # Two non-variadic ioctl shims (pointer argument, integer argument), the
 # KVM_RUN shim that returns -errno so the hot loop needs no ffi.errno read,
-# and the libc calls for opening /dev/kvm and mapping memory.
+# the libc calls for opening /dev/kvm and mapping memory, and the halt
+# watch's per-thread POSIX timer.
 _FUNCTIONS = """
 int pyvmm_ioctl_ptr(int fd, unsigned long request, void *arg);
 int pyvmm_ioctl_int(int fd, unsigned long request, unsigned long arg);
@@ -504,17 +505,28 @@ void *pyvmm_mmap(size_t length, int prot, int flags, int fd, int64_t offset);
 int munmap(void *addr, size_t length);
 int madvise(void *addr, size_t length, int advice);
 int pyvmm_cmpxchg16b(uint64_t host_address, uint64_t *expected, uint64_t low, uint64_t high);
+int pyvmm_kick_timer_create(int signo, void **timer);
+int pyvmm_kick_timer_arm(void *timer, int64_t nanoseconds);
+int pyvmm_kick_timer_delete(void *timer);
 """
 
 _SOURCE = r"""
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/kvm.h>
+
+/* glibc before 2.37 spells the member only by its private name. */
+#ifndef sigev_notify_thread_id
+#define sigev_notify_thread_id _sigev_un._tid
+#endif
 
 #define PYVMM_EXIT_TYPE(member) __typeof__(((struct kvm_run *)0)->member)
 typedef PYVMM_EXIT_TYPE(hw) pyvmm_exit_hw;
@@ -660,6 +672,41 @@ static int pyvmm_cmpxchg16b(uint64_t host_address, uint64_t *expected, uint64_t 
     expected[0] = want_low;
     expected[1] = want_high;
     return equal;
+}
+
+/* The halt watch's kick timer (pyvmm.machine.kick_timer): a POSIX timer on
+   CLOCK_MONOTONIC whose signal goes to the calling thread alone
+   (SIGEV_THREAD_ID, timer_create(2)), so that it interrupts that thread's
+   KVM_RUN and no other. Each returns 0 or -errno. */
+static int pyvmm_kick_timer_create(int signo, void **timer)
+{
+    struct sigevent event;
+    timer_t created;
+
+    memset(&event, 0, sizeof event);
+    event.sigev_notify = SIGEV_THREAD_ID;
+    event.sigev_signo = signo;
+    event.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
+    if (timer_create(CLOCK_MONOTONIC, &event, &created) != 0)
+        return -errno;
+    *timer = (void *)created;
+    return 0;
+}
+
+/* First after `nanoseconds`, then every `nanoseconds`; 0 disarms. */
+static int pyvmm_kick_timer_arm(void *timer, int64_t nanoseconds)
+{
+    struct itimerspec spec;
+
+    spec.it_value.tv_sec = nanoseconds / 1000000000;
+    spec.it_value.tv_nsec = nanoseconds % 1000000000;
+    spec.it_interval = spec.it_value;
+    return timer_settime((timer_t)timer, 0, &spec, NULL) != 0 ? -errno : 0;
+}
+
+static int pyvmm_kick_timer_delete(void *timer)
+{
+    return timer_delete((timer_t)timer) != 0 ? -errno : 0;
 }
 
 /* Returns NULL instead of MAP_FAILED so Python can test it simply. */

@@ -2,7 +2,7 @@
 
 pyvmm's asynchronous signals (--timeout's SIGALRM, Ctrl-C, SIGTERM, SIGHUP, the
 vCPU kick) must land in a thread whose KVM_RUN they interrupt, never in a
-timer's, the monitor's or the halt watch's. A new thread inherits its
+timer's, the monitor's or the SYSCALL repair's. A new thread inherits its
 creator's signal mask (pthread_sigmask(3)), so such a thread is started with
 them blocked, and the creator's mask is put back at once; a signal that comes
 meanwhile waits, and its handler runs in the creator as soon as the mask is

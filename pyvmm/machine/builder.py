@@ -617,7 +617,6 @@ def build_machine(config: MachineConfig, early: EarlyVm | None = None) -> Machin
             each_loop.assists = assists
         loop = loops[0]
         group = VcpuGroup(loops, watch_halts=config.wants_irqchip)
-        resources.callback(group.close)  # its watchdog stops before the vCPUs close
         if config.emulate and entry.mode is CpuMode.LONG:
             from pyvmm.arch.x86_64.syscall_repair import attach_syscall_repair
 

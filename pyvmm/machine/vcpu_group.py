@@ -15,17 +15,17 @@ under the same lock, as the last thing it does; the kicker signals only the
 threads in `_running`, and holds the lock while it does. A thread in `_running`
 has not finished, so its id stays valid for as long as the kicker holds the lock.
 
-The halt watch (machines with the in-kernel irqchip). KVM then serves `hlt`
-itself, so a guest that halts for good never exits to pyvmm. A watchdog thread
-(one per group, started by the first run, parked between runs, ended by
-`close`) kicks every vCPU out of KVM_RUN at growing intervals from the start of
-each run (1, 2, 4 ... ms, then every WATCH_MAX_INTERVAL), and each vCPU, in its
-own thread, reads its own state
-(vcpu_states.py): stuck means halted with IF=0 or waiting for INIT/SIPI. When
-the last vCPU finds every vCPU stuck, it confirms with the whole machine still:
-it holds every other vCPU out of KVM_RUN (a vCPU found stuck earlier may have
-been woken since, by another's IPI), reads all states again, and ends the run
-as halted if none can run. One vCPU needs no confirmation: nothing else runs.
+The halt watch (machines with KVM's LAPIC). KVM then serves `hlt` itself, so
+a guest that halts for good never exits to pyvmm. Each vCPU thread has a
+kick timer of its own for the length of a run (kick_timer.py: a POSIX timer
+whose signal goes to that thread alone, at growing intervals: 1, 2, 4 ... ms,
+then every 128 ms), and on each tick the vCPU, in its own thread, reads its
+own state (vcpu_states.py): stuck means halted with IF=0 or waiting for
+INIT/SIPI. When the last vCPU finds every vCPU stuck, it confirms with the
+whole machine still: it holds every other vCPU out of KVM_RUN (a vCPU found
+stuck earlier may have been woken since, by another's IPI), reads all states
+again, and ends the run as halted if none can run. One vCPU needs no
+confirmation: nothing else runs.
 
 Device work from other threads (`post`: host input for COM1) runs in vCPU 0's
 thread between two KVM_RUNs, under the device lock when there are several
@@ -47,6 +47,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from pyvmm.machine.kick_timer import KickTimer
 from pyvmm.machine.outcome import EXIT_HALTED, OutcomeKind, RunOutcome, vmm_error
 from pyvmm.machine.vcpu_loop import VcpuLoop
 from pyvmm.machine.vcpu_states import describe_halted, read_vcpu_state
@@ -60,10 +61,6 @@ KICK_SIGNAL = signal.SIGUSR1
 # A thread kicked once leaves its loop: immediate_exit was set before the kick.
 # Threads still in their loop after this long are kicked again (only those).
 REKICK_INTERVAL = 0.05
-# The halt watch's kicks: the first after WATCH_FIRST_INTERVAL, each wait twice
-# the last, up to WATCH_MAX_INTERVAL (how late a guest halted for good is seen).
-WATCH_FIRST_INTERVAL = 0.001
-WATCH_MAX_INTERVAL = 0.128
 # How long the confirming vCPU waits for the others to come out of KVM_RUN; one
 # that does not (busy with an exit: output to a slow console) is not stuck.
 CONFIRM_TIMEOUT = 0.05
@@ -73,8 +70,9 @@ HOLD_POLL = 0.005
 class VcpuGroup:
     """Runs `loops[0]` in the calling thread and each other loop in a thread of its own.
 
-    `watch_halts`: the machine has the in-kernel irqchip, so `hlt` never exits
-    to pyvmm and the halt watch (above) ends a run that can never go on.
+    `watch_halts`: the machine has KVM's LAPIC, so `hlt` never exits to
+    pyvmm and the halt watch (above) ends a run that can never go on. Raises
+    nothing for a host that gives no timer: that run ends as a VMM error.
     """
 
     def __init__(self, loops: list[VcpuLoop], watch_halts: bool = False) -> None:
@@ -89,20 +87,14 @@ class VcpuGroup:
         self._running: dict[int, int] = {}
         self._unfinished = 0  # secondary threads that have not taken themselves out yet
         self._all_finished = threading.Event()
-        # The halt watch: which vCPUs must look at themselves, which were found stuck.
-        self._check_due = [False] * len(loops)
+        # The halt watch: each vCPU's kick timer (during a run), which were found stuck.
+        self._watches: list[KickTimer | None] = [None] * len(loops)
         self._stuck: set[int] = set()
         self._position = {id(loop): index for index, loop in enumerate(loops)}
         # The confirmation: while `_confirming`, interrupted vCPUs wait in `_hold`.
         self._confirm = threading.Condition(threading.RLock())
         self._confirming = False
         self._held = 0
-        # The watchdog: `_watching` during a run, `_generation` counts runs.
-        self._watch_changed = threading.Condition()
-        self._watching = False
-        self._watch_closed = False
-        self._generation = 0
-        self._watchdog: threading.Thread | None = None
         # Work posted by other threads, per vCPU (deques: thread-safe appends).
         self._posted: list[collections.deque[Callable[[], None]]] = [
             collections.deque() for _ in loops
@@ -164,10 +156,10 @@ class VcpuGroup:
         if self._confirming:
             self._hold(loop)
             return
-        position = self._position[id(loop)]
-        if not self._check_due[position]:
+        watch = self._watches[self._position[id(loop)]]
+        if watch is None or not watch.due():
             return
-        self._check_due[position] = False
+        position = self._position[id(loop)]
         stuck = read_vcpu_state(loop.vcpu).stuck
         with self._lock:
             if stuck:
@@ -235,70 +227,21 @@ class VcpuGroup:
             finally:
                 self._held -= 1
 
-    def _watch(self) -> None:
-        """The watchdog thread: during each run, ask every vCPU to look at itself."""
-        generation = -1
-        interval = WATCH_FIRST_INTERVAL
-        while True:
-            with self._watch_changed:
-                if self._watch_closed:
-                    return
-                if not self._watching:
-                    self._watch_changed.wait()
-                    continue
-                if generation != self._generation:  # a new run: start again at 1 ms
-                    generation, interval = self._generation, WATCH_FIRST_INTERVAL
-                deadline = time.monotonic() + interval
-                while (
-                    self._watching
-                    and not self._watch_closed
-                    and generation == self._generation
-                    and (left := deadline - time.monotonic()) > 0
-                ):
-                    self._watch_changed.wait(left)
-                if not self._watching or self._watch_closed or generation != self._generation:
-                    continue
-            interval = min(interval * 2, WATCH_MAX_INTERVAL)
-            self._ask_every_vcpu()
+    def _begin_watch(self, position: int) -> str | None:
+        """In vCPU `position`'s own thread, as its loop starts: its kick timer.
+        Returns why there is none, when the host gives none."""
+        if not self.watch_halts:
+            return None
+        try:
+            self._watches[position] = KickTimer(KICK_SIGNAL)
+        except OSError as error:
+            return f"vCPU {self.loops[position].vcpu.vcpu_id}: no timer for the halt watch: {error}"
+        return None
 
-    def _ask_every_vcpu(self) -> None:
-        with self._lock:
-            if self._first is not None:
-                return
-            for position, loop in enumerate(self.loops):
-                self._check_due[position] = True
-                run = loop.vcpu.run_struct
-                if run is not None:
-                    run.immediate_exit = 1
-            self._kick_running()
-
-    def _start_watching(self) -> None:
-        with self._lock:  # what a previous run (stopped by a debugger) found is stale
-            self._stuck.clear()
-            self._check_due = [False] * len(self.loops)
-        with self._watch_changed:
-            self._watching = True
-            self._generation += 1
-            self._watch_changed.notify_all()
-        if self._watchdog is None:
-            self._watchdog = threading.Thread(target=self._watch, name="halt-watch", daemon=True)
-            # Like the vCPU threads, it leaves process signals to the main thread.
-            with signals_blocked():
-                self._watchdog.start()
-
-    def _stop_watching(self) -> None:
-        with self._watch_changed:
-            self._watching = False
-            self._watch_changed.notify_all()
-
-    def close(self) -> None:
-        """End the watchdog thread (idempotent). Call before the vCPUs are closed."""
-        with self._watch_changed:
-            self._watch_closed = True
-            self._watch_changed.notify_all()
-        if self._watchdog is not None:
-            self._watchdog.join()
-            self._watchdog = None
+    def _end_watch(self, position: int) -> None:
+        watch, self._watches[position] = self._watches[position], None
+        if watch is not None:
+            watch.close()
 
     def _enter(self, vcpu_id: int) -> int:
         ident = threading.get_ident()
@@ -319,11 +262,16 @@ class VcpuGroup:
 
     def _run_secondary(self, loop: VcpuLoop) -> None:
         ident = self._enter(loop.vcpu.vcpu_id)
+        position = self._position[id(loop)]
         try:
             try:
-                outcome = loop.run()  # returns at once if the run was stopped already
+                failed = self._begin_watch(position)
+                # returns at once if the run was stopped already
+                outcome = loop.run() if failed is None else vmm_error(failed)
             except Exception as error:  # a VMM error in a vCPU thread must end the whole run
                 outcome = vmm_error(f"vCPU {loop.vcpu.vcpu_id}: {error}")
+            finally:
+                self._end_watch(position)
             self.request_stop(outcome)
         finally:
             self._leave(ident, secondary=True)  # the last thing this thread does
@@ -344,6 +292,8 @@ class VcpuGroup:
         previous = signal.signal(KICK_SIGNAL, _ignore_kick) if main else None
         if not main and signal.getsignal(KICK_SIGNAL) in (signal.SIG_DFL, signal.SIG_IGN, None):
             self.watch_halts = False
+        with self._lock:  # what a previous run (stopped by a debugger) found is stale
+            self._stuck.clear()
         try:
             if len(self.loops) == 1:
                 return self._run_one(observer)
@@ -358,11 +308,10 @@ class VcpuGroup:
         loop = self.loops[0]
         ident = self._enter(loop.vcpu.vcpu_id)
         try:
-            if self.watch_halts:
-                self._start_watching()
-            return loop.run(observer)
+            failed = self._begin_watch(0)
+            return loop.run(observer) if failed is None else vmm_error(failed)
         finally:
-            self._stop_watching()
+            self._end_watch(0)
             self._leave(ident, secondary=False)
 
     def _run_threads(self, observer: ExitObserver | None) -> RunOutcome:
@@ -370,10 +319,10 @@ class VcpuGroup:
             self._start_threads()
             ident = self._enter(self.loops[0].vcpu.vcpu_id)
             try:
-                if self.watch_halts:
-                    self._start_watching()
-                outcome = self.loops[0].run(observer)
+                failed = self._begin_watch(0)
+                outcome = self.loops[0].run(observer) if failed is None else vmm_error(failed)
             finally:
+                self._end_watch(0)
                 self._leave(ident, secondary=False)
             self.request_stop(outcome)
         except BaseException:
@@ -423,7 +372,6 @@ class VcpuGroup:
         self.request_stop(vmm_error(f"cannot start a thread for vCPU {vcpu_id}: {error}"))
 
     def _join(self) -> None:
-        self._stop_watching()  # its kicks go only to threads in their loops: none soon
         # Every thread was kicked with the stop; wait for all of them at once.
         while not self._all_finished.wait(REKICK_INTERVAL):
             with self._lock:

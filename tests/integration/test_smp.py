@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -123,8 +124,17 @@ def test_a_timeout_ends_a_run_with_many_vcpus(cpus: str) -> None:
         assert result.stderr.splitlines()[0] == "pyvmm: guest did not finish within 0.5 s"
 
 
+def _kick_timers() -> int:
+    """The process's POSIX timers now (the halt watch's, one per vCPU thread in a run)."""
+    timers = Path("/proc/self/timers")
+    if not timers.exists():  # a kernel without CONFIG_CHECKPOINT_RESTORE
+        return 0
+    return sum(line.startswith("ID:") for line in timers.read_text().splitlines())
+
+
 def test_every_vcpu_thread_is_joined_after_a_run_at_the_ceiling() -> None:
     before = threading.active_count()
+    timers = _kick_timers()
     config = MachineConfig(
         image=(GUESTS / "tests" / "wait_irq.bin").read_bytes(),
         ram_size=16 << 20,
@@ -133,6 +143,7 @@ def test_every_vcpu_thread_is_joined_after_a_run_at_the_ceiling() -> None:
     )
     with build_machine(config) as machine:
         outcome = machine.run(timeout=0.5)
+        assert _kick_timers() == timers  # each vCPU thread deleted its timer
     assert outcome.kind is OutcomeKind.TIMEOUT
     assert threading.active_count() == before
 

@@ -143,6 +143,7 @@ PYVMM_MODULES = [
     "pyvmm.machine.early_vm",
     "pyvmm.machine.firmware",
     "pyvmm.machine.interrupts",
+    "pyvmm.machine.kick_timer",
     "pyvmm.machine.legacy_pc",
     "pyvmm.machine.outcome",
     "pyvmm.machine.pit",

@@ -251,6 +251,20 @@ class SimLoop:
         self.on_interrupted(self)
 
 
+class DueOnce:
+    """A kick timer whose tick has come: the next interrupted KVM_RUN is a check."""
+
+    def __init__(self) -> None:
+        self.ticks = 1
+
+    def due(self) -> bool:
+        ticked, self.ticks = self.ticks > 0, 0
+        return ticked
+
+    def close(self) -> None:
+        pass
+
+
 def test_a_vcpu_found_stuck_and_woken_since_does_not_end_the_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -285,7 +299,7 @@ def test_a_vcpu_found_stuck_and_woken_since_does_not_end_the_run(
         while not by_thread:
             time.sleep(0.001)
         # The AP looks at itself: waiting for INIT/SIPI, stuck.
-        group._check_due[1] = True
+        group._watches[1] = DueOnce()  # type: ignore[assignment]
         loops[1].kicked.set()
         while 1 not in group._stuck:
             time.sleep(0.001)
@@ -293,17 +307,17 @@ def test_a_vcpu_found_stuck_and_woken_since_does_not_end_the_run(
         # looks at itself: both were found stuck, but the AP no longer is.
         ap.mp_state = runnable
         boot.mp_state = halted
-        group._check_due[0] = True
+        group._watches[0] = DueOnce()  # type: ignore[assignment]
         loops[0].interrupted()
         assert group._first is None  # the confirmation read the AP again
         assert not group._confirming and group._stuck == set()
         # The AP halts too, with IF=0: now nothing can run again.
         ap.mp_state = halted
-        group._check_due[1] = True
+        group._watches[1] = DueOnce()  # type: ignore[assignment]
         loops[1].kicked.set()
         while 1 not in group._stuck:
             time.sleep(0.001)
-        group._check_due[0] = True
+        group._watches[0] = DueOnce()  # type: ignore[assignment]
         loops[0].interrupted()
         assert group._first is not None and group._first.kind is OutcomeKind.HALTED
         assert group._first.message == "guest halted (vCPUs 0-1 halted, IF=0)"
