@@ -9,7 +9,9 @@ run if that thread has ended meanwhile.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import signal
 import threading
 import time
@@ -155,6 +157,30 @@ def test_a_thread_that_cannot_start_ends_the_run(monkeypatch: pytest.MonkeyPatch
     assert outcome.kind is OutcomeKind.VMM_ERROR
     assert outcome.message == "cannot start a thread for vCPU 3: can't start new thread"
     assert len(group._threads) == 2 and all(not t.is_alive() for t in group._threads)
+
+
+@pytest.mark.parametrize("cpus", [1, 3])
+def test_a_host_that_gives_no_timer_ends_the_run_as_a_vmm_error(
+    monkeypatch: pytest.MonkeyPatch, cpus: int
+) -> None:
+    # timer_create fails with EAGAIN once RLIMIT_SIGPENDING is reached: the halt
+    # watch cannot run, and a run that could never notice a halted guest must not start.
+    def no_timer(signum: int) -> None:
+        raise OSError(errno.EAGAIN, "timer_create: Resource temporarily unavailable")
+
+    monkeypatch.setattr(vcpu_group, "KickTimer", no_timer)
+    monkeypatch.setattr(vcpu_group.signal, "pthread_kill", KickChecker(delay=0))
+    loops = [FakeLoop(index) for index in range(cpus)]
+    group = VcpuGroup(loops, watch_halts=True)  # type: ignore[arg-type]
+    outcome = group.run()
+    assert outcome.kind is OutcomeKind.VMM_ERROR
+    assert re.fullmatch(
+        r"vCPU \d: no timer for the halt watch: \[Errno 11\] timer_create: "
+        r"Resource temporarily unavailable",
+        outcome.message,
+    ), outcome.message
+    assert group._watches == [None] * cpus
+    assert all(not thread.is_alive() for thread in group._threads)
 
 
 def test_a_stop_request_from_a_signal_handler_during_a_stop_request(
