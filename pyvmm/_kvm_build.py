@@ -523,7 +523,7 @@ _SOURCE = r"""
 #include <unistd.h>
 #include <linux/kvm.h>
 
-/* glibc before 2.37 spells the member only by its private name. */
+/* glibc (2.36 and before, at least) spells the member only by its private name. */
 #ifndef sigev_notify_thread_id
 #define sigev_notify_thread_id _sigev_un._tid
 #endif
@@ -719,7 +719,8 @@ static void *pyvmm_mmap(size_t length, int prot, int flags, int fd, int64_t offs
 
 ffibuilder = FFI()
 ffibuilder.cdef(_CONSTANTS + _STRUCTS + _FUNCTIONS)
-ffibuilder.set_source("pyvmm._kvm", _SOURCE)
+# librt: timer_create and its kin live there before glibc 2.34 (an empty stub after).
+ffibuilder.set_source("pyvmm._kvm", _SOURCE, libraries=["rt"])
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

@@ -233,7 +233,8 @@ class VcpuGroup:
         if not self.watch_halts:
             return None
         try:
-            self._watches[position] = KickTimer(KICK_SIGNAL)
+            watch = self._watches[position] = KickTimer(KICK_SIGNAL)  # disarmed until held
+            watch.start()
         except OSError as error:
             return f"vCPU {self.loops[position].vcpu.vcpu_id}: no timer for the halt watch: {error}"
         return None

@@ -56,7 +56,7 @@ class HostState:
 
 
 def settled_state(settle: float = 0.5) -> HostState:
-    """The state once threads that are just exiting (the watchdog's, a vCPU's) are gone
+    """The state once threads that are just exiting (a vCPU's, a device timer's) are gone
     from /proc: a baseline taken while one lingers would flag its exit as a change."""
     deadline = time.monotonic() + settle
     while True:
@@ -67,8 +67,8 @@ def settled_state(settle: float = 0.5) -> HostState:
 
 
 def host_differences(baseline: HostState, settle: float = 0.2) -> list[str]:
-    """What the last run left changed. A thread that is just exiting (the watchdog's, a
-    vCPU's) may linger in /proc for a moment after its join: give it that moment."""
+    """What the last run left changed. A thread that is just exiting (a vCPU's, a device
+    timer's) may linger in /proc for a moment after its join: give it that moment."""
     deadline = time.monotonic() + settle
     while True:
         found = baseline.differences(HostState.now())

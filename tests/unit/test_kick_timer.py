@@ -30,7 +30,8 @@ def test_the_signal_goes_to_the_thread_that_made_the_timer_and_to_no_other() -> 
         # Blocked here, the signal waits in this thread's queue for sigtimedwait;
         # sent to the process instead, it would go to the main thread's handler.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
-        timer = KickTimer(signal.SIGUSR2, interval=0.002)
+        timer = KickTimer(signal.SIGUSR2)
+        timer.start(0.002)
         try:
             waited.append(signal.sigtimedwait({signal.SIGUSR2}, 5))
         finally:
@@ -53,6 +54,8 @@ def test_a_check_is_due_once_per_period_and_each_period_is_twice_the_last() -> N
     try:
         timer = KickTimer(signal.SIGUSR2)
         try:
+            assert not timer.due()  # not started: never due
+            timer.start()
             assert timer.interval == FIRST_INTERVAL
             assert not timer.due()  # interrupted before the first period ended: not the tick
             periods = []
@@ -70,13 +73,35 @@ def test_a_check_is_due_once_per_period_and_each_period_is_twice_the_last() -> N
     assert MAX_INTERVAL == 0.128
 
 
+def test_a_timer_not_started_sends_nothing() -> None:
+    # Made disarmed: one lost before its owner holds it must never signal.
+    received: list[int] = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
+    try:
+        timer = KickTimer(signal.SIGUSR2)
+        time.sleep(0.02)
+        timer.close()
+        unstarted = list(received)
+        started = KickTimer(signal.SIGUSR2)
+        started.start(0.001)
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.001)
+        started.close()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert unstarted == []
+    assert received  # the started one did signal within the same kind of wait
+
+
 def test_the_timer_is_the_calling_threads_and_closing_deletes_it() -> None:
     before = _timer_count()
     if before is None:
         pytest.skip("no /proc/self/timers on this kernel")
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: None)
     try:
-        timer = KickTimer(signal.SIGUSR2, interval=10)
+        timer = KickTimer(signal.SIGUSR2)
+        timer.start(10)
         assert _timer_count() == before + 1
         assert f"notify: signal/tid.{threading.get_native_id()}" in TIMERS.read_text()
         timer.close()
