@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -125,22 +126,26 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("closed", [(1,), (0, 1, 2)], ids=["stdout", "all three"])
-def test_closed_standard_fds_become_dev_null_not_the_next_file(closed: tuple[int, ...]) -> None:
+def test_closed_standard_fds_become_dev_null_not_the_next_file(
+    closed: tuple[int, ...], tmp_path: Path
+) -> None:
     # Before, with all three closed: fd 0 was /dev/kvm, fd 1 the VM, fd 2 the vCPU.
     port = free_port()
+    stderr = tmp_path / "stderr"  # what pyvmm said, for a failure's message (fd 2 left open)
 
     def close_fds() -> None:
         for fd in closed:
             os.close(fd)
 
-    process = subprocess.Popen(
-        [*PYVMM, "boot", "-S", "--gdb", f"tcp::{port}", guest("tests/spin.bin")],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=close_fds,
-    )
+    with stderr.open("wb") as stderr_file:  # the child keeps its own copy
+        process = subprocess.Popen(
+            [*PYVMM, "boot", "-S", "--gdb", f"tcp::{port}", guest("tests/spin.bin")],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_file,
+            preexec_fn=close_fds,
+        )
     try:
         deadline = time.monotonic() + 30
         while True:  # the machine is built once the stub listens
@@ -156,4 +161,4 @@ def test_closed_standard_fds_become_dev_null_not_the_next_file(closed: tuple[int
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
-    assert process.returncode == -signal.SIGTERM
+    assert process.returncode == -signal.SIGTERM, stderr.read_text(errors="replace")
