@@ -47,9 +47,6 @@ class KickTimer:
 
     def start(self, interval: float = FIRST_INTERVAL) -> None:
         """Arm it: the first signal after `interval` seconds, then one each `interval`."""
-        self._arm(interval)
-
-    def _arm(self, interval: float) -> None:
         # The clock is read first: the call's return waits for the GIL, maybe
         # past the first expiry, which must not look like an early interruption.
         now = time.monotonic()
@@ -61,7 +58,7 @@ class KickTimer:
         """After an interrupted KVM_RUN: has a period passed since the last check?"""
         if time.monotonic() < self.next_check:
             return False  # interrupted by something else: a kick, posted work
-        self._arm(min(self.interval * 2, MAX_INTERVAL))
+        self.start(min(self.interval * 2, MAX_INTERVAL))
         return True
 
     def close(self) -> None:

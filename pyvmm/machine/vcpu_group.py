@@ -150,16 +150,16 @@ class VcpuGroup:
 
     def _on_interrupted(self, loop: VcpuLoop) -> None:
         """After an interrupted KVM_RUN, in `loop`'s own thread: posted work, the halt watch."""
-        posted = self._posted[self._position[id(loop)]]
+        position = self._position[id(loop)]
+        posted = self._posted[position]
         if posted:
             self._run_posted(loop, posted)
         if self._confirming:
             self._hold(loop)
             return
-        watch = self._watches[self._position[id(loop)]]
+        watch = self._watches[position]
         if watch is None or not watch.due():
             return
-        position = self._position[id(loop)]
         stuck = read_vcpu_state(loop.vcpu).stuck
         with self._lock:
             if stuck:
@@ -227,22 +227,24 @@ class VcpuGroup:
             finally:
                 self._held -= 1
 
-    def _begin_watch(self, position: int) -> str | None:
-        """In vCPU `position`'s own thread, as its loop starts: its kick timer.
-        Returns why there is none, when the host gives none."""
+    def _run_watched(self, position: int, observer: ExitObserver | None = None) -> RunOutcome:
+        """In vCPU `position`'s own thread: its loop, with its kick timer for the
+        length of the run when the halt watch is on (a VMM error when the host
+        gives no timer)."""
+        loop = self.loops[position]
         if not self.watch_halts:
-            return None
+            return loop.run(observer)
         try:
-            watch = self._watches[position] = KickTimer(KICK_SIGNAL)  # disarmed until held
-            watch.start()
-        except OSError as error:
-            return f"vCPU {self.loops[position].vcpu.vcpu_id}: no timer for the halt watch: {error}"
-        return None
-
-    def _end_watch(self, position: int) -> None:
-        watch, self._watches[position] = self._watches[position], None
-        if watch is not None:
-            watch.close()
+            try:
+                watch = self._watches[position] = KickTimer(KICK_SIGNAL)  # disarmed until held
+                watch.start()
+            except OSError as error:
+                return vmm_error(f"vCPU {loop.vcpu.vcpu_id}: no timer for the halt watch: {error}")
+            return loop.run(observer)
+        finally:
+            watch, self._watches[position] = self._watches[position], None
+            if watch is not None:
+                watch.close()
 
     def _enter(self, vcpu_id: int) -> int:
         ident = threading.get_ident()
@@ -263,16 +265,12 @@ class VcpuGroup:
 
     def _run_secondary(self, loop: VcpuLoop) -> None:
         ident = self._enter(loop.vcpu.vcpu_id)
-        position = self._position[id(loop)]
         try:
             try:
-                failed = self._begin_watch(position)
                 # returns at once if the run was stopped already
-                outcome = loop.run() if failed is None else vmm_error(failed)
+                outcome = self._run_watched(self._position[id(loop)])
             except Exception as error:  # a VMM error in a vCPU thread must end the whole run
                 outcome = vmm_error(f"vCPU {loop.vcpu.vcpu_id}: {error}")
-            finally:
-                self._end_watch(position)
             self.request_stop(outcome)
         finally:
             self._leave(ident, secondary=True)  # the last thing this thread does
@@ -306,13 +304,10 @@ class VcpuGroup:
     def _run_one(self, observer: ExitObserver | None) -> RunOutcome:
         """One vCPU, in this thread, with the halt watch. The loop can run again after
         a debugger's stop: only a stop of the whole run (`request_stop`) is final."""
-        loop = self.loops[0]
-        ident = self._enter(loop.vcpu.vcpu_id)
+        ident = self._enter(self.loops[0].vcpu.vcpu_id)
         try:
-            failed = self._begin_watch(0)
-            return loop.run(observer) if failed is None else vmm_error(failed)
+            return self._run_watched(0, observer)
         finally:
-            self._end_watch(0)
             self._leave(ident, secondary=False)
 
     def _run_threads(self, observer: ExitObserver | None) -> RunOutcome:
@@ -320,10 +315,8 @@ class VcpuGroup:
             self._start_threads()
             ident = self._enter(self.loops[0].vcpu.vcpu_id)
             try:
-                failed = self._begin_watch(0)
-                outcome = self.loops[0].run(observer) if failed is None else vmm_error(failed)
+                outcome = self._run_watched(0, observer)
             finally:
-                self._end_watch(0)
                 self._leave(ident, secondary=False)
             self.request_stop(outcome)
         except BaseException:
