@@ -311,10 +311,11 @@ def run_ref_vmm(
     ram_size: int = RAM_SIZE,
     timeout: float = 120,
     peak_rss: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> RefRun:
     command = [str(binary), "--state", str(state), "--ram-size", str(ram_size)]
     command += ["--cycles", str(cycles), "--cpus", str(cpus)]
-    result = run_measured(command, timeout, peak_rss=peak_rss)
+    result = run_measured(command, timeout, peak_rss=peak_rss, env=env)
     lines = result.stderr.decode(errors="replace").strip().splitlines()
     if result.returncode != 0 or not lines or not lines[-1].startswith("ref_vmm: cycles="):
         raise RefVmmError(

@@ -18,7 +18,9 @@ debug-exit port, status 85):
 - VM create -> run -> destroy cycles inside one process: the C reference VMM
   (`ref_vmm --cycles N`, with the same irqchip as pyvmm's machine, split by
   default, and KVM's PIT only when pyvmm's has it: `--pit kernel`) against
-  pyvmm's `build_machine` + `run` + `close`;
+  pyvmm's `build_machine` + `run` + `close`; then one more run of each under
+  `syscall_clock` splits each cycle into the time inside the calls that make,
+  run and free the VM and the time outside them (Python, for pyvmm);
 - peak resident memory of one boot with 128 MiB of guest RAM: the C VMM,
   `python -c pass` and the import floor, against `pyvmm boot -m 128M`. Measured with GNU time
   (%M), not with os.wait4 from here: a child spawned by this (large) Python
@@ -88,6 +90,7 @@ from benchmarks.suite_exits import (
     run_suite_cli,
     write_state_file,
 )
+from benchmarks.syscall_clock import build_clock, pyvmm_cycle_calls, ref_cycle_calls
 from pyvmm.arch.x86_64 import layout
 from pyvmm.kvm.host import kvm_backend
 from pyvmm.machine.builder import MachineConfig, build_machine
@@ -571,6 +574,7 @@ def compare_cycles(
     if bare_state is not None:
         bare = run_ref_vmm(binary, bare_state, cycles=plan.cycles)
         comparison.notes["c_ms_per_cycle_without_irqchip"] = bare.total_ns / 1e6 / plan.cycles
+    comparison.notes["system_calls"] = split_cycles(binary, state, plan.cycles, progress)
     comparison.notes.update(
         {
             "cycles_per_sample": plan.cycles,
@@ -590,6 +594,36 @@ def compare_cycles(
         }
     )
     return comparison
+
+
+def split_cycles(binary: Path, state: Path, cycles: int, progress: Progress | None) -> dict:
+    """One more run of each VMM under syscall_clock: its cycle's time inside the calls
+    that make, run and free a VM, and outside them (see benchmarks/syscall_clock.py)."""
+    try:
+        library = build_clock(binary.parent)
+        ref, c_calls = ref_cycle_calls(binary, state, library, cycles)
+        seconds, pyvmm_calls = pyvmm_cycle_calls(library, cycles)
+    except RefVmmError as error:
+        if progress is not None:
+            progress(f"{SUITE}: the cycle's system-call split skipped: {error}")
+        return {"skipped": str(error)}
+    c_ms = ref.total_ns / 1e6 / cycles
+    pyvmm_ms = seconds * 1000 / cycles
+    c_calls_ms = c_calls.total_ns / 1e6 / cycles
+    pyvmm_calls_ms = pyvmm_calls.total_ns / 1e6 / cycles
+    return {
+        "clocked": "every ioctl, close, mmap and munmap, by an LD_PRELOAD library "
+        "(syscall_clock.c); one run of each VMM, apart from the pairs",
+        "cycle_ms": {C_LABEL: c_ms, PYVMM_LABEL: pyvmm_ms},
+        "inside_calls_ms": {C_LABEL: c_calls_ms, PYVMM_LABEL: pyvmm_calls_ms},
+        "outside_calls_ms": {C_LABEL: c_ms - c_calls_ms, PYVMM_LABEL: pyvmm_ms - pyvmm_calls_ms},
+        # pyvmm's calls alone against C's whole cycle: the ratio with no Python at all.
+        "pyvmm_calls_over_c_cycle": pyvmm_calls_ms / c_ms,
+        "calls_per_cycle": {
+            C_LABEL: c_calls.per_cycle(cycles),
+            PYVMM_LABEL: pyvmm_calls.per_cycle(cycles),
+        },
+    }
 
 
 # --- 3. peak resident memory ------------------------------------------------------

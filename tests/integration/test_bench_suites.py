@@ -276,6 +276,16 @@ def test_startup_suite_runs_every_comparison_or_says_why_not() -> None:
     assert cycle.notes["c_ms_per_cycle_without_irqchip"] > 0
     exits = suite_startup.HELLO_EXITS
     assert cycle.notes["exits_per_cycle"] == {C_LABEL: [exits] * 2, PYVMM_LABEL: [exits] * 2}
+    # The clocked run: each VMM made one VM and one vCPU a cycle, and ran it to the end;
+    # the time inside those calls is part of, never more than, the cycle's.
+    split = cycle.notes["system_calls"]
+    for label in (C_LABEL, PYVMM_LABEL):
+        calls = split["calls_per_cycle"][label]
+        assert calls["KVM_CREATE_VM"][0] == calls["KVM_CREATE_VCPU"][0] == 1
+        assert calls["KVM_RUN"][0] >= exits
+        assert calls["close"][0] >= 3  # the vCPU, the VM, /dev/kvm
+        assert 0 < split["inside_calls_ms"][label] <= split["cycle_ms"][label]
+    assert split["pyvmm_calls_over_c_cycle"] > 0
     if suite_exits.gnu_time() is None:
         assert_skipped(rss, "apt-get install time")
     else:
