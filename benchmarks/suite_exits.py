@@ -312,8 +312,11 @@ def run_ref_vmm(
     timeout: float = 120,
     peak_rss: bool = False,
     env: Mapping[str, str] | None = None,
+    launcher: Sequence[str] = (),
 ) -> RefRun:
-    command = [str(binary), "--state", str(state), "--ram-size", str(ram_size)]
+    """Run ref_vmm (`launcher` first, when given: it gets the binary's path as its
+    first argument) and read its report; raises RefVmmError."""
+    command = [*launcher, str(binary), "--state", str(state), "--ram-size", str(ram_size)]
     command += ["--cycles", str(cycles), "--cpus", str(cpus)]
     result = run_measured(command, timeout, peak_rss=peak_rss, env=env)
     lines = result.stderr.decode(errors="replace").strip().splitlines()

@@ -90,7 +90,15 @@ from benchmarks.suite_exits import (
     run_suite_cli,
     write_state_file,
 )
-from benchmarks.syscall_clock import build_clock, pyvmm_cycle_calls, ref_cycle_calls
+from benchmarks.syscall_clock import (
+    CallTimes,
+    build_clock,
+    build_ref_vmm_library,
+    pyvmm_cycle_calls,
+    ref_cycle_calls,
+    ref_cycles_in_python,
+    sum_times,
+)
 from pyvmm.arch.x86_64 import layout
 from pyvmm.kvm.host import kvm_backend
 from pyvmm.machine.builder import MachineConfig, build_machine
@@ -596,32 +604,58 @@ def compare_cycles(
     return comparison
 
 
+SPLIT_ROUNDS = 3  # rounds of the three runs below; the notes give medians
+SPLIT_CYCLES_PER_SAMPLE = 6  # times a sample's cycles: one run is one long sample
+
+
 def split_cycles(binary: Path, state: Path, cycles: int, progress: Progress | None) -> dict:
-    """One more run of each VMM under syscall_clock: its cycle's time inside the calls
-    that make, run and free a VM, and outside them (see benchmarks/syscall_clock.py)."""
+    """More runs of each VMM, under syscall_clock: each cycle's time inside the calls
+    that make, run and free a VM, and outside them (see benchmarks/syscall_clock.py);
+    and ref_vmm's cycles called from a Python child, without the clock."""
+    cycles *= SPLIT_CYCLES_PER_SAMPLE
+    figures: dict[str, list[float]] = {
+        name: [] for name in ("c", "c_calls", "pyvmm", "pyvmm_calls", "c_in_python")
+    }
+    c_calls: list[CallTimes] = []
+    pyvmm_calls: list[CallTimes] = []
     try:
-        library = build_clock(binary.parent)
-        ref, c_calls = ref_cycle_calls(binary, state, library, cycles)
-        seconds, pyvmm_calls = pyvmm_cycle_calls(library, cycles)
+        clock = build_clock(binary.parent)
+        library = build_ref_vmm_library(binary.parent)
+        for _ in range(SPLIT_ROUNDS):
+            ref, calls = ref_cycle_calls(binary, state, clock, cycles)
+            figures["c"].append(ref.total_ns / 1e6 / cycles)
+            figures["c_calls"].append(calls.total_ns / 1e6 / cycles)
+            c_calls.append(calls)
+            seconds, calls = pyvmm_cycle_calls(clock, cycles)
+            figures["pyvmm"].append(seconds * 1000 / cycles)
+            figures["pyvmm_calls"].append(calls.total_ns / 1e6 / cycles)
+            pyvmm_calls.append(calls)
+            in_python = ref_cycles_in_python(library, state, cycles)
+            figures["c_in_python"].append(in_python.total_ns / 1e6 / cycles)
     except RefVmmError as error:
         if progress is not None:
             progress(f"{SUITE}: the cycle's system-call split skipped: {error}")
         return {"skipped": str(error)}
-    c_ms = ref.total_ns / 1e6 / cycles
-    pyvmm_ms = seconds * 1000 / cycles
-    c_calls_ms = c_calls.total_ns / 1e6 / cycles
-    pyvmm_calls_ms = pyvmm_calls.total_ns / 1e6 / cycles
+    ms = {name: statistics.median(values) for name, values in figures.items()}
     return {
         "clocked": "every ioctl, close, mmap and munmap, by an LD_PRELOAD library "
-        "(syscall_clock.c); one run of each VMM, apart from the pairs",
-        "cycle_ms": {C_LABEL: c_ms, PYVMM_LABEL: pyvmm_ms},
-        "inside_calls_ms": {C_LABEL: c_calls_ms, PYVMM_LABEL: pyvmm_calls_ms},
-        "outside_calls_ms": {C_LABEL: c_ms - c_calls_ms, PYVMM_LABEL: pyvmm_ms - pyvmm_calls_ms},
+        f"(syscall_clock.c); {SPLIT_ROUNDS} rounds of one run of each VMM, apart from "
+        "the pairs; medians",
+        "cycles_per_run": cycles,
+        "cycle_ms": {C_LABEL: ms["c"], PYVMM_LABEL: ms["pyvmm"]},
+        "inside_calls_ms": {C_LABEL: ms["c_calls"], PYVMM_LABEL: ms["pyvmm_calls"]},
+        "outside_calls_ms": {
+            C_LABEL: ms["c"] - ms["c_calls"],
+            PYVMM_LABEL: ms["pyvmm"] - ms["pyvmm_calls"],
+        },
         # pyvmm's calls alone against C's whole cycle: the ratio with no Python at all.
-        "pyvmm_calls_over_c_cycle": pyvmm_calls_ms / c_ms,
+        "pyvmm_calls_over_c_cycle": ms["pyvmm_calls"] / ms["c"],
+        # The C cycle called from a Python child that imported pyvmm (no clock):
+        # what being a Python process costs the kernel's calls by itself.
+        "c_cycle_ms_inside_python": ms["c_in_python"],
         "calls_per_cycle": {
-            C_LABEL: c_calls.per_cycle(cycles),
-            PYVMM_LABEL: pyvmm_calls.per_cycle(cycles),
+            C_LABEL: sum_times(c_calls).per_cycle(cycles * SPLIT_ROUNDS),
+            PYVMM_LABEL: sum_times(pyvmm_calls).per_cycle(cycles * SPLIT_ROUNDS),
         },
     }
 

@@ -286,6 +286,7 @@ def test_startup_suite_runs_every_comparison_or_says_why_not() -> None:
         assert calls["close"][0] >= 3  # the vCPU, the VM, /dev/kvm
         assert 0 < split["inside_calls_ms"][label] <= split["cycle_ms"][label]
     assert split["pyvmm_calls_over_c_cycle"] > 0
+    assert split["c_cycle_ms_inside_python"] > 0  # ref_vmm as a library, through ctypes
     if suite_exits.gnu_time() is None:
         assert_skipped(rss, "apt-get install time")
     else:
