@@ -8,7 +8,10 @@ entry state: pyvmm builds the machine, and this module hands the C program
 pyvmm's own sregs, regs, FPU state and the non-zero pages of low memory in a
 state file (`write_state_file`). Each sample is the run loop's time divided by
 its exit count; samples are interleaved pairs (C, pyvmm, C, pyvmm ...), and
-the ratio pyvmm/C is the price of Python per exit.
+the ratio pyvmm/C is the price of Python per exit. Each row's notes add
+ref_vmm's loop run inside a Python process (ref_vmm.c built as a shared
+library, called through ctypes from an interpreter that imported pyvmm's
+machine): a Python VMM's floor, apart from any Python run per exit.
 
 One more row runs several vCPUs at once: `smp_exit_guest.bin` with
 SMP_CPUS vCPUs (`-smp 4`), the boot CPU waking the others with INIT/SIPI,
@@ -244,6 +247,37 @@ def build_ref_vmm(directory: Path) -> Path:
     return binary
 
 
+# ref_vmm called through ctypes from a Python interpreter that has imported what
+# the suites import (pyvmm's machine among it): what being a Python process, not
+# Python's work, costs the kernel's calls. The library's path is its first argument.
+C_IN_PYTHON_CHILD = """\
+import ctypes, sys
+import benchmarks.suite_startup
+library = ctypes.CDLL(sys.argv[1])
+argv = [b"ref_vmm", *(argument.encode() for argument in sys.argv[2:])]
+sys.exit(library.ref_vmm_main(len(argv), (ctypes.c_char_p * len(argv))(*argv)))
+"""
+
+
+def build_ref_vmm_library(directory: Path) -> Path:
+    """ref_vmm.c as a shared library whose `ref_vmm_main` is its main; raises RefVmmError."""
+    compiler = find_compiler()
+    if compiler is None:
+        raise RefVmmError(NO_COMPILER)
+    library = directory / "ref_vmm.so"
+    command = [compiler, "-O2", "-pthread", "-shared", "-fPIC", "-Dmain=ref_vmm_main"]
+    result = subprocess.run(
+        [*command, "-o", str(library), str(REF_VMM_SOURCE)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise RefVmmError(f"cannot build ref_vmm.c as a library:\n{result.stderr.strip()}")
+    return library
+
+
+IN_PYTHON = (sys.executable, "-c", C_IN_PYTHON_CHILD)
+IN_PYTHON_LABEL = "C reference VMM inside Python"
+
+
 def write_state_file(
     machine: Machine, path: Path, limit: int = SNAPSHOT_LIMIT, *, irqchip: bool | None = None
 ) -> int:
@@ -411,9 +445,12 @@ def measure_pyvmm(case: Case, count: int) -> tuple[float, int]:
         return seconds, machine.loop.exit_count
 
 
-def measure_c(binary: Path, state: Path, case: Case, count: int) -> tuple[float, int]:
-    """(seconds of ref_vmm's KVM_RUN loop, exits) for one run."""
-    run = run_ref_vmm(binary, state)
+def measure_c(
+    binary: Path, state: Path, case: Case, count: int, launcher: Sequence[str] = ()
+) -> tuple[float, int]:
+    """(seconds of ref_vmm's KVM_RUN loop, exits) for one run (of the library, through
+    ctypes, with `launcher` IN_PYTHON)."""
+    run = run_ref_vmm(binary, state, launcher=launcher)
     counts = {name: getattr(run, name) for name in kind_counts(case, count)}
     if run.debug_exit != GUEST_DONE or counts != kind_counts(case, count):
         raise RefVmmError(f"ref_vmm: unexpected exits {counts}, debug exit {run.debug_exit}")
@@ -561,9 +598,21 @@ def skipped_row(name: str, reason: str) -> Comparison:
     return comparison
 
 
+# Runs of ref_vmm's loop inside a Python process, for each row's notes.
+IN_PYTHON_SAMPLES = 3
+
+
 def compare_case(
-    binary: Path, workdir: Path, case: Case, count: int, pairs: int, progress: Progress | None
+    binary: Path,
+    workdir: Path,
+    case: Case,
+    count: int,
+    pairs: int,
+    progress: Progress | None,
+    library: Path | None = None,
 ) -> Comparison:
+    """ref_vmm against pyvmm on one case; with `library` (ref_vmm as a shared library),
+    the notes also give ref_vmm's loop run inside a Python process."""
     comparison = Comparison("exits", case.name, C_LABEL, PYVMM_LABEL, "us/exit")
     state = workdir / f"state-{case.mode.value}-{case.kind.name.lower()}.bin"
     machine, _ = build_exit_machine(case, count)
@@ -572,7 +621,7 @@ def compare_case(
     exit_counts: dict[str, list[int]] = {C_LABEL: [], PYVMM_LABEL: []}
 
     def sample(label: str, seconds: float, exits: int) -> float:
-        exit_counts[label].append(exits)
+        exit_counts.setdefault(label, []).append(exits)
         return seconds * 1e6 / exits
 
     interleave(
@@ -584,6 +633,13 @@ def compare_case(
     )
     overheads = [b - a for a, b in zip(comparison.a, comparison.b, strict=True)]
     ratio = comparison.ratio
+    if library is not None:
+        inside = [
+            sample(IN_PYTHON_LABEL, *measure_c(library, state, case, count, IN_PYTHON))
+            for _ in range(IN_PYTHON_SAMPLES)
+        ]
+        # The loop is C either way: this is what the Python process alone costs it.
+        comparison.notes["c_us_per_exit_inside_python"] = statistics.median(inside)
     comparison.notes.update(
         {
             "mode": case.mode.value,
@@ -625,12 +681,15 @@ def collect(
         workdir = Path(directory)
         try:
             binary = build_ref_vmm(workdir)
+            library = build_ref_vmm_library(workdir)
         except RefVmmError as error:
             if progress is not None:
                 progress(f"exits: skipped: {error}")
             rows = [skipped(case, str(error)) for case in cases]
             return rows + ([skipped_row(smp_name(smp_cpus), str(error))] if smp_cpus else [])
-        rows = [compare_case(binary, workdir, case, count, pairs, progress) for case in cases]
+        rows = [
+            compare_case(binary, workdir, case, count, pairs, progress, library) for case in cases
+        ]
         if smp_cpus:
             rows.append(compare_smp(binary, workdir, count, pairs, progress, smp_cpus))
         return rows

@@ -84,6 +84,7 @@ from benchmarks.suite_exits import (
     ProcessResult,
     RefVmmError,
     build_ref_vmm,
+    build_ref_vmm_library,
     gnu_time,
     run_measured,
     run_ref_vmm,
@@ -93,7 +94,6 @@ from benchmarks.suite_exits import (
 from benchmarks.syscall_clock import (
     CallTimes,
     build_clock,
-    build_ref_vmm_library,
     pyvmm_cycle_calls,
     ref_cycle_calls,
     ref_cycles_in_python,

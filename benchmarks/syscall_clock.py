@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.suite_exits import (
+    IN_PYTHON,
     NO_COMPILER,
-    REF_VMM_SOURCE,
     RefRun,
     RefVmmError,
     find_compiler,
@@ -54,37 +54,10 @@ print(seconds, exits)
 """
 
 
-# The child that runs ref_vmm's cycles inside a Python interpreter that has imported
-# what a pyvmm cycle imports: does the process, not pyvmm's code, slow the kernel calls?
-C_IN_PYTHON_CHILD = """\
-import ctypes, sys
-import benchmarks.suite_startup
-library = ctypes.CDLL(sys.argv[1])
-argv = [b"ref_vmm", *(argument.encode() for argument in sys.argv[2:])]
-sys.exit(library.ref_vmm_main(len(argv), (ctypes.c_char_p * len(argv))(*argv)))
-"""
-
-
-def build_ref_vmm_library(directory: Path) -> Path:
-    """ref_vmm.c as a shared library whose `ref_vmm_main` is its main; raises RefVmmError."""
-    compiler = find_compiler()
-    if compiler is None:
-        raise RefVmmError(NO_COMPILER)
-    library = directory / "ref_vmm.so"
-    command = [compiler, "-O2", "-pthread", "-shared", "-fPIC", "-Dmain=ref_vmm_main"]
-    result = subprocess.run(
-        [*command, "-o", str(library), str(REF_VMM_SOURCE)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise RefVmmError(f"cannot build ref_vmm.c as a library:\n{result.stderr.strip()}")
-    return library
-
-
 def ref_cycles_in_python(library: Path, state: Path, cycles: int) -> RefRun:
     """ref_vmm's `cycles` cycles, called through ctypes in a Python child that has
     imported pyvmm's machine; raises RefVmmError."""
-    launcher = [sys.executable, "-c", C_IN_PYTHON_CHILD]
-    return run_ref_vmm(library, state, cycles=cycles, launcher=launcher)
+    return run_ref_vmm(library, state, cycles=cycles, launcher=IN_PYTHON)
 
 
 def build_clock(directory: Path) -> Path:

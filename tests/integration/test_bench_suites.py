@@ -89,10 +89,13 @@ def test_exit_suite_counts_the_same_exits_in_both_vmms() -> None:
         assert (comparison.a_label, comparison.b_label) == (C_LABEL, PYVMM_LABEL)
         assert_measured(comparison, pairs)
         # count loop exits plus the final debug-exit write, in each run of each VMM
+        # ... and in ref_vmm's loop called from inside a Python process
         assert comparison.notes["exit_counts"] == {
             C_LABEL: [count + 1] * pairs,
             PYVMM_LABEL: [count + 1] * pairs,
+            suite_exits.IN_PYTHON_LABEL: [count + 1] * suite_exits.IN_PYTHON_SAMPLES,
         }
+        assert comparison.notes["c_us_per_exit_inside_python"] > 0
         assert comparison.notes["count"] == count
         assert comparison.notes["cpl"] in (0, 3)
     # every vCPU's share of the writes, then its done or debug-exit write
