@@ -1,6 +1,7 @@
 """`python -m benchmarks`: run every suite, print a table, write JSON and a chart.
 
-    python -m benchmarks [--quick] [--suite NAME ...] [--json FILE] [--chart FILE]
+    python -m benchmarks [--quick] [--suite NAME [--suite NAME ...]] [--json FILE]
+                         [--chart FILE]
                          [--compare OLD.json [NEW.json]]
 
 Every comparison is a series of interleaved pairs (A B A B ...); the table
@@ -207,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         "--suite",
         action="append",
         choices=sorted(SUITES),
-        help="run only these (default: all but linux, which boots Linux kernels for about "
-        "15 minutes and runs only from a checkout)",
+        help="run only this suite; repeat the option for more (default: all but linux, "
+        "which boots Linux kernels for 8-15 minutes, about 1 with --quick, and runs only "
+        "from a checkout)",
     )
     parser.add_argument(
         "--json", type=Path, metavar="FILE", help="write every sample here (default: see above)"

@@ -7,10 +7,12 @@
        ioctl <request in hex> <calls> <nanoseconds>
        close 0 <calls> <nanoseconds>
 
-   syscall_clock_reset() zeroes the counts: a process calls it (ctypes) once its
-   warm-up is over. Counters are atomic, so threads may share them. The time
-   of a call includes the wrapper's two clock reads (tens of nanoseconds, in
-   the vDSO). */
+   syscall_clock_reset() zeroes the counts: a process may call it (ctypes) once
+   its warm-up is over, as pyvmm's child does; ref_vmm does not, so its counts
+   keep its one-off set-up (KVM_GET_SUPPORTED_CPUID). Counters are atomic, so
+   threads may share them. The time of a call includes the wrapper's two clock
+   reads (tens of nanoseconds, in the vDSO) and, for an ioctl, the lookup of
+   its request's slot. */
 
 #define _GNU_SOURCE
 #include <dlfcn.h>

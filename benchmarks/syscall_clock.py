@@ -8,8 +8,10 @@ each VMM's cycle into the time inside those calls and the rest: for the C
 VMM the rest is nearly nothing, so the calls pyvmm makes, timed alone, are
 the cycle a Python VMM cannot go under.
 
-The split is one extra run of each VMM, for the notes of the cycle row: the
-clock adds two vDSO clock reads a call, and the row's ratio comes from its
+The split is extra runs of each VMM, for the notes of the cycle row
+(`suite_startup.split_cycles`: SPLIT_ROUNDS rounds, each a clocked run of
+each VMM and an unclocked run of ref_vmm called from inside Python): the clock
+adds two vDSO clock reads a call, and the row's ratio comes from its
 interleaved pairs without it.
 """
 
