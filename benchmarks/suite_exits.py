@@ -231,20 +231,21 @@ NO_COMPILER = (
 )
 
 
-def build_ref_vmm(directory: Path) -> Path:
-    """Compile ref_vmm.c with `cc -O2` into `directory`; raises RefVmmError."""
+def compile_c(source: Path, output: Path, *flags: str) -> Path:
+    """`cc -O2 FLAGS -o output source`; returns `output`, raises RefVmmError."""
     compiler = find_compiler()
     if compiler is None:
         raise RefVmmError(NO_COMPILER)
-    binary = directory / "ref_vmm"
-    result = subprocess.run(
-        [compiler, "-O2", "-pthread", "-o", str(binary), str(REF_VMM_SOURCE)],
-        capture_output=True,
-        text=True,
-    )
+    command = [compiler, "-O2", *flags, "-o", str(output), str(source)]
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RefVmmError(f"cannot build ref_vmm.c:\n{result.stderr.strip()}")
-    return binary
+        raise RefVmmError(f"cannot build {source.name}:\n{result.stderr.strip()}")
+    return output
+
+
+def build_ref_vmm(directory: Path) -> Path:
+    """Compile ref_vmm.c with `cc -O2` into `directory`; raises RefVmmError."""
+    return compile_c(REF_VMM_SOURCE, directory / "ref_vmm", "-pthread")
 
 
 # ref_vmm called through ctypes from a Python interpreter that has imported what
@@ -261,17 +262,8 @@ sys.exit(library.ref_vmm_main(len(argv), (ctypes.c_char_p * len(argv))(*argv)))
 
 def build_ref_vmm_library(directory: Path) -> Path:
     """ref_vmm.c as a shared library whose `ref_vmm_main` is its main; raises RefVmmError."""
-    compiler = find_compiler()
-    if compiler is None:
-        raise RefVmmError(NO_COMPILER)
-    library = directory / "ref_vmm.so"
-    command = [compiler, "-O2", "-pthread", "-shared", "-fPIC", "-Dmain=ref_vmm_main"]
-    result = subprocess.run(
-        [*command, "-o", str(library), str(REF_VMM_SOURCE)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise RefVmmError(f"cannot build ref_vmm.c as a library:\n{result.stderr.strip()}")
-    return library
+    flags = ("-pthread", "-shared", "-fPIC", "-Dmain=ref_vmm_main")
+    return compile_c(REF_VMM_SOURCE, directory / "ref_vmm.so", *flags)
 
 
 IN_PYTHON = (sys.executable, "-c", C_IN_PYTHON_CHILD)

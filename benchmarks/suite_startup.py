@@ -18,9 +18,10 @@ debug-exit port, status 85):
 - VM create -> run -> destroy cycles inside one process: the C reference VMM
   (`ref_vmm --cycles N`, with the same irqchip as pyvmm's machine, split by
   default, and KVM's PIT only when pyvmm's has it: `--pit kernel`) against
-  pyvmm's `build_machine` + `run` + `close`; then one more run of each under
-  `syscall_clock` splits each cycle into the time inside the calls that make,
-  run and free the VM and the time outside them (Python, for pyvmm);
+  pyvmm's `build_machine` + `run` + `close`; then more runs of each under
+  `syscall_clock` split each cycle into the time inside the calls that make,
+  run and free the VM and the time outside them (Python, for pyvmm), beside
+  ref_vmm's cycle called from inside a Python process;
 - peak resident memory of one boot with 128 MiB of guest RAM: the C VMM,
   `python -c pass` and the import floor, against `pyvmm boot -m 128M`. Measured with GNU time
   (%M), not with os.wait4 from here: a child spawned by this (large) Python

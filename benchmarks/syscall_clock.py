@@ -18,7 +18,6 @@ interleaved pairs without it.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 from collections import defaultdict
@@ -29,10 +28,9 @@ from pathlib import Path
 
 from benchmarks.suite_exits import (
     IN_PYTHON,
-    NO_COMPILER,
     RefRun,
     RefVmmError,
-    find_compiler,
+    compile_c,
     run_measured,
     run_ref_vmm,
 )
@@ -45,8 +43,7 @@ KVMIO = 0xAE
 # The child that runs pyvmm's cycles under the clock: one warm-up cycle (imports,
 # first-use caches), the clock zeroed, then the cycles; it prints their seconds.
 PYVMM_CHILD = """\
-import ctypes, sys, time
-from pathlib import Path
+import ctypes, sys
 from benchmarks.suite_startup import HELLO_EXIT, pyvmm_cycles
 image = HELLO_EXIT.read_bytes()
 pyvmm_cycles(image, 1)
@@ -64,27 +61,16 @@ def ref_cycles_in_python(library: Path, state: Path, cycles: int) -> RefRun:
 
 def build_clock(directory: Path) -> Path:
     """Compile syscall_clock.c into `directory` as a shared library; raises RefVmmError."""
-    compiler = find_compiler()
-    if compiler is None:
-        raise RefVmmError(NO_COMPILER)
-    library = directory / "syscall_clock.so"
-    command = [compiler, "-O2", "-shared", "-fPIC", "-o", str(library), str(CLOCK_SOURCE), "-ldl"]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RefVmmError(f"cannot build syscall_clock.c:\n{result.stderr.strip()}")
-    return library
+    return compile_c(CLOCK_SOURCE, directory / "syscall_clock.so", "-shared", "-fPIC", "-ldl")
 
 
 def _ioctl_names() -> dict[int, str]:
     """KVM ioctl request numbers to their names, from the binding's constants."""
     names: dict[int, str] = {}
     for name in dir(lib):
-        if not name.startswith("KVM_") or any(
-            part in name for part in ("_CAP_", "_EXIT_", "_INTERNAL_", "_SYSTEM_EVENT_", "_MEM_")
-        ):
-            continue
-        value = getattr(lib, name)
-        # An ioctl number carries KVMIO (0xAE) as its type, bits 8-15 (asm-generic/ioctl.h).
+        value = getattr(lib, name) if name.startswith("KVM_") else None
+        # An ioctl number carries KVMIO (0xAE) as its type, bits 8-15 (asm-generic/ioctl.h);
+        # KVM's other constants (capabilities, exit reasons, flags) are small numbers.
         if isinstance(value, int) and (value >> 8) & 0xFF == KVMIO:
             names.setdefault(value, name)
     return names
